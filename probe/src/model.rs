@@ -1,0 +1,526 @@
+//! The measurement format: what one probe observed for one target, step by step.
+//!
+//! This is the contract between the probe, the control service and the collector. Every step
+//! (DNS, TCP, TLS, HTTP) is its own observation with a start time relative to the start of the
+//! measurement, a duration and, on failure, a [`Failure`] from the closed taxonomy. The
+//! [`Verdict`] is computed from these observations by [`crate::verdict`], a pure function.
+//! `docs/measurement-format.md` documents every field.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::failure::Failure;
+
+/// Version of this format. Bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Name of the software, recorded in every measurement.
+pub const SOFTWARE_NAME: &str = "witness";
+
+/// Which software produced a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Software {
+    /// Always `witness` for this implementation.
+    pub name: String,
+    /// The crate version.
+    pub version: String,
+}
+
+impl Default for Software {
+    fn default() -> Self {
+        Software {
+            name: SOFTWARE_NAME.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// The network the probe measured from. Never an IP address: only the ASN and country.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeNetwork {
+    /// Autonomous system number, when known (configured, or told by the control service).
+    pub asn: Option<u32>,
+    /// ISO 3166-1 alpha-2 country code, when known.
+    pub country: Option<String>,
+}
+
+/// One complete measurement of one target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measurement {
+    /// Version of this format.
+    pub schema_version: u32,
+    /// Unique id (UUIDv7, so ids sort by time); the collector deduplicates uploads by it.
+    pub id: Uuid,
+    /// The software that measured.
+    pub software: Software,
+    /// The target URL exactly as given in the list or on the command line.
+    pub url: String,
+    /// The host name measured, in ASCII (IDNs as punycode).
+    pub domain: String,
+    /// Citizen Lab category code of the target, when it came from a list.
+    pub category_code: Option<String>,
+    /// When the measurement started (UTC).
+    pub started_at: DateTime<Utc>,
+    /// How long the whole measurement took, in milliseconds.
+    pub runtime_ms: f64,
+    /// The probe's network.
+    pub probe: ProbeNetwork,
+    /// Every DNS query made, network resolver and control resolver.
+    pub dns: Vec<DnsObservation>,
+    /// Every TCP connect.
+    pub tcp: Vec<TcpObservation>,
+    /// Every TLS handshake (https targets only).
+    pub tls: Vec<TlsObservation>,
+    /// Every HTTP request, one per redirect hop.
+    pub http: Vec<HttpObservation>,
+    /// What the control service saw for the same URL, if one was asked.
+    pub control: Option<ControlResponse>,
+    /// Why there is no control, when one was wanted but could not be had.
+    pub control_failure: Option<String>,
+    /// The run-level connectivity check this measurement belongs to.
+    pub connectivity: ConnectivitySummary,
+    /// The verdict computed from all of the above.
+    pub verdict: Verdict,
+}
+
+/// Which resolver a DNS observation came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolverRole {
+    /// The network's own resolver (system configuration or `--resolver`): what censors tamper with.
+    Network,
+    /// The encrypted control resolver (DoH/DoT), which a censor on the path cannot forge.
+    Control,
+}
+
+/// DNS query type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum QueryType {
+    /// IPv4 addresses.
+    A,
+    /// IPv6 addresses.
+    AAAA,
+}
+
+/// One address in a DNS answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsAnswer {
+    /// The address.
+    pub addr: IpAddr,
+    /// Time to live, seconds.
+    pub ttl: u32,
+    /// True when the address is private, loopback, reserved or otherwise not routable on the
+    /// internet: a classic sign of DNS tampering.
+    pub bogon: bool,
+}
+
+/// One DNS query and what came back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsObservation {
+    /// Network or control resolver.
+    pub role: ResolverRole,
+    /// Transport: `udp`, `tcp`, `doh`, `dot`, or `system` (the OS resolver).
+    pub transport: String,
+    /// The resolver's address (a resolver, never the probe's own address).
+    pub resolver: String,
+    /// The name queried.
+    pub query: String,
+    /// A or AAAA.
+    pub query_type: QueryType,
+    /// Start, milliseconds since the start of the measurement.
+    pub t_ms: f64,
+    /// Time to the first response (or to the failure), milliseconds.
+    pub duration_ms: f64,
+    /// Failure, if the query failed.
+    pub failure: Option<Failure>,
+    /// Response code (`NOERROR`, `NXDOMAIN`, `SERVFAIL`, ...), when a response arrived.
+    pub rcode: Option<String>,
+    /// Addresses in the (first) answer.
+    pub answers: Vec<DnsAnswer>,
+    /// CNAME chain in the answer, in order.
+    pub cnames: Vec<String>,
+    /// Further responses to the same query that arrived while we kept listening and differ
+    /// from the first: a sign of an injected answer racing the real one.
+    pub late_responses: Vec<LateDnsResponse>,
+}
+
+/// A second response to one DNS query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LateDnsResponse {
+    /// Milliseconds after the first response.
+    pub after_ms: f64,
+    /// Response code.
+    pub rcode: String,
+    /// Addresses in it.
+    pub answers: Vec<IpAddr>,
+}
+
+/// One TCP connect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpObservation {
+    /// The server address and port.
+    pub addr: SocketAddr,
+    /// Start, milliseconds since the start of the measurement.
+    pub t_ms: f64,
+    /// Connect time, milliseconds.
+    pub duration_ms: f64,
+    /// Failure, if the connect failed.
+    pub failure: Option<Failure>,
+}
+
+/// One certificate of a chain as the server sent it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateInfo {
+    /// Subject distinguished name, RFC 4514 style.
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// SHA-256 of the DER certificate, hex.
+    pub sha256: String,
+    /// SHA-256 of the DER SubjectPublicKeyInfo, hex: identifies a key across re-issued certs.
+    pub spki_sha256: String,
+    /// Start of validity (RFC 3339), when parseable.
+    pub not_before: Option<String>,
+    /// End of validity (RFC 3339), when parseable.
+    pub not_after: Option<String>,
+    /// DNS names in the subjectAltName extension (first few).
+    pub san: Vec<String>,
+}
+
+/// One TLS handshake.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsObservation {
+    /// The server address and port.
+    pub addr: SocketAddr,
+    /// The SNI sent. Differs from the target's domain for a decoy handshake.
+    pub server_name: String,
+    /// True for the decoy handshake with another SNI, made after the real one failed, to tell
+    /// SNI filtering from a dead server.
+    pub decoy: bool,
+    /// Start, milliseconds since the start of the measurement.
+    pub t_ms: f64,
+    /// Handshake time, milliseconds.
+    pub duration_ms: f64,
+    /// Handshake failure (reset, timeout, EOF, alert). `None` when the handshake completed.
+    pub failure: Option<Failure>,
+    /// Negotiated version, e.g. `TLSv1_3`.
+    pub tls_version: Option<String>,
+    /// Negotiated cipher suite.
+    pub cipher_suite: Option<String>,
+    /// The chain the server presented, leaf first, recorded even when it does not verify.
+    pub peer_certificates: Vec<CertificateInfo>,
+    /// Result of verifying the chain against the Mozilla roots plus any extra CAs:
+    /// `None` when it verified, else the failure (`ssl_unknown_authority`, ...).
+    pub verification_failure: Option<Failure>,
+    /// Name of the known state interception CA the chain leads to, if any.
+    pub interception_ca: Option<String>,
+}
+
+impl TlsObservation {
+    /// Handshake completed and the chain verified.
+    pub fn verified(&self) -> bool {
+        self.failure.is_none() && self.verification_failure.is_none()
+    }
+}
+
+/// Which step failed on an HTTP hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Resolving the hop's host.
+    Dns,
+    /// Connecting.
+    Tcp,
+    /// The TLS handshake or certificate.
+    Tls,
+    /// The HTTP exchange.
+    Http,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Dns => "dns",
+            Step::Tcp => "tcp",
+            Step::Tls => "tls",
+            Step::Http => "http",
+        })
+    }
+}
+
+/// One HTTP request and response: one redirect hop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpObservation {
+    /// 0 for the target URL, 1 for the first redirect, ...
+    pub hop: u32,
+    /// The URL requested.
+    pub url: String,
+    /// The server address the request was pinned to, if one was reached.
+    pub addr: Option<SocketAddr>,
+    /// Start, milliseconds since the start of the measurement.
+    pub t_ms: f64,
+    /// Total time of this hop, milliseconds.
+    pub duration_ms: f64,
+    /// The step that failed on this hop, if any (a redirect hop resolves, connects and
+    /// handshakes itself).
+    pub failed_step: Option<Step>,
+    /// Failure, if any.
+    pub failure: Option<Failure>,
+    /// Status code.
+    pub status: Option<u16>,
+    /// Response headers (names lower-case, values scrubbed and bounded), in order.
+    pub headers: Vec<(String, String)>,
+    /// `<title>` of the body, scrubbed, if any.
+    pub title: Option<String>,
+    /// Bytes of body read (at most the cap).
+    pub body_length: u64,
+    /// True when the body was longer than the cap and reading stopped.
+    pub body_truncated: bool,
+    /// SHA-256 of the body bytes read, hex.
+    pub body_sha256: Option<String>,
+    /// Time to the response headers, milliseconds since the request was sent.
+    pub ttfb_ms: Option<f64>,
+    /// Time spent reading the body, milliseconds.
+    pub body_ms: Option<f64>,
+    /// Body bytes per second while reading it: the throughput used for throttling analysis.
+    pub throughput_bps: Option<f64>,
+    /// Name of the blockpage signature the response matched, if any.
+    pub blockpage: Option<String>,
+    /// The redirect target, for 3xx responses.
+    pub location: Option<String>,
+}
+
+/// Run-level connectivity: can this probe reach anything at all?
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectivitySummary {
+    /// True when nothing was reachable: every verdict of the run is then `offline`.
+    pub offline: bool,
+    /// Whether the network resolver answered anything.
+    pub resolver_ok: Option<bool>,
+    /// Whether the control service answered.
+    pub control_ok: Option<bool>,
+    /// Anchors (domestic and foreign hosts) reached, and tried.
+    pub anchors_ok: u32,
+    /// Anchors tried.
+    pub anchors_tried: u32,
+    /// Plain-language summary.
+    pub summary: String,
+}
+
+/// The per-target conclusion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Reachable, and it looks like the real site.
+    Accessible,
+    /// Blocked on this network; see the method.
+    Blocked,
+    /// Fails for the control too: the site is down, not censored.
+    Down,
+    /// The probe has no working network at all.
+    Offline,
+    /// Not enough evidence; the reason says why.
+    Inconclusive,
+}
+
+/// How a site is blocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// NXDOMAIN, no answer, bogon, forged or injected answers.
+    Dns,
+    /// Connect fails here and works for the control (IP blocking).
+    Tcp,
+    /// Reset, timeout or EOF during the handshake: SNI filtering.
+    Tls,
+    /// A certificate that does not verify where the control's does: interception.
+    Mitm,
+    /// Reset or timeout after the request, a blockpage, or a page unlike the control's.
+    Http,
+    /// Much slower than this probe's own baseline.
+    Throttle,
+}
+
+macro_rules! snake_enum_str {
+    ($ty:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $ty {
+            /// The stable lower-case name, as in JSON and metric labels.
+            pub fn as_str(&self) -> &'static str {
+                match self { $(<$ty>::$v => $s),* }
+            }
+            /// Every value, in order.
+            pub const ALL: &'static [$ty] = &[$(<$ty>::$v),*];
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(<$ty>::$v),)*
+                    other => Err(format!("unknown value {other:?}; expected one of: {}",
+                        [$($s),*].join(", "))),
+                }
+            }
+        }
+    };
+}
+
+snake_enum_str!(Status {
+    Accessible => "accessible",
+    Blocked => "blocked",
+    Down => "down",
+    Offline => "offline",
+    Inconclusive => "inconclusive",
+});
+
+snake_enum_str!(Method {
+    Dns => "dns",
+    Tcp => "tcp",
+    Tls => "tls",
+    Mitm => "mitm",
+    Http => "http",
+    Throttle => "throttle",
+});
+
+/// The verdict for one target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verdict {
+    /// Accessible, blocked, down, offline or inconclusive.
+    pub status: Status,
+    /// How it is blocked; only with `blocked`.
+    pub method: Option<Method>,
+    /// One plain-language sentence.
+    pub reason: String,
+    /// The observations that decided it, short and machine-greppable.
+    pub evidence: Vec<String>,
+}
+
+impl Verdict {
+    /// A verdict without evidence lines.
+    pub fn new(status: Status, method: Option<Method>, reason: impl Into<String>) -> Self {
+        Verdict {
+            status,
+            method,
+            reason: reason.into(),
+            evidence: Vec::new(),
+        }
+    }
+}
+
+/// A request to the control service: measure this URL from your vantage point.
+///
+/// `POST /api/v1/control` with this JSON body and `Authorization: Bearer <probe token>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlRequest {
+    /// The URL to measure, as the probe measures it.
+    pub url: String,
+}
+
+/// The control service's answer: the same observations the probe makes, from an uncensored
+/// vantage point, made by the same code. Bodies are never returned: only their length, hash
+/// and title.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlResponse {
+    /// The software of the control service.
+    pub software: Software,
+    /// When the control measured.
+    pub measured_at: DateTime<Utc>,
+    /// DNS queries of the control (its network resolver).
+    pub dns: Vec<DnsObservation>,
+    /// TCP connects to every address either side resolved.
+    pub tcp: Vec<TcpObservation>,
+    /// TLS handshakes.
+    pub tls: Vec<TlsObservation>,
+    /// HTTP hops.
+    pub http: Vec<HttpObservation>,
+}
+
+impl ControlResponse {
+    /// The control's resolved addresses.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        resolved_addrs(&self.dns)
+    }
+}
+
+/// Distinct addresses from successful DNS observations, in answer order.
+pub fn resolved_addrs(dns: &[DnsObservation]) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for obs in dns.iter().filter(|o| o.failure.is_none()) {
+        for a in &obs.answers {
+            if !out.contains(&a.addr) {
+                out.push(a.addr);
+            }
+        }
+    }
+    out
+}
+
+/// The body of the control service's HTTP answer: the control observations, which the probe
+/// stores, and facts about the probe itself, which it never stores.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlReply {
+    /// The control measurement.
+    pub control: ControlResponse,
+    /// What the control service saw of the probe.
+    #[serde(default)]
+    pub meta: ControlMeta,
+}
+
+/// What the control service saw of the asking probe. Used locally (to scrub the probe's public
+/// address from records and to learn its network); the address is never stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlMeta {
+    /// The probe's public address as the control saw it: used only to scrub it locally.
+    pub your_address: Option<IpAddr>,
+    /// The probe's ASN, if the control could derive it.
+    pub your_asn: Option<u32>,
+    /// The probe's country, if the control could derive it.
+    pub your_country: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_method_names_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>().unwrap(), *s);
+            assert_eq!(
+                serde_json::to_string(s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+        for m in Method::ALL {
+            assert_eq!(m.as_str().parse::<Method>().unwrap(), *m);
+            assert_eq!(
+                serde_json::to_string(m).unwrap(),
+                format!("\"{}\"", m.as_str())
+            );
+        }
+        assert!("censored".parse::<Status>().is_err());
+    }
+}

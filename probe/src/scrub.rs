@@ -1,0 +1,113 @@
+//! Removing the probe's own addresses from everything that is stored or printed.
+//!
+//! A volunteer's IP address identifies them. OONI learned that it leaks through error strings,
+//! echoed headers and page titles, so every such text passes through here before it is recorded.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::{LazyLock, RwLock};
+
+use regex::Regex;
+
+/// What replaces a scrubbed address.
+pub const SCRUBBED: &str = "[scrubbed]";
+
+static IPV4: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}\b")
+        .expect("static regex")
+});
+
+// Candidate IPv6 tokens; each is confirmed with the std parser so times like 12:30:45 stay.
+static IPV6_CANDIDATE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[0-9A-Fa-f:]*:[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*").expect("static regex")
+});
+
+/// Replace every IPv4 and IPv6 address in `text`. Used for error strings, where any address
+/// might be ours.
+pub fn scrub_ips(text: &str) -> String {
+    let v4 = IPV4.replace_all(text, SCRUBBED);
+    IPV6_CANDIDATE
+        .replace_all(&v4, |c: &regex::Captures<'_>| {
+            let tok = &c[0];
+            let trimmed = tok.trim_matches(':');
+            if tok.parse::<std::net::Ipv6Addr>().is_ok()
+                || (trimmed.len() > 2 && trimmed.parse::<std::net::Ipv6Addr>().is_ok())
+                || tok.trim_end_matches(SCRUBBED).parse::<std::net::Ipv6Addr>().is_ok()
+            {
+                SCRUBBED.to_string()
+            } else {
+                tok.to_string()
+            }
+        })
+        .into_owned()
+}
+
+/// The addresses known to be the probe's own: local socket addresses seen during a run and the
+/// public address the control service saw. Shared by all measurements of a run.
+#[derive(Debug, Default)]
+pub struct OwnAddresses {
+    addrs: RwLock<BTreeSet<IpAddr>>,
+}
+
+impl OwnAddresses {
+    /// Remember an address as ours. Loopback and unspecified addresses are ignored: they
+    /// identify nobody, and scrubbing them would hide lab results.
+    pub fn add(&self, ip: IpAddr) {
+        if ip.is_unspecified() || ip.is_loopback() {
+            return;
+        }
+        if let Ok(mut set) = self.addrs.write() {
+            set.insert(ip);
+        }
+    }
+
+    /// Replace our own addresses in `text`, leaving other addresses (a server's) intact.
+    pub fn scrub(&self, text: &str) -> String {
+        let Ok(set) = self.addrs.read() else {
+            return scrub_ips(text);
+        };
+        let mut out = text.to_string();
+        for ip in set.iter() {
+            let s = ip.to_string();
+            if out.contains(&s) {
+                out = out.replace(&s, SCRUBBED);
+            }
+        }
+        out
+    }
+
+    /// Whether `ip` is one of ours.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.addrs.read().map(|s| s.contains(ip)).unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubs_v4_and_v6_but_not_times() {
+        let cases = [
+            ("peer 192.0.2.7:443 reset", "peer [scrubbed]:443 reset"),
+            ("from fe80::1 and 2001:db8:0:1::5", "from [scrubbed] and [scrubbed]"),
+            ("at 12:30:45 nothing", "at 12:30:45 nothing"),
+            ("version 1.2.3 ok", "version 1.2.3 ok"),
+            ("::ffff:10.0.0.1", "[scrubbed]"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(scrub_ips(input), want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn own_addresses_only() {
+        let own = OwnAddresses::default();
+        own.add("203.0.113.9".parse().unwrap());
+        own.add("127.0.0.1".parse().unwrap());
+        assert_eq!(
+            own.scrub("you are 203.0.113.9, server 198.51.100.1, lo 127.0.0.1"),
+            "you are [scrubbed], server 198.51.100.1, lo 127.0.0.1"
+        );
+    }
+}
