@@ -1,1 +1,642 @@
-//! (in progress)
+//! The measurement engine: runs the steps for one target, and many targets concurrently.
+//!
+//! The same [`Engine::observe`] serves the probe and the control service, so what the control
+//! reports is measured exactly the way the probe measures.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use uuid::Uuid;
+
+use crate::checks::dns::{self, ms_since, ControlResolver};
+use crate::checks::http::{self, Exchange};
+use crate::checks::tls::TlsContext;
+use crate::checks::{tcp, MeasureConfig};
+use crate::control::ControlClient;
+use crate::failure::Failure;
+use crate::model::{
+    resolved_addrs, ConnectivitySummary, ControlResponse, DnsObservation, HttpObservation,
+    Measurement, ProbeNetwork, Software, Status, Step, TcpObservation, TlsObservation, Verdict,
+    SCHEMA_VERSION,
+};
+use crate::scrub::OwnAddresses;
+use crate::targets::Target;
+use crate::verdict::{self, RunContext};
+
+/// Most addresses of one name measured: a CDN can return dozens.
+const MAX_ADDRS: usize = 4;
+
+/// The observations of one target, without verdict: what both the probe and the control make.
+#[derive(Clone, Debug, Default)]
+pub struct Observations {
+    /// DNS queries.
+    pub dns: Vec<DnsObservation>,
+    /// TCP connects.
+    pub tcp: Vec<TcpObservation>,
+    /// TLS handshakes.
+    pub tls: Vec<TlsObservation>,
+    /// HTTP hops.
+    pub http: Vec<HttpObservation>,
+}
+
+/// Everything a run needs, built once.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    /// Step configuration.
+    pub cfg: Arc<MeasureConfig>,
+    tls: TlsContext,
+    control_resolver: Option<ControlResolver>,
+    control: Option<ControlClient>,
+    /// The probe's own addresses, scrubbed from records.
+    pub own: Arc<OwnAddresses>,
+    /// The probe's network, recorded in every measurement.
+    pub probe: ProbeNetwork,
+    /// When false, the engine refuses to connect to bogon addresses (the control service's
+    /// default: it must not become a door into its own private network).
+    pub allow_bogon_targets: bool,
+    /// Anchors for the connectivity check: (host, port).
+    pub anchors: Vec<(String, u16)>,
+}
+
+/// The outcome of a whole run.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The connectivity check.
+    pub connectivity: ConnectivitySummary,
+    /// One measurement per target, in target order, with final verdicts.
+    pub measurements: Vec<Measurement>,
+}
+
+impl Engine {
+    /// Build an engine; fails only on configuration errors (e.g. an unusable control resolver).
+    pub fn new(cfg: MeasureConfig, control: Option<ControlClient>) -> Result<Self, String> {
+        let tls = TlsContext::new(&cfg)?;
+        let control_resolver = match &cfg.control_resolver {
+            Some(spec) => Some(ControlResolver::new(spec, &cfg)?),
+            None => None,
+        };
+        Ok(Engine {
+            cfg: Arc::new(cfg),
+            tls,
+            control_resolver,
+            control,
+            own: Arc::new(OwnAddresses::default()),
+            probe: ProbeNetwork::default(),
+            allow_bogon_targets: true,
+            anchors: Vec::new(),
+        })
+    }
+
+    /// Use these interception keys in addition to the built-in names.
+    pub fn with_interception_spki(mut self, keys: Vec<(String, String)>) -> Self {
+        self.tls = self.tls.with_interception_spki(keys);
+        self
+    }
+
+    /// Measure every target with at most `concurrency` at once; `progress` is called after
+    /// each target with (done, total, the measurement).
+    pub async fn run(
+        &self,
+        targets: Vec<Target>,
+        concurrency: usize,
+        progress: impl Fn(usize, usize, &Measurement) + Send + Sync,
+    ) -> RunOutcome {
+        let connectivity = self.check_connectivity().await;
+        let total = targets.len();
+        let mut measurements: Vec<(usize, Measurement)> = Vec::with_capacity(total);
+        if connectivity.offline {
+            for (i, t) in targets.iter().enumerate() {
+                let m = self.offline_measurement(t, &connectivity);
+                progress(i + 1, total, &m);
+                measurements.push((i, m));
+            }
+        } else {
+            let mut stream = futures::stream::iter(targets.into_iter().enumerate())
+                .map(|(i, t)| {
+                    let conn = connectivity.clone();
+                    async move { (i, self.measure(&t, conn).await) }
+                })
+                .buffer_unordered(concurrency.max(1));
+            let mut done = 0;
+            while let Some((i, m)) = stream.next().await {
+                done += 1;
+                progress(done, total, &m);
+                measurements.push((i, m));
+            }
+        }
+        measurements.sort_by_key(|(i, _)| *i);
+        let mut measurements: Vec<Measurement> = measurements.into_iter().map(|(_, m)| m).collect();
+        finalize_verdicts(&mut measurements, connectivity.offline);
+        // The control may have told us our public address only after early records were made.
+        for m in &mut measurements {
+            scrub_measurement(m, &self.own);
+        }
+        RunOutcome {
+            connectivity,
+            measurements,
+        }
+    }
+
+    /// Measure one target, with the control asked concurrently; the verdict is the first pass
+    /// (without the run's throttling baseline).
+    pub async fn measure(&self, target: &Target, connectivity: ConnectivitySummary) -> Measurement {
+        let started_at = Utc::now();
+        let t0 = Instant::now();
+        let control_fut = async {
+            match &self.control {
+                Some(c) => Some(c.measure(&target.url).await),
+                None => None,
+            }
+        };
+        let (obs, control) = tokio::join!(self.observe(&target.parsed, t0), control_fut);
+        let mut probe = self.probe.clone();
+        let (control, control_failure) = match control {
+            None => (None, None),
+            Some(Ok(reply)) => {
+                if let Some(ip) = reply.meta.your_address {
+                    self.own.add(ip);
+                }
+                if probe.asn.is_none() {
+                    probe.asn = reply.meta.your_asn;
+                }
+                if probe.country.is_none() {
+                    probe.country = reply.meta.your_country.clone();
+                }
+                (Some(reply.control), None)
+            }
+            Some(Err(e)) => (None, Some(crate::scrub::scrub_ips(&e))),
+        };
+        let mut m = Measurement {
+            schema_version: SCHEMA_VERSION,
+            id: Uuid::now_v7(),
+            software: Software::default(),
+            url: target.url.clone(),
+            domain: target.domain.clone(),
+            category_code: target.category_code.clone(),
+            started_at,
+            runtime_ms: ms_since(t0),
+            probe,
+            dns: obs.dns,
+            tcp: obs.tcp,
+            tls: obs.tls,
+            http: obs.http,
+            control,
+            control_failure,
+            connectivity,
+            verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
+        };
+        m.verdict = verdict::decide(
+            &m,
+            &RunContext {
+                offline: false,
+                baseline: None,
+            },
+        );
+        m
+    }
+
+    /// Run DNS, TCP, TLS and HTTP (with redirects) for one URL. Used by the probe and by the
+    /// control service alike.
+    pub async fn observe(&self, url: &url::Url, t0: Instant) -> Observations {
+        let mut out = Observations::default();
+        let Some(host) = url
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        else {
+            return out;
+        };
+        let https = url.scheme() == "https";
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if https { 443 } else { 80 });
+
+        // DNS: network resolver and control resolver side by side.
+        let addrs: Vec<IpAddr> = if let Ok(ip) = host.parse::<IpAddr>() {
+            vec![ip]
+        } else {
+            let control_fut = async {
+                match &self.control_resolver {
+                    Some(r) => Some(r.query(&host, &self.cfg, t0).await),
+                    None => None,
+                }
+            };
+            let (net, ctl) = tokio::join!(dns::query_network(&host, &self.cfg, t0), control_fut);
+            out.dns.extend(net);
+            out.dns.extend(ctl);
+            let net_only: Vec<DnsObservation> = out
+                .dns
+                .iter()
+                .filter(|o| o.role == crate::model::ResolverRole::Network)
+                .cloned()
+                .collect();
+            resolved_addrs(&net_only)
+        };
+        let addrs: Vec<SocketAddr> = addrs
+            .into_iter()
+            .take(MAX_ADDRS)
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+
+        // TCP and TLS per address, concurrently.
+        let per_addr = futures::future::join_all(
+            addrs
+                .iter()
+                .map(|a| self.connect_and_handshake(*a, &host, https, t0)),
+        )
+        .await;
+        let mut best: Option<(SocketAddr, Conn, bool)> = None;
+        for (tcp_obs, tls_obs, conn) in per_addr {
+            out.tcp.extend(tcp_obs);
+            let verified = tls_obs.first().map(|t| t.verified()).unwrap_or(false);
+            out.tls.extend(tls_obs);
+            if let Some((addr, c)) = conn {
+                let better = match &best {
+                    None => true,
+                    Some((_, _, best_verified)) => verified && !best_verified,
+                };
+                if better {
+                    best = Some((addr, c, verified));
+                }
+            }
+        }
+
+        // HTTP on the best connection, then redirects hop by hop.
+        let Some((addr, conn, _)) = best else {
+            return out;
+        };
+        let first = match conn {
+            Conn::Plain(s) => http::get(s, url, addr, 0, &self.cfg, &self.own, t0).await,
+            Conn::Tls(s) => http::get(*s, url, addr, 0, &self.cfg, &self.own, t0).await,
+        };
+        self.follow_redirects(url, first, &host, &addrs, t0, &mut out)
+            .await;
+        out
+    }
+
+    async fn follow_redirects(
+        &self,
+        start_url: &url::Url,
+        first: Exchange,
+        first_host: &str,
+        first_addrs: &[SocketAddr],
+        t0: Instant,
+        out: &mut Observations,
+    ) {
+        let mut visited = vec![start_url.to_string()];
+        let mut current_url = start_url.clone();
+        let mut current = first.obs;
+        let mut hop = 0u32;
+        loop {
+            let location = current.location.clone();
+            let is_redirect = matches!(current.status, Some(301 | 302 | 303 | 307 | 308));
+            out.http.push(current);
+            if !is_redirect {
+                return;
+            }
+            hop += 1;
+            let Some(location) = location else {
+                return;
+            };
+            let next = match current_url.join(&location) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+                _ => {
+                    let mut obs = http::empty_observation(hop, &location, None, t0);
+                    obs.failed_step = Some(Step::Http);
+                    obs.failure = Some(Failure::HttpInvalidRedirect);
+                    out.http.push(obs);
+                    return;
+                }
+            };
+            if hop > self.cfg.max_redirects || visited.contains(&next.to_string()) {
+                let mut obs = http::empty_observation(hop, next.as_str(), None, t0);
+                obs.failed_step = Some(Step::Http);
+                obs.failure = Some(Failure::HttpTooManyRedirects);
+                out.http.push(obs);
+                return;
+            }
+            visited.push(next.to_string());
+            current = self.hop(&next, hop, first_host, first_addrs, t0).await;
+            current_url = next;
+        }
+    }
+
+    /// One redirect hop: resolve (unless same host), connect, handshake, GET.
+    async fn hop(
+        &self,
+        url: &url::Url,
+        hop: u32,
+        first_host: &str,
+        first_addrs: &[SocketAddr],
+        t0: Instant,
+    ) -> HttpObservation {
+        let start = Instant::now();
+        let mut obs = http::empty_observation(hop, url.as_str(), None, t0);
+        let fail = |mut obs: HttpObservation, step: Step, f: Failure| {
+            obs.failed_step = Some(step);
+            obs.failure = Some(f);
+            obs.duration_ms = ms_since(start);
+            obs
+        };
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let https = url.scheme() == "https";
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if https { 443 } else { 80 });
+        let ip = if host.eq_ignore_ascii_case(first_host) && !first_addrs.is_empty() {
+            first_addrs[0].ip()
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            ip
+        } else {
+            let net = dns::query_network(&host, &self.cfg, t0).await;
+            match resolved_addrs(&net).first() {
+                Some(ip) => *ip,
+                None => {
+                    let f = net
+                        .iter()
+                        .find_map(|o| o.failure.clone())
+                        .unwrap_or(Failure::DnsNoAnswer);
+                    return fail(obs, Step::Dns, f);
+                }
+            }
+        };
+        let addr = SocketAddr::new(ip, port);
+        obs.addr = Some(addr);
+        let (tcp_obs, tls_obs, conn) = self.connect_and_handshake(addr, &host, https, t0).await;
+        let Some((_, conn)) = conn else {
+            if let Some(f) = tls_obs.first().and_then(|t| t.failure.clone()) {
+                return fail(obs, Step::Tls, f);
+            }
+            let f = tcp_obs
+                .first()
+                .and_then(|t| t.failure.clone())
+                .unwrap_or_else(|| Failure::unknown("no connection"));
+            return fail(obs, Step::Tcp, f);
+        };
+        // A hop's certificate must verify: a redirect into an interceptor is a TLS failure.
+        if let Some(t) = tls_obs.first() {
+            if let Some(f) = &t.verification_failure {
+                return fail(obs, Step::Tls, f.clone());
+            }
+        }
+        let ex = match conn {
+            Conn::Plain(s) => http::get(s, url, addr, hop, &self.cfg, &self.own, t0).await,
+            Conn::Tls(s) => http::get(*s, url, addr, hop, &self.cfg, &self.own, t0).await,
+        };
+        ex.obs
+    }
+
+    /// TCP connect, then (https) TLS handshake with the real SNI and, if that was interrupted,
+    /// a decoy handshake with another SNI on a fresh connection.
+    async fn connect_and_handshake(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        https: bool,
+        t0: Instant,
+    ) -> (
+        Vec<TcpObservation>,
+        Vec<TlsObservation>,
+        Option<(SocketAddr, Conn)>,
+    ) {
+        let mut tcps = Vec::new();
+        let mut tlss = Vec::new();
+        if !self.allow_bogon_targets && self.cfg.bogons.is_bogon(addr.ip()) {
+            tcps.push(TcpObservation {
+                addr,
+                t_ms: ms_since(t0),
+                duration_ms: 0.0,
+                failure: Some(Failure::unknown(
+                    "address refused by control policy (bogon)",
+                )),
+            });
+            return (tcps, tlss, None);
+        }
+        let (obs, stream) = tcp::connect(addr, &self.cfg, t0).await;
+        tcps.push(obs);
+        let Some(stream) = stream else {
+            return (tcps, tlss, None);
+        };
+        if let Ok(local) = stream.local_addr() {
+            self.own.add(local.ip());
+        }
+        if !https {
+            return (tcps, tlss, Some((addr, Conn::Plain(stream))));
+        }
+        let (tls_obs, tls) = self
+            .tls
+            .handshake(stream, addr, host, false, &self.cfg, t0)
+            .await;
+        let interrupted = tls_obs
+            .failure
+            .as_ref()
+            .map(|f| f.is_interruption())
+            .unwrap_or(false);
+        tlss.push(tls_obs);
+        if let Some(tls) = tls {
+            return (tcps, tlss, Some((addr, Conn::Tls(Box::new(tls)))));
+        }
+        if interrupted && !host.eq_ignore_ascii_case(&self.cfg.decoy_sni) {
+            let (obs, stream) = tcp::connect(addr, &self.cfg, t0).await;
+            tcps.push(obs);
+            if let Some(stream) = stream {
+                let (decoy, _) = self
+                    .tls
+                    .handshake(stream, addr, &self.cfg.decoy_sni, true, &self.cfg, t0)
+                    .await;
+                tlss.push(decoy);
+            }
+        }
+        (tcps, tlss, None)
+    }
+
+    /// Can this probe reach anything at all? Anchors are tried in parallel, as is the control.
+    pub async fn check_connectivity(&self) -> ConnectivitySummary {
+        let t0 = Instant::now();
+        let anchor_futs = self.anchors.iter().map(|(host, port)| async move {
+            let (resolved, ips) = if let Ok(ip) = host.parse::<IpAddr>() {
+                (true, vec![ip])
+            } else {
+                let net = dns::query_network(host, &self.cfg, t0).await;
+                let ips = resolved_addrs(&net);
+                let answered = net.iter().any(|o| o.rcode.is_some());
+                (answered, ips)
+            };
+            let mut reached = false;
+            for ip in ips.into_iter().take(2) {
+                let (obs, _) = tcp::connect(SocketAddr::new(ip, *port), &self.cfg, t0).await;
+                if obs.failure.is_none() {
+                    reached = true;
+                    break;
+                }
+            }
+            (resolved, reached)
+        });
+        let control_fut = async {
+            match &self.control {
+                Some(c) => Some(c.health().await.is_ok()),
+                None => None,
+            }
+        };
+        let (anchors, control_ok) =
+            tokio::join!(futures::future::join_all(anchor_futs), control_fut);
+        let anchors_tried = anchors.len() as u32;
+        let anchors_ok = anchors.iter().filter(|(_, r)| *r).count() as u32;
+        let resolver_ok = (!anchors.is_empty()).then(|| anchors.iter().any(|(d, _)| *d));
+        let decidable = anchors_tried > 0 || control_ok.is_some();
+        let offline = decidable && anchors_ok == 0 && control_ok != Some(true);
+        let summary = if offline {
+            format!(
+                "No connectivity: none of {anchors_tried} anchor hosts could be reached{}{}. The network looks cut off; results are kept and can be uploaded later.",
+                match control_ok {
+                    Some(false) => ", the control service did not answer",
+                    _ => "",
+                },
+                match resolver_ok {
+                    Some(true) => " (the resolver still answers: DNS passes while other traffic does not)",
+                    Some(false) => ", and the resolver did not answer",
+                    None => "",
+                }
+            )
+        } else if !decidable {
+            "Connectivity not checked: no anchors and no control service configured.".to_string()
+        } else {
+            format!(
+                "Connected: {anchors_ok} of {anchors_tried} anchors reached{}.",
+                match control_ok {
+                    Some(true) => ", control service answered",
+                    Some(false) => ", control service did NOT answer",
+                    None => "",
+                }
+            )
+        };
+        ConnectivitySummary {
+            offline,
+            resolver_ok,
+            control_ok,
+            anchors_ok,
+            anchors_tried,
+            summary,
+        }
+    }
+
+    fn offline_measurement(&self, t: &Target, connectivity: &ConnectivitySummary) -> Measurement {
+        Measurement {
+            schema_version: SCHEMA_VERSION,
+            id: Uuid::now_v7(),
+            software: Software::default(),
+            url: t.url.clone(),
+            domain: t.domain.clone(),
+            category_code: t.category_code.clone(),
+            started_at: Utc::now(),
+            runtime_ms: 0.0,
+            probe: self.probe.clone(),
+            dns: vec![],
+            tcp: vec![],
+            tls: vec![],
+            http: vec![],
+            control: None,
+            control_failure: Some("not attempted: no connectivity".into()),
+            connectivity: connectivity.clone(),
+            verdict: Verdict::new(Status::Offline, None, "not analysed yet"),
+        }
+    }
+
+    /// The control service's measurement of `url`: the same steps, no control of its own.
+    pub async fn control_measure(&self, url: &url::Url) -> ControlResponse {
+        let t0 = Instant::now();
+        let measured_at = Utc::now();
+        let obs = self.observe(url, t0).await;
+        ControlResponse {
+            software: Software::default(),
+            measured_at,
+            dns: obs.dns,
+            tcp: obs.tcp,
+            tls: obs.tls,
+            http: obs.http,
+        }
+    }
+}
+
+/// A measured connection ready for HTTP.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Plain(_) => "Conn::Plain",
+            Conn::Tls(_) => "Conn::Tls",
+        })
+    }
+}
+
+/// Second verdict pass: with the run's own baseline, so throttling can be judged.
+pub fn finalize_verdicts(measurements: &mut [Measurement], offline: bool) {
+    let first: Vec<Verdict> = measurements
+        .iter()
+        .map(|m| {
+            verdict::decide(
+                m,
+                &RunContext {
+                    offline,
+                    baseline: None,
+                },
+            )
+        })
+        .collect();
+    for (m, v) in measurements.iter_mut().zip(first) {
+        m.verdict = v;
+    }
+    let snapshot: Vec<Measurement> = measurements.to_vec();
+    for m in measurements.iter_mut() {
+        let ctx = RunContext {
+            offline,
+            baseline: verdict::baseline(&snapshot, Some(m.id)),
+        };
+        m.verdict = verdict::decide(m, &ctx);
+    }
+}
+
+/// Remove the probe's own addresses from every free-text field of a measurement.
+pub fn scrub_measurement(m: &mut Measurement, own: &OwnAddresses) {
+    for h in &mut m.http {
+        for (_, v) in &mut h.headers {
+            *v = own.scrub(v);
+        }
+        if let Some(t) = &mut h.title {
+            *t = own.scrub(t);
+        }
+    }
+    if let Some(c) = &mut m.control {
+        for h in &mut c.http {
+            for (_, v) in &mut h.headers {
+                *v = own.scrub(v);
+            }
+            if let Some(t) = &mut h.title {
+                *t = own.scrub(t);
+            }
+        }
+    }
+    if let Some(f) = &mut m.control_failure {
+        *f = crate::scrub::scrub_ips(f);
+    }
+}
+
+/// A sensible default concurrency for a home line: enough to overlap timeouts, few enough not
+/// to saturate a slow uplink or look like a scan.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+
+/// Default step timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

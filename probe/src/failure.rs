@@ -142,10 +142,7 @@ impl Failure {
 
     /// Failures that say the local network itself is unusable.
     pub fn is_local_network(&self) -> bool {
-        matches!(
-            self,
-            Failure::NetworkUnreachable | Failure::NetworkOffline
-        )
+        matches!(self, Failure::NetworkUnreachable | Failure::NetworkOffline)
     }
 
     /// Classify an I/O error from a socket operation.
@@ -219,7 +216,9 @@ impl fmt::Display for Failure {
 
 /// Parsing a failure name fails for names outside the taxonomy.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown failure name {0:?}: expected one of the documented names or `unknown_failure: ...`")]
+#[error(
+    "unknown failure name {0:?}: expected one of the documented names or `unknown_failure: ...`"
+)]
 pub struct UnknownFailureName(String);
 
 impl FromStr for Failure {

@@ -13,15 +13,19 @@
 
 pub mod bogon;
 pub mod checks;
+pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod engine;
 pub mod failure;
 pub mod fingerprints;
 pub mod model;
 pub mod report;
 pub mod scrub;
+pub mod spool;
 pub mod targets;
+pub mod upload;
 pub mod verdict;
 
 pub use failure::Failure;

@@ -1,1 +1,135 @@
-//! (in progress)
+//! Plain-language results for volunteers: a summary table and a closing sentence.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::model::{ConnectivitySummary, Measurement, Method, Status};
+
+/// Widest site column.
+const SITE_WIDTH: usize = 32;
+/// Widest reason column on a terminal.
+const REASON_WIDTH: usize = 100;
+
+/// The informed-consent notice shown before the first run.
+pub const CONSENT_NOTICE: &str = "\
+Witness measures whether websites are blocked on your internet connection.
+
+What it does: for each site on its list it looks the name up, connects, makes a TLS handshake
+and fetches the page, as a browser would, and compares with a measurement from outside your
+network. The list includes sites that your government may consider sensitive (opposition
+news, human rights, circumvention tools, social networks).
+
+Risks: anyone who watches your connection (your ISP, the state) can see that your device
+contacted these sites. In some countries that can draw attention or be treated as an offence.
+Your IP address is never recorded in results nor sent with them, but the traffic itself is
+visible. You can exclude categories (exclude_categories in the config file, or --exclude-category).
+
+If you upload results, they are published as open data with your network (AS number) and
+country, never your IP address.
+
+Do you understand these risks and want to run Witness?";
+
+fn paint(s: &str, code: &str, color: bool) -> String {
+    if color {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_string()
+    }
+}
+
+/// The verdict as one short label, e.g. `blocked (tls)`.
+pub fn label(m: &Measurement) -> String {
+    match (m.verdict.status, m.verdict.method) {
+        (Status::Blocked, Some(method)) => format!("blocked ({method})"),
+        (s, _) => s.to_string(),
+    }
+}
+
+fn colour_code(status: Status) -> &'static str {
+    match status {
+        Status::Accessible => "32",
+        Status::Blocked => "1;31",
+        Status::Down => "90",
+        Status::Offline => "35",
+        Status::Inconclusive => "33",
+    }
+}
+
+fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// The table of site, verdict and reason, then a closing summary.
+pub fn summary_table(
+    measurements: &[Measurement],
+    connectivity: &ConnectivitySummary,
+    color: bool,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<SITE_WIDTH$}  {:<18}  REASON", "SITE", "VERDICT");
+    for m in measurements {
+        let site = fit(&m.url, SITE_WIDTH);
+        let verdict = format!("{:<18}", label(m));
+        let _ = writeln!(
+            out,
+            "{:<SITE_WIDTH$}  {}  {}",
+            site,
+            paint(&verdict, colour_code(m.verdict.status), color),
+            fit(&m.verdict.reason, REASON_WIDTH)
+        );
+    }
+    out.push('\n');
+    out.push_str(&closing(measurements, connectivity));
+    out.push('\n');
+    out
+}
+
+/// Counts per status and per blocking method, and what they mean, in a few sentences.
+pub fn closing(measurements: &[Measurement], connectivity: &ConnectivitySummary) -> String {
+    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut by_method: BTreeMap<Method, usize> = BTreeMap::new();
+    for m in measurements {
+        *by_status.entry(m.verdict.status.as_str()).or_default() += 1;
+        if let Some(method) = m.verdict.method {
+            *by_method.entry(method).or_default() += 1;
+        }
+    }
+    let n = measurements.len();
+    let mut s = format!("{n} sites measured. ");
+    if connectivity.offline {
+        s.push_str(&connectivity.summary);
+        return s;
+    }
+    let parts: Vec<String> = Status::ALL
+        .iter()
+        .filter_map(|st| by_status.get(st.as_str()).map(|c| format!("{c} {st}")))
+        .collect();
+    s.push_str(&parts.join(", "));
+    s.push('.');
+    if !by_method.is_empty() {
+        let methods: Vec<String> = by_method
+            .iter()
+            .map(|(m, c)| format!("{c} by {}", method_words(*m)))
+            .collect();
+        let _ = write!(s, " Blocked: {}.", methods.join(", "));
+    }
+    let _ = write!(s, " {}", connectivity.summary);
+    s
+}
+
+/// How a method reads in a sentence.
+pub fn method_words(m: Method) -> &'static str {
+    match m {
+        Method::Dns => "DNS tampering",
+        Method::Tcp => "IP blocking",
+        Method::Tls => "TLS/SNI filtering",
+        Method::Mitm => "TLS interception",
+        Method::Http => "HTTP blocking",
+        Method::Throttle => "throttling",
+    }
+}

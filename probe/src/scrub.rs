@@ -25,21 +25,19 @@ static IPV6_CANDIDATE: LazyLock<Regex> = LazyLock::new(|| {
 /// Replace every IPv4 and IPv6 address in `text`. Used for error strings, where any address
 /// might be ours.
 pub fn scrub_ips(text: &str) -> String {
-    let v4 = IPV4.replace_all(text, SCRUBBED);
-    IPV6_CANDIDATE
-        .replace_all(&v4, |c: &regex::Captures<'_>| {
-            let tok = &c[0];
-            let trimmed = tok.trim_matches(':');
-            if tok.parse::<std::net::Ipv6Addr>().is_ok()
-                || (trimmed.len() > 2 && trimmed.parse::<std::net::Ipv6Addr>().is_ok())
-                || tok.trim_end_matches(SCRUBBED).parse::<std::net::Ipv6Addr>().is_ok()
-            {
-                SCRUBBED.to_string()
-            } else {
-                tok.to_string()
-            }
-        })
-        .into_owned()
+    // IPv6 first, so a v4-mapped address (::ffff:10.0.0.1) goes as one token.
+    let v6 = IPV6_CANDIDATE.replace_all(text, |c: &regex::Captures<'_>| {
+        let tok = &c[0];
+        let trimmed = tok.trim_matches(|ch| ch == ':' || ch == '.');
+        if tok.parse::<std::net::Ipv6Addr>().is_ok()
+            || (trimmed.len() > 2 && trimmed.parse::<std::net::Ipv6Addr>().is_ok())
+        {
+            SCRUBBED.to_string()
+        } else {
+            tok.to_string()
+        }
+    });
+    IPV4.replace_all(&v6, SCRUBBED).into_owned()
 }
 
 /// The addresses known to be the probe's own: local socket addresses seen during a run and the
@@ -90,7 +88,10 @@ mod tests {
     fn scrubs_v4_and_v6_but_not_times() {
         let cases = [
             ("peer 192.0.2.7:443 reset", "peer [scrubbed]:443 reset"),
-            ("from fe80::1 and 2001:db8:0:1::5", "from [scrubbed] and [scrubbed]"),
+            (
+                "from fe80::1 and 2001:db8:0:1::5",
+                "from [scrubbed] and [scrubbed]",
+            ),
             ("at 12:30:45 nothing", "at 12:30:45 nothing"),
             ("version 1.2.3 ok", "version 1.2.3 ok"),
             ("::ffff:10.0.0.1", "[scrubbed]"),

@@ -1,1 +1,4 @@
-fn main() {}
+//! The `witness` probe binary.
+fn main() -> std::process::ExitCode {
+    witness_probe::cli::main()
+}

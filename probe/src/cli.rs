@@ -1,0 +1,652 @@
+//! The `witness` command line: flags over the config file over defaults.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, FileConfig};
+use crate::control::ControlClient;
+use crate::engine::Engine;
+use crate::model::{Measurement, ProbeNetwork};
+use crate::report;
+use crate::targets::{self, Target};
+
+/// Witness: is this site blocked on my connection, and how?
+#[derive(Debug, Parser)]
+#[command(name = "witness", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: ~/.config/witness/config.toml if it exists).
+    #[arg(long, global = true, env = "WITNESS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure every target and print a verdict per site.
+    Run(RunArgs),
+    /// Show the informed-consent notice.
+    Consent,
+    /// Print the shipped example configuration (all defaults, documented).
+    ExampleConfig,
+    /// Upload the measurements waiting in the spool.
+    Upload(UploadArgs),
+    /// Register with a collector and save the token.
+    Register(RegisterArgs),
+    /// Measure on a schedule, spool, and upload, unattended (survives outages and restarts).
+    Daemon(DaemonArgs),
+}
+
+/// Where to upload: flags over config over the saved registration.
+#[derive(Debug, Default, Args)]
+pub struct CollectorArgs {
+    /// Collector base URL.
+    #[arg(long, value_name = "URL")]
+    pub collector: Option<String>,
+    /// Probe token (default: the config, else the one saved by `witness register`).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "WITNESS_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Spool directory (default: the config, else ~/.local/share/witness/spool).
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// Flags of `witness upload`.
+#[derive(Debug, Default, Args)]
+pub struct UploadArgs {
+    /// Where.
+    #[command(flatten)]
+    pub collector: CollectorArgs,
+}
+
+/// Flags of `witness register`.
+#[derive(Debug, Default, Args)]
+pub struct RegisterArgs {
+    /// Where.
+    #[command(flatten)]
+    pub collector: CollectorArgs,
+    /// Invite token, for collectors with invite-only registration.
+    #[arg(long, value_name = "TOKEN")]
+    pub invite: Option<String>,
+}
+
+/// Flags of `witness daemon`.
+#[derive(Debug, Default, Args)]
+pub struct DaemonArgs {
+    /// Seconds between runs.
+    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    pub interval: f64,
+    /// Up to this many seconds of random delay added to each run, so probes do not all
+    /// measure at the same instant.
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub jitter: f64,
+    /// Seconds between upload attempts while measurements wait (e.g. during an outage).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub upload_retry: f64,
+    /// Stop after this many runs (default: never).
+    #[arg(long, value_name = "N")]
+    pub runs: Option<u64>,
+    /// Measurement flags, as for `witness run`.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Flags of `witness run`.
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    /// A list in the Citizen Lab CSV format (repeatable). Default: the embedded lists.
+    #[arg(long = "list", value_name = "FILE")]
+    pub lists: Vec<PathBuf>,
+    /// A single URL to measure (repeatable); with no --list, only these are measured.
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Only targets of this category code (repeatable), e.g. NEWS.
+    #[arg(long = "category", value_name = "CODE")]
+    pub categories: Vec<String>,
+    /// Never targets of this category code (repeatable).
+    #[arg(long = "exclude-category", value_name = "CODE")]
+    pub exclude_categories: Vec<String>,
+    /// The network's resolver: `system` or IP[:PORT].
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub resolver: Option<String>,
+    /// Encrypted control resolver: doh:IP#NAME, dot:IP#NAME, udp:IP[:PORT] or none.
+    #[arg(long, value_name = "SPEC")]
+    pub control_resolver: Option<String>,
+    /// Control service base URL.
+    #[arg(long, value_name = "URL")]
+    pub control: Option<String>,
+    /// Token for the control service.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "WITNESS_CONTROL_TOKEN",
+        hide_env_values = true
+    )]
+    pub control_token: Option<String>,
+    /// Run without a control service.
+    #[arg(long, conflicts_with = "control")]
+    pub no_control: bool,
+    /// Targets measured at once.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Timeout of each step, seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Extra trusted CA certificates, PEM (repeatable).
+    #[arg(long = "extra-ca", value_name = "FILE")]
+    pub extra_ca: Vec<PathBuf>,
+    /// LABS ONLY: treat this reserved range as public (repeatable), e.g. 198.18.0.0/15.
+    #[arg(long = "lab-public-range", value_name = "CIDR")]
+    pub lab_public_ranges: Vec<ipnet::IpNet>,
+    /// Bind outgoing sockets to this local address.
+    #[arg(long, value_name = "IP")]
+    pub source_address: Option<std::net::IpAddr>,
+    /// Connectivity anchors HOST:PORT (repeatable; replaces the configured ones). `none` for none.
+    #[arg(long = "anchor", value_name = "HOST:PORT")]
+    pub anchors: Vec<String>,
+    /// Print one JSON object per target per line on stdout, and nothing else.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON Lines to this file (appended).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// I have read the consent notice (`witness consent`) and accept it.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Spool and upload the results to the collector after the run.
+    #[arg(long)]
+    pub upload: bool,
+    /// Where to upload.
+    #[command(flatten)]
+    pub collector: CollectorArgs,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("witness: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("witness: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WITNESS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Consent => {
+            println!("{}", report::CONSENT_NOTICE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ExampleConfig => {
+            print!("{}", config::EXAMPLE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => {
+            let file = load_config(cli.config.as_deref())?;
+            run(args, file).await
+        }
+        Command::Upload(args) => {
+            let file = load_config(cli.config.as_deref())?;
+            upload_cmd(args, file).await
+        }
+        Command::Register(args) => {
+            let file = load_config(cli.config.as_deref())?;
+            register_cmd(args, file).await
+        }
+        Command::Daemon(args) => {
+            let file = load_config(cli.config.as_deref())?;
+            crate::daemon::run(args, file).await
+        }
+    }
+}
+
+/// Saved registration: `~/.local/share/witness/credentials.json`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Credentials {
+    collector: String,
+    probe_id: String,
+    token: String,
+}
+
+fn credentials_path() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("witness").join("credentials.json"))
+}
+
+fn saved_credentials() -> Option<Credentials> {
+    let text = std::fs::read_to_string(credentials_path()?).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The collector URL and token from flags, config and the saved registration.
+pub fn collector_target(
+    args: &CollectorArgs,
+    file: &FileConfig,
+) -> Result<Option<(url::Url, Option<String>)>> {
+    let saved = saved_credentials();
+    let url = args
+        .collector
+        .clone()
+        .or_else(|| file.collector.url.clone())
+        .or_else(|| saved.as_ref().map(|c| c.collector.clone()));
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let parsed = url::Url::parse(&url).with_context(|| format!("collector URL {url:?}"))?;
+    let token = args
+        .token
+        .clone()
+        .or_else(|| file.collector.token.clone())
+        .or_else(|| saved.filter(|c| c.collector == url).map(|c| c.token));
+    Ok(Some((parsed, token)))
+}
+
+/// The spool from flags and config.
+pub fn open_spool(args: &CollectorArgs, file: &FileConfig) -> Result<crate::spool::Spool> {
+    let dir = args
+        .spool_dir
+        .clone()
+        .or_else(|| file.collector.spool_dir.clone())
+        .or_else(crate::spool::Spool::default_dir)
+        .context("no spool directory: set collector.spool_dir or --spool-dir")?;
+    let max = file
+        .collector
+        .spool_max
+        .unwrap_or(crate::spool::DEFAULT_MAX);
+    Ok(crate::spool::Spool::open(dir, max)?)
+}
+
+async fn upload_cmd(args: UploadArgs, file: FileConfig) -> Result<ExitCode> {
+    let spool = open_spool(&args.collector, &file)?;
+    let Some((url, token)) = collector_target(&args.collector, &file)? else {
+        bail!("no collector configured: pass --collector URL or set collector.url in the config");
+    };
+    let up = crate::upload::Uploader::new(url, token).map_err(anyhow::Error::msg)?;
+    let waiting = spool.len()?;
+    match up
+        .drain_with_retries(&spool, 3, Duration::from_secs(2))
+        .await
+    {
+        Ok(s) => {
+            println!(
+                "{} of {} waiting measurements uploaded, {} rejected (kept in {}), {} still waiting.",
+                s.acknowledged,
+                waiting,
+                s.rejected,
+                spool.dir().join("rejected").display(),
+                s.remaining
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "witness: upload failed: {e}. {} measurements stay in {} and will be sent next time.",
+                spool.len().unwrap_or(waiting),
+                spool.dir().display()
+            );
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+async fn register_cmd(args: RegisterArgs, file: FileConfig) -> Result<ExitCode> {
+    let Some((url, _)) = collector_target(&args.collector, &file)? else {
+        bail!("no collector: pass --collector URL");
+    };
+    let up = crate::upload::Uploader::new(url.clone(), None).map_err(anyhow::Error::msg)?;
+    let reg = up.register(args.invite.as_deref()).await?;
+    let creds = Credentials {
+        collector: url.to_string(),
+        probe_id: reg.probe_id.clone(),
+        token: reg.token.clone(),
+    };
+    if let Some(p) = credentials_path() {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        write_private(&p, &serde_json::to_string_pretty(&creds)?)?;
+        println!(
+            "Registered as probe {} at {}; token saved in {}.",
+            reg.probe_id,
+            url,
+            p.display()
+        );
+    } else {
+        println!("Registered as probe {}; token: {}", reg.probe_id, reg.token);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Write a file only the owner can read (the token is a secret).
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Load the explicit config file, else the user's default one if it exists, else defaults.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<FileConfig> {
+    match path {
+        Some(p) => Ok(FileConfig::load(p)?),
+        None => match FileConfig::default_path() {
+            Some(p) if p.exists() => Ok(FileConfig::load(&p)?),
+            _ => Ok(FileConfig::default()),
+        },
+    }
+}
+
+fn consent_path() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("witness").join("consent-accepted"))
+}
+
+/// Ask for informed consent once, on a terminal; elsewhere require --yes or the config key.
+pub(crate) fn ensure_consent(args: &RunArgs, file: &FileConfig) -> Result<()> {
+    if args.yes || file.consent {
+        return Ok(());
+    }
+    if let Some(p) = consent_path() {
+        if p.exists() {
+            return Ok(());
+        }
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "informed consent is needed before the first run. Read it with `witness consent`, then \
+             pass --yes (or set `consent = true` in the config file) for unattended runs."
+        );
+    }
+    eprintln!("{}\n", report::CONSENT_NOTICE);
+    eprint!("Type yes to continue: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "yes" | "y") {
+        bail!("consent not given; nothing was measured");
+    }
+    if let Some(p) = consent_path() {
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(&p, chrono::Utc::now().to_rfc3339());
+    }
+    Ok(())
+}
+
+/// Targets from flags and config: lists (or the embedded default), single URLs, filters.
+/// Bad rows are reported on stderr and skipped; the rest still run.
+pub fn collect_targets(args: &RunArgs, file: &FileConfig) -> Result<Vec<Target>> {
+    let lists: Vec<PathBuf> = if args.lists.is_empty() {
+        file.run.lists.clone()
+    } else {
+        args.lists.clone()
+    };
+    let mut all = Vec::new();
+    for path in &lists {
+        let (ts, errors) = targets::load_list_file(path)?;
+        for e in &errors {
+            eprintln!("witness: skipping {e}");
+        }
+        all.extend(ts);
+    }
+    for u in &args.urls {
+        match Target::from_url(u, "command-line") {
+            Ok(t) => all.push(t),
+            Err(e) => bail!("--url {u:?}: {e}"),
+        }
+    }
+    if lists.is_empty() && args.urls.is_empty() {
+        all = targets::embedded_default();
+    }
+    let include = if args.categories.is_empty() {
+        &file.run.categories
+    } else {
+        &args.categories
+    };
+    let mut exclude = file.run.exclude_categories.clone();
+    exclude.extend(args.exclude_categories.iter().cloned());
+    let all = targets::filter_categories(targets::dedup(all), include, &exclude);
+    if all.is_empty() {
+        bail!(
+            "no targets to measure: the lists are empty or the category filter removed everything"
+        );
+    }
+    Ok(all)
+}
+
+/// Build the engine from flags over file over defaults.
+pub fn build_engine(args: &RunArgs, file: &FileConfig) -> Result<Engine> {
+    let mut run = file.run.clone();
+    let mut net = file.network.clone();
+    if let Some(c) = args.concurrency {
+        run.concurrency = c;
+    }
+    if let Some(t) = args.timeout {
+        run.timeout_secs = t;
+    }
+    if let Some(r) = &args.resolver {
+        net.resolver = r.clone();
+    }
+    if let Some(r) = &args.control_resolver {
+        net.control_resolver = r.clone();
+    }
+    net.extra_ca_files.extend(args.extra_ca.iter().cloned());
+    net.lab_public_ranges
+        .extend(args.lab_public_ranges.iter().cloned());
+    if args.source_address.is_some() {
+        net.source_address = args.source_address;
+    }
+    if !args.anchors.is_empty() {
+        net.anchors = args
+            .anchors
+            .iter()
+            .filter(|a| !a.eq_ignore_ascii_case("none"))
+            .cloned()
+            .collect();
+    }
+    if run.concurrency == 0 || run.concurrency > 1024 {
+        bail!(
+            "concurrency {} is out of range; use 1 to 1024",
+            run.concurrency
+        );
+    }
+    let cfg = config::measure_config(&run, &net)?;
+    let timeout = cfg.timeout;
+
+    let control_url = if args.no_control {
+        None
+    } else {
+        args.control
+            .clone()
+            .or_else(|| file.control.url.clone())
+            .or_else(|| file.collector.url.clone())
+    };
+    let control = match control_url {
+        None => None,
+        Some(u) => {
+            let mut base = url::Url::parse(&u).with_context(|| format!("control URL {u:?}"))?;
+            if !base.path().ends_with('/') {
+                let p = format!("{}/", base.path());
+                base.set_path(&p);
+            }
+            let token = args
+                .control_token
+                .clone()
+                .or_else(|| file.control.token.clone())
+                .or_else(|| file.collector.token.clone());
+            // The control measures the site itself: allow it several step timeouts.
+            Some(
+                ControlClient::new(base, token, timeout * 6 + Duration::from_secs(5))
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+    };
+    let pins = net
+        .interception_spki
+        .iter()
+        .map(|s| config::parse_spki_pin(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut engine = Engine::new(cfg, control)
+        .map_err(anyhow::Error::msg)?
+        .with_interception_spki(pins);
+    engine.anchors = net
+        .anchors
+        .iter()
+        .map(|a| config::parse_anchor(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    engine.probe = ProbeNetwork {
+        asn: file.probe.asn,
+        country: file.probe.country.clone(),
+    };
+    Ok(engine)
+}
+
+pub(crate) async fn run(args: RunArgs, file: FileConfig) -> Result<ExitCode> {
+    ensure_consent(&args, &file)?;
+    let targets = collect_targets(&args, &file)?;
+    let engine = build_engine(&args, &file)?;
+    let concurrency = args.concurrency.unwrap_or(file.run.concurrency);
+
+    let show_progress = !args.no_progress && std::io::stderr().is_terminal();
+    let bar = if show_progress {
+        let bar = indicatif::ProgressBar::new(targets.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let outcome = engine
+        .run(targets, concurrency, |_, _, m: &Measurement| {
+            bar.set_message(m.domain.clone());
+            bar.inc(1);
+        })
+        .await;
+    bar.finish_and_clear();
+
+    let lines: Vec<String> = outcome
+        .measurements
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<_, _>>()?;
+    if let Some(path) = &args.out {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open --out file {}", path.display()))?;
+        for l in &lines {
+            writeln!(f, "{l}")?;
+        }
+        f.sync_all()?;
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        for l in &lines {
+            writeln!(out, "{l}")?;
+        }
+    } else {
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        write!(
+            out,
+            "{}",
+            report::summary_table(&outcome.measurements, &outcome.connectivity, color)
+        )?;
+    }
+    out.flush()?;
+    drop(out);
+
+    if args.upload || file.collector.upload {
+        let code = spool_and_upload(&args.collector, &file, &outcome.measurements).await?;
+        return Ok(code);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Spool every measurement (durably, first), then try to upload all that waits.
+pub async fn spool_and_upload(
+    args: &CollectorArgs,
+    file: &FileConfig,
+    measurements: &[Measurement],
+) -> Result<ExitCode> {
+    let spool = open_spool(args, file)?;
+    for m in measurements {
+        spool.push(m)?;
+    }
+    let Some((url, token)) = collector_target(args, file)? else {
+        eprintln!(
+            "witness: no collector configured; {} measurements wait in {}.",
+            spool.len()?,
+            spool.dir().display()
+        );
+        return Ok(ExitCode::from(3));
+    };
+    let up = crate::upload::Uploader::new(url, token).map_err(anyhow::Error::msg)?;
+    match up
+        .drain_with_retries(&spool, 3, Duration::from_secs(2))
+        .await
+    {
+        Ok(s) => {
+            eprintln!(
+                "witness: uploaded {} measurements ({} rejected, {} waiting).",
+                s.acknowledged, s.rejected, s.remaining
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "witness: upload failed: {e}. The measurements are kept in {} and will be uploaded later (`witness upload`).",
+                spool.dir().display()
+            );
+            Ok(ExitCode::from(3))
+        }
+    }
+}

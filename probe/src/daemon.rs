@@ -1,0 +1,163 @@
+//! `witness daemon`: measure on a schedule, spool everything, upload when the collector can be
+//! reached. Built to run unattended on a Raspberry Pi for months.
+//!
+//! - Every measurement is spooled durably before any upload is tried.
+//! - During a shutdown the probe keeps measuring (each verdict `offline`) and keeps the records;
+//!   between runs it retries the upload every `--upload-retry` seconds, so the backlog goes out
+//!   minutes after the network returns, with the original measurement times.
+//! - The time of the last run is saved, so a restart does not measure again at once.
+//! - SIGTERM or Ctrl-C stops it between steps; nothing acknowledged is lost, nothing spooled is.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+
+use crate::cli::{
+    build_engine, collect_targets, collector_target, ensure_consent, open_spool, DaemonArgs,
+};
+use crate::config::FileConfig;
+use crate::spool::Spool;
+use crate::upload::Uploader;
+
+fn state_path(spool: &Spool) -> PathBuf {
+    spool.dir().join("daemon-last-run")
+}
+
+fn last_run(spool: &Spool) -> Option<DateTime<Utc>> {
+    let text = std::fs::read_to_string(state_path(spool)).ok()?;
+    DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+/// Resolves when the process is asked to stop.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn try_upload(up: Option<&Uploader>, spool: &Spool) {
+    let Some(up) = up else { return };
+    match spool.is_empty() {
+        Ok(true) | Err(_) => return,
+        Ok(false) => {}
+    }
+    match up.drain(spool).await {
+        Ok(s) => tracing::info!(
+            uploaded = s.acknowledged,
+            rejected = s.rejected,
+            waiting = s.remaining,
+            "upload done"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            waiting = spool.len().unwrap_or(0),
+            "upload failed; measurements stay in the spool"
+        ),
+    }
+}
+
+/// Sleep until `until`, trying uploads every `retry` meanwhile; false if asked to stop.
+async fn wait_until(
+    until: DateTime<Utc>,
+    retry: Duration,
+    up: Option<&Uploader>,
+    spool: &Spool,
+    stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = ()>>>,
+) -> bool {
+    loop {
+        let remaining = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        if remaining.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            _ = stop.as_mut() => return false,
+            _ = tokio::time::sleep(remaining.min(retry)) => {}
+        }
+        try_upload(up, spool).await;
+    }
+}
+
+/// Run the daemon loop.
+pub async fn run(args: DaemonArgs, file: FileConfig) -> Result<ExitCode> {
+    ensure_consent(&args.run, &file)?;
+    let valid = args.interval >= 1.0 && args.jitter >= 0.0 && args.upload_retry >= 0.5;
+    if !valid {
+        anyhow::bail!("--interval must be >= 1 s, --jitter >= 0 s, --upload-retry >= 0.5 s");
+    }
+    let spool = open_spool(&args.run.collector, &file)?;
+    let uploader = match collector_target(&args.run.collector, &file)? {
+        Some((url, token)) => Some(Uploader::new(url, token).map_err(anyhow::Error::msg)?),
+        None => {
+            tracing::warn!("no collector configured: measurements are only spooled");
+            None
+        }
+    };
+    let interval = Duration::from_secs_f64(args.interval);
+    let retry = Duration::from_secs_f64(args.upload_retry);
+    let concurrency = args.run.concurrency.unwrap_or(file.run.concurrency);
+    let mut stop = Box::pin(stop_signal());
+
+    // After a restart, keep the schedule instead of measuring again at once.
+    if let Some(last) = last_run(&spool) {
+        let next = last + chrono::Duration::from_std(interval).unwrap_or_default();
+        if next > Utc::now() {
+            tracing::info!(%next, "resuming schedule after restart");
+            if !wait_until(next, retry, uploader.as_ref(), &spool, &mut stop).await {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+
+    let mut runs = 0u64;
+    loop {
+        // Targets and engine are rebuilt each run so edited lists and configs take effect.
+        let targets = collect_targets(&args.run, &file)?;
+        let engine = build_engine(&args.run, &file)?;
+        let outcome = tokio::select! {
+            o = engine.run(targets, concurrency, |_, _, _| {}) => o,
+            _ = stop.as_mut() => return Ok(ExitCode::SUCCESS),
+        };
+        for m in &outcome.measurements {
+            if let Err(e) = spool.push(m) {
+                // A full disk must not kill the daemon: say so loudly and go on measuring.
+                tracing::error!(error = %e, "cannot spool a measurement");
+            }
+        }
+        let _ = std::fs::write(state_path(&spool), Utc::now().to_rfc3339());
+        eprintln!(
+            "witness daemon: {}",
+            crate::report::closing(&outcome.measurements, &outcome.connectivity)
+        );
+        try_upload(uploader.as_ref(), &spool).await;
+        runs += 1;
+        if args.runs.is_some_and(|n| runs >= n) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let jitter = Duration::from_secs_f64(rand::random_range(0.0..=args.jitter.max(0.0)));
+        let next = Utc::now() + chrono::Duration::from_std(interval + jitter).unwrap_or_default();
+        if !wait_until(next, retry, uploader.as_ref(), &spool, &mut stop).await {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Uploading spooled measurements to a collector, and registering with one.
+//!
+//! `POST {base}/api/v1/measurements` with `{"measurements": [...]}` gzip-compressed and a
+//! bearer token; the collector answers which ids it accepted, already had, or rejected. A
+//! record leaves the spool only when the collector acknowledged it (accepted or duplicate); a
+//! rejected record is moved aside with the reason; anything else stays for the next try.
+
+use std::io::Write;
+use std::time::Duration;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use serde::{Deserialize, Serialize};
+
+use crate::spool::{Spool, SpoolError};
+
+/// Records per request: small enough for any collector's body limit, large enough to be quick.
+pub const BATCH: usize = 200;
+/// Largest collector answer read.
+const MAX_REPLY: usize = 4 * 1024 * 1024;
+
+/// The collector's answer to an upload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadReply {
+    /// Ids stored now.
+    #[serde(default)]
+    pub accepted: Vec<String>,
+    /// Ids it already had (a retry).
+    #[serde(default)]
+    pub duplicates: Vec<String>,
+    /// Records it refused, with why.
+    #[serde(default)]
+    pub rejected: Vec<Rejected>,
+}
+
+/// One refused record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// Position in the batch.
+    pub index: usize,
+    /// Its id, if it could be read.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// The answer to registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The probe's id at that collector.
+    pub probe_id: String,
+    /// The secret token: keep it; it is shown once.
+    pub token: String,
+}
+
+/// What an upload pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UploadSummary {
+    /// Records acknowledged (accepted or duplicates) and removed from the spool.
+    pub acknowledged: usize,
+    /// Records refused and moved aside.
+    pub rejected: usize,
+    /// Records still waiting.
+    pub remaining: usize,
+}
+
+/// An upload problem (the records stay in the spool).
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The collector could not be reached or did not answer in time.
+    #[error("collector unreachable: {0}")]
+    Unreachable(String),
+    /// The collector refused the request as a whole.
+    #[error("collector answered HTTP {status}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Its message.
+        message: String,
+    },
+    /// The spool failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl UploadError {
+    /// Worth retrying later (outage, overload), as opposed to a configuration problem.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UploadError::Unreachable(_) => true,
+            UploadError::Refused { status, .. } => *status == 429 || *status >= 500,
+            UploadError::Spool(_) => false,
+        }
+    }
+}
+
+/// A collector client.
+#[derive(Clone, Debug)]
+pub struct Uploader {
+    base: url::Url,
+    token: Option<String>,
+    client: reqwest::Client,
+}
+
+impl Uploader {
+    /// A client for the collector at `base`.
+    pub fn new(mut base: url::Url, token: Option<String>) -> Result<Self, String> {
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("witness/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the upload client: {e}"))?;
+        Ok(Uploader {
+            base,
+            token,
+            client,
+        })
+    }
+
+    fn endpoint(&self, path: &str) -> Result<url::Url, UploadError> {
+        self.base
+            .join(path)
+            .map_err(|e| UploadError::Unreachable(format!("bad collector URL: {e}")))
+    }
+
+    /// Register this probe; `invite` for collectors that require one.
+    pub async fn register(&self, invite: Option<&str>) -> Result<Registration, UploadError> {
+        let body = serde_json::json!({ "invite": invite });
+        let resp = self
+            .client
+            .post(self.endpoint("api/v1/register")?)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| UploadError::Unreachable(crate::scrub::scrub_ips(&e.to_string())))?;
+        let (status, bytes) = read_capped(resp).await?;
+        if !(200..300).contains(&status) {
+            return Err(refused(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| UploadError::Refused {
+            status,
+            message: format!("unexpected answer: {e}"),
+        })
+    }
+
+    /// Send one batch of raw JSON records.
+    pub async fn send_batch(&self, records: &[&str]) -> Result<UploadReply, UploadError> {
+        let mut json = String::from("{\"measurements\":[");
+        for (i, r) in records.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(r);
+        }
+        json.push_str("]}");
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(json.as_bytes())
+            .map_err(|e| UploadError::Unreachable(format!("compress: {e}")))?;
+        let body = gz
+            .finish()
+            .map_err(|e| UploadError::Unreachable(format!("compress: {e}")))?;
+        let mut req = self
+            .client
+            .post(self.endpoint("api/v1/measurements")?)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_ENCODING, "gzip")
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| UploadError::Unreachable(crate::scrub::scrub_ips(&e.to_string())))?;
+        let (status, bytes) = read_capped(resp).await?;
+        if !(200..300).contains(&status) {
+            return Err(refused(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| UploadError::Refused {
+            status,
+            message: format!("unexpected answer: {e}"),
+        })
+    }
+
+    /// Upload everything waiting in `spool`, batch by batch, oldest first. Stops at the first
+    /// transport failure (the rest stays for later).
+    pub async fn drain(&self, spool: &Spool) -> Result<UploadSummary, UploadError> {
+        let mut summary = UploadSummary::default();
+        loop {
+            let batch = spool.oldest(BATCH)?;
+            if batch.is_empty() {
+                break;
+            }
+            let records: Vec<&str> = batch.iter().map(|p| p.json.as_str()).collect();
+            let reply = self.send_batch(&records).await?;
+            let mut handled = 0;
+            for id in reply.accepted.iter().chain(reply.duplicates.iter()) {
+                if batch.iter().any(|p| &p.id == id) {
+                    spool.remove(id)?;
+                    summary.acknowledged += 1;
+                    handled += 1;
+                }
+            }
+            for r in &reply.rejected {
+                if let Some(p) = batch.get(r.index) {
+                    spool.reject(&p.id, &r.reason)?;
+                    summary.rejected += 1;
+                    handled += 1;
+                    tracing::warn!(id = %p.id, reason = %r.reason, "collector rejected a measurement; kept aside in the spool's rejected/ folder");
+                }
+            }
+            if handled == 0 {
+                // The collector acknowledged nothing of this batch: do not loop forever.
+                break;
+            }
+        }
+        summary.remaining = spool.len()?;
+        Ok(summary)
+    }
+
+    /// [`Self::drain`] with retries and exponential backoff on transient failures.
+    pub async fn drain_with_retries(
+        &self,
+        spool: &Spool,
+        attempts: u32,
+        first_backoff: Duration,
+    ) -> Result<UploadSummary, UploadError> {
+        let mut backoff = first_backoff;
+        let mut total = UploadSummary::default();
+        for attempt in 1..=attempts.max(1) {
+            match self.drain(spool).await {
+                Ok(s) => {
+                    total.acknowledged += s.acknowledged;
+                    total.rejected += s.rejected;
+                    total.remaining = s.remaining;
+                    return Ok(total);
+                }
+                Err(e) if e.is_transient() && attempt < attempts => {
+                    tracing::info!(attempt, error = %e, "upload failed; retrying in {:?}", backoff);
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Up to ±20% jitter so many probes do not retry in lockstep after an outage.
+pub fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::random_range(0.8..1.2);
+    d.mul_f64(f)
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<(u16, Vec<u8>), UploadError> {
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| UploadError::Unreachable(crate::scrub::scrub_ips(&e.to_string())))?
+    {
+        if body.len() + chunk.len() > MAX_REPLY {
+            return Err(UploadError::Refused {
+                status,
+                message: "answer too large".into(),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body))
+}
+
+fn refused(status: u16, body: &[u8]) -> UploadError {
+    let text = String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
+    UploadError::Refused {
+        status,
+        message: text,
+    }
+}
