@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::checks::MeasureConfig;
 use crate::engine::Engine;
-use crate::model::{ControlReply, ControlRequest, ControlResponse};
+use std::net::IpAddr;
+
+use crate::model::{ControlReply, ControlRequest, ControlResponse, MAX_CONTROL_ADDRS};
 
 /// Largest control answer accepted: the control is trusted more than a random server, but a
 /// compromised or misconfigured one must not exhaust the probe's memory.
@@ -68,10 +70,11 @@ impl ControlClient {
     }
 
     /// Ask the control to measure `url`.
-    pub async fn measure(&self, url: &str) -> Result<ControlReply, String> {
+    pub async fn measure(&self, url: &str, addrs: &[IpAddr]) -> Result<ControlReply, String> {
         let endpoint = self.endpoint("api/v1/control")?;
         let mut req = self.client.post(endpoint).json(&ControlRequest {
             url: url.to_string(),
+            addrs: addrs.iter().take(MAX_CONTROL_ADDRS).copied().collect(),
         });
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -156,13 +159,19 @@ pub async fn serve_control(
     if req.url.len() > 2048 {
         return Err(ControlRefusal::BadUrl("URL longer than 2048 bytes".into()));
     }
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+    if let Ok(ip) = host.parse::<IpAddr>() {
         if !cfg.allow_private && cfg.measure.bogons.is_bogon(ip) {
             return Err(ControlRefusal::PrivateTarget(host));
         }
     }
+    if req.addrs.len() > MAX_CONTROL_ADDRS {
+        return Err(ControlRefusal::BadUrl(format!(
+            "at most {MAX_CONTROL_ADDRS} addresses per request"
+        )));
+    }
     let mut engine =
         Engine::new(cfg.measure.clone(), None).map_err(ControlRefusal::Misconfigured)?;
     engine.allow_bogon_targets = cfg.allow_private;
-    Ok(engine.control_measure(&url).await)
+    // Bogon addresses among the probe's are skipped (and recorded so) by the engine's policy.
+    Ok(engine.control_measure(&url, &req.addrs).await)
 }

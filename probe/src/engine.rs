@@ -147,13 +147,16 @@ impl Engine {
     pub async fn measure(&self, target: &Target, connectivity: ConnectivitySummary) -> Measurement {
         let started_at = Utc::now();
         let t0 = Instant::now();
+        // Resolve first, so the control can connect to the very addresses we got.
+        let (dns_obs, addrs) = self.resolve(&target.parsed, t0).await;
         let control_fut = async {
             match &self.control {
-                Some(c) => Some(c.measure(&target.url).await),
+                Some(c) => Some(c.measure(&target.url, &addrs).await),
                 None => None,
             }
         };
-        let (obs, control) = tokio::join!(self.observe(&target.parsed, t0), control_fut);
+        let (mut obs, control) = tokio::join!(self.fetch(&target.parsed, &addrs, t0), control_fut);
+        obs.dns = dns_obs;
         let mut probe = self.probe.clone();
         let (control, control_failure) = match control {
             None => (None, None),
@@ -200,46 +203,56 @@ impl Engine {
         m
     }
 
-    /// Run DNS, TCP, TLS and HTTP (with redirects) for one URL. Used by the probe and by the
-    /// control service alike.
-    pub async fn observe(&self, url: &url::Url, t0: Instant) -> Observations {
+    /// Resolve the URL's host with the network resolver (and the control resolver, recorded
+    /// alongside); returns the observations and the network resolver's addresses.
+    pub async fn resolve(&self, url: &url::Url, t0: Instant) -> (Vec<DnsObservation>, Vec<IpAddr>) {
+        let Some(host) = url_host(url) else {
+            return (vec![], vec![]);
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return (vec![], vec![ip]);
+        }
+        let control_fut = async {
+            match &self.control_resolver {
+                Some(r) => Some(r.query(&host, &self.cfg, t0).await),
+                None => None,
+            }
+        };
+        let (net, ctl) = tokio::join!(dns::query_network(&host, &self.cfg, t0), control_fut);
+        let addrs = resolved_addrs(&net);
+        let mut all = net;
+        all.extend(ctl);
+        (all, addrs)
+    }
+
+    /// Run DNS, TCP, TLS and HTTP (with redirects) for one URL, connecting to the resolved
+    /// addresses plus `extra` (the probe's addresses, when the control measures).
+    pub async fn observe(&self, url: &url::Url, extra: &[IpAddr], t0: Instant) -> Observations {
+        let (dns_obs, mut addrs) = self.resolve(url, t0).await;
+        for ip in extra {
+            if !addrs.contains(ip) {
+                addrs.push(*ip);
+            }
+        }
+        let mut out = self.fetch(url, &addrs, t0).await;
+        out.dns = dns_obs;
+        out
+    }
+
+    /// TCP, TLS and HTTP (with redirects) to the given addresses.
+    pub async fn fetch(&self, url: &url::Url, addrs: &[IpAddr], t0: Instant) -> Observations {
         let mut out = Observations::default();
-        let Some(host) = url
-            .host_str()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
-        else {
+        let Some(host) = url_host(url) else {
             return out;
         };
         let https = url.scheme() == "https";
         let port = url
             .port_or_known_default()
             .unwrap_or(if https { 443 } else { 80 });
-
-        // DNS: network resolver and control resolver side by side.
-        let addrs: Vec<IpAddr> = if let Ok(ip) = host.parse::<IpAddr>() {
-            vec![ip]
-        } else {
-            let control_fut = async {
-                match &self.control_resolver {
-                    Some(r) => Some(r.query(&host, &self.cfg, t0).await),
-                    None => None,
-                }
-            };
-            let (net, ctl) = tokio::join!(dns::query_network(&host, &self.cfg, t0), control_fut);
-            out.dns.extend(net);
-            out.dns.extend(ctl);
-            let net_only: Vec<DnsObservation> = out
-                .dns
-                .iter()
-                .filter(|o| o.role == crate::model::ResolverRole::Network)
-                .cloned()
-                .collect();
-            resolved_addrs(&net_only)
-        };
         let addrs: Vec<SocketAddr> = addrs
-            .into_iter()
+            .iter()
             .take(MAX_ADDRS)
-            .map(|ip| SocketAddr::new(ip, port))
+            .map(|ip| SocketAddr::new(*ip, port))
             .collect();
 
         // TCP and TLS per address, concurrently.
@@ -552,10 +565,10 @@ impl Engine {
     }
 
     /// The control service's measurement of `url`: the same steps, no control of its own.
-    pub async fn control_measure(&self, url: &url::Url) -> ControlResponse {
+    pub async fn control_measure(&self, url: &url::Url, probe_addrs: &[IpAddr]) -> ControlResponse {
         let t0 = Instant::now();
         let measured_at = Utc::now();
-        let obs = self.observe(url, t0).await;
+        let obs = self.observe(url, probe_addrs, t0).await;
         ControlResponse {
             software: Software::default(),
             measured_at,
@@ -565,6 +578,12 @@ impl Engine {
             http: obs.http,
         }
     }
+}
+
+/// The URL's host without IPv6 brackets.
+fn url_host(url: &url::Url) -> Option<String> {
+    url.host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
 }
 
 /// A measured connection ready for HTTP.

@@ -434,7 +434,15 @@ impl Verdict {
 pub struct ControlRequest {
     /// The URL to measure, as the probe measures it.
     pub url: String,
+    /// The addresses the probe's resolver gave (at most [`MAX_CONTROL_ADDRS`]): the control
+    /// connects to these too, so "connect fails here, works for the control" compares the very
+    /// same addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<IpAddr>,
 }
+
+/// Most probe addresses a control request may carry.
+pub const MAX_CONTROL_ADDRS: usize = 8;
 
 /// The control service's answer: the same observations the probe makes, from an uncensored
 /// vantage point, made by the same code. Bodies are never returned: only their length, hash

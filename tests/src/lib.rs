@@ -1,1 +1,35 @@
+//! End-to-end fixtures for Witness: real loopback servers that play the internet and the
+//! censor, so the real `witness` binary can be tested without root.
+//!
+//! The probe binds its sockets to a source address: [`CENSORED_SOURCE`] (127.0.0.2) is "the
+//! censored probe", anything else (e.g. [`CONTROL_SOURCE`], 127.0.0.3) is uncensored. The
+//! in-process censors decide by that peer address ([`Policy`]). Kernel-level censorship in
+//! network namespaces is a separate lab.
+//!
+//! - [`pki`]: the trusted lab CA, expired leaves, the imitated Kazakh state chain;
+//! - [`dns`]: a UDP+TCP DNS server answering per name (lies, NXDOMAIN, drops, injection...);
+//! - [`origin`]: a TLS or cleartext HTTP/1.1 origin with per-site censorship behaviours;
+//! - [`world`]: a scenario builder tying them together on distinct loopback addresses;
+//! - [`bins`]: builds and locates the real binaries;
+//! - [`client`]: small clients for tests, bound to a chosen source address.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod bins;
+pub mod client;
+pub mod dns;
+pub mod http;
+pub mod origin;
+pub mod pki;
+mod tasks;
+pub mod throttle;
+pub mod world;
+
+pub use bins::{collector_bin, witness_bin};
+pub use dns::{DnsBehaviour, DnsServer};
+pub use origin::{
+    Audience, Behaviour, Origin, OriginConfig, Page, Policy, Rule, SiteConfig, Transport,
+    CENSORED_SOURCE, CONTROL_SOURCE,
+};
+pub use pki::{LabPki, TlsConfigs};
+pub use world::{ListEntry, Site, SiteDns, World, WorldBuilder};
