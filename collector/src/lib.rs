@@ -1,1 +1,35 @@
+//! Witness collector: ingests probe measurements, turns verdicts into time series per site ×
+//! network × method, notices when a site becomes blocked (or unblocked) on a network or a
+//! network goes offline, and serves control measurements.
+//!
+//! Layout:
+//! - [`app`]: shared state, routers, [`app::serve`];
+//! - [`api`]: one module per endpoint group (ingest, register, control, read, metrics);
+//! - [`aggregate`]: the pure event rule and status summary (table-tested, no I/O);
+//! - [`events`]: runs the rule against the store after each upload;
+//! - [`store`]: the [`store::Store`] trait and its SQLite implementation;
+//! - [`validate`]: per-record upload validation (pure);
+//! - [`metrics`], [`webhook`], [`control`], [`config`], [`auth`], [`ratelimit`], [`tokens`].
+//!
+//! Privacy: the uploader's address is never stored or logged; network and country come from
+//! the measurement's own `probe` field.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod aggregate;
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod ratelimit;
+pub mod store;
+pub mod tokens;
+pub mod validate;
+pub mod webhook;
+
+pub use app::{serve, serve_with, AppState};
+pub use config::Config;

@@ -1,1 +1,115 @@
-fn main() {}
+//! `witness-collector`: thin wrapper over the library (flags, config, serve).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use witness_collector::config::HumanDuration;
+use witness_collector::{app, store, tokens, Config};
+
+#[derive(Parser)]
+#[command(name = "witness-collector", version, about = "Witness collector")]
+struct Cli {
+    /// Configuration file (TOML); defaults apply without one.
+    #[arg(long, short, global = true, env = "WITNESS_COLLECTOR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the collector.
+    Serve,
+    /// Manage invite and probe tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create an invite token (printed once; only its hash is stored).
+    Create {
+        /// Registrations allowed with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Validity, e.g. 7d (default: no expiry).
+        #[arg(long)]
+        expires: Option<HumanDuration>,
+        /// Note for the operator.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List invites and probes.
+    List,
+    /// Revoke an invite or a probe by id; takes effect at once.
+    Revoke {
+        /// Invite or probe id.
+        id: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    let store = store::open(&config.store)
+        .await
+        .with_context(|| format!("opening the store {}", config.store.url))?;
+    match cli.command {
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(config.server.listen)
+                .await
+                .with_context(|| format!("binding {}", config.server.listen))?;
+            let metrics_listener = match config.server.metrics_listen {
+                Some(addr) => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding {addr}"))?,
+                ),
+                None => None,
+            };
+            tracing::info!(listen = %config.server.listen, "witness-collector serving");
+            let state = app::AppState::new(config, store)?;
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            app::serve_with(listener, metrics_listener, state, shutdown).await
+        }
+        Command::Token { action } => match action {
+            TokenAction::Create {
+                uses,
+                expires,
+                note,
+            } => {
+                let inv = tokens::create(store.as_ref(), uses, expires, note).await?;
+                println!("invite id: {}", inv.id);
+                println!("token:     {}", inv.token);
+                if let Some(e) = inv.expires_at {
+                    println!("expires:   {}", e.to_rfc3339());
+                }
+                println!("The token is shown only now; the collector keeps only its hash.");
+                Ok(())
+            }
+            TokenAction::List => {
+                print!("{}", tokens::table(&store.list_tokens().await?));
+                Ok(())
+            }
+            TokenAction::Revoke { id } => {
+                if tokens::revoke(store.as_ref(), &id).await? {
+                    println!("revoked {id}");
+                    Ok(())
+                } else {
+                    anyhow::bail!("no live invite or probe with id {id}")
+                }
+            }
+        },
+    }
+}

@@ -1,0 +1,997 @@
+//! Pure aggregation: from the verdicts of many probes to events and current status.
+//!
+//! No I/O here. The caller loads the measurements of one site on one network (or the presence
+//! of probes on one network), the current state of the matching event, and the times to
+//! evaluate at; these functions say whether an event opens or closes. The rule is documented in
+//! `docs/collector-api.md` ("Events") and tabled in the tests below.
+//!
+//! Time is always the measurements' own `started_at`: probes back-fill after a shutdown with
+//! their original times, so the window slides over measurement time, not arrival time.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use witness_probe::model::{Method, Status};
+
+/// Most evaluation times per key and batch, so a huge back-fill cannot stall ingestion.
+pub const MAX_ANCHORS: usize = 256;
+
+/// Most measurement ids kept as samples in an event's evidence.
+pub const MAX_SAMPLE_IDS: usize = 20;
+
+/// Thresholds of the event rule (from `[aggregation]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    /// Sliding window.
+    pub window: TimeDelta,
+    /// Distinct probes that must agree.
+    pub min_probes: usize,
+    /// Agreeing consecutive measurements when the network has one probe.
+    pub min_measurements: usize,
+    /// Share of probes that must see the block.
+    pub min_share: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            window: TimeDelta::hours(6),
+            min_probes: 2,
+            min_measurements: 3,
+            min_share: 0.5,
+        }
+    }
+}
+
+/// One measurement of one site on one network, reduced to what the rule needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Obs {
+    /// Measurement id.
+    pub id: String,
+    /// Opaque probe id (never leaves the collector).
+    pub probe: String,
+    /// The measurement's own `started_at`.
+    pub at: DateTime<Utc>,
+    /// Verdict status.
+    pub status: Status,
+    /// Verdict method (only with `blocked`).
+    pub method: Option<Method>,
+}
+
+/// A run of measurements of one probe on one network, all offline or all not: the input of
+/// the shutdown rule (the store compresses rows to these, one per probe, minute and flag).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Presence {
+    /// Opaque probe id.
+    pub probe: String,
+    /// Earliest `started_at` in the run.
+    pub first_at: DateTime<Utc>,
+    /// Latest `started_at` in the run.
+    pub last_at: DateTime<Utc>,
+    /// Whether these measurements said `offline`.
+    pub offline: bool,
+    /// Measurements in the run.
+    pub count: u64,
+    /// One measurement id of the run, as a sample for the evidence.
+    pub sample_id: String,
+}
+
+macro_rules! str_enum {
+    ($ty:ident { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $ty {
+            /// The stable name, as in JSON and metric labels.
+            pub fn as_str(&self) -> &'static str {
+                match self { $($ty::$v => $s),* }
+            }
+            /// Every value.
+            pub const ALL: &'static [$ty] = &[$($ty::$v),*];
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok($ty::$v),)*
+                    other => Err(format!("unknown value {other:?}; expected one of: {}",
+                        [$($s),*].join(", "))),
+                }
+            }
+        }
+    };
+}
+
+/// The kind of an event: a span of time with a start and, once over, an end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A site became blocked on a network with a method (ends with an unblock).
+    NewBlock,
+    /// A network lost connectivity (ends when probes come back).
+    Shutdown,
+}
+
+str_enum!(EventKind {
+    NewBlock => "new_block",
+    Shutdown => "shutdown",
+});
+
+/// A change of state: the opening or the closing of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transition {
+    /// A `new_block` event opened.
+    NewBlock,
+    /// A `new_block` event closed.
+    Unblock,
+    /// A `shutdown` event opened.
+    Shutdown,
+    /// A `shutdown` event closed.
+    ShutdownEnd,
+}
+
+str_enum!(Transition {
+    NewBlock => "new_block",
+    Unblock => "unblock",
+    Shutdown => "shutdown",
+    ShutdownEnd => "shutdown_end",
+});
+
+impl Transition {
+    /// The transition that opens (`true`) or closes (`false`) an event of `kind`.
+    pub fn of(kind: EventKind, opening: bool) -> Transition {
+        match (kind, opening) {
+            (EventKind::NewBlock, true) => Transition::NewBlock,
+            (EventKind::NewBlock, false) => Transition::Unblock,
+            (EventKind::Shutdown, true) => Transition::Shutdown,
+            (EventKind::Shutdown, false) => Transition::ShutdownEnd,
+        }
+    }
+}
+
+/// Why an event opened or closed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evidence {
+    /// Distinct probes whose latest measurements support the decision.
+    pub probes: usize,
+    /// Probes with a relevant latest measurement in the window (the denominator of `share`).
+    pub probes_considered: usize,
+    /// Measurements in the supporting runs.
+    pub measurements: u64,
+    /// The blocking method (`None` for shutdowns).
+    pub method: Option<Method>,
+    /// `probes / probes_considered`.
+    pub share: f64,
+    /// `probes` when enough probes agreed, `single_probe` when the network has one probe and
+    /// enough of its consecutive measurements agreed.
+    pub rule: String,
+    /// Some of the measurement ids behind the decision.
+    pub sample_ids: Vec<String>,
+}
+
+/// What is known of the event for one key before evaluating.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KeyState {
+    /// `started_at` of the open event, if one is open.
+    pub open_since: Option<DateTime<Utc>>,
+    /// Time of the last decision on this key: older evaluation times are skipped, so back-filled
+    /// data cannot rewrite history that already produced events.
+    pub floor: Option<DateTime<Utc>>,
+}
+
+/// The outcome of one evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Open an event.
+    Open {
+        /// When the condition started, from the measurements' own times.
+        started_at: DateTime<Utc>,
+        /// The evaluation time at which it was decided.
+        decided_at: DateTime<Utc>,
+        /// Why.
+        evidence: Evidence,
+    },
+    /// Close the open event.
+    Close {
+        /// When the condition ended, from the measurements' own times.
+        ended_at: DateTime<Utc>,
+        /// The evaluation time at which it was decided.
+        decided_at: DateTime<Utc>,
+        /// Why.
+        evidence: Evidence,
+    },
+}
+
+fn conclusive(o: &Obs) -> bool {
+    o.status == Status::Accessible || (o.status == Status::Blocked && o.method.is_some())
+}
+
+/// The trailing run of `v` (sorted by time) whose elements satisfy `pred`.
+fn streak<'a, T>(v: &'a [&'a T], pred: impl Fn(&T) -> bool) -> &'a [&'a T] {
+    let n = v.iter().rev().take_while(|o| pred(o)).count();
+    &v[v.len() - n..]
+}
+
+/// Per probe, its conclusive measurements in `(anchor - window, anchor]`, oldest first.
+fn window_by_probe(
+    series: &[Obs],
+    anchor: DateTime<Utc>,
+    window: TimeDelta,
+) -> BTreeMap<&str, Vec<&Obs>> {
+    let from = anchor - window;
+    let mut per_probe: BTreeMap<&str, Vec<&Obs>> = BTreeMap::new();
+    for o in series
+        .iter()
+        .filter(|o| o.at > from && o.at <= anchor && conclusive(o))
+    {
+        per_probe.entry(o.probe.as_str()).or_default().push(o);
+    }
+    for v in per_probe.values_mut() {
+        v.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+    }
+    per_probe
+}
+
+fn sample_ids<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<String> {
+    ids.take(MAX_SAMPLE_IDS).map(str::to_string).collect()
+}
+
+/// Evaluate the block rule for one site, network and method at one time.
+///
+/// `asn_probes` is the number of distinct probes seen on the network (any site) around the
+/// evaluation: the single-probe rule applies only when it is at most one.
+pub fn block_step(
+    series: &[Obs],
+    method: Method,
+    anchor: DateTime<Utc>,
+    open_since: Option<DateTime<Utc>>,
+    asn_probes: usize,
+    p: &Params,
+) -> Option<Decision> {
+    let per_probe = window_by_probe(series, anchor, p.window);
+    let considered = per_probe.len();
+    if considered == 0 {
+        return None;
+    }
+    let is_blocked = |o: &Obs| o.status == Status::Blocked && o.method == Some(method);
+    let is_accessible = |o: &Obs| o.status == Status::Accessible;
+    let runs = |pred: &dyn Fn(&Obs) -> bool| -> Vec<&[&Obs]> {
+        per_probe
+            .values()
+            .map(|v| streak(v, pred))
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let blocked = runs(&is_blocked);
+    let accessible = runs(&is_accessible);
+    let share = blocked.len() as f64 / considered as f64;
+    let single = p.min_probes > 1 && asn_probes <= 1 && considered == 1;
+    let holds = |supporting: &[&[&Obs]], share_ok: bool| {
+        if single {
+            supporting
+                .first()
+                .is_some_and(|s| s.len() >= p.min_measurements)
+        } else {
+            supporting.len() >= p.min_probes && share_ok
+        }
+    };
+    let evidence = |supporting: &[&[&Obs]], share: f64| Evidence {
+        probes: supporting.len(),
+        probes_considered: considered,
+        measurements: supporting.iter().map(|s| s.len() as u64).sum(),
+        method: Some(method),
+        share,
+        rule: if single { "single_probe" } else { "probes" }.to_string(),
+        sample_ids: sample_ids(
+            supporting
+                .iter()
+                .flat_map(|s| s.iter().map(|o| o.id.as_str())),
+        ),
+    };
+    let run_start = |s: &&[&Obs]| s.first().map(|o| o.at);
+    match open_since {
+        None => {
+            if !holds(&blocked, share >= p.min_share) {
+                return None;
+            }
+            let started_at = blocked.iter().filter_map(run_start).min()?;
+            Some(Decision::Open {
+                started_at,
+                decided_at: anchor,
+                evidence: evidence(&blocked, share),
+            })
+        }
+        Some(since) => {
+            if !holds(&accessible, share < p.min_share) {
+                return None;
+            }
+            let first = accessible.iter().filter_map(run_start).min()?;
+            Some(Decision::Close {
+                ended_at: first.max(since),
+                decided_at: anchor,
+                evidence: evidence(&accessible, accessible.len() as f64 / considered as f64),
+            })
+        }
+    }
+}
+
+/// Evaluate the shutdown rule for one network at one time.
+///
+/// `series` should reach back to the start of an open shutdown (not only one window), so that
+/// recoveries can be told from probes that never went offline.
+pub fn shutdown_step(
+    series: &[Presence],
+    anchor: DateTime<Utc>,
+    open_since: Option<DateTime<Utc>>,
+    p: &Params,
+) -> Option<Decision> {
+    let from = anchor - p.window;
+    let mut per_probe: BTreeMap<&str, Vec<&Presence>> = BTreeMap::new();
+    for r in series.iter().filter(|r| r.last_at <= anchor) {
+        per_probe.entry(r.probe.as_str()).or_default().push(r);
+    }
+    // Oldest first; within the same instant, offline before online (a recovery wins a tie).
+    for v in per_probe.values_mut() {
+        v.sort_by_key(|r| (r.last_at, !r.offline));
+    }
+    // Only probes heard from within the window have a current state.
+    per_probe.retain(|_, v| v.last().is_some_and(|r| r.last_at > from));
+    let considered = per_probe.len();
+    let offline: Vec<&[&Presence]> = per_probe
+        .values()
+        .map(|v| streak(v, |r| r.offline))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let evidence = |supporting: &[&[&Presence]]| Evidence {
+        probes: supporting.len(),
+        probes_considered: considered,
+        measurements: supporting
+            .iter()
+            .flat_map(|s| s.iter().map(|r| r.count))
+            .sum(),
+        method: None,
+        share: if considered == 0 {
+            0.0
+        } else {
+            supporting.len() as f64 / considered as f64
+        },
+        rule: "probes".to_string(),
+        sample_ids: sample_ids(
+            supporting
+                .iter()
+                .flat_map(|s| s.iter().map(|r| r.sample_id.as_str())),
+        ),
+    };
+    let run_start = |s: &&[&Presence]| s.first().map(|r| r.first_at);
+    match open_since {
+        None => {
+            if offline.len() < p.min_probes {
+                return None;
+            }
+            let started_at = offline.iter().filter_map(run_start).min()?;
+            Some(Decision::Open {
+                started_at,
+                decided_at: anchor,
+                evidence: evidence(&offline),
+            })
+        }
+        Some(since) => {
+            // A recovery is a probe back online after being offline during this shutdown: a
+            // probe that stayed online elsewhere on the network says nothing about the others.
+            let recovered: Vec<&[&Presence]> = per_probe
+                .values()
+                .filter_map(|v| {
+                    let online = streak(v, |r| !r.offline);
+                    let before = v.len().checked_sub(online.len() + 1).map(|i| v[i]);
+                    let was_offline = before.is_some_and(|r| r.offline && r.last_at >= since);
+                    (!online.is_empty() && was_offline).then_some(online)
+                })
+                .collect();
+            if offline.len() >= p.min_probes || recovered.is_empty() {
+                return None;
+            }
+            let first = recovered.iter().filter_map(run_start).min()?;
+            Some(Decision::Close {
+                ended_at: first.max(since),
+                decided_at: anchor,
+                evidence: evidence(&recovered),
+            })
+        }
+    }
+}
+
+/// Evaluate at every anchor (sorted) after the key's floor, carrying the open/closed state from
+/// one decision to the next.
+pub fn replay(
+    anchors: &[DateTime<Utc>],
+    state: KeyState,
+    mut step: impl FnMut(DateTime<Utc>, Option<DateTime<Utc>>) -> Option<Decision>,
+) -> Vec<Decision> {
+    let mut open = state.open_since;
+    let mut out = Vec::new();
+    for &anchor in anchors {
+        if state.floor.is_some_and(|f| anchor <= f) {
+            continue;
+        }
+        if let Some(d) = step(anchor, open) {
+            open = match &d {
+                Decision::Open { started_at, .. } => Some(*started_at),
+                Decision::Close { .. } => None,
+            };
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// Sorted, distinct evaluation times, thinned to at most [`MAX_ANCHORS`] (the last is kept).
+pub fn anchors(times: impl IntoIterator<Item = DateTime<Utc>>) -> Vec<DateTime<Utc>> {
+    let mut v: Vec<DateTime<Utc>> = times.into_iter().collect();
+    v.sort();
+    v.dedup();
+    if v.len() > MAX_ANCHORS {
+        let n = v.len();
+        let step = n.div_ceil(MAX_ANCHORS);
+        let last = v[n - 1];
+        v = v.into_iter().step_by(step).collect();
+        if v.last() != Some(&last) {
+            v.push(last);
+        }
+    }
+    v
+}
+
+/// Methods worth evaluating for one site and network: those seen blocking, plus those with an
+/// open event.
+pub fn methods_to_evaluate(series: &[Obs], open: impl IntoIterator<Item = Method>) -> Vec<Method> {
+    let mut m: Vec<Method> = series
+        .iter()
+        .filter(|o| o.status == Status::Blocked)
+        .filter_map(|o| o.method)
+        .chain(open)
+        .collect();
+    m.sort();
+    m.dedup();
+    m
+}
+
+/// Latest-per-probe verdicts of one site on one network, grouped by status and method (what the
+/// store returns for the status view and the blocked-ratio gauge).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatestGroup {
+    /// Site.
+    pub domain: String,
+    /// Network.
+    pub asn: u32,
+    /// Country claimed by the probes.
+    pub country: Option<String>,
+    /// Citizen Lab category.
+    pub category: Option<String>,
+    /// Status of these probes' latest measurement.
+    pub status: Status,
+    /// Method, with `blocked`.
+    pub method: Option<Method>,
+    /// Probes in this group.
+    pub probes: u64,
+    /// Latest `started_at` in this group.
+    pub last_measured: DateTime<Utc>,
+}
+
+/// Current state of one site on one network.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SiteStatus {
+    /// Site.
+    pub domain: String,
+    /// Network.
+    pub asn: u32,
+    /// Country claimed by the probes.
+    pub country: Option<String>,
+    /// Citizen Lab category.
+    pub category: Option<String>,
+    /// `blocked` when at least `min_share` of the probes with a conclusive latest verdict see it
+    /// blocked, else `accessible`; `down`/`inconclusive` when no probe has a conclusive verdict.
+    pub status: Status,
+    /// The most common blocking method, with `blocked`.
+    pub method: Option<Method>,
+    /// Probes with a latest measurement in the window.
+    pub probes: u64,
+    /// Probes whose latest verdict is `blocked` (any method).
+    pub blocked_probes: u64,
+    /// Probes whose latest verdict is `accessible`.
+    pub accessible_probes: u64,
+    /// `blocked_probes / (blocked_probes + accessible_probes)`; `None` with no conclusive probe.
+    pub blocked_share: Option<f64>,
+    /// Blocked probes per method.
+    pub methods: BTreeMap<Method, u64>,
+    /// Latest measurement time.
+    pub last_measured: DateTime<Utc>,
+}
+
+/// Fold latest-per-probe groups into one status per site and network.
+pub fn summarize(groups: &[LatestGroup], min_share: f64) -> Vec<SiteStatus> {
+    let mut by_key: BTreeMap<(&str, u32), Vec<&LatestGroup>> = BTreeMap::new();
+    for g in groups {
+        by_key
+            .entry((g.domain.as_str(), g.asn))
+            .or_default()
+            .push(g);
+    }
+    let mut out = Vec::with_capacity(by_key.len());
+    for ((domain, asn), gs) in by_key {
+        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut methods: BTreeMap<Method, u64> = BTreeMap::new();
+        for g in &gs {
+            *counts.entry(g.status.as_str()).or_default() += g.probes;
+            if let (Status::Blocked, Some(m)) = (g.status, g.method) {
+                *methods.entry(m).or_default() += g.probes;
+            }
+        }
+        let n = |s: Status| counts.get(s.as_str()).copied().unwrap_or(0);
+        let blocked = n(Status::Blocked);
+        let accessible = n(Status::Accessible);
+        let conclusive = blocked + accessible;
+        let blocked_share = (conclusive > 0).then(|| blocked as f64 / conclusive as f64);
+        let status = match blocked_share {
+            Some(s) if s >= min_share => Status::Blocked,
+            Some(_) => Status::Accessible,
+            None if n(Status::Down) >= n(Status::Inconclusive) && n(Status::Down) > 0 => {
+                Status::Down
+            }
+            None => Status::Inconclusive,
+        };
+        let method = if status == Status::Blocked {
+            methods
+                .iter()
+                .max_by_key(|(m, c)| (**c, std::cmp::Reverse(**m)))
+                .map(|(m, _)| *m)
+        } else {
+            None
+        };
+        let last = |f: fn(&LatestGroup) -> Option<String>| {
+            gs.iter()
+                .filter_map(|g| f(g).map(|v| (g.last_measured, v)))
+                .max()
+                .map(|(_, v)| v)
+        };
+        out.push(SiteStatus {
+            domain: domain.to_string(),
+            asn,
+            country: last(|g| g.country.clone()),
+            category: last(|g| g.category.clone()),
+            status,
+            method,
+            probes: counts.values().sum(),
+            blocked_probes: blocked,
+            accessible_probes: accessible,
+            blocked_share,
+            methods,
+            last_measured: gs
+                .iter()
+                .map(|g| g.last_measured)
+                .max()
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(min: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap() + TimeDelta::minutes(min)
+    }
+
+    /// `(probe, minute, verdict)`: `ok`, `down`, `off`, `inc` or a blocking method.
+    type Row = (&'static str, i64, &'static str);
+
+    fn series(rows: &[Row]) -> Vec<Obs> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, (probe, min, verdict))| {
+                let (status, method) = match *verdict {
+                    "ok" => (Status::Accessible, None),
+                    "down" => (Status::Down, None),
+                    "off" => (Status::Offline, None),
+                    "inc" => (Status::Inconclusive, None),
+                    m => (Status::Blocked, Some(m.parse::<Method>().unwrap())),
+                };
+                Obs {
+                    id: format!("m{i}"),
+                    probe: probe.to_string(),
+                    at: t(*min),
+                    status,
+                    method,
+                }
+            })
+            .collect()
+    }
+
+    enum Want {
+        Nothing,
+        Open(i64),
+        Close(i64),
+    }
+
+    #[test]
+    fn block_rule_table() {
+        use Want::*;
+        let p = Params::default();
+        // (name, rows, open_since, asn_probes, expected)
+        type Case = (&'static str, Vec<Row>, Option<i64>, usize, Want);
+        let cases: Vec<Case> = vec![
+            ("no data", vec![], None, 0, Nothing),
+            (
+                "one probe of many is not enough",
+                vec![("a", 0, "tls")],
+                None,
+                5,
+                Nothing,
+            ),
+            (
+                "two probes agree",
+                vec![("a", 0, "tls"), ("b", 5, "tls")],
+                None,
+                2,
+                Open(0),
+            ),
+            (
+                "started_at is the start of the blocked run",
+                vec![
+                    ("a", 0, "ok"),
+                    ("a", 10, "tls"),
+                    ("a", 20, "tls"),
+                    ("b", 15, "tls"),
+                ],
+                None,
+                2,
+                Open(10),
+            ),
+            (
+                "latest must agree: a recovered",
+                vec![("a", 0, "tls"), ("b", 5, "tls"), ("a", 10, "ok")],
+                None,
+                2,
+                Nothing,
+            ),
+            (
+                "another method does not count",
+                vec![("a", 0, "tls"), ("b", 5, "dns")],
+                None,
+                2,
+                Nothing,
+            ),
+            (
+                "down and inconclusive neither open nor close",
+                vec![
+                    ("a", 0, "tls"),
+                    ("b", 5, "tls"),
+                    ("a", 10, "down"),
+                    ("b", 11, "inc"),
+                ],
+                None,
+                2,
+                Open(0),
+            ),
+            (
+                "offline never counts as blocked",
+                vec![("a", 0, "off"), ("b", 5, "off"), ("c", 6, "off")],
+                None,
+                3,
+                Nothing,
+            ),
+            (
+                "below min_share: 2 of 5 probes",
+                vec![
+                    ("a", 0, "tls"),
+                    ("b", 0, "tls"),
+                    ("c", 0, "ok"),
+                    ("d", 0, "ok"),
+                    ("e", 0, "ok"),
+                ],
+                None,
+                5,
+                Nothing,
+            ),
+            (
+                "outside the window does not count",
+                vec![("a", -400, "tls"), ("b", 5, "tls")],
+                None,
+                2,
+                Nothing,
+            ),
+            (
+                "single probe: three in a row",
+                vec![("a", 0, "tls"), ("a", 60, "tls"), ("a", 120, "tls")],
+                None,
+                1,
+                Open(0),
+            ),
+            (
+                "single probe: two are not enough",
+                vec![("a", 0, "tls"), ("a", 60, "tls")],
+                None,
+                1,
+                Nothing,
+            ),
+            (
+                "single probe rule needs a lone probe on the ASN",
+                vec![("a", 0, "tls"), ("a", 60, "tls"), ("a", 120, "tls")],
+                None,
+                2,
+                Nothing,
+            ),
+            (
+                "single probe: interrupted run",
+                vec![
+                    ("a", 0, "tls"),
+                    ("a", 60, "ok"),
+                    ("a", 120, "tls"),
+                    ("a", 130, "tls"),
+                ],
+                None,
+                1,
+                Nothing,
+            ),
+            (
+                "open stays open while blocked",
+                vec![("a", 0, "tls"), ("b", 5, "tls")],
+                Some(0),
+                2,
+                Nothing,
+            ),
+            (
+                "two probes accessible close it",
+                vec![
+                    ("a", 0, "tls"),
+                    ("b", 5, "tls"),
+                    ("a", 30, "ok"),
+                    ("b", 40, "ok"),
+                ],
+                Some(0),
+                2,
+                Close(30),
+            ),
+            (
+                "one accessible of two does not close",
+                vec![("a", 0, "tls"), ("b", 5, "tls"), ("a", 30, "ok")],
+                Some(0),
+                2,
+                Nothing,
+            ),
+            (
+                "down does not close",
+                vec![
+                    ("a", 0, "tls"),
+                    ("b", 5, "tls"),
+                    ("a", 30, "down"),
+                    ("b", 31, "down"),
+                ],
+                Some(0),
+                2,
+                Nothing,
+            ),
+            (
+                "single probe: three accessible close it",
+                vec![
+                    ("a", 0, "tls"),
+                    ("a", 60, "ok"),
+                    ("a", 70, "ok"),
+                    ("a", 80, "ok"),
+                ],
+                Some(0),
+                1,
+                Close(60),
+            ),
+            (
+                "end is never before the start",
+                vec![("a", -10, "ok"), ("b", -5, "ok")],
+                Some(0),
+                2,
+                Close(0),
+            ),
+        ];
+        for (name, rows, open, asn_probes, want) in cases {
+            let s = series(&rows);
+            let anchor = s.iter().map(|o| o.at).max().unwrap_or(t(0));
+            let got = block_step(&s, Method::Tls, anchor, open.map(t), asn_probes, &p);
+            match (want, got) {
+                (Nothing, None) => {}
+                (Open(m), Some(Decision::Open { started_at, .. })) => {
+                    assert_eq!(started_at, t(m), "{name}")
+                }
+                (Close(m), Some(Decision::Close { ended_at, .. })) => {
+                    assert_eq!(ended_at, t(m), "{name}")
+                }
+                (_, got) => panic!("{name}: unexpected {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn block_evidence_counts_probes_and_measurements() {
+        let s = series(&[
+            ("a", 0, "tls"),
+            ("a", 10, "tls"),
+            ("b", 5, "tls"),
+            ("c", 6, "ok"),
+        ]);
+        let d = block_step(&s, Method::Tls, t(10), None, 3, &Params::default());
+        let Some(Decision::Open { evidence, .. }) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(evidence.probes, 2);
+        assert_eq!(evidence.probes_considered, 3);
+        assert_eq!(evidence.measurements, 3);
+        assert_eq!(evidence.method, Some(Method::Tls));
+        assert_eq!(evidence.rule, "probes");
+        assert!((evidence.share - 2.0 / 3.0).abs() < 1e-9);
+    }
+
+    fn presence(rows: &[(&str, i64, bool)]) -> Vec<Presence> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, (probe, min, offline))| Presence {
+                probe: probe.to_string(),
+                first_at: t(*min),
+                last_at: t(*min),
+                offline: *offline,
+                count: 1,
+                sample_id: format!("m{i}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shutdown_rule_table() {
+        use Want::*;
+        let p = Params::default();
+        type Case = (
+            &'static str,
+            Vec<(&'static str, i64, bool)>,
+            Option<i64>,
+            Want,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "one offline probe is not enough",
+                vec![("a", 0, true)],
+                None,
+                Nothing,
+            ),
+            (
+                "two offline probes",
+                vec![("a", 0, false), ("a", 10, true), ("b", 12, true)],
+                None,
+                Open(10),
+            ),
+            (
+                "latest must be offline",
+                vec![("a", 10, true), ("b", 12, true), ("b", 20, false)],
+                None,
+                Nothing,
+            ),
+            (
+                "stays open while offline",
+                vec![("a", 10, true), ("b", 12, true)],
+                Some(10),
+                Nothing,
+            ),
+            (
+                "a probe that never went offline is not a recovery",
+                vec![("a", 10, true), ("c", 5, false), ("c", 400, false)],
+                Some(10),
+                Nothing,
+            ),
+            (
+                "recovery closes it",
+                vec![
+                    ("a", 10, true),
+                    ("b", 12, true),
+                    ("a", 300, false),
+                    ("b", 310, false),
+                ],
+                Some(10),
+                Close(300),
+            ),
+            (
+                "still two offline: not over",
+                vec![
+                    ("a", 10, true),
+                    ("b", 12, true),
+                    ("c", 13, true),
+                    ("a", 300, false),
+                ],
+                Some(10),
+                Nothing,
+            ),
+        ];
+        for (name, rows, open, want) in cases {
+            let s = presence(&rows);
+            let anchor = s.iter().map(|r| r.last_at).max().unwrap_or(t(0));
+            match (want, shutdown_step(&s, anchor, open.map(t), &p)) {
+                (Nothing, None) => {}
+                (Open(m), Some(Decision::Open { started_at, .. })) => {
+                    assert_eq!(started_at, t(m), "{name}")
+                }
+                (Close(m), Some(Decision::Close { ended_at, .. })) => {
+                    assert_eq!(ended_at, t(m), "{name}")
+                }
+                (_, got) => panic!("{name}: unexpected {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn replay_opens_then_closes_and_respects_the_floor() {
+        let p = Params::default();
+        let s = series(&[
+            ("a", 0, "tls"),
+            ("b", 5, "tls"),
+            ("a", 60, "ok"),
+            ("b", 65, "ok"),
+        ]);
+        let all: Vec<_> = anchors(s.iter().map(|o| o.at));
+        let step = |a, open| block_step(&s, Method::Tls, a, open, 2, &p);
+        let d = replay(&all, KeyState::default(), step);
+        assert!(
+            matches!(
+                d.as_slice(),
+                [Decision::Open { .. }, Decision::Close { .. }]
+            ),
+            "{d:?}"
+        );
+        let floor = KeyState {
+            open_since: None,
+            floor: Some(t(65)),
+        };
+        assert!(replay(&all, floor, step).is_empty());
+    }
+
+    #[test]
+    fn anchors_are_sorted_distinct_and_bounded() {
+        let a = anchors([t(3), t(1), t(3), t(2)]);
+        assert_eq!(a, vec![t(1), t(2), t(3)]);
+        let many = anchors((0..10_000).map(t));
+        assert!(many.len() <= MAX_ANCHORS + 1);
+        assert_eq!(many.last(), Some(&t(9_999)));
+    }
+
+    #[test]
+    fn summarize_picks_status_and_share() {
+        let g = |status, method, probes| LatestGroup {
+            domain: "example.org".into(),
+            asn: 9198,
+            country: Some("KZ".into()),
+            category: Some("NEWS".into()),
+            status,
+            method,
+            probes,
+            last_measured: t(0),
+        };
+        let s = summarize(
+            &[
+                g(Status::Blocked, Some(Method::Tls), 3),
+                g(Status::Blocked, Some(Method::Dns), 1),
+                g(Status::Accessible, None, 1),
+                g(Status::Down, None, 2),
+            ],
+            0.5,
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].status, Status::Blocked);
+        assert_eq!(s[0].method, Some(Method::Tls));
+        assert_eq!(s[0].probes, 7);
+        assert_eq!(s[0].blocked_share, Some(0.8));
+        let s = summarize(&[g(Status::Down, None, 2)], 0.5);
+        assert_eq!(s[0].status, Status::Down);
+        assert_eq!(s[0].blocked_share, None);
+    }
+}

@@ -1,0 +1,336 @@
+//! Read API for researchers: status, site history, events, probes per network, raw export.
+//! JSON by default; CSV with `?format=csv` or `Accept: text/csv`.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+use witness_probe::model::{Method, Status};
+
+use crate::aggregate::{self, EventKind};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::store::{Event, Filter, MeasurementRecord};
+
+/// Largest `limit`.
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// The routes (the raw export `GET /api/v1/measurements` is mounted with the upload).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/sites/{domain}/history", get(history))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/probes", get(probes))
+}
+
+/// Query parameters shared by the read endpoints (each uses the ones that apply to it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    /// Country code.
+    pub country: Option<String>,
+    /// Network.
+    pub asn: Option<u32>,
+    /// Category code.
+    pub category: Option<String>,
+    /// Site.
+    pub domain: Option<String>,
+    /// Lower time bound, RFC 3339.
+    pub since: Option<DateTime<Utc>>,
+    /// Upper time bound, RFC 3339.
+    pub until: Option<DateTime<Utc>>,
+    /// Most rows.
+    pub limit: Option<u32>,
+    /// `json` or `csv`.
+    pub format: Option<String>,
+    /// Events: `new_block` or `shutdown`.
+    pub kind: Option<String>,
+    /// Events: only open (`true`) or ended (`false`).
+    pub open: Option<bool>,
+    /// Measurements: verdict status.
+    pub status: Option<String>,
+}
+
+type Q = Result<Query<ReadQuery>, QueryRejection>;
+
+fn query(q: Q) -> Result<ReadQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+fn filter(q: &ReadQuery, default_limit: u32) -> Result<Filter, ApiError> {
+    if let Some(c) = &q.country {
+        if !(c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic())) {
+            return Err(ApiError::BadRequest(
+                "country must be a two-letter code".into(),
+            ));
+        }
+    }
+    if let (Some(s), Some(u)) = (q.since, q.until) {
+        if s > u {
+            return Err(ApiError::BadRequest("since is after until".into()));
+        }
+    }
+    Ok(Filter {
+        country: q.country.as_ref().map(|c| c.to_ascii_uppercase()),
+        asn: q.asn,
+        category: q.category.clone(),
+        domain: q.domain.as_ref().map(|d| d.to_ascii_lowercase()),
+        since: q.since,
+        until: q.until,
+        kind: q
+            .kind
+            .as_deref()
+            .map(str::parse::<EventKind>)
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(format!("kind: {e}")))?,
+        open: q.open,
+        status: q
+            .status
+            .as_deref()
+            .map(str::parse::<Status>)
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(format!("status: {e}")))?,
+        limit: q.limit.unwrap_or(default_limit).clamp(1, MAX_LIMIT),
+    })
+}
+
+fn wants_csv(q: &ReadQuery, headers: &HeaderMap) -> Result<bool, ApiError> {
+    match q.format.as_deref() {
+        Some(f) if f.eq_ignore_ascii_case("csv") => Ok(true),
+        Some(f) if f.eq_ignore_ascii_case("json") => Ok(false),
+        Some(f) => Err(ApiError::BadRequest(format!(
+            "format {f:?}: expected json or csv"
+        ))),
+        None => Ok(headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.to_ascii_lowercase().contains("text/csv"))),
+    }
+}
+
+fn csv_response<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<Response, ApiError> {
+    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("csv: {e}"));
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r).map_err(|e| internal(&e))?;
+    }
+    let bytes = w.into_inner().map_err(|e| internal(&e))?;
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], bytes).into_response())
+}
+
+/// CSV row of `/status`.
+#[derive(Serialize)]
+struct StatusCsv<'a> {
+    domain: &'a str,
+    asn: u32,
+    country: Option<&'a str>,
+    category: Option<&'a str>,
+    status: Status,
+    method: Option<Method>,
+    probes: u64,
+    blocked_probes: u64,
+    accessible_probes: u64,
+    blocked_share: Option<f64>,
+    last_measured: DateTime<Utc>,
+}
+
+/// `GET /api/v1/status`: current state per site and network, over the aggregation window
+/// (or `since`/`until`).
+pub async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Q,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let mut f = filter(&q, 1000)?;
+    // Every probe's latest verdict is the point here: do not pre-filter verdicts.
+    f.status = None;
+    let now = Utc::now();
+    let until = f.until.unwrap_or(now);
+    let since = f.since.unwrap_or(until - state.params.window);
+    f.since = Some(since);
+    f.until = Some(until);
+    let groups = state.store.latest_groups(&f).await?;
+    let mut sites = aggregate::summarize(&groups, state.params.min_share);
+    sites.truncate(f.limit as usize);
+    if wants_csv(&q, &headers)? {
+        return csv_response(sites.iter().map(|s| StatusCsv {
+            domain: &s.domain,
+            asn: s.asn,
+            country: s.country.as_deref(),
+            category: s.category.as_deref(),
+            status: s.status,
+            method: s.method,
+            probes: s.probes,
+            blocked_probes: s.blocked_probes,
+            accessible_probes: s.accessible_probes,
+            blocked_share: s.blocked_share,
+            last_measured: s.last_measured,
+        }));
+    }
+    Ok(Json(json!({ "since": since, "until": until, "sites": sites })).into_response())
+}
+
+/// `GET /api/v1/sites/{domain}/history`: hourly counts per network, status and method.
+pub async fn history(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+    headers: HeaderMap,
+    q: Q,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let mut f = filter(&q, 1000)?;
+    if domain.len() > 253 {
+        return Err(ApiError::BadRequest("domain too long".into()));
+    }
+    let domain = domain.to_ascii_lowercase();
+    let until = f.until.unwrap_or_else(Utc::now);
+    f.since = Some(f.since.unwrap_or(until - TimeDelta::days(7)));
+    f.until = Some(until);
+    let rows = state.store.history(&domain, &f).await?;
+    if wants_csv(&q, &headers)? {
+        return csv_response(rows);
+    }
+    Ok(Json(json!({ "domain": domain, "history": rows })).into_response())
+}
+
+/// CSV row of `/events`.
+#[derive(Serialize)]
+struct EventCsv<'a> {
+    id: &'a str,
+    kind: EventKind,
+    domain: Option<&'a str>,
+    asn: u32,
+    country: Option<&'a str>,
+    category: Option<&'a str>,
+    method: Option<Method>,
+    started_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+    probes: usize,
+    probes_considered: usize,
+    measurements: u64,
+    share: f64,
+    rule: &'a str,
+}
+
+impl<'a> From<&'a Event> for EventCsv<'a> {
+    fn from(e: &'a Event) -> Self {
+        EventCsv {
+            id: &e.id,
+            kind: e.kind,
+            domain: e.domain.as_deref(),
+            asn: e.asn,
+            country: e.country.as_deref(),
+            category: e.category.as_deref(),
+            method: e.method,
+            started_at: e.started_at,
+            ended_at: e.ended_at,
+            probes: e.evidence.probes,
+            probes_considered: e.evidence.probes_considered,
+            measurements: e.evidence.measurements,
+            share: e.evidence.share,
+            rule: &e.evidence.rule,
+        }
+    }
+}
+
+/// `GET /api/v1/events`: events overlapping `[since, until]`, newest first.
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Q,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let f = filter(&q, 100)?;
+    let events = state.store.events(&f).await?;
+    if wants_csv(&q, &headers)? {
+        return csv_response(events.iter().map(EventCsv::from));
+    }
+    Ok(Json(json!({ "events": events })).into_response())
+}
+
+/// `GET /api/v1/probes`: probes per network that uploaded in the period (default: the
+/// aggregation window). Never a probe id or an address.
+pub async fn probes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Q,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let mut f = filter(&q, 1000)?;
+    let until = f.until.unwrap_or_else(Utc::now);
+    let since = f.since.unwrap_or(until - state.params.window);
+    f.since = Some(since);
+    f.until = Some(until);
+    let rows = state.store.probe_networks(&f).await?;
+    if wants_csv(&q, &headers)? {
+        return csv_response(rows);
+    }
+    Ok(Json(json!({ "since": since, "until": until, "networks": rows })).into_response())
+}
+
+/// CSV row of the raw export (the observations stay in the JSON export).
+#[derive(Serialize)]
+struct MeasurementCsv<'a> {
+    id: String,
+    started_at: DateTime<Utc>,
+    domain: &'a str,
+    url: &'a str,
+    category: Option<&'a str>,
+    asn: Option<u32>,
+    country: Option<&'a str>,
+    status: Status,
+    method: Option<Method>,
+    reason: &'a str,
+    software_version: &'a str,
+}
+
+impl<'a> From<&'a MeasurementRecord> for MeasurementCsv<'a> {
+    fn from(m: &'a MeasurementRecord) -> Self {
+        MeasurementCsv {
+            id: m.id.to_string(),
+            started_at: m.started_at,
+            domain: &m.domain,
+            url: &m.url,
+            category: m.category.as_deref(),
+            asn: m.asn,
+            country: m.country.as_deref(),
+            status: m.status,
+            method: m.method,
+            reason: &m.reason,
+            software_version: &m.software_version,
+        }
+    }
+}
+
+/// `GET /api/v1/measurements`: raw records as uploaded, oldest first.
+pub async fn measurements(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Q,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let f = filter(&q, 100)?;
+    let rows = state.store.measurements(&f).await?;
+    if wants_csv(&q, &headers)? {
+        return csv_response(rows.iter().map(MeasurementCsv::from));
+    }
+    let raw: Vec<Box<RawValue>> = rows
+        .into_iter()
+        .map(|m| RawValue::from_string(m.body))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::Internal(format!("stored record is not JSON: {e}")))?;
+    #[derive(Serialize)]
+    struct Export {
+        measurements: Vec<Box<RawValue>>,
+    }
+    Ok(Json(Export { measurements: raw }).into_response())
+}

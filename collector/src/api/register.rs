@@ -1,0 +1,92 @@
+//! `POST /api/v1/register`: a probe gets an id and a token.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use super::{body_rejection, require_json};
+use crate::app::AppState;
+use crate::auth;
+use crate::config::Registration;
+use crate::error::ApiError;
+use crate::store::NewProbe;
+
+/// The route.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/register", post(register))
+}
+
+/// Request body (may be empty).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Invite token, required when `server.registration = "invite"`.
+    #[serde(default)]
+    pub invite: Option<String>,
+}
+
+/// Response body. The token is shown once and stored only as a hash.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The probe's id.
+    pub probe_id: String,
+    /// The probe's bearer token.
+    pub token: String,
+}
+
+/// Register a probe.
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let body = body.map_err(body_rejection)?;
+    let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RegisterRequest::default()
+    } else {
+        require_json(&headers)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid register body: {e}")))?
+    };
+    let invite = req.invite.filter(|s| !s.trim().is_empty());
+    match (state.config.server.registration, &invite) {
+        (Registration::Invite, None) => {
+            return Err(ApiError::Forbidden(
+                "this collector registers probes by invite only: send {\"invite\": TOKEN}".into(),
+            ))
+        }
+        // Open registration: one global bucket, no per-client state at all.
+        (Registration::Open, None) => state
+            .register_limiter
+            .check()
+            .map_err(ApiError::RateLimited)?,
+        _ => {}
+    }
+    let now = Utc::now();
+    let token = auth::new_token();
+    let probe = NewProbe {
+        id: uuid::Uuid::new_v4().to_string(),
+        token_hash: auth::hash_token(&token),
+        created_at: now,
+    };
+    let invite_hash = invite.as_deref().map(|i| auth::hash_token(i.trim()));
+    if !state
+        .store
+        .register_probe(&probe, invite_hash.as_deref(), now)
+        .await?
+    {
+        return Err(ApiError::Forbidden(
+            "invite token is unknown, revoked, expired or used up".into(),
+        ));
+    }
+    tracing::info!(with_invite = invite.is_some(), "probe registered");
+    Ok(Json(RegisterResponse {
+        probe_id: probe.id,
+        token,
+    }))
+}

@@ -1,0 +1,215 @@
+//! The application: shared state, routers and the server loop.
+//!
+//! [`serve`] takes its listener and its shutdown signal from the caller (as in mini-redis), so
+//! tests bind port 0, pass a fresh store and drive the real server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::aggregate::Params;
+use crate::api;
+use crate::config::Config;
+use crate::control::{self, ControlServiceConfig};
+use crate::events::Evaluator;
+use crate::metrics::Metrics;
+use crate::ratelimit::{GlobalLimiter, KeyedLimiter};
+use crate::store::Store;
+use crate::validate::Limits;
+use crate::webhook::Notifier;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// The contents of [`AppState`].
+pub struct Inner {
+    /// The configuration.
+    pub config: Config,
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event evaluation.
+    pub evaluator: Evaluator,
+    /// Wakes the webhook notifier when an event changes.
+    pub webhook_wake: Arc<Notify>,
+    /// Thresholds of the event rule.
+    pub params: Params,
+    /// Record limits.
+    pub limits: Limits,
+    /// Uploads per probe.
+    pub upload_limiter: KeyedLimiter,
+    /// Open registrations, globally.
+    pub register_limiter: GlobalLimiter,
+    /// Control requests per probe.
+    pub control_limiter: KeyedLimiter,
+    /// Concurrent control measurements.
+    pub control_slots: Arc<Semaphore>,
+    /// How the control measures.
+    pub control: ControlServiceConfig,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// State for `config` over `store`.
+    pub fn new(config: Config, store: Arc<dyn Store>) -> anyhow::Result<AppState> {
+        config.check()?;
+        let metrics = Arc::new(Metrics::new(config.metrics.clone())?);
+        let wake = Arc::new(Notify::new());
+        let params = Params {
+            window: config.aggregation.window.to_chrono(),
+            min_probes: config.aggregation.min_probes,
+            min_measurements: config.aggregation.min_measurements,
+            min_share: config.aggregation.min_share,
+        };
+        let evaluator = Evaluator::new(
+            store.clone(),
+            params.clone(),
+            config.webhook.urls.clone(),
+            metrics.clone(),
+            wake.clone(),
+        );
+        let control = control::service_config(&config.control).map_err(anyhow::Error::msg)?;
+        let limits = Limits {
+            max_record_bytes: config.ingest.max_record_bytes,
+            max_age: config.ingest.max_age.to_chrono(),
+            max_clock_skew: config.ingest.max_clock_skew.to_chrono(),
+        };
+        Ok(AppState(Arc::new(Inner {
+            upload_limiter: KeyedLimiter::per_minute(
+                config.ingest.uploads_per_minute,
+                config.ingest.upload_burst,
+            ),
+            register_limiter: GlobalLimiter::per_hour(
+                config.server.register_per_hour,
+                config.server.register_burst,
+            ),
+            control_limiter: KeyedLimiter::per_minute(
+                config.control.requests_per_minute,
+                config.control.requests_per_minute.clamp(1, 60),
+            ),
+            control_slots: Arc::new(Semaphore::new(config.control.max_concurrency)),
+            config,
+            store,
+            metrics,
+            evaluator,
+            webhook_wake: wake,
+            params,
+            limits,
+            control,
+        })))
+    }
+}
+
+/// The API router; with `with_metrics`, `/metrics` too.
+pub fn router(state: AppState, with_metrics: bool) -> Router {
+    let mut r = api::router(state.config.server.max_body_bytes);
+    if with_metrics {
+        r = r.merge(api::metrics::router());
+    }
+    r.fallback(api::not_found).with_state(state)
+}
+
+/// Serve the API (and `/metrics`) on `listener` until `shutdown` completes, with the webhook
+/// notifier and the evaluation sweep running in the background.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with(listener, None, state, shutdown).await
+}
+
+/// Like [`serve`], with `/metrics` on its own listener when one is given (and then not on the
+/// API listener).
+pub async fn serve_with(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut background = Vec::new();
+
+    if !state.config.webhook.urls.is_empty() {
+        let notifier = Notifier::new(
+            state.store.clone(),
+            state.config.webhook.clone(),
+            state.metrics.clone(),
+            state.webhook_wake.clone(),
+        )?;
+        background.push(tokio::spawn(notifier.run(stop_rx.clone())));
+    }
+    let interval = state.config.aggregation.evaluate_interval.0;
+    if !interval.is_zero() {
+        background.push(tokio::spawn(sweep_loop(
+            state.evaluator.clone(),
+            interval,
+            stop_rx.clone(),
+        )));
+    }
+    let metrics_server = match metrics_listener {
+        Some(l) => {
+            let mut rx = stop_rx.clone();
+            let metrics_only = Router::new()
+                .merge(api::metrics::router())
+                .fallback(api::not_found)
+                .with_state(state.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(l, metrics_only)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let with_metrics = metrics_server.is_none();
+    let app = router(state, with_metrics).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    // If the server failed rather than being asked to stop, the sender is gone and the
+    // background tasks stop too.
+    drop(stop_rx);
+    for task in background {
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    }
+    if let Some(m) = metrics_server {
+        let _ = tokio::time::timeout(Duration::from_secs(5), m).await;
+    }
+    result?;
+    Ok(())
+}
+
+/// Re-evaluate recent data at start (catching up after a crash) and then every `every`.
+async fn sweep_loop(evaluator: Evaluator, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        match evaluator.sweep(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(transitions = n, "evaluation sweep applied transitions"),
+            Err(e) => tracing::warn!(error = %e, "evaluation sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Collector configuration: a TOML file over built-in defaults.
+//!
+//! Parsing is strict (`deny_unknown_fields` everywhere) so a misspelt key fails loudly instead of
+//! silently keeping a default. Every field documents its default; `collector.example.toml`
+//! spells out the same defaults and a test checks that they agree.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Errors loading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type...).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which names the line, column and offending key.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP listeners, limits and registration.
+    pub server: ServerConfig,
+    /// Upload validation and per-probe limits.
+    pub ingest: IngestConfig,
+    /// Where measurements and events are stored.
+    pub store: StoreConfig,
+    /// How verdicts are aggregated into events.
+    pub aggregation: AggregationConfig,
+    /// Where events are sent.
+    pub webhook: WebhookConfig,
+    /// The control measurement service.
+    pub control: ControlConfig,
+    /// Bounds on the `/metrics` output.
+    pub metrics: MetricsConfig,
+}
+
+/// Who may register a probe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    /// Anyone may register (rate-limited); an invite is optional.
+    #[default]
+    Open,
+    /// Registration needs an invite token made with `witness-collector token create`.
+    Invite,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the API listener. Default `127.0.0.1:8080` (put a TLS reverse proxy in front).
+    pub listen: SocketAddr,
+    /// Separate listener for `/metrics`; when set, the API listener does not serve `/metrics`.
+    /// Default: none (metrics on the API listener).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest request body, before and after gzip decompression. Default 8 MiB.
+    pub max_body_bytes: usize,
+    /// `open` or `invite`. Default `open`.
+    pub registration: Registration,
+    /// Open registrations allowed per hour across all clients (token bucket refill).
+    /// Default 60.
+    pub register_per_hour: u32,
+    /// Burst of open registrations. Default 10.
+    pub register_burst: u32,
+    /// Request header holding the client's address when a reverse proxy sits in front
+    /// (e.g. `X-Real-IP`). Used only for the control service's `your_address`, never stored or
+    /// logged. Default: none (the TCP peer address).
+    pub client_address_header: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
+            max_body_bytes: 8 * 1024 * 1024,
+            registration: Registration::Open,
+            register_per_hour: 60,
+            register_burst: 10,
+            client_address_header: None,
+        }
+    }
+}
+
+/// `[ingest]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Most records in one upload. Default 1000.
+    pub max_batch: usize,
+    /// Largest single record (JSON bytes). Default 256 KiB.
+    pub max_record_bytes: usize,
+    /// Oldest `started_at` accepted. Default `30d`.
+    pub max_age: HumanDuration,
+    /// How far in the future `started_at` may be (probe clock skew). Default `10m`.
+    pub max_clock_skew: HumanDuration,
+    /// Uploads per probe per minute (token bucket refill). Default 30.
+    pub uploads_per_minute: u32,
+    /// Burst of uploads per probe. Default 10.
+    pub upload_burst: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_batch: 1000,
+            max_record_bytes: 256 * 1024,
+            max_age: HumanDuration::from_secs(30 * 86_400),
+            max_clock_skew: HumanDuration::from_secs(600),
+            uploads_per_minute: 30,
+            upload_burst: 10,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or a plain path. Default `sqlite://witness-collector.db` (relative to
+    /// the working directory). PostgreSQL URLs are reserved for a later store.
+    pub url: String,
+    /// Connection pool size. Default 8.
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://witness-collector.db".to_string(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// `[aggregation]`: the event rule, documented in `docs/collector-api.md`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregationConfig {
+    /// Sliding window over the measurements' own `started_at`. Default `6h`.
+    pub window: HumanDuration,
+    /// Distinct probes that must agree to open or close an event. Default 2.
+    pub min_probes: usize,
+    /// Consecutive agreeing measurements needed when the network has a single probe.
+    /// Default 3.
+    pub min_measurements: usize,
+    /// Share of probes (with an accessible or blocked latest verdict) that must see the block.
+    /// Default 0.5. Lower it to catch blocks on only part of a network.
+    pub min_share: f64,
+    /// Period of the catch-up sweep that re-evaluates every recent site and network, first at
+    /// start (covers a crash between commit and evaluation). `0s` disables it. Default `15m`.
+    pub evaluate_interval: HumanDuration,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        AggregationConfig {
+            window: HumanDuration::from_secs(6 * 3600),
+            min_probes: 2,
+            min_measurements: 3,
+            min_share: 0.5,
+            evaluate_interval: HumanDuration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Payload shape of webhook notifications.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// Alertmanager's `POST /api/v2/alerts` body: a JSON array of alerts.
+    #[default]
+    Alertmanager,
+    /// `{"transition": ..., "event": {...}}`.
+    Generic,
+}
+
+/// `[webhook]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// URLs to POST events to. Default: none.
+    pub urls: Vec<String>,
+    /// `alertmanager` or `generic`. Default `alertmanager`.
+    pub format: WebhookFormat,
+    /// Timeout of one delivery attempt. Default `10s`.
+    pub timeout: HumanDuration,
+    /// Attempts before a notification is abandoned. Default 10.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled on every further failure. Default `5s`.
+    pub initial_backoff: HumanDuration,
+    /// Longest delay between retries. Default `1h`.
+    pub max_backoff: HumanDuration,
+    /// Alertmanager format only: re-send open events this often so Alertmanager keeps them
+    /// firing (set its `resolve_timeout` above this). `0s` disables. Default `30m`.
+    pub resend_interval: HumanDuration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            urls: Vec::new(),
+            format: WebhookFormat::Alertmanager,
+            timeout: HumanDuration::from_secs(10),
+            max_attempts: 10,
+            initial_backoff: HumanDuration::from_secs(5),
+            max_backoff: HumanDuration::from_secs(3600),
+            resend_interval: HumanDuration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// `[control]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve `POST /api/v1/control`. Default true.
+    pub enabled: bool,
+    /// Allow requests without a probe token (labs only). Default false.
+    pub allow_anonymous: bool,
+    /// Measure private and reserved targets (labs only). Default false.
+    pub allow_private: bool,
+    /// Reserved ranges treated as public (labs built in 198.18.0.0/15). Default: none.
+    pub lab_public_ranges: Vec<IpNet>,
+    /// Resolver of the control: `system` or `IP:PORT` (plain UDP). Default `system`.
+    pub resolver: String,
+    /// Extra trusted CA certificates (PEM files), on top of the Mozilla roots. Default: none.
+    pub extra_ca_files: Vec<PathBuf>,
+    /// Control measurements running at once; more get 503. Default 16.
+    pub max_concurrency: usize,
+    /// Limit on one control measurement, seconds. Default 60.
+    pub timeout_secs: u64,
+    /// Control requests per probe per minute. Default 120.
+    pub requests_per_minute: u32,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            enabled: true,
+            allow_anonymous: false,
+            allow_private: false,
+            lab_public_ranges: Vec::new(),
+            resolver: "system".to_string(),
+            extra_ca_files: Vec::new(),
+            max_concurrency: 16,
+            timeout_secs: 60,
+            requests_per_minute: 120,
+        }
+    }
+}
+
+/// `[metrics]`: bounds that keep label cardinality finite even if probes lie.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Distinct ASNs used as label values on counters; later ones are counted as `other`.
+    /// Default 2000.
+    pub max_asn_labels: usize,
+    /// Most `witness_site_blocked_ratio` series per scrape. Default 50000.
+    pub max_site_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_asn_labels: 2000,
+            max_site_series: 50_000,
+        }
+    }
+}
+
+impl Config {
+    /// Load a file, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse TOML text and check the values.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Range checks that serde cannot express.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let a = &self.aggregation;
+        if a.window.0.is_zero() {
+            return bad("aggregation.window must be positive");
+        }
+        if a.min_probes == 0 || a.min_measurements == 0 {
+            return bad("aggregation.min_probes and min_measurements must be at least 1");
+        }
+        if !(a.min_share > 0.0 && a.min_share <= 1.0) {
+            return bad("aggregation.min_share must be in (0, 1]");
+        }
+        if self.server.max_body_bytes < 1024 {
+            return bad("server.max_body_bytes must be at least 1024");
+        }
+        if self.ingest.max_batch == 0 || self.ingest.max_record_bytes == 0 {
+            return bad("ingest.max_batch and max_record_bytes must be positive");
+        }
+        if self.ingest.uploads_per_minute == 0 || self.ingest.upload_burst == 0 {
+            return bad("ingest.uploads_per_minute and upload_burst must be positive");
+        }
+        if self.server.register_per_hour == 0 || self.server.register_burst == 0 {
+            return bad("server.register_per_hour and register_burst must be positive");
+        }
+        if self.control.max_concurrency == 0 || self.control.timeout_secs == 0 {
+            return bad("control.max_concurrency and timeout_secs must be positive");
+        }
+        if self.control.requests_per_minute == 0 {
+            return bad("control.requests_per_minute must be positive");
+        }
+        if self.webhook.max_attempts == 0 {
+            return bad("webhook.max_attempts must be at least 1");
+        }
+        for u in &self.webhook.urls {
+            match url::Url::parse(u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "webhook.urls: {u:?} is not an http(s) URL"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A duration written as `90s`, `10m`, `6h`, `30d` (or `250ms`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// Whole seconds.
+    pub const fn from_secs(s: u64) -> Self {
+        HumanDuration(Duration::from_secs(s))
+    }
+
+    /// As a `chrono` delta, saturating at the largest representable value.
+    pub fn to_chrono(self) -> chrono::TimeDelta {
+        chrono::TimeDelta::from_std(self.0).unwrap_or(chrono::TimeDelta::MAX)
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 10m, 6h, 30d"))?;
+        let mult_ms: u64 = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "invalid duration unit in {s:?}: expected ms, s, m, h or d"
+                ))
+            }
+        };
+        n.checked_mul(mult_ms)
+            .map(|ms| HumanDuration(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("duration {s:?} is too large"))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms != 0 && ms % size == 0 {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        if ms == 0 {
+            return f.write_str("0s");
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        let cases = [
+            ("6h", 6 * 3_600_000),
+            ("30d", 30 * 86_400_000),
+            ("10m", 600_000),
+            ("90s", 90_000),
+            ("250ms", 250),
+            ("0s", 0),
+        ];
+        for (text, ms) in cases {
+            let d: HumanDuration = text.parse().unwrap();
+            assert_eq!(d.0.as_millis(), ms, "{text}");
+            assert_eq!(d.to_string(), text);
+        }
+        for bad in ["", "6", "h", "6 hours", "-1s", "1.5h"] {
+            assert!(bad.parse::<HumanDuration>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_are_range_checked() {
+        let err = Config::parse("[aggregation]\nmin_probes = 0\n").unwrap_err();
+        assert!(err.to_string().contains("min_probes"), "{err}");
+        let err = Config::parse("[webhook]\nurls = [\"ftp://x\"]\n").unwrap_err();
+        assert!(err.to_string().contains("webhook.urls"), "{err}");
+    }
+}

@@ -1,0 +1,60 @@
+//! The control service: the probe's own measurement code run from the collector's vantage point.
+//!
+//! The single call into the probe crate is [`run_control`], so the signature lives in one place.
+
+use witness_probe::checks::MeasureConfig;
+use witness_probe::model::{ControlRequest, ControlResponse};
+
+pub use witness_probe::control::{ControlRefusal, ControlServiceConfig};
+
+use crate::config::ControlConfig;
+
+/// Build the measurement configuration of the control from `[control]`.
+pub fn service_config(cfg: &ControlConfig) -> Result<ControlServiceConfig, String> {
+    let resolver = witness_probe::config::parse_resolver(&cfg.resolver)
+        .map_err(|e| format!("control.resolver: {e}"))?;
+    let mut extra_cas = Vec::new();
+    for f in &cfg.extra_ca_files {
+        extra_cas.extend(
+            witness_probe::config::load_ca_file(f)
+                .map_err(|e| format!("control.extra_ca_files: {e}"))?,
+        );
+    }
+    let measure = MeasureConfig {
+        resolver,
+        extra_cas,
+        ..MeasureConfig::default()
+    }
+    .with_lab_public(cfg.lab_public_ranges.clone());
+    Ok(ControlServiceConfig {
+        measure,
+        allow_private: cfg.allow_private,
+    })
+}
+
+/// Measure `req.url` for a probe. Refusals (bad URL, private target) are the client's problem;
+/// see the handler for how each maps to a status.
+pub async fn run_control(
+    req: &ControlRequest,
+    cfg: &ControlServiceConfig,
+) -> Result<ControlResponse, ControlRefusal> {
+    witness_probe::control::serve_control(req, cfg).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_control_config_builds() {
+        let c = service_config(&ControlConfig::default()).unwrap();
+        assert!(!c.allow_private);
+        let bad = ControlConfig {
+            resolver: "not-an-address".into(),
+            ..ControlConfig::default()
+        };
+        assert!(service_config(&bad)
+            .unwrap_err()
+            .contains("control.resolver"));
+    }
+}

@@ -1,0 +1,286 @@
+//! Event evaluation: the I/O around [`crate::aggregate`].
+//!
+//! After a batch is committed, every site × network it touched (and every network, for
+//! shutdowns) is re-evaluated at the times of the new measurements: the store supplies the
+//! series and the state of the events, the pure rule decides, and the store applies each
+//! decision atomically (unique open event, notification queued in the same transaction).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+use uuid::Uuid;
+use witness_probe::model::Status;
+
+use crate::aggregate::{self, Decision, EventKind, KeyState, Params, Transition};
+use crate::metrics::Metrics;
+use crate::store::{
+    CloseEvent, EventKey, EventState, MeasurementRecord, NewEvent, Store, StoreResult,
+};
+
+/// What a batch touched.
+#[derive(Clone, Debug, Default)]
+pub struct Touched {
+    sites: BTreeMap<(String, u32), Touch>,
+    networks: BTreeMap<u32, Touch>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Touch {
+    times: Vec<DateTime<Utc>>,
+    country: Option<String>,
+    category: Option<String>,
+    offline: bool,
+}
+
+impl Touch {
+    fn add(&mut self, r: &MeasurementRecord) {
+        self.times.push(r.started_at);
+        if r.country.is_some() {
+            self.country.clone_from(&r.country);
+        }
+        if r.category.is_some() {
+            self.category.clone_from(&r.category);
+        }
+        self.offline |= r.status == Status::Offline;
+    }
+}
+
+impl Touched {
+    /// Note a newly stored measurement. Measurements without an ASN cannot be aggregated.
+    pub fn add(&mut self, r: &MeasurementRecord) {
+        let Some(asn) = r.asn else { return };
+        self.networks.entry(asn).or_default().add(r);
+        if r.status != Status::Offline {
+            self.sites
+                .entry((r.domain.clone(), asn))
+                .or_default()
+                .add(r);
+        }
+    }
+
+    /// Nothing touched.
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty() && self.networks.is_empty()
+    }
+}
+
+/// Runs the event rule against the store.
+#[derive(Clone)]
+pub struct Evaluator {
+    store: Arc<dyn Store>,
+    params: Params,
+    webhook_urls: Vec<String>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+}
+
+impl Evaluator {
+    /// An evaluator queueing notifications for `webhook_urls` and waking the notifier.
+    pub fn new(
+        store: Arc<dyn Store>,
+        params: Params,
+        webhook_urls: Vec<String>,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Evaluator {
+            store,
+            params,
+            webhook_urls,
+            metrics,
+            wake,
+        }
+    }
+
+    /// Re-evaluate everything a batch touched. Returns the number of transitions applied.
+    pub async fn evaluate(&self, touched: &Touched) -> StoreResult<usize> {
+        let mut n = 0;
+        for ((domain, asn), t) in &touched.sites {
+            n += self.evaluate_site(domain, *asn, t).await?;
+        }
+        for (asn, t) in &touched.networks {
+            n += self.evaluate_network(*asn, t).await?;
+        }
+        Ok(n)
+    }
+
+    /// Catch-up: re-evaluate every site and network measured within the window, at its latest
+    /// measurement.
+    pub async fn sweep(&self, now: DateTime<Utc>) -> StoreResult<usize> {
+        let since = now - self.params.window;
+        let mut n = 0;
+        for s in self.store.recent_sites(since).await? {
+            let t = Touch {
+                times: vec![s.latest],
+                country: s.country,
+                category: s.category,
+                offline: false,
+            };
+            n += self.evaluate_site(&s.domain, s.asn, &t).await?;
+        }
+        for net in self.store.recent_networks(since).await? {
+            let t = Touch {
+                times: vec![net.latest],
+                country: net.country,
+                category: None,
+                offline: true,
+            };
+            n += self.evaluate_network(net.asn, &t).await?;
+        }
+        Ok(n)
+    }
+
+    async fn evaluate_site(&self, domain: &str, asn: u32, t: &Touch) -> StoreResult<usize> {
+        let Some(first) = t.times.iter().min().copied() else {
+            return Ok(0);
+        };
+        let since = first - self.params.window;
+        let series = self.store.site_series(domain, asn, since).await?;
+        let anchors = aggregate::anchors(
+            t.times
+                .iter()
+                .copied()
+                .chain(series.iter().map(|o| o.at).max()),
+        );
+        let Some(last) = anchors.last().copied() else {
+            return Ok(0);
+        };
+        let states = self
+            .store
+            .event_states(EventKind::NewBlock, Some(domain), asn)
+            .await?;
+        let open_methods = states
+            .iter()
+            .filter(|s| s.open_since.is_some())
+            .filter_map(|s| s.method);
+        let methods = aggregate::methods_to_evaluate(&series, open_methods);
+        if methods.is_empty() {
+            return Ok(0);
+        }
+        let asn_probes = self.store.network_probe_count(asn, since, last).await?;
+        let mut n = 0;
+        for method in methods {
+            let state = key_state(&states, Some(method));
+            let decisions = aggregate::replay(&anchors, state, |anchor, open| {
+                aggregate::block_step(&series, method, anchor, open, asn_probes, &self.params)
+            });
+            let key = EventKey {
+                kind: EventKind::NewBlock,
+                domain: Some(domain.to_string()),
+                asn,
+                method: Some(method),
+            };
+            for d in decisions {
+                n += usize::from(self.apply(&key, t, d).await?);
+            }
+        }
+        Ok(n)
+    }
+
+    async fn evaluate_network(&self, asn: u32, t: &Touch) -> StoreResult<usize> {
+        let Some(first) = t.times.iter().min().copied() else {
+            return Ok(0);
+        };
+        let states = self
+            .store
+            .event_states(EventKind::Shutdown, None, asn)
+            .await?;
+        let state = key_state(&states, None);
+        // Without an offline report and without an open shutdown there is nothing to decide.
+        if !t.offline && state.open_since.is_none() {
+            return Ok(0);
+        }
+        let mut since = first - self.params.window;
+        if let Some(open) = state.open_since {
+            since = since.min(open - self.params.window);
+        }
+        let presence = self.store.network_presence(asn, since).await?;
+        let anchors = aggregate::anchors(
+            t.times
+                .iter()
+                .copied()
+                .chain(presence.iter().map(|r| r.last_at).max()),
+        );
+        let decisions = aggregate::replay(&anchors, state, |anchor, open| {
+            aggregate::shutdown_step(&presence, anchor, open, &self.params)
+        });
+        let key = EventKey {
+            kind: EventKind::Shutdown,
+            domain: None,
+            asn,
+            method: None,
+        };
+        let mut n = 0;
+        for d in decisions {
+            n += usize::from(self.apply(&key, t, d).await?);
+        }
+        Ok(n)
+    }
+
+    /// Apply one decision; `false` when the store found it already applied by someone else.
+    async fn apply(&self, key: &EventKey, t: &Touch, d: Decision) -> StoreResult<bool> {
+        let (event, transition) = match d {
+            Decision::Open {
+                started_at,
+                decided_at,
+                evidence,
+            } => {
+                let new = NewEvent {
+                    id: Uuid::now_v7().to_string(),
+                    key: key.clone(),
+                    country: t.country.clone(),
+                    category: t.category.clone(),
+                    started_at,
+                    decided_at,
+                    evidence,
+                };
+                let ev = self.store.open_event(&new, &self.webhook_urls).await?;
+                (ev, Transition::of(key.kind, true))
+            }
+            Decision::Close {
+                ended_at,
+                decided_at,
+                evidence,
+            } => {
+                let close = CloseEvent {
+                    key: key.clone(),
+                    ended_at,
+                    decided_at,
+                    evidence,
+                };
+                let ev = self.store.close_event(&close, &self.webhook_urls).await?;
+                (ev, Transition::of(key.kind, false))
+            }
+        };
+        let Some(event) = event else {
+            return Ok(false);
+        };
+        self.metrics.event(transition);
+        tracing::info!(
+            transition = transition.as_str(),
+            event_id = %event.id,
+            domain = event.domain.as_deref().unwrap_or("-"),
+            asn = event.asn,
+            method = event.method.map_or("-", |m| m.as_str()),
+            probes = event.evidence.probes,
+            "event"
+        );
+        if !self.webhook_urls.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(true)
+    }
+}
+
+fn key_state(states: &[EventState], method: Option<witness_probe::model::Method>) -> KeyState {
+    states
+        .iter()
+        .find(|s| s.method == method)
+        .map(|s| KeyState {
+            open_since: s.open_since,
+            floor: s.floor,
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,354 @@
+//! Prometheus metrics, on the collector's own registry.
+//!
+//! Labels are bounded: domain, category, ASN, country, method, status, reason and event kind.
+//! Never a probe id, a URL path or an address. Values claimed by probes (ASN, country,
+//! category) are validated on ingest, and the number of ASN label values on counters and of
+//! site series per scrape is capped by `[metrics]`.
+//!
+//! Gauges describing current state are computed from the store at scrape time: reset, then
+//! refilled, so series of sites and networks that went quiet disappear.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Mutex;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use witness_probe::model::{Method, Status};
+
+use crate::aggregate::{self, EventKind, Transition};
+use crate::config::MetricsConfig;
+use crate::store::{Filter, Store};
+use crate::validate::RejectReason;
+
+/// Accepted measurements, by verdict: `{status, method, asn, country}`.
+pub const MEASUREMENTS_RECEIVED_TOTAL: &str = "witness_measurements_received_total";
+/// Share of recent probes whose latest verdict is blocked with a method:
+/// `{domain, category, asn, country, method}`.
+pub const SITE_BLOCKED_RATIO: &str = "witness_site_blocked_ratio";
+/// Probes that uploaded within the window: `{asn, country}`.
+pub const PROBES_ACTIVE: &str = "witness_probes_active";
+/// Event transitions: `{kind}` = new_block, unblock, shutdown, shutdown_end.
+pub const EVENTS_TOTAL: &str = "witness_events_total";
+/// 1 while a shutdown event is open on a network, else 0: `{asn, country}`.
+pub const NETWORK_OFFLINE: &str = "witness_network_offline";
+/// Time to handle one upload.
+pub const INGEST_DURATION_SECONDS: &str = "witness_ingest_duration_seconds";
+/// Refused records: `{reason}` from a closed set.
+pub const RECORDS_REJECTED_TOTAL: &str = "witness_records_rejected_total";
+/// Failed webhook delivery attempts.
+pub const WEBHOOK_FAILURES_TOTAL: &str = "witness_webhook_failures_total";
+
+/// Every metric name, for tests and documentation.
+pub const ALL: &[&str] = &[
+    MEASUREMENTS_RECEIVED_TOTAL,
+    SITE_BLOCKED_RATIO,
+    PROBES_ACTIVE,
+    EVENTS_TOTAL,
+    NETWORK_OFFLINE,
+    INGEST_DURATION_SECONDS,
+    RECORDS_REJECTED_TOTAL,
+    WEBHOOK_FAILURES_TOTAL,
+];
+
+const UNKNOWN: &str = "unknown";
+const OTHER: &str = "other";
+
+/// Failure to produce the `/metrics` page.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// Reading the state gauges failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Encoding failed.
+    #[error("metrics encoding: {0}")]
+    Encode(#[from] prometheus::Error),
+}
+
+/// The collector's metrics.
+pub struct Metrics {
+    registry: Registry,
+    received: IntCounterVec,
+    blocked_ratio: GaugeVec,
+    probes_active: IntGaugeVec,
+    events: IntCounterVec,
+    network_offline: IntGaugeVec,
+    /// Time to handle one upload.
+    pub ingest_duration: Histogram,
+    rejected: IntCounterVec,
+    webhook_failures: IntCounter,
+    limits: MetricsConfig,
+    asn_labels: Mutex<HashSet<u32>>,
+    /// Serialises scrape-time refreshes so concurrent scrapes do not interleave reset/refill.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    // Names are constants and registered once on a fresh registry: this cannot collide.
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    c
+}
+
+impl Metrics {
+    /// Create every metric on a fresh registry.
+    pub fn new(limits: MetricsConfig) -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let received = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    MEASUREMENTS_RECEIVED_TOTAL,
+                    "Accepted measurements by verdict.",
+                ),
+                &["status", "method", "asn", "country"],
+            )?,
+        );
+        let blocked_ratio = register(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    SITE_BLOCKED_RATIO,
+                    "Share of probes (latest conclusive verdict within the window) that see the \
+                     site blocked with this method.",
+                ),
+                &["domain", "category", "asn", "country", "method"],
+            )?,
+        );
+        let probes_active = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(PROBES_ACTIVE, "Probes that uploaded within the window."),
+                &["asn", "country"],
+            )?,
+        );
+        let events = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(EVENTS_TOTAL, "Event transitions since start."),
+                &["kind"],
+            )?,
+        );
+        let network_offline = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    NETWORK_OFFLINE,
+                    "1 while a shutdown event is open on the network.",
+                ),
+                &["asn", "country"],
+            )?,
+        );
+        let ingest_duration = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(INGEST_DURATION_SECONDS, "Time to handle one upload.").buckets(
+                    vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ],
+                ),
+            )?,
+        );
+        let rejected = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(RECORDS_REJECTED_TOTAL, "Refused records by reason."),
+                &["reason"],
+            )?,
+        );
+        let webhook_failures = register(
+            &r,
+            IntCounter::new(WEBHOOK_FAILURES_TOTAL, "Failed webhook delivery attempts.")?,
+        );
+        // Closed label sets start at zero, so rates and alerts work before the first event.
+        for t in Transition::ALL {
+            events.with_label_values(&[t.as_str()]);
+        }
+        for reason in RejectReason::ALL {
+            rejected.with_label_values(&[reason.as_str()]);
+        }
+        Ok(Metrics {
+            registry: r,
+            received,
+            blocked_ratio,
+            probes_active,
+            events,
+            network_offline,
+            ingest_duration,
+            rejected,
+            webhook_failures,
+            limits,
+            asn_labels: Mutex::new(HashSet::new()),
+            refresh: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The label value of an ASN on counters: capped to `max_asn_labels` distinct values.
+    fn asn_label(&self, asn: Option<u32>) -> String {
+        let Some(asn) = asn else {
+            return UNKNOWN.to_string();
+        };
+        let mut seen = match self.asn_labels.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        if seen.contains(&asn) || seen.len() < self.limits.max_asn_labels {
+            seen.insert(asn);
+            asn.to_string()
+        } else {
+            OTHER.to_string()
+        }
+    }
+
+    /// Count an accepted measurement.
+    pub fn measurement_received(
+        &self,
+        status: Status,
+        method: Option<Method>,
+        asn: Option<u32>,
+        country: Option<&str>,
+    ) {
+        let asn = self.asn_label(asn);
+        self.received
+            .with_label_values(&[
+                status.as_str(),
+                method.map_or("none", |m| m.as_str()),
+                asn.as_str(),
+                country.unwrap_or(UNKNOWN),
+            ])
+            .inc();
+    }
+
+    /// Count a refused record.
+    pub fn record_rejected(&self, reason: RejectReason) {
+        self.rejected.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// Count an event transition.
+    pub fn event(&self, transition: Transition) {
+        self.events.with_label_values(&[transition.as_str()]).inc();
+    }
+
+    /// Count a failed webhook attempt.
+    pub fn webhook_failed(&self) {
+        self.webhook_failures.inc();
+    }
+
+    /// Recompute the state gauges from the store, then encode everything in the text format.
+    pub async fn render(
+        &self,
+        store: &dyn Store,
+        window: TimeDelta,
+        min_share: f64,
+        now: DateTime<Utc>,
+    ) -> Result<String, RenderError> {
+        let _guard = self.refresh.lock().await;
+        let since = now - window;
+        let groups = store
+            .latest_groups(&Filter {
+                since: Some(since),
+                ..Filter::default()
+            })
+            .await?;
+        let seen = store.blocked_methods_seen(since).await?;
+        let networks = store
+            .probe_networks(&Filter {
+                since: Some(since),
+                limit: u32::MAX,
+                ..Filter::default()
+            })
+            .await?;
+        let shutdowns = store
+            .events(&Filter {
+                kind: Some(EventKind::Shutdown),
+                open: Some(true),
+                limit: u32::MAX,
+                ..Filter::default()
+            })
+            .await?;
+
+        // Blocked ratio: every method seen blocking in the window, 0 when no probe's latest
+        // verdict shows it any more.
+        let mut methods: BTreeMap<(&str, u32), BTreeSet<Method>> = BTreeMap::new();
+        for (domain, asn, m) in &seen {
+            methods
+                .entry((domain.as_str(), *asn))
+                .or_default()
+                .insert(*m);
+        }
+        self.blocked_ratio.reset();
+        let mut series = 0usize;
+        'sites: for s in aggregate::summarize(&groups, min_share) {
+            let conclusive = s.blocked_probes + s.accessible_probes;
+            if conclusive == 0 {
+                continue;
+            }
+            let Some(ms) = methods.get(&(s.domain.as_str(), s.asn)) else {
+                continue;
+            };
+            let asn = s.asn.to_string();
+            for m in ms {
+                if series >= self.limits.max_site_series {
+                    tracing::warn!(
+                        limit = self.limits.max_site_series,
+                        "witness_site_blocked_ratio truncated at metrics.max_site_series"
+                    );
+                    break 'sites;
+                }
+                series += 1;
+                let blocked = s.methods.get(m).copied().unwrap_or(0);
+                self.blocked_ratio
+                    .with_label_values(&[
+                        s.domain.as_str(),
+                        s.category.as_deref().unwrap_or(UNKNOWN),
+                        asn.as_str(),
+                        s.country.as_deref().unwrap_or(UNKNOWN),
+                        m.as_str(),
+                    ])
+                    .set(blocked as f64 / conclusive as f64);
+            }
+        }
+
+        self.probes_active.reset();
+        self.network_offline.reset();
+        let mut country_of: BTreeMap<u32, String> = BTreeMap::new();
+        for n in &networks {
+            let asn = n.asn.map_or_else(|| UNKNOWN.to_string(), |a| a.to_string());
+            let country = n.country.as_deref().unwrap_or(UNKNOWN);
+            self.probes_active
+                .with_label_values(&[asn.as_str(), country])
+                .add(i64::try_from(n.probes).unwrap_or(i64::MAX));
+            if let Some(a) = n.asn {
+                country_of.entry(a).or_insert_with(|| country.to_string());
+            }
+        }
+        for (asn, country) in &country_of {
+            self.network_offline
+                .with_label_values(&[asn.to_string().as_str(), country.as_str()])
+                .set(0);
+        }
+        for e in &shutdowns {
+            let country = e
+                .country
+                .clone()
+                .or_else(|| country_of.get(&e.asn).cloned())
+                .unwrap_or_else(|| UNKNOWN.to_string());
+            self.network_offline
+                .with_label_values(&[e.asn.to_string().as_str(), country.as_str()])
+                .set(1);
+        }
+
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}

@@ -1,0 +1,460 @@
+//! Storage behind one trait, so PostgreSQL can follow SQLite.
+//!
+//! The trait is shaped for a database shared by several collector processes: every decision
+//! that must be unique (one open event per key, one copy of a measurement, one use of an invite)
+//! is a single call that the implementation settles inside the database with a unique
+//! constraint or a transaction, never with in-process state. Notifications are written to an
+//! outbox in the same transaction as the event change they announce.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+use witness_probe::model::{Method, Status};
+
+use crate::aggregate::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
+use crate::config::StoreConfig;
+
+/// Storage failures. Never shown to clients (they get a plain 500).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row holds something this code cannot read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The configured URL names a database this build cannot use.
+    #[error("unsupported store url {0:?}: use sqlite://PATH (PostgreSQL is not implemented yet)")]
+    Unsupported(String),
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Open the store named by the configuration and run its migrations.
+pub async fn open(config: &StoreConfig) -> StoreResult<Arc<dyn Store>> {
+    let url = config.url.trim();
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Err(StoreError::Unsupported(url.to_string()));
+    }
+    let store = sqlite::SqliteStore::open(url, config.max_connections).await?;
+    Ok(Arc::new(store))
+}
+
+/// A new invite token (only its hash is stored).
+#[derive(Clone, Debug)]
+pub struct NewInvite {
+    /// Public id, used to list and revoke.
+    pub id: String,
+    /// SHA-256 of the token, hex.
+    pub token_hash: String,
+    /// Free text for the operator.
+    pub note: Option<String>,
+    /// Registrations allowed with it.
+    pub max_uses: u32,
+    /// When it stops working.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A new probe (only its token's hash is stored).
+#[derive(Clone, Debug)]
+pub struct NewProbe {
+    /// Opaque id.
+    pub id: String,
+    /// SHA-256 of the token, hex.
+    pub token_hash: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One line of `token list`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TokenInfo {
+    /// Invite or probe id.
+    pub id: String,
+    /// `invite` or `probe`.
+    pub kind: &'static str,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Revocation time.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Invites: expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Invites: registrations made.
+    pub uses: Option<u32>,
+    /// Invites: registrations allowed.
+    pub max_uses: Option<u32>,
+    /// Invites: note.
+    pub note: Option<String>,
+    /// Probes: last upload.
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// One accepted measurement, with the columns the collector queries on and the record itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeasurementRecord {
+    /// The probe-assigned id.
+    pub id: Uuid,
+    /// When the collector committed it.
+    pub received_at: DateTime<Utc>,
+    /// The measurement's own start.
+    pub started_at: DateTime<Utc>,
+    /// Lower-case host.
+    pub domain: String,
+    /// URL as measured.
+    pub url: String,
+    /// Citizen Lab category.
+    pub category: Option<String>,
+    /// Probe's claimed network.
+    pub asn: Option<u32>,
+    /// Probe's claimed country.
+    pub country: Option<String>,
+    /// Verdict status.
+    pub status: Status,
+    /// Verdict method.
+    pub method: Option<Method>,
+    /// Verdict reason.
+    pub reason: String,
+    /// Probe software version.
+    pub software_version: String,
+    /// The record's JSON as uploaded (validated).
+    pub body: String,
+}
+
+/// Identifies the at-most-one open event.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EventKey {
+    /// Block or shutdown.
+    pub kind: EventKind,
+    /// Site (`None` for shutdowns).
+    pub domain: Option<String>,
+    /// Network.
+    pub asn: u32,
+    /// Method (`None` for shutdowns).
+    pub method: Option<Method>,
+}
+
+/// An event (see [`crate::aggregate`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    /// Unique id (UUIDv7).
+    pub id: String,
+    /// `new_block` or `shutdown`.
+    pub kind: EventKind,
+    /// Site (`null` for shutdowns).
+    pub domain: Option<String>,
+    /// Network.
+    pub asn: u32,
+    /// Country claimed by the probes.
+    pub country: Option<String>,
+    /// Category of the site.
+    pub category: Option<String>,
+    /// Blocking method (`null` for shutdowns).
+    pub method: Option<Method>,
+    /// Start, from the measurements' own times.
+    pub started_at: DateTime<Utc>,
+    /// End, from the measurements' own times; `null` while open.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Why it opened.
+    pub evidence: Evidence,
+    /// Why it closed.
+    pub end_evidence: Option<Evidence>,
+}
+
+impl Event {
+    /// The key of this event.
+    pub fn key(&self) -> EventKey {
+        EventKey {
+            kind: self.kind,
+            domain: self.domain.clone(),
+            asn: self.asn,
+            method: self.method,
+        }
+    }
+}
+
+/// An event to open.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// Fresh id.
+    pub id: String,
+    /// Key.
+    pub key: EventKey,
+    /// Country.
+    pub country: Option<String>,
+    /// Category.
+    pub category: Option<String>,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// Evaluation time of the decision.
+    pub decided_at: DateTime<Utc>,
+    /// Evidence.
+    pub evidence: Evidence,
+}
+
+/// An event to close.
+#[derive(Clone, Debug)]
+pub struct CloseEvent {
+    /// Key of the open event.
+    pub key: EventKey,
+    /// End.
+    pub ended_at: DateTime<Utc>,
+    /// Evaluation time of the decision.
+    pub decided_at: DateTime<Utc>,
+    /// Evidence.
+    pub evidence: Evidence,
+}
+
+/// State of the events of one key, as the aggregation needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventState {
+    /// Method (blocks) or `None` (shutdowns).
+    pub method: Option<Method>,
+    /// Start of the open event, if any.
+    pub open_since: Option<DateTime<Utc>>,
+    /// Latest decision time on this key.
+    pub floor: Option<DateTime<Utc>>,
+}
+
+/// Filters of the read API. Which endpoint uses which is documented in `docs/collector-api.md`.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Country code.
+    pub country: Option<String>,
+    /// Network.
+    pub asn: Option<u32>,
+    /// Category code.
+    pub category: Option<String>,
+    /// Site.
+    pub domain: Option<String>,
+    /// Lower time bound (inclusive).
+    pub since: Option<DateTime<Utc>>,
+    /// Upper time bound (inclusive).
+    pub until: Option<DateTime<Utc>>,
+    /// Event kind.
+    pub kind: Option<EventKind>,
+    /// Events: only open (`true`) or only ended (`false`).
+    pub open: Option<bool>,
+    /// Measurement status.
+    pub status: Option<Status>,
+    /// Most rows.
+    pub limit: u32,
+}
+
+/// Hourly counts for a site's history.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HistoryRow {
+    /// Start of the hour (measurement time).
+    pub hour: DateTime<Utc>,
+    /// Network.
+    pub asn: Option<u32>,
+    /// Country.
+    pub country: Option<String>,
+    /// Verdict status.
+    pub status: Status,
+    /// Method, with `blocked`.
+    pub method: Option<Method>,
+    /// Measurements.
+    pub measurements: u64,
+    /// Distinct probes.
+    pub probes: u64,
+}
+
+/// Probes seen per network (never a probe id or address).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProbeNetworkRow {
+    /// Network.
+    pub asn: Option<u32>,
+    /// Country.
+    pub country: Option<String>,
+    /// Distinct probes that uploaded in the period.
+    pub probes: u64,
+    /// Measurements uploaded in the period.
+    pub measurements: u64,
+    /// Last upload, truncated to the hour.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// One pending webhook delivery.
+#[derive(Clone, Debug)]
+pub struct Notification {
+    /// Outbox row id.
+    pub id: i64,
+    /// The event, as it is now.
+    pub event: Event,
+    /// What happened to it.
+    pub transition: Transition,
+    /// Destination.
+    pub url: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+/// A recently measured site on a network, with its latest measurement time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentSite {
+    /// Site.
+    pub domain: String,
+    /// Network.
+    pub asn: u32,
+    /// Country claimed by the probes.
+    pub country: Option<String>,
+    /// Category.
+    pub category: Option<String>,
+    /// Latest `started_at`.
+    pub latest: DateTime<Utc>,
+}
+
+/// A recently active network, with its latest measurement time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentNetwork {
+    /// Network.
+    pub asn: u32,
+    /// Country claimed by the probes.
+    pub country: Option<String>,
+    /// Latest `started_at`.
+    pub latest: DateTime<Utc>,
+}
+
+/// Everything the collector stores.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap liveness check.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Store an invite.
+    async fn create_invite(&self, invite: &NewInvite) -> StoreResult<()>;
+
+    /// Register a probe; with an invite, atomically consume one use of it. `false` when the
+    /// invite is unknown, revoked, expired or used up (nothing is stored then).
+    async fn register_probe(
+        &self,
+        probe: &NewProbe,
+        invite_hash: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// The probe id of a token hash, unless unknown or revoked. Checked on every request, so a
+    /// revocation takes effect at once.
+    async fn authenticate(&self, token_hash: &str) -> StoreResult<Option<String>>;
+
+    /// Every invite and probe.
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>>;
+
+    /// Revoke an invite or a probe by id; `false` when no such live id.
+    async fn revoke(&self, id: &str, now: DateTime<Utc>) -> StoreResult<bool>;
+
+    /// Insert measurements in one transaction and mark the probe seen. Returns, per record,
+    /// `true` when inserted and `false` when a record with that id already existed. Durable
+    /// when it returns.
+    async fn insert_measurements(
+        &self,
+        probe_id: &str,
+        now: DateTime<Utc>,
+        records: &[MeasurementRecord],
+    ) -> StoreResult<Vec<bool>>;
+
+    /// Measurements of one site on one network with `started_at > since`.
+    async fn site_series(
+        &self,
+        domain: &str,
+        asn: u32,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<Obs>>;
+
+    /// Presence runs of the probes of one network with `started_at > since`.
+    async fn network_presence(&self, asn: u32, since: DateTime<Utc>) -> StoreResult<Vec<Presence>>;
+
+    /// Distinct probes that measured anything on a network in `[since, until]`.
+    async fn network_probe_count(
+        &self,
+        asn: u32,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<usize>;
+
+    /// Per method, the open event and the latest decision time for a site (or, with `None`,
+    /// the network itself) on a network.
+    async fn event_states(
+        &self,
+        kind: EventKind,
+        domain: Option<&str>,
+        asn: u32,
+    ) -> StoreResult<Vec<EventState>>;
+
+    /// Open an event and queue its notifications, atomically. `None` when an event is already
+    /// open for the key (the database arbitrates between concurrent writers).
+    async fn open_event(
+        &self,
+        event: &NewEvent,
+        webhook_urls: &[String],
+    ) -> StoreResult<Option<Event>>;
+
+    /// Close the open event of a key and queue its notifications, atomically. `None` when
+    /// nothing was open.
+    async fn close_event(
+        &self,
+        close: &CloseEvent,
+        webhook_urls: &[String],
+    ) -> StoreResult<Option<Event>>;
+
+    /// Sites measured on a network (ASN known) with `started_at >= since`.
+    async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>>;
+
+    /// Networks with measurements with `started_at >= since`, and their latest time.
+    async fn recent_networks(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentNetwork>>;
+
+    /// Latest verdict per probe, site and network in the filter's period, grouped by status and
+    /// method (offline verdicts excluded: they say nothing about a site).
+    async fn latest_groups(&self, filter: &Filter) -> StoreResult<Vec<LatestGroup>>;
+
+    /// `(domain, asn, method)` seen blocked with `started_at >= since`.
+    async fn blocked_methods_seen(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<(String, u32, Method)>>;
+
+    /// Hourly counts for one site.
+    async fn history(&self, domain: &str, filter: &Filter) -> StoreResult<Vec<HistoryRow>>;
+
+    /// Events, newest first.
+    async fn events(&self, filter: &Filter) -> StoreResult<Vec<Event>>;
+
+    /// Probes per network that uploaded (received time) in the filter's period.
+    async fn probe_networks(&self, filter: &Filter) -> StoreResult<Vec<ProbeNetworkRow>>;
+
+    /// Raw measurements, oldest first.
+    async fn measurements(&self, filter: &Filter) -> StoreResult<Vec<MeasurementRecord>>;
+
+    /// Claim up to `limit` notifications due at `now`, oldest first: they are not due again
+    /// before `lease_until`, so several collectors on one database do not deliver the same row
+    /// (and a crash mid-delivery only delays it).
+    async fn claim_notifications(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Notification>>;
+
+    /// Mark a notification delivered.
+    async fn notification_delivered(&self, id: i64, now: DateTime<Utc>) -> StoreResult<()>;
+
+    /// Record a failed attempt: retry at `retry_at`, or abandon with `None`.
+    async fn notification_failed(
+        &self,
+        id: i64,
+        retry_at: Option<DateTime<Utc>>,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+}

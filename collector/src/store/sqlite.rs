@@ -1,0 +1,999 @@
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL`.
+//!
+//! FULL rather than NORMAL: in WAL mode NORMAL may lose the last commits on power loss, and the
+//! collector acknowledges an upload only once it is committed (the probe then deletes its copy),
+//! so an acknowledged batch must survive a power cut. The cost is one fsync per commit, and
+//! uploads are batched.
+//!
+//! Writes start with a write statement, so a transaction takes SQLite's write lock up front and
+//! waits (`busy_timeout`) instead of failing on a lock upgrade.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use witness_probe::model::Method;
+
+use super::{
+    CloseEvent, Event, EventState, Filter, HistoryRow, MeasurementRecord, NewEvent, NewInvite,
+    NewProbe, Notification, ProbeNetworkRow, RecentNetwork, RecentSite, Store, StoreError,
+    StoreResult, TokenInfo,
+};
+use crate::aggregate::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
+
+/// Migrations compiled into the binary: `(version, description, sql)`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+#[derive(Debug)]
+struct Embedded;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// SQLite implementation of [`Store`].
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn at(v: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(v).ok_or_else(|| StoreError::Corrupt(format!("timestamp {v}")))
+}
+
+fn opt_at(v: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    v.map(at).transpose()
+}
+
+fn parse<T: FromStr>(s: &str, what: &str) -> StoreResult<T> {
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("{what} {s:?}")))
+}
+
+fn opt_method(s: Option<String>) -> StoreResult<Option<Method>> {
+    match s.as_deref() {
+        None | Some("") => Ok(None),
+        Some(m) => parse(m, "method").map(Some),
+    }
+}
+
+fn asn_of(v: i64) -> StoreResult<u32> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("asn {v}")))
+}
+
+fn evidence(s: &str) -> StoreResult<Evidence> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("evidence: {e}")))
+}
+
+fn to_json(e: &Evidence) -> StoreResult<String> {
+    serde_json::to_string(e).map_err(|e| StoreError::Corrupt(format!("evidence: {e}")))
+}
+
+const EVENT_COLUMNS: &str = "id, kind, domain, asn, method, country, category, started_at, \
+     ended_at, evidence, end_evidence";
+
+fn event_from_row(row: &SqliteRow) -> StoreResult<Event> {
+    let domain: String = row.try_get("domain")?;
+    Ok(Event {
+        id: row.try_get("id")?,
+        kind: parse(row.try_get::<&str, _>("kind")?, "event kind")?,
+        domain: (!domain.is_empty()).then_some(domain),
+        asn: asn_of(row.try_get("asn")?)?,
+        country: row.try_get("country")?,
+        category: row.try_get("category")?,
+        method: opt_method(row.try_get("method")?)?,
+        started_at: at(row.try_get("started_at")?)?,
+        ended_at: opt_at(row.try_get("ended_at")?)?,
+        evidence: evidence(row.try_get("evidence")?)?,
+        end_evidence: row
+            .try_get::<Option<&str>, _>("end_evidence")?
+            .map(evidence)
+            .transpose()?,
+    })
+}
+
+fn measurement_from_row(row: &SqliteRow) -> StoreResult<MeasurementRecord> {
+    Ok(MeasurementRecord {
+        id: parse(row.try_get::<&str, _>("id")?, "measurement id")?,
+        received_at: at(row.try_get("received_at")?)?,
+        started_at: at(row.try_get("started_at")?)?,
+        domain: row.try_get("domain")?,
+        url: row.try_get("url")?,
+        category: row.try_get("category")?,
+        asn: row
+            .try_get::<Option<i64>, _>("asn")?
+            .map(asn_of)
+            .transpose()?,
+        country: row.try_get("country")?,
+        status: parse(row.try_get::<&str, _>("status")?, "status")?,
+        method: opt_method(row.try_get("method")?)?,
+        reason: row.try_get("reason")?,
+        software_version: row.try_get("software_version")?,
+        body: row.try_get("body")?,
+    })
+}
+
+/// Appends the common `AND ...` filters on the `measurements` table.
+fn push_measurement_filters<'a>(
+    qb: &mut QueryBuilder<'a, Sqlite>,
+    f: &'a Filter,
+    time_column: &str,
+) {
+    if let Some(s) = f.since {
+        qb.push(format!(" AND {time_column} >= ")).push_bind(ms(s));
+    }
+    if let Some(u) = f.until {
+        qb.push(format!(" AND {time_column} <= ")).push_bind(ms(u));
+    }
+    if let Some(a) = f.asn {
+        qb.push(" AND asn = ").push_bind(i64::from(a));
+    }
+    if let Some(c) = &f.country {
+        qb.push(" AND country = ").push_bind(c.as_str());
+    }
+    if let Some(c) = &f.category {
+        qb.push(" AND category = ").push_bind(c.as_str());
+    }
+    if let Some(d) = &f.domain {
+        qb.push(" AND domain = ").push_bind(d.as_str());
+    }
+    if let Some(s) = f.status {
+        qb.push(" AND status = ").push_bind(s.as_str());
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) the database at `url` (`sqlite://PATH` or a path) and migrate.
+    pub async fn open(url: &str, max_connections: u32) -> StoreResult<SqliteStore> {
+        let options = if url.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(url)?
+        } else {
+            SqliteConnectOptions::new().filename(url)
+        };
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(options)
+            .await?;
+        Migrator::new(Embedded).await?.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Queue one notification per URL inside a transaction.
+    async fn enqueue(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        event_id: &str,
+        transition: Transition,
+        urls: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        for url in urls {
+            sqlx::query(
+                "INSERT INTO outbox (event_id, transition, url, created_at, next_attempt_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(event_id)
+            .bind(transition.as_str())
+            .bind(url)
+            .bind(ms(now))
+            .bind(ms(now))
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_invite(&self, invite: &NewInvite) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO invites (id, token_hash, note, max_uses, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&invite.id)
+        .bind(&invite.token_hash)
+        .bind(&invite.note)
+        .bind(i64::from(invite.max_uses))
+        .bind(ms(invite.created_at))
+        .bind(invite.expires_at.map(ms))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn register_probe(
+        &self,
+        probe: &NewProbe,
+        invite_hash: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let mut invite_id: Option<String> = None;
+        if let Some(hash) = invite_hash {
+            let row = sqlx::query(
+                "UPDATE invites SET uses = uses + 1 \
+                 WHERE token_hash = ? AND revoked_at IS NULL \
+                   AND (expires_at IS NULL OR expires_at > ?) AND uses < max_uses \
+                 RETURNING id",
+            )
+            .bind(hash)
+            .bind(ms(now))
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                Some(row) => invite_id = Some(row.try_get("id")?),
+                None => {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
+        }
+        sqlx::query(
+            "INSERT INTO probes (id, token_hash, invite_id, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&probe.id)
+        .bind(&probe.token_hash)
+        .bind(invite_id)
+        .bind(ms(probe.created_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn authenticate(&self, token_hash: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT id FROM probes WHERE token_hash = ? AND revoked_at IS NULL")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
+        let mut out = Vec::new();
+        let invites = sqlx::query(
+            "SELECT id, note, max_uses, uses, created_at, expires_at, revoked_at \
+             FROM invites ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &invites {
+            let count = |c: &str| -> StoreResult<u32> {
+                u32::try_from(r.try_get::<i64, _>(c)?)
+                    .map_err(|_| StoreError::Corrupt(c.to_string()))
+            };
+            out.push(TokenInfo {
+                id: r.try_get("id")?,
+                kind: "invite",
+                created_at: at(r.try_get("created_at")?)?,
+                revoked_at: opt_at(r.try_get("revoked_at")?)?,
+                expires_at: opt_at(r.try_get("expires_at")?)?,
+                uses: Some(count("uses")?),
+                max_uses: Some(count("max_uses")?),
+                note: r.try_get("note")?,
+                last_seen_at: None,
+            });
+        }
+        let probes = sqlx::query(
+            "SELECT id, created_at, revoked_at, last_seen_at FROM probes ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &probes {
+            out.push(TokenInfo {
+                id: r.try_get("id")?,
+                kind: "probe",
+                created_at: at(r.try_get("created_at")?)?,
+                revoked_at: opt_at(r.try_get("revoked_at")?)?,
+                expires_at: None,
+                uses: None,
+                max_uses: None,
+                note: None,
+                last_seen_at: opt_at(r.try_get("last_seen_at")?)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn revoke(&self, id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        for table in ["invites", "probes"] {
+            let res = sqlx::query(&format!(
+                "UPDATE {table} SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+            ))
+            .bind(ms(now))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            if res.rows_affected() > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn insert_measurements(
+        &self,
+        probe_id: &str,
+        now: DateTime<Utc>,
+        records: &[MeasurementRecord],
+    ) -> StoreResult<Vec<bool>> {
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = Vec::with_capacity(records.len());
+        for r in records {
+            let res = sqlx::query(
+                "INSERT INTO measurements (id, probe_id, received_at, started_at, domain, url, \
+                 category, asn, country, status, method, reason, software_version, body) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            )
+            .bind(r.id.to_string())
+            .bind(probe_id)
+            .bind(ms(r.received_at))
+            .bind(ms(r.started_at))
+            .bind(&r.domain)
+            .bind(&r.url)
+            .bind(&r.category)
+            .bind(r.asn.map(i64::from))
+            .bind(&r.country)
+            .bind(r.status.as_str())
+            .bind(r.method.map(|m| m.as_str()))
+            .bind(&r.reason)
+            .bind(&r.software_version)
+            .bind(&r.body)
+            .execute(&mut *tx)
+            .await?;
+            inserted.push(res.rows_affected() == 1);
+        }
+        sqlx::query("UPDATE probes SET last_seen_at = ? WHERE id = ?")
+            .bind(ms(now))
+            .bind(probe_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn site_series(
+        &self,
+        domain: &str,
+        asn: u32,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<Obs>> {
+        let rows = sqlx::query(
+            "SELECT id, probe_id, started_at, status, method FROM measurements \
+             WHERE domain = ? AND asn = ? AND started_at > ? ORDER BY started_at, id",
+        )
+        .bind(domain)
+        .bind(i64::from(asn))
+        .bind(ms(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Obs {
+                    id: r.try_get("id")?,
+                    probe: r.try_get("probe_id")?,
+                    at: at(r.try_get("started_at")?)?,
+                    status: parse(r.try_get::<&str, _>("status")?, "status")?,
+                    method: opt_method(r.try_get("method")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn network_presence(&self, asn: u32, since: DateTime<Utc>) -> StoreResult<Vec<Presence>> {
+        // One row per probe, minute and offline flag keeps this small for a busy network.
+        let rows = sqlx::query(
+            "SELECT probe_id, (status = 'offline') AS off, MIN(started_at) AS first_at, \
+                    MAX(started_at) AS last_at, COUNT(*) AS n, MAX(id) AS sample \
+             FROM measurements WHERE asn = ? AND started_at > ? \
+             GROUP BY probe_id, off, started_at / 60000",
+        )
+        .bind(i64::from(asn))
+        .bind(ms(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Presence {
+                    probe: r.try_get("probe_id")?,
+                    first_at: at(r.try_get("first_at")?)?,
+                    last_at: at(r.try_get("last_at")?)?,
+                    offline: r.try_get::<i64, _>("off")? != 0,
+                    count: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                    sample_id: r.try_get("sample")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn network_probe_count(
+        &self,
+        asn: u32,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<usize> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT probe_id) FROM measurements \
+             WHERE asn = ? AND started_at >= ? AND started_at <= ?",
+        )
+        .bind(i64::from(asn))
+        .bind(ms(since))
+        .bind(ms(until))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn event_states(
+        &self,
+        kind: EventKind,
+        domain: Option<&str>,
+        asn: u32,
+    ) -> StoreResult<Vec<EventState>> {
+        let rows = sqlx::query(
+            "SELECT method, \
+                    MAX(CASE WHEN ended_at IS NULL THEN started_at END) AS open_since, \
+                    MAX(MAX(open_decided_at, COALESCE(close_decided_at, 0))) AS floor \
+             FROM events WHERE kind = ? AND domain = ? AND asn = ? GROUP BY method",
+        )
+        .bind(kind.as_str())
+        .bind(domain.unwrap_or(""))
+        .bind(i64::from(asn))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventState {
+                    method: opt_method(r.try_get("method")?)?,
+                    open_since: opt_at(r.try_get("open_since")?)?,
+                    floor: opt_at(r.try_get("floor")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn open_event(&self, ev: &NewEvent, urls: &[String]) -> StoreResult<Option<Event>> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        // The partial unique index `events_one_open` settles races between writers.
+        let res = sqlx::query(
+            "INSERT INTO events (id, kind, domain, asn, method, country, category, started_at, \
+             open_decided_at, evidence, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&ev.id)
+        .bind(ev.key.kind.as_str())
+        .bind(ev.key.domain.as_deref().unwrap_or(""))
+        .bind(i64::from(ev.key.asn))
+        .bind(ev.key.method.map_or("", |m| m.as_str()))
+        .bind(&ev.country)
+        .bind(&ev.category)
+        .bind(ms(ev.started_at))
+        .bind(ms(ev.decided_at))
+        .bind(to_json(&ev.evidence)?)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        Self::enqueue(
+            &mut tx,
+            &ev.id,
+            Transition::of(ev.key.kind, true),
+            urls,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Event {
+            id: ev.id.clone(),
+            kind: ev.key.kind,
+            domain: ev.key.domain.clone(),
+            asn: ev.key.asn,
+            country: ev.country.clone(),
+            category: ev.category.clone(),
+            method: ev.key.method,
+            started_at: ev.started_at,
+            ended_at: None,
+            evidence: ev.evidence.clone(),
+            end_evidence: None,
+        }))
+    }
+
+    async fn close_event(&self, c: &CloseEvent, urls: &[String]) -> StoreResult<Option<Event>> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE events SET ended_at = MAX(?, started_at), close_decided_at = ?, \
+             end_evidence = ? \
+             WHERE kind = ? AND domain = ? AND asn = ? AND method = ? AND ended_at IS NULL \
+             RETURNING {EVENT_COLUMNS}"
+        ))
+        .bind(ms(c.ended_at))
+        .bind(ms(c.decided_at))
+        .bind(to_json(&c.evidence)?)
+        .bind(c.key.kind.as_str())
+        .bind(c.key.domain.as_deref().unwrap_or(""))
+        .bind(i64::from(c.key.asn))
+        .bind(c.key.method.map_or("", |m| m.as_str()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let event = event_from_row(&row)?;
+        Self::enqueue(
+            &mut tx,
+            &event.id,
+            Transition::of(c.key.kind, false),
+            urls,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>> {
+        let rows = sqlx::query(
+            "SELECT domain, asn, MAX(country) AS country, MAX(category) AS category, \
+             MAX(started_at) AS latest FROM measurements \
+             WHERE asn IS NOT NULL AND started_at >= ? GROUP BY domain, asn",
+        )
+        .bind(ms(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RecentSite {
+                    domain: r.try_get("domain")?,
+                    asn: asn_of(r.try_get("asn")?)?,
+                    country: r.try_get("country")?,
+                    category: r.try_get("category")?,
+                    latest: at(r.try_get("latest")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn recent_networks(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentNetwork>> {
+        let rows = sqlx::query(
+            "SELECT asn, MAX(country) AS country, MAX(started_at) AS latest FROM measurements \
+             WHERE asn IS NOT NULL AND started_at >= ? GROUP BY asn",
+        )
+        .bind(ms(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RecentNetwork {
+                    asn: asn_of(r.try_get("asn")?)?,
+                    country: r.try_get("country")?,
+                    latest: at(r.try_get("latest")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn latest_groups(&self, f: &Filter) -> StoreResult<Vec<LatestGroup>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "WITH ranked AS (SELECT domain, asn, country, category, status, method, started_at, \
+             ROW_NUMBER() OVER (PARTITION BY domain, asn, probe_id \
+                                ORDER BY started_at DESC, id DESC) AS rn \
+             FROM measurements WHERE asn IS NOT NULL AND status <> 'offline'",
+        );
+        push_measurement_filters(&mut qb, f, "started_at");
+        qb.push(
+            ") SELECT domain, asn, MAX(country) AS country, MAX(category) AS category, status, \
+             method, COUNT(*) AS probes, MAX(started_at) AS last FROM ranked WHERE rn = 1 \
+             GROUP BY domain, asn, status, method ORDER BY domain, asn",
+        );
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LatestGroup {
+                    domain: r.try_get("domain")?,
+                    asn: asn_of(r.try_get("asn")?)?,
+                    country: r.try_get("country")?,
+                    category: r.try_get("category")?,
+                    status: parse(r.try_get::<&str, _>("status")?, "status")?,
+                    method: opt_method(r.try_get("method")?)?,
+                    probes: u64::try_from(r.try_get::<i64, _>("probes")?).unwrap_or(0),
+                    last_measured: at(r.try_get("last")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn blocked_methods_seen(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<(String, u32, Method)>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT domain, asn, method FROM measurements \
+             WHERE status = 'blocked' AND method IS NOT NULL AND asn IS NOT NULL \
+               AND started_at >= ?",
+        )
+        .bind(ms(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("domain")?,
+                    asn_of(r.try_get("asn")?)?,
+                    parse(r.try_get::<&str, _>("method")?, "method")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn history(&self, domain: &str, f: &Filter) -> StoreResult<Vec<HistoryRow>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT (started_at / 3600000) * 3600000 AS hour, asn, country, status, method, \
+             COUNT(*) AS n, COUNT(DISTINCT probe_id) AS probes FROM measurements WHERE domain = ",
+        );
+        qb.push_bind(domain);
+        let f = Filter {
+            domain: None,
+            ..f.clone()
+        };
+        push_measurement_filters(&mut qb, &f, "started_at");
+        qb.push(" GROUP BY hour, asn, country, status, method ORDER BY hour, asn, status LIMIT ")
+            .push_bind(i64::from(f.limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryRow {
+                    hour: at(r.try_get("hour")?)?,
+                    asn: r
+                        .try_get::<Option<i64>, _>("asn")?
+                        .map(asn_of)
+                        .transpose()?,
+                    country: r.try_get("country")?,
+                    status: parse(r.try_get::<&str, _>("status")?, "status")?,
+                    method: opt_method(r.try_get("method")?)?,
+                    measurements: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                    probes: u64::try_from(r.try_get::<i64, _>("probes")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn events(&self, f: &Filter) -> StoreResult<Vec<Event>> {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1"));
+        if let Some(k) = f.kind {
+            qb.push(" AND kind = ").push_bind(k.as_str());
+        }
+        if let Some(a) = f.asn {
+            qb.push(" AND asn = ").push_bind(i64::from(a));
+        }
+        if let Some(c) = &f.country {
+            qb.push(" AND country = ").push_bind(c.as_str());
+        }
+        if let Some(c) = &f.category {
+            qb.push(" AND category = ").push_bind(c.as_str());
+        }
+        if let Some(d) = &f.domain {
+            qb.push(" AND domain = ").push_bind(d.as_str());
+        }
+        // Events overlapping [since, until].
+        if let Some(s) = f.since {
+            qb.push(" AND (ended_at IS NULL OR ended_at >= ")
+                .push_bind(ms(s))
+                .push(")");
+        }
+        if let Some(u) = f.until {
+            qb.push(" AND started_at <= ").push_bind(ms(u));
+        }
+        match f.open {
+            Some(true) => {
+                qb.push(" AND ended_at IS NULL");
+            }
+            Some(false) => {
+                qb.push(" AND ended_at IS NOT NULL");
+            }
+            None => {}
+        }
+        qb.push(" ORDER BY started_at DESC, id LIMIT ")
+            .push_bind(i64::from(f.limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn probe_networks(&self, f: &Filter) -> StoreResult<Vec<ProbeNetworkRow>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT asn, country, COUNT(DISTINCT probe_id) AS probes, COUNT(*) AS n, \
+             MAX(received_at) AS last FROM measurements WHERE 1 = 1",
+        );
+        let f = Filter {
+            category: None,
+            domain: None,
+            status: None,
+            ..f.clone()
+        };
+        push_measurement_filters(&mut qb, &f, "received_at");
+        qb.push(" GROUP BY asn, country ORDER BY asn, country LIMIT ")
+            .push_bind(i64::from(f.limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let last: i64 = r.try_get("last")?;
+                Ok(ProbeNetworkRow {
+                    asn: r
+                        .try_get::<Option<i64>, _>("asn")?
+                        .map(asn_of)
+                        .transpose()?,
+                    country: r.try_get("country")?,
+                    probes: u64::try_from(r.try_get::<i64, _>("probes")?).unwrap_or(0),
+                    measurements: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                    // Hour precision: enough to see a network's activity, too coarse to
+                    // follow one volunteer's habits.
+                    last_seen: at(last - last.rem_euclid(3_600_000))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn measurements(&self, f: &Filter) -> StoreResult<Vec<MeasurementRecord>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT id, received_at, started_at, domain, url, category, asn, country, status, \
+             method, reason, software_version, body FROM measurements WHERE 1 = 1",
+        );
+        push_measurement_filters(&mut qb, f, "started_at");
+        qb.push(" ORDER BY started_at, id LIMIT ")
+            .push_bind(i64::from(f.limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(measurement_from_row).collect()
+    }
+
+    async fn claim_notifications(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Notification>> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE outbox SET next_attempt_at = ? WHERE id IN (SELECT id FROM outbox \
+             WHERE delivered_at IS NULL AND abandoned_at IS NULL AND next_attempt_at <= ? \
+             ORDER BY id LIMIT ?) RETURNING id",
+        )
+        .bind(ms(lease_until))
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let columns = EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT o.id AS outbox_id, o.transition, o.url, o.attempts, {columns} \
+             FROM outbox o JOIN events e ON e.id = o.event_id WHERE o.id IN ("
+        ));
+        let mut sep = qb.separated(", ");
+        for r in &claimed {
+            sep.push_bind(r.try_get::<i64, _>("id")?);
+        }
+        qb.push(") ORDER BY o.id");
+        let rows = qb.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Notification {
+                    id: r.try_get("outbox_id")?,
+                    event: event_from_row(r)?,
+                    transition: parse(r.try_get::<&str, _>("transition")?, "transition")?,
+                    url: r.try_get("url")?,
+                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn notification_delivered(&self, id: i64, now: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query("UPDATE outbox SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?")
+            .bind(ms(now))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn notification_failed(
+        &self,
+        id: i64,
+        retry_at: Option<DateTime<Utc>>,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, \
+             next_attempt_at = COALESCE(?, next_attempt_at), \
+             abandoned_at = CASE WHEN ? IS NULL THEN ? ELSE NULL END WHERE id = ?",
+        )
+        .bind(error)
+        .bind(retry_at.map(ms))
+        .bind(retry_at.map(ms))
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Evidence;
+    use crate::store::EventKey;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let s = SqliteStore::open(path.to_str().unwrap(), 4).await.unwrap();
+        (dir, s)
+    }
+
+    fn new_event(id: &str) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            key: EventKey {
+                kind: EventKind::NewBlock,
+                domain: Some("example.org".into()),
+                asn: 9198,
+                method: Some(Method::Tls),
+            },
+            country: Some("KZ".into()),
+            category: None,
+            started_at: Utc::now(),
+            decided_at: Utc::now(),
+            evidence: Evidence::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_open_event_per_key_is_enforced_by_the_database() {
+        let (_dir, s) = store().await;
+        let urls = vec!["http://hook.invalid/".to_string()];
+        assert!(s
+            .open_event(&new_event("e1"), &urls)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(s
+            .open_event(&new_event("e2"), &urls)
+            .await
+            .unwrap()
+            .is_none());
+        let close = CloseEvent {
+            key: new_event("x").key,
+            ended_at: Utc::now(),
+            decided_at: Utc::now(),
+            evidence: Evidence::default(),
+        };
+        let closed = s.close_event(&close, &urls).await.unwrap().unwrap();
+        assert_eq!(closed.id, "e1");
+        assert!(s.close_event(&close, &urls).await.unwrap().is_none());
+        assert!(s
+            .open_event(&new_event("e3"), &urls)
+            .await
+            .unwrap()
+            .is_some());
+        // One notification per transition: open e1, close e1, open e3.
+        let now = Utc::now();
+        let due = s
+            .claim_notifications(now, now + chrono::TimeDelta::minutes(1), 10)
+            .await
+            .unwrap();
+        assert!(s
+            .claim_notifications(now, now, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let t: Vec<_> = due
+            .iter()
+            .map(|n| (n.event.id.as_str(), n.transition))
+            .collect();
+        assert_eq!(
+            t,
+            vec![
+                ("e1", Transition::NewBlock),
+                ("e1", Transition::Unblock),
+                ("e3", Transition::NewBlock)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn invites_are_consumed_once() {
+        let (_dir, s) = store().await;
+        let now = Utc::now();
+        s.create_invite(&NewInvite {
+            id: "inv-1".into(),
+            token_hash: "h".into(),
+            note: None,
+            max_uses: 1,
+            expires_at: None,
+            created_at: now,
+        })
+        .await
+        .unwrap();
+        let probe = |id: &str| NewProbe {
+            id: id.into(),
+            token_hash: format!("t-{id}"),
+            created_at: now,
+        };
+        assert!(s
+            .register_probe(&probe("p1"), Some("h"), now)
+            .await
+            .unwrap());
+        assert!(!s
+            .register_probe(&probe("p2"), Some("h"), now)
+            .await
+            .unwrap());
+        assert!(!s
+            .register_probe(&probe("p3"), Some("nope"), now)
+            .await
+            .unwrap());
+        assert_eq!(s.authenticate("t-p1").await.unwrap().as_deref(), Some("p1"));
+        assert_eq!(s.authenticate("t-p2").await.unwrap(), None);
+        assert!(s.revoke("p1", now).await.unwrap());
+        assert_eq!(s.authenticate("t-p1").await.unwrap(), None);
+        assert!(!s.revoke("p1", now).await.unwrap());
+    }
+}

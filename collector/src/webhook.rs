@@ -1,0 +1,338 @@
+//! Webhook notifier: delivers events from the durable outbox.
+//!
+//! Event changes write their notifications to the outbox in the same transaction, so a crash
+//! never loses one; this worker claims due rows, POSTs them, and retries failures with bounded
+//! exponential backoff. Delivery is at least once: receivers should deduplicate (Alertmanager
+//! does, by labels). Webhook URLs may carry secrets, so they are never logged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+
+use crate::aggregate::{EventKind, Transition};
+use crate::config::{WebhookConfig, WebhookFormat};
+use crate::metrics::Metrics;
+use crate::store::{Event, Filter, Notification, Store, StoreResult};
+
+/// How often the outbox is polled when nothing wakes the worker.
+const POLL: Duration = Duration::from_secs(1);
+/// Notifications claimed per round.
+const BATCH: u32 = 32;
+
+/// Delay before retry number `attempt` (1 = first retry): `initial * 2^(attempt-1)`, capped,
+/// plus up to 10% jitter so many failing notifications do not retry in lockstep.
+pub fn backoff(cfg: &WebhookConfig, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(30);
+    let base = cfg
+        .initial_backoff
+        .0
+        .saturating_mul(1u32 << exp)
+        .min(cfg.max_backoff.0);
+    let jitter = base.mul_f64(rand::random_range(0.0..0.1));
+    (base + jitter).min(cfg.max_backoff.0.max(base))
+}
+
+fn alertname(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::NewBlock => "WitnessSiteBlocked",
+        EventKind::Shutdown => "WitnessNetworkShutdown",
+    }
+}
+
+fn summary(e: &Event) -> String {
+    let net = match &e.country {
+        Some(c) => format!("AS{} ({c})", e.asn),
+        None => format!("AS{}", e.asn),
+    };
+    match e.kind {
+        EventKind::NewBlock => format!(
+            "{} blocked by {} on {net}: {} of {} probes",
+            e.domain.as_deref().unwrap_or("?"),
+            e.method.map_or("?", |m| m.as_str()),
+            e.evidence.probes,
+            e.evidence.probes_considered
+        ),
+        EventKind::Shutdown => format!(
+            "{net} offline: {} of {} probes without connectivity",
+            e.evidence.probes, e.evidence.probes_considered
+        ),
+    }
+}
+
+/// One alert in Alertmanager's format. An event that has ended carries `endsAt`, which makes
+/// it resolved, whatever transition announced it (a late `new_block` must not re-fire an event
+/// that already ended).
+pub fn alertmanager_alert(e: &Event) -> Value {
+    let mut labels = serde_json::Map::new();
+    labels.insert("alertname".into(), alertname(e.kind).into());
+    labels.insert("kind".into(), e.kind.as_str().into());
+    labels.insert("asn".into(), e.asn.to_string().into());
+    labels.insert("event_id".into(), e.id.clone().into());
+    if let Some(d) = &e.domain {
+        labels.insert("domain".into(), d.clone().into());
+    }
+    if let Some(m) = e.method {
+        labels.insert("method".into(), m.as_str().into());
+    }
+    if let Some(c) = &e.country {
+        labels.insert("country".into(), c.clone().into());
+    }
+    if let Some(c) = &e.category {
+        labels.insert("category".into(), c.clone().into());
+    }
+    let mut annotations = serde_json::Map::new();
+    annotations.insert("summary".into(), summary(e).into());
+    annotations.insert(
+        "evidence".into(),
+        serde_json::to_string(&e.evidence)
+            .unwrap_or_default()
+            .into(),
+    );
+    if let Some(end) = &e.end_evidence {
+        annotations.insert(
+            "end_evidence".into(),
+            serde_json::to_string(end).unwrap_or_default().into(),
+        );
+    }
+    let mut alert = json!({
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": e.started_at.to_rfc3339(),
+    });
+    if let (Some(end), Some(obj)) = (e.ended_at, alert.as_object_mut()) {
+        obj.insert("endsAt".into(), end.to_rfc3339().into());
+    }
+    alert
+}
+
+/// The body POSTed for one notification.
+pub fn payload(format: WebhookFormat, event: &Event, transition: Transition) -> Value {
+    match format {
+        WebhookFormat::Alertmanager => Value::Array(vec![alertmanager_alert(event)]),
+        WebhookFormat::Generic => json!({ "transition": transition.as_str(), "event": event }),
+    }
+}
+
+/// The background worker.
+pub struct Notifier {
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    cfg: WebhookConfig,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+}
+
+impl Notifier {
+    /// A worker for `cfg`, woken early through `wake`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        cfg: WebhookConfig,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout.0)
+            .user_agent(concat!("witness-collector/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Notifier {
+            store,
+            client,
+            cfg,
+            metrics,
+            wake,
+        })
+    }
+
+    /// Deliver until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut last_resend = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if let Err(e) = self.deliver_due().await {
+                tracing::warn!(error = %e, "webhook outbox");
+            }
+            let resend = self.cfg.resend_interval.0;
+            if self.cfg.format == WebhookFormat::Alertmanager
+                && !resend.is_zero()
+                && last_resend.elapsed() >= resend
+            {
+                last_resend = Instant::now();
+                if let Err(e) = self.resend_open().await {
+                    tracing::warn!(error = %e, "webhook re-send of open events");
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deliver every due notification. Returns how many were handled.
+    pub async fn deliver_due(&self) -> StoreResult<usize> {
+        let mut n = 0;
+        loop {
+            let now = Utc::now();
+            let lease = TimeDelta::from_std(self.cfg.timeout.0 + Duration::from_secs(60))
+                .unwrap_or(TimeDelta::minutes(5));
+            let batch = self
+                .store
+                .claim_notifications(now, now + lease, BATCH)
+                .await?;
+            if batch.is_empty() {
+                return Ok(n);
+            }
+            for note in batch {
+                self.deliver(note).await?;
+                n += 1;
+            }
+        }
+    }
+
+    async fn post(&self, url: &str, body: &Value) -> Result<(), String> {
+        match self.client.post(url).json(body).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+            Err(e) => Err(e.without_url().to_string()),
+        }
+    }
+
+    async fn deliver(&self, note: Notification) -> StoreResult<()> {
+        let body = payload(self.cfg.format, &note.event, note.transition);
+        match self.post(&note.url, &body).await {
+            Ok(()) => self.store.notification_delivered(note.id, Utc::now()).await,
+            Err(error) => {
+                self.metrics.webhook_failed();
+                let attempts = note.attempts + 1;
+                let retry_at: Option<DateTime<Utc>> =
+                    (attempts < self.cfg.max_attempts).then(|| {
+                        Utc::now()
+                            + TimeDelta::from_std(backoff(&self.cfg, attempts))
+                                .unwrap_or(TimeDelta::hours(1))
+                    });
+                if retry_at.is_none() {
+                    tracing::warn!(
+                        event_id = %note.event.id,
+                        transition = note.transition.as_str(),
+                        attempts,
+                        error = %error,
+                        "webhook notification abandoned"
+                    );
+                } else {
+                    tracing::debug!(event_id = %note.event.id, attempts, error = %error, "webhook retry scheduled");
+                }
+                self.store
+                    .notification_failed(note.id, retry_at, &error, Utc::now())
+                    .await
+            }
+        }
+    }
+
+    /// Alertmanager forgets an alert that is not re-sent within its `resolve_timeout`: re-send
+    /// every open event (best effort; failures are counted, not retried).
+    async fn resend_open(&self) -> StoreResult<()> {
+        let open = self
+            .store
+            .events(&Filter {
+                open: Some(true),
+                limit: 10_000,
+                ..Filter::default()
+            })
+            .await?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        let body = Value::Array(open.iter().map(alertmanager_alert).collect());
+        for url in &self.cfg.urls {
+            if let Err(error) = self.post(url, &body).await {
+                self.metrics.webhook_failed();
+                tracing::debug!(error = %error, "webhook re-send failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Evidence;
+    use crate::config::HumanDuration;
+    use witness_probe::model::Method;
+
+    fn event(ended: bool) -> Event {
+        let start = DateTime::parse_from_rfc3339("2024-01-05T10:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        Event {
+            id: "e1".into(),
+            kind: EventKind::NewBlock,
+            domain: Some("example.org".into()),
+            asn: 9198,
+            country: Some("KZ".into()),
+            category: Some("NEWS".into()),
+            method: Some(Method::Tls),
+            started_at: start,
+            ended_at: ended.then(|| start + TimeDelta::hours(2)),
+            evidence: Evidence {
+                probes: 3,
+                probes_considered: 3,
+                ..Evidence::default()
+            },
+            end_evidence: None,
+        }
+    }
+
+    #[test]
+    fn alertmanager_shape() {
+        let v = payload(
+            WebhookFormat::Alertmanager,
+            &event(false),
+            Transition::NewBlock,
+        );
+        let a = &v[0];
+        assert_eq!(a["labels"]["alertname"], "WitnessSiteBlocked");
+        assert_eq!(a["labels"]["domain"], "example.org");
+        assert_eq!(a["labels"]["asn"], "9198");
+        assert_eq!(a["labels"]["method"], "tls");
+        assert_eq!(a["startsAt"], "2024-01-05T10:30:00+00:00");
+        assert!(a.get("endsAt").is_none());
+        assert!(a["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("3 of 3 probes"));
+        let v = payload(
+            WebhookFormat::Alertmanager,
+            &event(true),
+            Transition::Unblock,
+        );
+        assert_eq!(v[0]["endsAt"], "2024-01-05T12:30:00+00:00");
+        let g = payload(WebhookFormat::Generic, &event(true), Transition::Unblock);
+        assert_eq!(g["transition"], "unblock");
+        assert_eq!(g["event"]["kind"], "new_block");
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let cfg = WebhookConfig {
+            initial_backoff: HumanDuration::from_secs(5),
+            max_backoff: HumanDuration::from_secs(60),
+            ..WebhookConfig::default()
+        };
+        let b1 = backoff(&cfg, 1);
+        assert!(b1 >= Duration::from_secs(5) && b1 < Duration::from_millis(5600));
+        let b3 = backoff(&cfg, 3);
+        assert!(b3 >= Duration::from_secs(20) && b3 < Duration::from_secs(23));
+        assert!(backoff(&cfg, 50) <= Duration::from_secs(60));
+    }
+}

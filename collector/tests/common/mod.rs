@@ -1,0 +1,215 @@
+//! Shared test harness: the whole app on port 0 with a fresh SQLite file per test.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+use witness_collector::config::HumanDuration;
+use witness_collector::{store, AppState, Config};
+use witness_probe::model::{
+    ConnectivitySummary, Measurement, Method, ProbeNetwork, Software, Status, Verdict,
+    SCHEMA_VERSION,
+};
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Defaults, with limits loose enough for tests and no background sweep.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.ingest.uploads_per_minute = 6000;
+    c.ingest.upload_burst = 1000;
+    c.aggregation.evaluate_interval = HumanDuration::from_secs(0);
+    c.webhook.initial_backoff = HumanDuration(Duration::from_millis(50));
+    c.webhook.max_backoff = HumanDuration(Duration::from_millis(200));
+    c
+}
+
+pub async fn spawn(mut config: Config) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    config.store.url = format!("sqlite://{}", dir.path().join("collector.db").display());
+    let store = store::open(&config.store).await.expect("open store");
+    let state = AppState::new(config, store).expect("state");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(witness_collector::serve(
+        listener,
+        state.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        state,
+        stop: Some(tx),
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Register a probe; returns `(probe_id, token)`.
+    pub async fn register(&self) -> (String, String) {
+        let r = self
+            .client
+            .post(self.url("/api/v1/register"))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status(), 200, "register");
+        let v: Value = r.json().await.expect("json");
+        (
+            v["probe_id"].as_str().expect("probe_id").to_string(),
+            v["token"].as_str().expect("token").to_string(),
+        )
+    }
+
+    /// Upload raw JSON values as one batch.
+    pub async fn upload_values(&self, token: &str, records: Vec<Value>) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/measurements"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "measurements": records }))
+            .send()
+            .await
+            .expect("upload")
+    }
+
+    /// Upload measurements; asserts 200 and returns the parsed answer.
+    pub async fn upload(&self, token: &str, ms: &[Measurement]) -> Value {
+        let values = ms
+            .iter()
+            .map(|m| serde_json::to_value(m).expect("serialize"))
+            .collect();
+        let r = self.upload_values(token, values).await;
+        assert_eq!(r.status(), 200, "upload");
+        r.json().await.expect("json")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.client.get(self.url(path)).send().await.expect("get");
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.expect("json")
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        let r = self.client.get(self.url(path)).send().await.expect("get");
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.text().await.expect("text")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let r = tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("server stops");
+            r.expect("join").expect("serve");
+        }
+    }
+}
+
+/// A measurement of `https://{domain}/` from a probe on `asn` in Kazakhstan.
+pub fn measurement(
+    domain: &str,
+    asn: u32,
+    status: Status,
+    method: Option<Method>,
+    at: DateTime<Utc>,
+) -> Measurement {
+    Measurement {
+        schema_version: SCHEMA_VERSION,
+        id: Uuid::now_v7(),
+        software: Software::default(),
+        url: format!("https://{domain}/"),
+        domain: domain.to_string(),
+        category_code: Some("NEWS".into()),
+        started_at: at,
+        runtime_ms: 1500.0,
+        probe: ProbeNetwork {
+            asn: Some(asn),
+            country: Some("KZ".into()),
+        },
+        dns: vec![],
+        tcp: vec![],
+        tls: vec![],
+        http: vec![],
+        control: None,
+        control_failure: None,
+        connectivity: ConnectivitySummary {
+            offline: status == Status::Offline,
+            ..ConnectivitySummary::default()
+        },
+        verdict: Verdict::new(status, method, "test verdict"),
+    }
+}
+
+/// A tiny webhook receiver on port 0 that records every body.
+pub struct Receiver {
+    pub url: String,
+    pub bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+pub async fn webhook_receiver() -> Receiver {
+    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+    async fn hook(State(b): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>) -> &'static str {
+        b.lock().expect("lock").push(v);
+        "ok"
+    }
+    let app = Router::new()
+        .route("/hook", post(hook))
+        .with_state(bodies.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Receiver {
+        url: format!("http://{addr}/hook"),
+        bodies,
+    }
+}
+
+impl Receiver {
+    /// Wait until at least `n` bodies arrived (or fail after 10 s); returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Value> {
+        for _ in 0..200 {
+            let got = self.bodies.lock().expect("lock").clone();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "webhook receiver got {} bodies, wanted {n}",
+            self.bodies.lock().expect("lock").len()
+        );
+    }
+
+    pub fn count(&self) -> usize {
+        self.bodies.lock().expect("lock").len()
+    }
+}
