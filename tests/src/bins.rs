@@ -11,15 +11,13 @@ use std::sync::OnceLock;
 /// The `witness` probe binary.
 pub fn witness_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("witness-probe", "witness"))
-        .clone()
+    BIN.get_or_init(|| build("witness")).clone()
 }
 
 /// The `witness-collector` binary.
 pub fn collector_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("witness-collector", "witness-collector"))
-        .clone()
+    BIN.get_or_init(|| build("witness-collector")).clone()
 }
 
 /// The workspace root (this crate lives in `<root>/tests`).
@@ -30,15 +28,18 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs `cargo build -p package --bin bin` and returns the executable's path; panics with
+/// Runs `cargo build --workspace --bin bin` and returns the executable's path; panics with
 /// cargo's diagnostics if the build fails (a test cannot go on without its binary).
-fn build(package: &str, bin: &str) -> PathBuf {
+fn build(bin: &str) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace_root())
         .args(["build", "--message-format=json-render-diagnostics"])
-        .args(["-p", package, "--bin", bin])
+        // --workspace: the same feature unification as `cargo build --workspace --bins` (run
+        // first by scripts/test.sh), so this is a no-op there instead of a rebuild of every
+        // dependency with another feature set.
+        .args(["--workspace", "--bin", bin])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if !cfg!(debug_assertions) {

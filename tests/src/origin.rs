@@ -286,10 +286,10 @@ struct Decision {
 
 impl Shared {
     fn decide(&self, name: Option<&str>, peer: IpAddr) -> Decision {
-        let index = name
+        let matched = name
             .and_then(|n| self.index.get(&n.to_ascii_lowercase()))
-            .copied()
-            .unwrap_or(0);
+            .copied();
+        let index = matched.unwrap_or(0);
         let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
         let Some(site) = sites.get(index) else {
             return Decision {
@@ -299,7 +299,11 @@ impl Shared {
         };
         let behaviour = site.rule.as_ref().and_then(|rule| match rule.audience {
             Audience::Everyone => Some(rule.behaviour.clone()),
-            Audience::Censored if self.policy.is_censored(peer) => Some(rule.behaviour.clone()),
+            // A censor keys on the blocked name: another SNI or Host (a decoy) passes, as it
+            // does through real DPI, even to the same address.
+            Audience::Censored if matched.is_some() && self.policy.is_censored(peer) => {
+                Some(rule.behaviour.clone())
+            }
             Audience::Censored => None,
         });
         Decision {
