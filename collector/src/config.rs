@@ -256,6 +256,11 @@ pub struct ControlConfig {
     pub timeout_secs: u64,
     /// Control requests per probe per minute. Default 120.
     pub requests_per_minute: u32,
+    /// Timeout of each step of a control measurement (DNS, connect, handshake, HTTP),
+    /// seconds. Default 10, as the probe's.
+    pub step_timeout_secs: f64,
+    /// Bind the control's outgoing sockets to this local address. Default: any.
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 impl Default for ControlConfig {
@@ -270,6 +275,8 @@ impl Default for ControlConfig {
             max_concurrency: 16,
             timeout_secs: 60,
             requests_per_minute: 120,
+            step_timeout_secs: 10.0,
+            source_address: None,
         }
     }
 }

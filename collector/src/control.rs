@@ -20,9 +20,18 @@ pub fn service_config(cfg: &ControlConfig) -> Result<ControlServiceConfig, Strin
                 .map_err(|e| format!("control.extra_ca_files: {e}"))?,
         );
     }
+    let in_range = cfg.step_timeout_secs > 0.0 && cfg.step_timeout_secs <= 120.0;
+    if !in_range {
+        return Err(format!(
+            "control.step_timeout_secs: {} is out of range; use 0.1 to 120",
+            cfg.step_timeout_secs
+        ));
+    }
     let measure = MeasureConfig {
         resolver,
         extra_cas,
+        timeout: std::time::Duration::from_secs_f64(cfg.step_timeout_secs),
+        source_address: cfg.source_address,
         ..MeasureConfig::default()
     }
     .with_lab_public(cfg.lab_public_ranges.clone());
