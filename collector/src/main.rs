@@ -76,10 +76,30 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            tracing::info!(listen = %config.server.listen, "witness-collector serving");
+            // The bound addresses on stdout, one line each: with port 0 this is how a
+            // supervisor or a test learns them.
+            let api_addr = listener.local_addr()?;
+            println!("witness-collector listening on http://{api_addr}/");
+            if let Some(m) = &metrics_listener {
+                println!(
+                    "witness-collector metrics on http://{}/metrics",
+                    m.local_addr()?
+                );
+            }
+            tracing::info!(listen = %api_addr, "witness-collector serving");
             let state = app::AppState::new(config, store)?;
             let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async {
+                        match term.as_mut() {
+                            Some(t) => { t.recv().await; }
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => {}
+                }
             };
             app::serve_with(listener, metrics_listener, state, shutdown).await
         }
