@@ -141,16 +141,27 @@ pub fn baseline(measurements: &[Measurement], exclude_id: Option<Uuid>) -> Optio
     })
 }
 
-/// Whether two final HTTP responses are the same page: the status codes match (any 2xx alike)
-/// and either the body lengths are within [`BODY_LENGTH_RATIO`] or the titles are equal and
-/// non-empty. A truncated body's length is a lower bound, so a large page read up to the cap is
-/// not mistaken for a different one.
+/// Whether two final HTTP responses are the same page. Identical bodies are; otherwise the
+/// status codes must match (any 2xx alike), and then the titles decide when both pages have one
+/// (a censor's rewrite or notice of the same size as the real page differs by its title), and
+/// the body lengths (within [`BODY_LENGTH_RATIO`]) when either has none. A body truncated at the
+/// cap counts as "at least this long", so a large page read up to the cap is not mistaken for
+/// a different one.
 pub fn pages_similar(a: &HttpObservation, b: &HttpObservation) -> bool {
+    if a.status == b.status && a.body_sha256.is_some() && a.body_sha256 == b.body_sha256 {
+        return true;
+    }
     let status_alike = match (a.status, b.status) {
         (Some(x), Some(y)) => x == y || ((200..300).contains(&x) && (200..300).contains(&y)),
         _ => false,
     };
-    status_alike && (body_length_ratio(a, b) >= BODY_LENGTH_RATIO || titles_equal(a, b))
+    if !status_alike {
+        return false;
+    }
+    match titles_compare(a, b) {
+        Some(same) => same,
+        None => body_length_ratio(a, b) >= BODY_LENGTH_RATIO,
+    }
 }
 
 /// The largest shortest-to-longest ratio the two body lengths allow, treating a truncated
@@ -168,10 +179,14 @@ fn body_length_ratio(a: &HttpObservation, b: &HttpObservation) -> f64 {
     }
 }
 
-fn titles_equal(a: &HttpObservation, b: &HttpObservation) -> bool {
-    match (a.title.as_deref(), b.title.as_deref()) {
-        (Some(x), Some(y)) => !x.trim().is_empty() && x.trim() == y.trim(),
-        _ => false,
+/// `Some(equal)` when both pages have a non-empty title, `None` when either has none.
+fn titles_compare(a: &HttpObservation, b: &HttpObservation) -> Option<bool> {
+    match (
+        a.title.as_deref().map(str::trim),
+        b.title.as_deref().map(str::trim),
+    ) {
+        (Some(x), Some(y)) if !x.is_empty() && !y.is_empty() => Some(x == y),
+        _ => None,
     }
 }
 
@@ -2542,6 +2557,9 @@ mod tests {
         assert!(pages_similar(&a, &short_same_title));
         assert!(pages_similar(&a, &created), "2xx are alike");
         assert!(!pages_similar(&a, &forbidden));
+        // Same size, another title: a rewrite or a notice, not the page.
+        let notice = page(0, HTTP, sa(IP, 80), 200, 10_000, "Notice");
+        assert!(!pages_similar(&a, &notice));
 
         // A body truncated at the cap is at least that long.
         let mut capped = page(0, HTTP, sa(IP, 80), 200, 512 * 1024, "");

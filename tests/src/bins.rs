@@ -10,14 +10,30 @@ use std::sync::OnceLock;
 
 /// The `witness` probe binary.
 pub fn witness_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("witness")).clone()
+    binaries().0.clone()
 }
 
 /// The `witness-collector` binary.
 pub fn collector_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("witness-collector")).clone()
+    binaries().1.clone()
+}
+
+/// Both binaries, built in one `cargo build --workspace --bins`: exactly what
+/// scripts/test.sh runs first, so here it is a no-op. (Building one `--bin` at a time resolves
+/// features per package and would rebuild shared dependencies back and forth.)
+fn binaries() -> &'static (PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let built = build();
+        let find = |name: &str| {
+            built
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| p.clone())
+                .unwrap_or_else(|| panic!("cargo built no executable named {name}"))
+        };
+        (find("witness"), find("witness-collector"))
+    })
 }
 
 /// The workspace root (this crate lives in `<root>/tests`).
@@ -28,32 +44,57 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs `cargo build --workspace --bin bin` and returns the executable's path; panics with
-/// cargo's diagnostics if the build fails (a test cannot go on without its binary).
-fn build(bin: &str) -> PathBuf {
+/// Runs `cargo build --workspace --bins` and returns (name, path) of every executable; panics
+/// with cargo's diagnostics if the build fails (a test cannot go on without its binaries).
+fn build() -> Vec<(String, PathBuf)> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace_root())
         .args(["build", "--message-format=json-render-diagnostics"])
-        // --workspace: the same feature unification as `cargo build --workspace --bins` (run
-        // first by scripts/test.sh), so this is a no-op there instead of a rebuild of every
-        // dependency with another feature set.
-        .args(["--workspace", "--bin", bin])
+        .args(["--workspace", "--bins"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
+    // `cargo test` gives this process the test crate's CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...;
+    // build scripts (ring's, cc's) track those with rerun-if-env-changed, so passing them on
+    // would rebuild ring and everything above it on every test run. Drop them.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_crate = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || key.starts_with("CARGO_CFG_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            );
+        if per_crate {
+            command.env_remove(key.as_ref());
+        }
+    }
     let output = command
         .output()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
-    assert!(output.status.success(), "cargo build of {bin} failed");
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
+    assert!(
+        output.status.success(),
+        "cargo build of the binaries failed"
+    );
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| message["reason"] == "compiler-artifact")
-        .filter(|message| message["target"]["name"] == bin)
-        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("cargo built {bin} but reported no executable"))
+        .filter_map(|message| {
+            let name = message["target"]["name"].as_str()?.to_string();
+            let path = message["executable"].as_str().map(PathBuf::from)?;
+            Some((name, path))
+        })
+        .collect()
 }

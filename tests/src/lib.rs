@@ -17,6 +17,7 @@
 
 pub mod bins;
 pub mod client;
+pub mod collector;
 pub mod dns;
 pub mod http;
 pub mod origin;
@@ -26,6 +27,7 @@ pub mod throttle;
 pub mod world;
 
 pub use bins::{collector_bin, witness_bin};
+pub use collector::CollectorProcess;
 pub use dns::{DnsBehaviour, DnsServer};
 pub use origin::{
     Audience, Behaviour, Origin, OriginConfig, Page, Policy, Rule, SiteConfig, Transport,

@@ -1,0 +1,115 @@
+//! The real `witness-collector` binary as a child process, on port 0 with a fresh SQLite store.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::bins::collector_bin;
+
+/// A running collector; killed on drop.
+#[derive(Debug)]
+pub struct CollectorProcess {
+    child: Child,
+    /// Base URL of the API, e.g. `http://127.0.0.1:41234/`.
+    pub url: String,
+    /// The config file it runs with.
+    pub config: PathBuf,
+    /// The SQLite database.
+    pub db: PathBuf,
+}
+
+impl CollectorProcess {
+    /// Start a collector whose store lives in `dir`. `sections` is appended to a config that
+    /// sets `[server] listen` (port 0) and `[store] url`; it may hold any other section.
+    pub fn start(dir: &Path, sections: &str) -> Result<Self> {
+        let db = dir.join("collector.db");
+        let config = dir.join("collector.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}\"\n\n{sections}\n",
+            db.display()
+        );
+        std::fs::write(&config, text).context("writing the collector config")?;
+        Self::start_with(&config, &db)
+    }
+
+    /// Start (again) with an existing config and database: a restart after a crash.
+    pub fn start_with(config: &Path, db: &Path) -> Result<Self> {
+        let mut child = Command::new(collector_bin())
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning witness-collector")?;
+        let stdout = child.stdout.take().context("collector stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("witness-collector listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                bail!("the collector did not say where it listens (exit: {status:?})");
+            }
+        };
+        Ok(CollectorProcess {
+            child,
+            url,
+            config: config.to_path_buf(),
+            db: db.to_path_buf(),
+        })
+    }
+
+    /// `host:port` of the API.
+    pub fn addr(&self) -> String {
+        self.url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// SIGKILL: a crash, with no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Still running?
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking GET of `url`; returns status and body text.
+pub fn get(url: &str) -> Result<(u16, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
+    })
+}
