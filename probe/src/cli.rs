@@ -516,7 +516,13 @@ pub fn build_engine(args: &RunArgs, file: &FileConfig) -> Result<Engine> {
                 .control_token
                 .clone()
                 .or_else(|| file.control.token.clone())
-                .or_else(|| file.collector.token.clone());
+                .or_else(|| file.collector.token.clone())
+                // The token from `witness register`, when the control is that collector.
+                .or_else(|| {
+                    saved_credentials()
+                        .filter(|c| c.collector == base.as_str())
+                        .map(|c| c.token)
+                });
             // The control measures the site itself: allow it several step timeouts.
             Some(
                 ControlClient::new(base, token, timeout * 6 + Duration::from_secs(5))

@@ -24,6 +24,7 @@ pub mod origin;
 pub mod pki;
 mod tasks;
 pub mod throttle;
+pub mod webhook;
 pub mod world;
 
 pub use bins::{collector_bin, witness_bin};
@@ -34,4 +35,5 @@ pub use origin::{
     CENSORED_SOURCE, CONTROL_SOURCE,
 };
 pub use pki::{LabPki, TlsConfigs};
+pub use webhook::WebhookReceiver;
 pub use world::{ListEntry, Site, SiteDns, World, WorldBuilder};

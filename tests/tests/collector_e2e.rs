@@ -1,0 +1,521 @@
+//! The real probe and the real collector together, on loopback: registration, runs, durable
+//! uploads, events and webhooks, metrics and the read API, crashes and outages.
+
+use std::net::{IpAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use witness_probe::model::{
+    ConnectivitySummary, Measurement, ProbeNetwork, Software, Status, Verdict, SCHEMA_VERSION,
+};
+use witness_tests::collector::get;
+use witness_tests::origin::Policy;
+use witness_tests::{
+    witness_bin, Behaviour, CollectorProcess, Site, WebhookReceiver, World, CENSORED_SOURCE,
+};
+
+const ASN: u32 = 64500;
+
+/// A volunteer: own home directory (credentials, spool), own source address, own config.
+struct Probe {
+    home: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Probe {
+    fn new(world: &World, source: IpAddr, collector_url: &str, anchor: &str) -> Probe {
+        let home = tempfile::tempdir().unwrap();
+        let config = home.path().join("witness.toml");
+        let text = format!(
+            "consent = true\n\
+             [probe]\nasn = {ASN}\ncountry = \"KZ\"\n\
+             [run]\ntimeout_secs = 3.0\n\
+             [network]\nresolver = \"{resolver}\"\ncontrol_resolver = \"none\"\n\
+             source_address = \"{source}\"\nextra_ca_files = [\"{ca}\"]\n\
+             lab_public_ranges = [\"127.0.0.0/8\"]\nanchors = [\"{anchor}\"]\n\
+             [collector]\nurl = \"{collector_url}\"\nspool_dir = \"{spool}\"\n",
+            resolver = world.probe_resolver(),
+            ca = world.ca_file().display(),
+            spool = home.path().join("spool").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        Probe { home, config }
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.home.path().join("spool")
+    }
+
+    fn witness(&self, args: &[&str]) -> Output {
+        Command::new(witness_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("HOME", self.home.path())
+            .env_remove("XDG_DATA_HOME")
+            .output()
+            .unwrap()
+    }
+
+    fn spooled(&self) -> usize {
+        std::fs::read_dir(self.spool())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(url: &str) -> Value {
+    let (status, body) = get(url).unwrap();
+    assert_eq!(status, 200, "{url}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn events(collector: &CollectorProcess) -> Vec<Value> {
+    json(&format!("{}api/v1/events", collector.url))["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn anchor_of(world: &World) -> String {
+    let url = world.url("fine.test");
+    let port = url.rsplit(':').next().unwrap().trim_end_matches('/');
+    format!("{}:{port}", world.site_ip("fine.test"))
+}
+
+fn lab_control(world: &World) -> String {
+    format!(
+        "[control]\nallow_private = true\nlab_public_ranges = [\"127.0.0.0/8\"]\n\
+         resolver = \"{}\"\nextra_ca_files = [\"{}\"]\nstep_timeout_secs = 3.0\n",
+        world.control_resolver(),
+        world.ca_file().display()
+    )
+}
+
+#[test]
+fn two_probes_raise_one_block_event_and_one_webhook_then_unblock() {
+    let second: IpAddr = "127.0.0.4".parse().unwrap();
+    let world = World::builder()
+        .policy(Policy {
+            censored_peers: vec![CENSORED_SOURCE, second],
+        })
+        .site(Site::new("fine.test"))
+        .site(Site::new("other.test"))
+        .site(
+            Site::new("news.test")
+                .category("NEWS")
+                .censored(Behaviour::DropAfterClientHello),
+        )
+        .start()
+        .unwrap();
+    let hook = WebhookReceiver::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sections = format!(
+        "{}\n[webhook]\nurls = [\"{}\"]\nformat = \"generic\"\ninitial_backoff = \"100ms\"\n",
+        lab_control(&world),
+        hook.url
+    );
+    let collector = CollectorProcess::start(dir.path(), &sections).unwrap();
+    let list = world.write_list("list.csv").unwrap();
+    let list = list.to_str().unwrap();
+    let anchor = anchor_of(&world);
+    let probes = [
+        Probe::new(&world, CENSORED_SOURCE, &collector.url, &anchor),
+        Probe::new(&world, second, &collector.url, &anchor),
+    ];
+
+    for p in &probes {
+        let text = ok(&p.witness(&["register"]));
+        assert!(text.contains("Registered as probe"), "{text}");
+    }
+    for p in &probes {
+        let out = p.witness(&["run", "--list", list, "--upload", "--json", "--no-progress"]);
+        let stdout = ok(&out);
+        let news: Measurement = stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Measurement>(l).unwrap())
+            .find(|m| m.domain == "news.test")
+            .unwrap();
+        assert_eq!(news.verdict.status, Status::Blocked, "{:?}", news.verdict);
+        assert!(
+            news.control.is_some(),
+            "registered token used for the control"
+        );
+        assert_eq!(p.spooled(), 0, "acknowledged records leave the spool");
+    }
+
+    // Exactly one new-block event, for this network and method.
+    let evs = events(&collector);
+    let blocks: Vec<_> = evs.iter().filter(|e| e["kind"] == "new_block").collect();
+    assert_eq!(blocks.len(), 1, "{evs:#?}");
+    assert_eq!(blocks[0]["domain"], "news.test");
+    assert_eq!(blocks[0]["asn"], ASN);
+    assert_eq!(blocks[0]["method"], "tls");
+    assert!(blocks[0]["ended_at"].is_null());
+    let bodies = hook.wait_for(Duration::from_secs(15), |b| !b.is_empty());
+    let new_block_calls = bodies
+        .iter()
+        .filter(|b| b.contains("\"new_block\""))
+        .count();
+    assert_eq!(new_block_calls, 1, "{bodies:#?}");
+
+    // Metrics and the read API show it.
+    let (status, metrics) = get(&format!("{}metrics", collector.url)).unwrap();
+    assert_eq!(status, 200);
+    let ratio_line = metrics
+        .lines()
+        .find(|l| l.starts_with("witness_site_blocked_ratio{") && l.contains("news.test"))
+        .unwrap_or_else(|| panic!("no ratio for news.test:\n{metrics}"));
+    assert!(
+        ratio_line.contains("method=\"tls\"") && ratio_line.ends_with(" 1"),
+        "{ratio_line}"
+    );
+    assert!(metrics.contains("witness_measurements_received_total{"));
+    let statuses = json(&format!("{}api/v1/status?asn={ASN}", collector.url));
+    assert!(statuses.to_string().contains("news.test"), "{statuses}");
+    let (csv_status, csv) = get(&format!("{}api/v1/status?format=csv", collector.url)).unwrap();
+    assert_eq!(csv_status, 200);
+    assert!(
+        csv.lines().count() >= 2 && csv.contains("news.test"),
+        "{csv}"
+    );
+
+    // The site is unblocked; both probes see it; the event is resolved and notified.
+    world
+        .https_origin("news.test")
+        .unwrap()
+        .set_rule("news.test", None);
+    for p in &probes {
+        ok(&p.witness(&["run", "--list", list, "--upload", "--no-progress"]));
+    }
+    let evs = events(&collector);
+    let block = evs.iter().find(|e| e["kind"] == "new_block").unwrap();
+    assert!(
+        !block["ended_at"].is_null(),
+        "unblock resolves the event: {block:#}"
+    );
+    let bodies = hook.wait_for(Duration::from_secs(15), |b| {
+        b.iter().any(|x| x.contains("\"unblock\""))
+    });
+    assert!(
+        bodies.iter().any(|b| b.contains("\"unblock\"")),
+        "{bodies:#?}"
+    );
+    assert_eq!(
+        evs.iter().filter(|e| e["kind"] == "new_block").count(),
+        1,
+        "no second event: {evs:#?}"
+    );
+
+    // Privacy: the probes' addresses are nowhere in the collector's files.
+    drop(collector);
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        let bytes = std::fs::read(entry.path()).unwrap();
+        for ip in ["127.0.0.2", "127.0.0.4"] {
+            assert!(
+                !bytes.windows(ip.len()).any(|w| w == ip.as_bytes()),
+                "{ip} found in {}",
+                entry.path().display()
+            );
+        }
+    }
+}
+
+fn synthetic(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let m = Measurement {
+                schema_version: SCHEMA_VERSION,
+                id: uuid::Uuid::now_v7(),
+                software: Software::default(),
+                url: format!("https://site{i}.test/"),
+                domain: format!("site{i}.test"),
+                category_code: Some("NEWS".into()),
+                started_at: chrono::Utc::now(),
+                runtime_ms: 10.0,
+                probe: ProbeNetwork {
+                    asn: Some(ASN),
+                    country: Some("KZ".into()),
+                },
+                dns: vec![],
+                tcp: vec![],
+                tls: vec![],
+                http: vec![],
+                control: None,
+                control_failure: None,
+                connectivity: ConnectivitySummary::default(),
+                verdict: Verdict::new(Status::Accessible, None, "synthetic"),
+            };
+            serde_json::to_string(&m).unwrap()
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn kill9_during_sustained_upload_loses_no_acknowledged_measurement() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let sections = "[ingest]\nuploads_per_minute = 100000\nupload_burst = 100000\n";
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://{}\"\n{sections}",
+        dir.path().join("c.db").display()
+    );
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, text).unwrap();
+    let db = dir.path().join("c.db");
+    let mut collector = CollectorProcess::start_with(&config, &db).unwrap();
+    let base = url::Url::parse(&collector.url).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = rt
+        .block_on(
+            witness_probe::upload::Uploader::new(base.clone(), None)
+                .unwrap()
+                .register(None),
+        )
+        .unwrap();
+    let up = witness_probe::upload::Uploader::new(base, Some(reg.token)).unwrap();
+
+    let records = synthetic(4000);
+    let batches: Vec<Vec<&str>> = records
+        .chunks(50)
+        .map(|c| c.iter().map(String::as_str).collect())
+        .collect();
+    let mut acked: Vec<String> = Vec::new();
+    let started = Instant::now();
+    let mut killed = false;
+    for (i, batch) in batches.iter().enumerate() {
+        if i == batches.len() / 2 && !killed {
+            // Kill in the middle of the stream, with a request likely in flight.
+            let up2 = up.clone();
+            let b: Vec<String> = batch.iter().map(|s| s.to_string()).collect();
+            let inflight = rt.spawn(async move {
+                let refs: Vec<&str> = b.iter().map(String::as_str).collect();
+                up2.send_batch(&refs).await
+            });
+            std::thread::sleep(Duration::from_millis(5));
+            collector.kill9();
+            killed = true;
+            if let Ok(Ok(reply)) = rt.block_on(inflight) {
+                acked.extend(reply.accepted);
+                acked.extend(reply.duplicates);
+            }
+            continue;
+        }
+        match rt.block_on(up.send_batch(batch)) {
+            Ok(reply) => {
+                assert!(reply.rejected.is_empty(), "{:?}", reply.rejected);
+                acked.extend(reply.accepted);
+                acked.extend(reply.duplicates);
+            }
+            Err(e) => assert!(killed, "upload failed before the kill: {e}"),
+        }
+    }
+    assert!(killed && acked.len() >= 1000, "acked {}", acked.len());
+    eprintln!(
+        "{} acknowledged before/around the kill in {:?}",
+        acked.len(),
+        started.elapsed()
+    );
+
+    // Restart on the same database: every acknowledged id is there (a re-upload says duplicate).
+    let _collector = CollectorProcess::start_with(&config, &db).unwrap();
+    let by_id: std::collections::HashMap<String, &str> = records
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_str(r).unwrap();
+            (v["id"].as_str().unwrap().to_string(), r.as_str())
+        })
+        .collect();
+    for chunk in acked.chunks(200) {
+        let batch: Vec<&str> = chunk.iter().map(|id| by_id[id]).collect();
+        let reply = rt.block_on(up.send_batch(&batch)).unwrap();
+        assert!(
+            reply.accepted.is_empty(),
+            "acknowledged records were lost in the crash: {:?}",
+            reply.accepted
+        );
+        assert_eq!(reply.duplicates.len(), chunk.len());
+    }
+}
+
+fn count_measurements(collector_url: &str) -> usize {
+    json(&format!("{collector_url}api/v1/measurements?limit=10000"))["measurements"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0)
+}
+
+fn collector_on(dir: &Path, port: u16, sections: &str) -> (PathBuf, PathBuf) {
+    let db = dir.join("c.db");
+    let config = dir.join("c.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://{}\"\n{sections}",
+        db.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, db)
+}
+
+#[test]
+fn a_probe_delivers_everything_once_its_collector_is_back() {
+    let world = World::builder()
+        .site(Site::new("fine.test"))
+        .site(Site::new("news.test").censored(Behaviour::ResetAfterClientHello))
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (config, db) = collector_on(dir.path(), port, &lab_control(&world));
+    let mut collector = CollectorProcess::start_with(&config, &db).unwrap();
+    let probe = Probe::new(&world, CENSORED_SOURCE, &collector.url, &anchor_of(&world));
+    ok(&probe.witness(&["register"]));
+    let list = world.write_list("list.csv").unwrap();
+    let list = list.to_str().unwrap();
+
+    collector.kill9();
+    for _ in 0..2 {
+        let out = probe.witness(&["run", "--list", list, "--upload", "--no-progress"]);
+        assert_eq!(out.status.code(), Some(3), "upload failure is exit 3");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("kept"));
+    }
+    assert_eq!(probe.spooled(), 4, "both runs are spooled");
+
+    let collector = CollectorProcess::start_with(&config, &db).unwrap();
+    let text = ok(&probe.witness(&["upload"]));
+    assert!(text.contains("4 of 4"), "{text}");
+    assert_eq!(probe.spooled(), 0);
+    assert_eq!(count_measurements(&collector.url), 4);
+    // A second upload has nothing left to send and duplicates nothing.
+    ok(&probe.witness(&["upload"]));
+    assert_eq!(count_measurements(&collector.url), 4);
+}
+
+#[test]
+fn the_daemon_measures_through_a_shutdown_and_backfills_with_original_times() {
+    let world = World::builder()
+        .site(Site::new("fine.test"))
+        .site(Site::new("news.test"))
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let sections = format!(
+        "{}\n[aggregation]\nmin_probes = 1\nmin_measurements = 1\n",
+        lab_control(&world)
+    );
+    let (config, db) = collector_on(dir.path(), port, &sections);
+    let mut collector = CollectorProcess::start_with(&config, &db).unwrap();
+
+    // The anchor is a listener the test controls: closing it (with the collector down) is the
+    // shutdown; the probe sees no anchor and no control.
+    let anchor_port = free_port();
+    let anchor_addr = format!("127.0.0.1:{anchor_port}");
+    let anchor = TcpListener::bind(&anchor_addr).unwrap();
+    let probe = Probe::new(&world, CENSORED_SOURCE, &collector.url, &anchor_addr);
+    ok(&probe.witness(&["register"]));
+    let list = world.write_list("list.csv").unwrap();
+
+    let mut daemon = Command::new(witness_bin())
+        .arg("--config")
+        .arg(&probe.config)
+        .args([
+            "daemon",
+            "--interval",
+            "2",
+            "--jitter",
+            "0",
+            "--upload-retry",
+            "1",
+        ])
+        .args(["--list", list.to_str().unwrap()])
+        .env("HOME", probe.home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait = |pred: &dyn Fn() -> bool, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !pred() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        pred()
+    };
+    assert!(
+        wait(&|| count_measurements(&collector.url) >= 2, 30),
+        "first run uploaded"
+    );
+
+    // Shutdown: no anchor, no collector.
+    drop(anchor);
+    collector.kill9();
+    let cut_at = chrono::Utc::now();
+    assert!(
+        wait(&|| probe.spooled() >= 4, 40),
+        "offline runs are spooled"
+    );
+
+    // The network comes back.
+    let _anchor = TcpListener::bind(&anchor_addr).unwrap();
+    let collector = CollectorProcess::start_with(&config, &db).unwrap();
+    assert!(
+        wait(&|| probe.spooled() == 0, 40),
+        "the backlog is uploaded"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    let all = json(&format!("{}api/v1/measurements?limit=10000", collector.url));
+    let offline: Vec<&Value> = all["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["verdict"]["status"] == "offline")
+        .collect();
+    assert!(
+        offline.len() >= 2,
+        "offline measurements stored: {}",
+        offline.len()
+    );
+    for m in &offline {
+        let t: chrono::DateTime<chrono::Utc> = m["started_at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            t >= cut_at - chrono::Duration::seconds(3),
+            "original times kept: {t}"
+        );
+    }
+    let evs = events(&collector);
+    assert!(
+        evs.iter()
+            .any(|e| e["kind"] == "shutdown" && e["asn"] == ASN),
+        "a shutdown event for the network: {evs:#?}"
+    );
+    assert!(
+        !evs.iter().any(|e| e["kind"] == "new_block"),
+        "no wave of blocks: {evs:#?}"
+    );
+}
