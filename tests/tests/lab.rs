@@ -1,0 +1,1021 @@
+//! The censorship lab: the real `witness` and `witness-collector` binaries in a small internet
+//! of network namespaces, censored by the kernel (nftables, iptables string match, htb), a
+//! lying dnsmasq, a DNS injector and the censor's userspace boxes (transparent proxy, TLS
+//! interception). Every scenario is a site with one expected verdict; see `docs/lab.md`.
+//!
+//! Needs root and `ip netns`; without them it skips, loudly. In CI (root,
+//! `WITNESS_REQUIRE_TOOLS=1`) a missing tool is a failure.
+//!
+//! Four client networks run at once, each behind its own ISP:
+//! - AS9198 (ISP 1): every technique, with the control; most scenarios, one probe run.
+//! - AS21299 (ISP 2): another censor, so the collector must raise a block for one network only.
+//! - AS41798 (ISP 3): the censor also blocks the collector: no control, no upload.
+//! - AS29355 (ISP 4): a shutdown; `witness daemon` spools, then uploads once the link is back.
+
+#[path = "../lab/judge.rs"]
+mod judge;
+#[path = "../lab/netlab.rs"]
+mod netlab;
+#[path = "../lab/topology.rs"]
+mod topology;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use witness_probe::model::{Measurement, Method, Status};
+use witness_tests::world::{citizenlab_csv, ListEntry};
+use witness_tests::{collector_bin, witness_bin};
+
+use judge::{Expect, Outcome, Row};
+use netlab::Lab;
+use topology::{
+    expired_cert, forbidden, redirect, Censor, Internet, Network, Site, Technique, LAB_RANGE,
+};
+use Technique::*;
+
+/// Step timeout given to every probe (`--timeout`).
+const PROBE_TIMEOUT_SECS: &str = "3";
+/// A page large enough to be cut at the probe's 512 KiB body cap.
+const LARGE_PAGE: usize = 2 * 1024 * 1024;
+/// The throttled page: over the probe's 64 KiB throughput minimum, and read in about 1.3 s at
+/// 1 mbit, well inside the 3 s step timeout.
+const THROTTLED_PAGE: usize = 160 * 1024;
+/// The IDN site as a list writes it.
+const IDN_URL: &str = "https://пример-сайт.lab/";
+
+/// The networks' AS numbers (from the Kazakh context: Kazakhtelecom, Beeline, Transtelecom,
+/// Kcell).
+const ASN_MAIN: u32 = 9198;
+const ASN_OTHER: u32 = 21299;
+const ASN_NO_CONTROL: u32 = 41798;
+const ASN_SHUTDOWN: u32 = 29355;
+
+/// One scenario of the main network (ISP 1): the URL the probe measures, what ISP 1 does to
+/// its host, and the verdict the probe must give.
+struct Scenario {
+    name: &'static str,
+    url: String,
+    censor: Vec<Technique>,
+    expect: Expect,
+    /// A wrong verdict that is a known probe bug: reported, does not fail the run.
+    known_bug: Option<&'static str>,
+}
+
+fn scenario(name: &'static str, url: &str, censor: &[Technique], expect: Expect) -> Scenario {
+    Scenario {
+        name,
+        url: url.to_owned(),
+        censor: censor.to_vec(),
+        expect,
+        known_bug: None,
+    }
+}
+
+/// The large page was read up to the probe's body cap (512 KiB), not to its end.
+fn read_to_body_cap(m: &Measurement) -> Option<String> {
+    match m.http.last() {
+        Some(h) if h.body_truncated && h.body_length == 512 * 1024 => None,
+        Some(h) => Some(format!(
+            "body of {} bytes, truncated: {}",
+            h.body_length, h.body_truncated
+        )),
+        None => Some("no HTTP exchange".to_owned()),
+    }
+}
+
+/// http -> https -> www: three hops, the last one the page.
+fn three_hops(m: &Measurement) -> Option<String> {
+    let statuses: Vec<Option<u16>> = m.http.iter().map(|h| h.status).collect();
+    (statuses != [Some(301), Some(302), Some(200)]).then(|| format!("hops {statuses:?}"))
+}
+
+/// The record keeps the URL as listed (Unicode) and measures the punycode name.
+fn idn_as_listed(m: &Measurement) -> Option<String> {
+    (m.url != IDN_URL || !m.domain.starts_with("xn--"))
+        .then(|| format!("url {} domain {}", m.url, m.domain))
+}
+
+fn ascii_host(url: &str) -> String {
+    witness_probe::targets::Target::from_url(url, "lab")
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+        .domain
+}
+
+/// What the lab internet serves: one origin per host (each on its own address unless hosted
+/// with another), the honest resolver's zone.
+fn sites() -> Vec<Site> {
+    vec![
+        Site::both("open.lab"),
+        Site::http("open-http.lab"),
+        Site::https("large-1.lab").size(LARGE_PAGE),
+        Site::https("large-2.lab").size(LARGE_PAGE),
+        Site::https("large-3.lab").size(LARGE_PAGE),
+        Site::https(&ascii_host(IDN_URL)),
+        Site::both("redirect-chain.lab")
+            .http_does(redirect(301, "https://redirect-chain.lab/"))
+            .https_does(redirect(302, "https://www.redirect-chain.lab/welcome")),
+        Site::https("www.redirect-chain.lab").hosted_with("redirect-chain.lab"),
+        Site::https("dns-nxdomain.lab"),
+        Site::https("dns-bogon.lab"),
+        Site::http("dns-blockpage-http.lab"),
+        Site::https("dns-blockpage-https.lab"),
+        Site::https("dnsdrop.lab"),
+        Site::https("dnsinject.lab"),
+        Site::http("dns-hijack.lab"),
+        Site::https("tcp-blackhole.lab"),
+        Site::https("tcp-rst.lab"),
+        Site::both("tcp-port443.lab"),
+        Site::https("tls-sni-reset.lab"),
+        Site::https("tls-sni-timeout.lab"),
+        Site::https("sni-neighbour.lab").hosted_with("tls-sni-timeout.lab"),
+        Site::https("mitm-state-ca.lab"),
+        Site::https("mitm-neighbour.lab").hosted_with("mitm-state-ca.lab"),
+        Site::http("http-blockpage.lab"),
+        Site::http("http-host-reset.lab"),
+        Site::https("throttled.lab").size(THROTTLED_PAGE),
+        Site::https("redirect-to-blocked.lab")
+            .https_does(redirect(302, "https://tls-sni-reset.lab/")),
+        Site::nothing("down-closed.lab"),
+        Site::https("down-nxdomain.lab").not_in_dns(),
+        Site::https("down-expired.lab").https_does(expired_cert()),
+        Site::https("server-403.lab").https_does(forbidden()),
+        Site::https("isp2-blocked.lab"),
+    ]
+}
+
+/// The main network's scenarios: one probe run measures them all at once (each host has its
+/// own address, so the techniques do not interfere).
+fn scenarios() -> Vec<Scenario> {
+    let blocked = Expect::blocked;
+    let accessible = Expect::accessible();
+    vec![
+        scenario("accessible_https", "https://open.lab/", &[], accessible),
+        scenario("accessible_http", "http://open-http.lab/", &[], accessible),
+        scenario(
+            "large_page_not_throttled",
+            "https://large-1.lab/",
+            &[],
+            accessible.check(read_to_body_cap),
+        ),
+        scenario("large_page_2", "https://large-2.lab/", &[], accessible),
+        scenario("large_page_3", "https://large-3.lab/", &[], accessible),
+        scenario("idn_domain", IDN_URL, &[], accessible.check(idn_as_listed)),
+        scenario(
+            "redirect_chain_accessible",
+            "http://redirect-chain.lab/",
+            &[],
+            accessible.check(three_hops),
+        ),
+        scenario(
+            "dns_nxdomain",
+            "https://dns-nxdomain.lab/",
+            &[DnsNxdomain],
+            blocked(Method::Dns).evidence(&["dns.network=nxdomain"]),
+        ),
+        scenario(
+            "dns_bogon",
+            "https://dns-bogon.lab/",
+            &[DnsBogon],
+            blocked(Method::Dns).evidence(&["dns.network.bogon=10.10.34.34"]),
+        ),
+        scenario(
+            "dns_blockpage_http",
+            "http://dns-blockpage-http.lab/",
+            &[DnsToBlockpage],
+            blocked(Method::Dns).evidence(&["dns.inconsistent=", "http.blockpage="]),
+        ),
+        scenario(
+            "dns_blockpage_https",
+            "https://dns-blockpage-https.lab/",
+            &[DnsToBlockpage],
+            blocked(Method::Dns).evidence(&["dns.inconsistent=", "http.blockpage="]),
+        ),
+        scenario(
+            "dns_query_dropped",
+            "https://dnsdrop.lab/",
+            &[DnsDrop],
+            blocked(Method::Dns).evidence(&["dns.network=timeout"]),
+        ),
+        scenario(
+            "dns_injected",
+            "https://dnsinject.lab/",
+            &[DnsInject],
+            blocked(Method::Dns).evidence(&["dns.injected="]),
+        ),
+        scenario(
+            "dns_hijack_transparent_proxy",
+            "http://dns-hijack.lab/",
+            &[DnsToProxy],
+            accessible.evidence(&["dns.consistent=same_page"]),
+        ),
+        scenario(
+            "tcp_blackhole",
+            "https://tcp-blackhole.lab/",
+            &[TcpBlackhole],
+            blocked(Method::Tcp).evidence(&["tcp.failure=generic_timeout", "tcp.control=ok"]),
+        ),
+        scenario(
+            "tcp_rst_on_syn",
+            "https://tcp-rst.lab/",
+            &[TcpRstOnSyn],
+            blocked(Method::Tcp).evidence(&["tcp.failure=connection_refused", "tcp.control=ok"]),
+        ),
+        scenario(
+            "tcp_port_443_blocked",
+            "https://tcp-port443.lab/",
+            &[TcpDropPort(443)],
+            blocked(Method::Tcp).evidence(&["tcp.failure=generic_timeout", "tcp.control=ok"]),
+        ),
+        scenario(
+            "tcp_port_443_blocked_http_ok",
+            "http://tcp-port443.lab/",
+            &[],
+            accessible,
+        ),
+        scenario(
+            "tls_sni_reset",
+            "https://tls-sni-reset.lab/",
+            &[SniReset],
+            blocked(Method::Tls).evidence(&[
+                "tls.failure=connection_reset",
+                "tls.decoy=ok",
+                "tls.control=ok",
+            ]),
+        ),
+        scenario(
+            "tls_sni_timeout",
+            "https://tls-sni-timeout.lab/",
+            &[SniDrop],
+            blocked(Method::Tls).evidence(&[
+                "tls.failure=generic_timeout",
+                "tls.decoy=ok",
+                "tls.control=ok",
+            ]),
+        ),
+        scenario(
+            "tls_sni_timeout_same_ip_other_sni_ok",
+            "https://sni-neighbour.lab/",
+            &[],
+            accessible,
+        ),
+        scenario(
+            "mitm_state_ca",
+            "https://mitm-state-ca.lab/",
+            &[Mitm],
+            blocked(Method::Mitm).evidence(&["tls.interception_ca="]),
+        ),
+        scenario(
+            "mitm_unlisted_sni_passes",
+            "https://mitm-neighbour.lab/",
+            &[],
+            accessible,
+        ),
+        scenario(
+            "http_blockpage_injected",
+            "http://http-blockpage.lab/",
+            &[HttpBlockpage],
+            blocked(Method::Http).evidence(&["http.blockpage="]),
+        ),
+        scenario(
+            "http_host_reset",
+            "http://http-host-reset.lab/",
+            &[HttpHostReset],
+            blocked(Method::Http)
+                .evidence(&["http.hop0.failure=connection_reset@http", "http.control=ok"]),
+        ),
+        scenario(
+            "throttle_htb_1mbit",
+            "https://throttled.lab/",
+            &[Throttle],
+            blocked(Method::Throttle).evidence(&["throttle.throughput_bps="]),
+        ),
+        scenario(
+            "redirect_to_blocked_site",
+            "https://redirect-to-blocked.lab/",
+            &[],
+            blocked(Method::Tls)
+                .evidence(&["http.hop1.failure=connection_reset@tls", "http.control=ok"]),
+        ),
+        scenario(
+            "down_nothing_listening",
+            "https://down-closed.lab/",
+            &[],
+            Expect::down().evidence(&["tcp.failure=connection_refused", "tcp.control=failed"]),
+        ),
+        scenario(
+            "down_nxdomain_everywhere",
+            "https://down-nxdomain.lab/",
+            &[],
+            Expect::down().evidence(&["dns.network=nxdomain", "dns.control=nxdomain"]),
+        ),
+        scenario(
+            "down_expired_certificate",
+            "https://down-expired.lab/",
+            &[],
+            Expect::down().evidence(&[
+                "tls.verification=ssl_invalid_certificate",
+                "tls.control=unverified",
+            ]),
+        ),
+        scenario(
+            "server_side_403",
+            "https://server-403.lab/",
+            &[],
+            accessible.evidence(&["server_side_refusal"]),
+        ),
+        scenario(
+            "other_networks_block_not_here",
+            "https://isp2-blocked.lab/",
+            &[],
+            accessible,
+        ),
+    ]
+}
+
+/// The second network (AS21299): another censor that blocks one other site.
+fn other_network() -> (Censor, Vec<(&'static str, &'static str, Expect)>) {
+    let censor = Censor {
+        rules: vec![("isp2-blocked.lab".to_owned(), TcpBlackhole)],
+        block_collector: false,
+    };
+    let rows = vec![
+        (
+            "as21299_accessible_https",
+            "https://open.lab/",
+            Expect::accessible(),
+        ),
+        (
+            "as21299_sni_blocked_elsewhere_only",
+            "https://tls-sni-timeout.lab/",
+            Expect::accessible(),
+        ),
+        (
+            "as21299_tcp_blackhole",
+            "https://isp2-blocked.lab/",
+            Expect::blocked(Method::Tcp),
+        ),
+    ];
+    (censor, rows)
+}
+
+/// The third network (AS41798): the censor blocks the collector too, so the probe has no
+/// control; verdicts must fall back to what local evidence proves.
+fn no_control_network(main: &[Scenario]) -> (Censor, Vec<(&'static str, &'static str, Expect)>) {
+    let rows = vec![
+        (
+            "control_unreachable_accessible_https",
+            "https://open.lab/",
+            Expect::accessible(),
+        ),
+        (
+            "control_unreachable_accessible_http",
+            "http://open-http.lab/",
+            Expect::accessible(),
+        ),
+        (
+            "control_unreachable_tls_sni_timeout",
+            "https://tls-sni-timeout.lab/",
+            Expect::blocked(Method::Tls).evidence(&["tls.decoy=ok"]),
+        ),
+        (
+            "control_unreachable_dns_bogon",
+            "https://dns-bogon.lab/",
+            Expect::blocked(Method::Dns).evidence(&["dns.network.bogon="]),
+        ),
+        (
+            "control_unreachable_mitm_state_ca",
+            "https://mitm-state-ca.lab/",
+            Expect::blocked(Method::Mitm).evidence(&["tls.interception_ca="]),
+        ),
+        (
+            "control_unreachable_http_blockpage",
+            "http://http-blockpage.lab/",
+            Expect::blocked(Method::Http).evidence(&["http.blockpage="]),
+        ),
+        (
+            "control_unreachable_dns_nxdomain",
+            "https://dns-nxdomain.lab/",
+            Expect::inconclusive(),
+        ),
+        (
+            "control_unreachable_tcp_rst_on_syn",
+            "https://tcp-rst.lab/",
+            Expect::inconclusive(),
+        ),
+        (
+            "control_unreachable_http_host_reset",
+            "http://http-host-reset.lab/",
+            Expect::inconclusive(),
+        ),
+        (
+            "control_unreachable_expired_certificate",
+            "https://down-expired.lab/",
+            Expect::inconclusive(),
+        ),
+    ];
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|(name, url, expect)| (name, url, expect.without_control()))
+        .collect();
+    // The same techniques as on the main network, for these hosts.
+    let rules = main
+        .iter()
+        .filter(|s| rows.iter().any(|(_, url, _)| *url == s.url))
+        .flat_map(|s| s.censor.iter().map(|t| (ascii_host(&s.url), *t)))
+        .collect();
+    let censor = Censor {
+        rules,
+        block_collector: true,
+    };
+    (censor, rows)
+}
+
+/// The shutdown network's list.
+const SHUTDOWN_URLS: &[&str] = &[
+    "https://open.lab/",
+    "https://large-1.lab/",
+    "http://open-http.lab/",
+];
+
+/// A probe: its namespace, its network's resolver, its home (config, credentials, spool).
+struct Probe<'a> {
+    label: &'static str,
+    net: &'a Network,
+    home: PathBuf,
+    config: PathBuf,
+    list: PathBuf,
+    spool: PathBuf,
+}
+
+impl<'a> Probe<'a> {
+    fn new(
+        lab: &Lab,
+        label: &'static str,
+        net: &'a Network,
+        asn: u32,
+        urls: &[&str],
+    ) -> Result<Self> {
+        let home = lab.path(label);
+        std::fs::create_dir_all(&home)?;
+        let config = home.join("witness.toml");
+        std::fs::write(
+            &config,
+            format!("consent = true\n\n[probe]\nasn = {asn}\ncountry = \"KZ\"\n"),
+        )?;
+        let entries: Vec<ListEntry> = urls
+            .iter()
+            .map(|url| ListEntry {
+                url: (*url).to_owned(),
+                category_code: "NEWS".to_owned(),
+                notes: String::new(),
+            })
+            .collect();
+        let list = home.join("list.csv");
+        std::fs::write(&list, citizenlab_csv(&entries))?;
+        Ok(Self {
+            label,
+            net,
+            spool: home.join("spool"),
+            home,
+            config,
+            list,
+        })
+    }
+
+    /// `witness --config CFG <args>`.
+    fn argv(&self, args: &[String]) -> Vec<String> {
+        let mut argv = vec![
+            witness_bin().display().to_string(),
+            "--config".to_owned(),
+            self.config.display().to_string(),
+        ];
+        argv.extend(args.iter().cloned());
+        argv
+    }
+
+    /// The probe's environment: its own HOME (credentials), logs without colours.
+    fn envs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("HOME", self.home.display().to_string()),
+            ("WITNESS_LOG", "info".to_owned()),
+            ("NO_COLOR", "1".to_owned()),
+        ]
+    }
+
+    /// `ip netns exec CLIENT lab-origin guard -- witness --config CFG <args>`: short-lived,
+    /// and killed by the guard if this test dies (see [`netlab::run_with_limit`]).
+    fn command(&self, args: &[String]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.net.client])
+            .args([netlab::lab_origin_bin(), "guard", "--"])
+            .args(self.argv(args))
+            .envs(self.envs())
+            .env_remove("WITNESS_CONFIG")
+            .env_remove("WITNESS_TOKEN")
+            .env_remove("WITNESS_CONTROL_TOKEN")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_CONFIG_HOME");
+        command
+    }
+
+    /// The measurement flags shared by `run` and `daemon`.
+    fn measure_args(&self, internet: &Internet) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--yes",
+            "--no-progress",
+            "--control-resolver",
+            "none",
+            "--lab-public-range",
+            LAB_RANGE,
+            "--timeout",
+            PROBE_TIMEOUT_SECS,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend([
+            "--list".to_owned(),
+            self.list.display().to_string(),
+            "--resolver".to_owned(),
+            self.net.resolver().to_string(),
+            "--extra-ca".to_owned(),
+            internet.ca.display().to_string(),
+            "--control".to_owned(),
+            topology::collector_url(),
+        ]);
+        // Two reference hosts of the lab internet stand in for the real anchors.
+        for host in ["open.lab", "large-1.lab"] {
+            args.extend(["--anchor".to_owned(), format!("{}:443", internet.ip(host))]);
+        }
+        args
+    }
+
+    fn upload_args(&self) -> Vec<String> {
+        vec![
+            "--collector".to_owned(),
+            topology::collector_url(),
+            "--spool-dir".to_owned(),
+            self.spool.display().to_string(),
+        ]
+    }
+
+    fn register(&self, lab: &Lab) -> Result<()> {
+        let args = vec![
+            "register".to_owned(),
+            "--collector".to_owned(),
+            topology::collector_url(),
+        ];
+        let (status, out, err) = netlab::run_with_limit(
+            self.command(&args),
+            &lab.path(&format!("{}-register", self.label)),
+            Duration::from_secs(30),
+        )?;
+        if !status.success() {
+            bail!("{} could not register ({status}): {out}{err}", self.label);
+        }
+        Ok(())
+    }
+
+    /// `witness run --json` (and `--upload`): the measurements by URL.
+    fn run(
+        &self,
+        lab: &Lab,
+        internet: &Internet,
+        upload: bool,
+    ) -> Result<HashMap<String, Measurement>> {
+        let mut args = vec!["run".to_owned(), "--json".to_owned()];
+        args.extend(self.measure_args(internet));
+        if upload {
+            args.push("--upload".to_owned());
+            args.extend(self.upload_args());
+        }
+        let (status, out, err) = netlab::run_with_limit(
+            self.command(&args),
+            &lab.path(&format!("{}-run", self.label)),
+            Duration::from_secs(180),
+        )?;
+        if !status.success() {
+            bail!("{}: witness run failed ({status}):\n{err}", self.label);
+        }
+        let mut by_url = HashMap::new();
+        for line in out.lines() {
+            let m: Measurement = serde_json::from_str(line).with_context(|| {
+                format!("{}: stdout line is not a measurement: {line}", self.label)
+            })?;
+            by_url.insert(m.url.clone(), m);
+        }
+        Ok(by_url)
+    }
+}
+
+/// Everything the probes and the collector produced.
+struct Results {
+    main: HashMap<String, Measurement>,
+    other: HashMap<String, Measurement>,
+    no_control: HashMap<String, Measurement>,
+    /// The daemon's log, for the report.
+    shutdown_log: String,
+    events: Vec<Value>,
+    shutdown_measurements: Vec<Value>,
+}
+
+fn collector_json(lab: &Lab, internet: &Internet, path: &str, key: &str) -> Result<Vec<Value>> {
+    let body = topology::get(
+        lab,
+        &internet.ns,
+        &format!("{}{path}", topology::collector_url()),
+    )?;
+    let value: Value = serde_json::from_str(&body).with_context(|| format!("{path}: {body}"))?;
+    value[key]
+        .as_array()
+        .cloned()
+        .with_context(|| format!("{path}: no {key} in {body}"))
+}
+
+fn events_of<'a>(events: &'a [Value], kind: &str, domain: Option<&str>) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .filter(|e| domain.is_none_or(|d| e["domain"] == d))
+        .collect()
+}
+
+fn event_text(e: &Value) -> String {
+    let method = e["method"]
+        .as_str()
+        .map(|m| format!("/{m}"))
+        .unwrap_or_default();
+    let ended = if e["ended_at"].is_null() {
+        ""
+    } else {
+        ",ended"
+    };
+    format!(
+        "{}{method}@AS{}{ended}",
+        e["kind"].as_str().unwrap_or("?"),
+        e["asn"]
+    )
+}
+
+/// Builds the lab, runs the four probes at once, and collects what they and the collector saw.
+fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
+    let (witness, collector) = (witness_bin(), collector_bin());
+    assert!(witness.exists() && collector.exists());
+    let internet = topology::build_internet(lab, &sites())?;
+    let main_censor = Censor {
+        rules: scenarios
+            .iter()
+            .flat_map(|s| s.censor.iter().map(|t| (ascii_host(&s.url), *t)))
+            .collect(),
+        block_collector: false,
+    };
+    let (other_censor, other_rows) = other_network();
+    let (no_control_censor, no_control_rows) = no_control_network(scenarios);
+    let main_net = topology::build_network(lab, &internet, 1, &main_censor)?;
+    let other_net = topology::build_network(lab, &internet, 2, &other_censor)?;
+    let no_control_net = topology::build_network(lab, &internet, 3, &no_control_censor)?;
+    let shutdown_net = topology::build_network(lab, &internet, 4, &Censor::default())?;
+    topology::start_collector(lab, &internet, &collector)?;
+
+    let main_urls: Vec<&str> = scenarios.iter().map(|s| s.url.as_str()).collect();
+    let other_urls: Vec<&str> = other_rows.iter().map(|r| r.1).collect();
+    let no_control_urls: Vec<&str> = no_control_rows.iter().map(|r| r.1).collect();
+    let main = Probe::new(lab, "probe-as9198", &main_net, ASN_MAIN, &main_urls)?;
+    let other = Probe::new(lab, "probe-as21299", &other_net, ASN_OTHER, &other_urls)?;
+    let no_control = Probe::new(
+        lab,
+        "probe-as41798",
+        &no_control_net,
+        ASN_NO_CONTROL,
+        &no_control_urls,
+    )?;
+    let shutdown = Probe::new(
+        lab,
+        "probe-as29355",
+        &shutdown_net,
+        ASN_SHUTDOWN,
+        SHUTDOWN_URLS,
+    )?;
+    for probe in [&main, &other, &shutdown] {
+        probe.register(lab)?;
+    }
+
+    // The shutdown starts before the daemon's first run, and ends when that run is over.
+    topology::cut(lab, &shutdown_net)?;
+    let mut daemon_args = vec![
+        "daemon".to_owned(),
+        "--interval".to_owned(),
+        "4".to_owned(),
+        "--jitter".to_owned(),
+        "0".to_owned(),
+        "--upload-retry".to_owned(),
+        "1".to_owned(),
+        "--runs".to_owned(),
+        "2".to_owned(),
+    ];
+    daemon_args.extend(shutdown.measure_args(&internet));
+    daemon_args.extend(shutdown.upload_args());
+    lab.spawn(
+        &shutdown_net.client,
+        "daemon-as29355",
+        &shutdown.argv(&daemon_args),
+        &shutdown.envs(),
+    )?;
+
+    let (main_m, other_m, no_control_m, daemon) = std::thread::scope(|s| {
+        let a = s.spawn(|| main.run(lab, &internet, true));
+        let b = s.spawn(|| other.run(lab, &internet, true));
+        let c = s.spawn(|| no_control.run(lab, &internet, false));
+        let d = s.spawn(|| -> Result<()> {
+            lab.wait_for_output("daemon-as29355", "witness daemon:", Duration::from_secs(90))?;
+            topology::restore(lab, &shutdown_net)?;
+            let status = lab.wait_exit("daemon-as29355", Duration::from_secs(120))?;
+            if !status.success() {
+                bail!("witness daemon failed ({status})");
+            }
+            Ok(())
+        });
+        fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        }
+        (join(a), join(b), join(c), join(d))
+    });
+    let (main_m, other_m, no_control_m) = (main_m?, other_m?, no_control_m?);
+    daemon?;
+
+    // The collector evaluates after each upload; give it a moment to settle.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (events, shutdown_measurements) = loop {
+        let events = collector_json(lab, &internet, "api/v1/events?limit=1000", "events")?;
+        let shutdown_measurements = collector_json(
+            lab,
+            &internet,
+            &format!("api/v1/measurements?asn={ASN_SHUTDOWN}&limit=1000"),
+            "measurements",
+        )?;
+        let settled = !events_of(&events, "shutdown", None).is_empty()
+            && events_of(&events, "new_block", Some("isp2-blocked.lab")).len()
+                + events_of(&events, "new_block", Some("tls-sni-timeout.lab")).len()
+                >= 2
+            && shutdown_measurements.len() >= 2 * SHUTDOWN_URLS.len();
+        if settled || Instant::now() > deadline {
+            break (events, shutdown_measurements);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    Ok(Results {
+        main: main_m,
+        other: other_m,
+        no_control: no_control_m,
+        shutdown_log: lab.log("daemon-as29355"),
+        events,
+        shutdown_measurements,
+    })
+}
+
+/// The collector's side, as table rows.
+fn collector_rows(results: &Results) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let all = |kind: &str, domain: Option<&str>| -> Vec<String> {
+        events_of(&results.events, kind, domain)
+            .into_iter()
+            .map(event_text)
+            .collect()
+    };
+    for (name, domain, asn, method, not_asn) in [
+        (
+            "collector_new_block_only_on_its_network",
+            "tls-sni-timeout.lab",
+            ASN_MAIN,
+            "tls",
+            ASN_OTHER,
+        ),
+        (
+            "collector_new_block_on_the_other_network",
+            "isp2-blocked.lab",
+            ASN_OTHER,
+            "tcp",
+            ASN_MAIN,
+        ),
+    ] {
+        let events = events_of(&results.events, "new_block", Some(domain));
+        let here = events
+            .iter()
+            .any(|e| e["asn"] == asn && e["method"] == method && e["ended_at"].is_null());
+        let there = events.iter().any(|e| e["asn"] == not_asn);
+        let got = all("new_block", Some(domain));
+        rows.push(judge::check(
+            name,
+            &format!("new_block/{method}@AS{asn}, none @AS{not_asn}"),
+            &if got.is_empty() {
+                "no event".to_owned()
+            } else {
+                got.join(" ")
+            },
+            here && !there,
+            &format!("events for {domain}: {got:?}"),
+        ));
+    }
+
+    // The shutdown: the first run is offline, spooled, uploaded after the link came back.
+    let statuses: Vec<&str> = results
+        .shutdown_measurements
+        .iter()
+        .filter_map(|m| m["verdict"]["status"].as_str())
+        .collect();
+    let n = SHUTDOWN_URLS.len();
+    let offline = statuses.iter().filter(|s| **s == "offline").count();
+    let accessible = statuses.iter().filter(|s| **s == "accessible").count();
+    let first_run_offline =
+        statuses.len() == 2 * n && statuses[..n].iter().all(|s| *s == "offline");
+    rows.push(judge::check(
+        "shutdown_offline_spooled_then_uploaded",
+        &format!("{n} offline then {n} accessible uploaded"),
+        &format!("{offline} offline, {accessible} accessible uploaded"),
+        first_run_offline && accessible == n,
+        &format!(
+            "statuses at the collector, oldest first: {statuses:?}\n      daemon log:\n{}",
+            results.shutdown_log
+        ),
+    ));
+    let shutdowns = events_of(&results.events, "shutdown", None);
+    let shutdown_here = shutdowns.iter().any(|e| e["asn"] == ASN_SHUTDOWN);
+    let blocks_here: Vec<String> = results
+        .events
+        .iter()
+        .filter(|e| e["asn"] == ASN_SHUTDOWN && e["kind"] != "shutdown")
+        .map(event_text)
+        .collect();
+    let mut got: Vec<String> = shutdowns.iter().map(|e| event_text(e)).collect();
+    got.extend(blocks_here.iter().cloned());
+    rows.push(judge::check(
+        "shutdown_event_not_blocks",
+        &format!("shutdown@AS{ASN_SHUTDOWN}, no block event"),
+        &if got.is_empty() {
+            "no event".to_owned()
+        } else {
+            got.join(" ")
+        },
+        shutdown_here && blocks_here.is_empty(),
+        &format!("events: {got:?}"),
+    ));
+    rows
+}
+
+/// Writes to the real stderr, past the test harness's capture: the table is the lab's report
+/// and must be seen even when the test passes.
+fn report(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+#[test]
+fn censorship_lab() {
+    if let Some(why) = netlab::cannot_run() {
+        report(&format!(
+            "\n*** SKIPPED: the censorship lab needs root and `ip netns` ({why}). \
+             CI runs it as root: `sudo cargo test -p witness-tests --test lab`. ***\n"
+        ));
+        return;
+    }
+    let missing = netlab::missing_tools();
+    if !missing.is_empty() {
+        let message = format!(
+            "the censorship lab needs {} (apt-get install -y dnsmasq-base nftables iptables iproute2)",
+            missing.join(", ")
+        );
+        if std::env::var("WITNESS_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{message}");
+        }
+        report(&format!("\n*** SKIPPED: {message} ***\n"));
+        return;
+    }
+    // Build first: the clock is for the lab alone.
+    let _ = (witness_bin(), collector_bin());
+    let started = Instant::now();
+    let scenarios = scenarios();
+    let lab = Lab::new().expect("creating the lab");
+    let results = match run_lab(&lab, &scenarios) {
+        Ok(results) => results,
+        Err(e) => panic!("the lab could not run: {e:#}"),
+    };
+
+    let mut rows: Vec<Row> = scenarios
+        .iter()
+        .map(|s| judge::judge(s.name, s.expect, s.known_bug, results.main.get(&s.url)))
+        .collect();
+    let (_, other_rows) = other_network();
+    for (name, url, expect) in other_rows {
+        rows.push(judge::judge(name, expect, None, results.other.get(url)));
+    }
+    let (_, no_control_rows) = no_control_network(&scenarios);
+    for (name, url, expect) in no_control_rows {
+        rows.push(judge::judge(
+            name,
+            expect,
+            None,
+            results.no_control.get(url),
+        ));
+    }
+    rows.extend(collector_rows(&results));
+    drop(lab);
+
+    report(&format!(
+        "\nCensorship lab: {} scenarios in {:.0} s\n\n{}",
+        rows.len(),
+        started.elapsed().as_secs_f64(),
+        judge::table(&rows, std::env::var_os("WITNESS_LAB_VERBOSE").is_some())
+    ));
+
+    // The lab can fail: a real verdict against a deliberately wrong expectation is a mismatch.
+    let sni = &results.main["https://tls-sni-timeout.lab/"];
+    let wrong = judge::judge(
+        "tls_sni_timeout_wrong_expectation",
+        Expect::accessible(),
+        None,
+        Some(sni),
+    );
+    assert_eq!(
+        wrong.outcome,
+        Outcome::Fail,
+        "a wrong expectation must be a mismatch"
+    );
+    assert!(!judge::passed(&[wrong]));
+
+    assert!(
+        judge::passed(&rows),
+        "the lab found wrong verdicts (table above)"
+    );
+}
+
+/// Without root: the comparison the lab uses reports a real probe verdict that contradicts the
+/// expectation as a mismatch, and fails the run.
+#[test]
+fn lab_comparison_reports_wrong_expectations() {
+    let dir = tempfile::tempdir().unwrap();
+    // No network at all: the real probe says `offline` for the site.
+    let out = Command::new(witness_bin())
+        .args(["run", "--yes", "--no-progress", "--json", "--no-control"])
+        .args(["--url", "https://tls-sni-timeout.lab/"])
+        .args(["--resolver", "127.0.0.1:9", "--anchor", "127.0.0.1:9"])
+        .args(["--control-resolver", "none", "--timeout", "1"])
+        .env("HOME", dir.path())
+        .env_remove("WITNESS_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Measurement = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(m.verdict.status, Status::Offline);
+
+    let right = judge::judge("shutdown", Expect::offline(), None, Some(&m));
+    let wrong = judge::judge(
+        "tls_sni_timeout",
+        Expect::blocked(Method::Tls),
+        None,
+        Some(&m),
+    );
+    let missing = judge::judge("dns_nxdomain", Expect::blocked(Method::Dns), None, None);
+    // The right verdict for the wrong reason is a mismatch too.
+    let reason = judge::judge(
+        "shutdown_wrong_reason",
+        Expect::offline().evidence(&["dns.injected="]),
+        None,
+        Some(&m),
+    );
+    assert_eq!(reason.outcome, Outcome::Fail, "{reason:?}");
+    assert!(
+        reason.got.contains("no evidence dns.injected="),
+        "{reason:?}"
+    );
+    let known = judge::judge(
+        "known",
+        Expect::accessible(),
+        Some("a known probe bug"),
+        Some(&m),
+    );
+    assert_eq!(right.outcome, Outcome::Pass);
+    assert_eq!(wrong.outcome, Outcome::Fail);
+    assert_eq!(missing.outcome, Outcome::Fail);
+    assert_eq!(known.outcome, Outcome::KnownBug);
+    let table = judge::table(
+        &[right.clone(), wrong.clone(), missing, known.clone()],
+        false,
+    );
+    assert!(table.contains("| tls_sni_timeout"), "{table}");
+    assert!(
+        table.contains("MISMATCH tls_sni_timeout: expected blocked/tls, got offline"),
+        "{table}"
+    );
+    assert!(table.contains("KNOWN-BUG"), "{table}");
+    assert!(judge::passed(&[right.clone(), known]));
+    assert!(!judge::passed(&[right, wrong]));
+}
