@@ -18,12 +18,15 @@
 pub mod bins;
 pub mod client;
 pub mod collector;
+pub mod dashboards;
 pub mod dns;
 pub mod http;
 pub mod origin;
 pub mod pki;
+pub mod promstack;
 mod tasks;
 pub mod throttle;
+pub mod volunteer;
 pub mod webhook;
 pub mod world;
 

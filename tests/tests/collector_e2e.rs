@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -12,74 +11,10 @@ use witness_probe::model::{
 };
 use witness_tests::collector::get;
 use witness_tests::origin::Policy;
-use witness_tests::{
-    witness_bin, Behaviour, CollectorProcess, Site, WebhookReceiver, World, CENSORED_SOURCE,
-};
+use witness_tests::volunteer::{anchor_of, ok, Probe};
+use witness_tests::{Behaviour, CollectorProcess, Site, WebhookReceiver, World, CENSORED_SOURCE};
 
 const ASN: u32 = 64500;
-
-/// A volunteer: own home directory (credentials, spool), own source address, own config.
-struct Probe {
-    home: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Probe {
-    fn new(world: &World, source: IpAddr, collector_url: &str, anchor: &str) -> Probe {
-        let home = tempfile::tempdir().unwrap();
-        let config = home.path().join("witness.toml");
-        let text = format!(
-            "consent = true\n\
-             [probe]\nasn = {ASN}\ncountry = \"KZ\"\n\
-             [run]\ntimeout_secs = 3.0\n\
-             [network]\nresolver = \"{resolver}\"\ncontrol_resolver = \"none\"\n\
-             source_address = \"{source}\"\nextra_ca_files = [\"{ca}\"]\n\
-             lab_public_ranges = [\"127.0.0.0/8\"]\nanchors = [\"{anchor}\"]\n\
-             [collector]\nurl = \"{collector_url}\"\nspool_dir = \"{spool}\"\n",
-            resolver = world.probe_resolver(),
-            ca = world.ca_file().display(),
-            spool = home.path().join("spool").display(),
-        );
-        std::fs::write(&config, text).unwrap();
-        Probe { home, config }
-    }
-
-    fn spool(&self) -> PathBuf {
-        self.home.path().join("spool")
-    }
-
-    fn witness(&self, args: &[&str]) -> Output {
-        Command::new(witness_bin())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("HOME", self.home.path())
-            .env_remove("XDG_DATA_HOME")
-            .output()
-            .unwrap()
-    }
-
-    fn spooled(&self) -> usize {
-        std::fs::read_dir(self.spool())
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn json(url: &str) -> Value {
     let (status, body) = get(url).unwrap();
@@ -94,10 +29,8 @@ fn events(collector: &CollectorProcess) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn anchor_of(world: &World) -> String {
-    let url = world.url("fine.test");
-    let port = url.rsplit(':').next().unwrap().trim_end_matches('/');
-    format!("{}:{port}", world.site_ip("fine.test"))
+fn anchor(world: &World) -> String {
+    anchor_of(world, "fine.test")
 }
 
 fn lab_control(world: &World) -> String {
@@ -135,10 +68,10 @@ fn two_probes_raise_one_block_event_and_one_webhook_then_unblock() {
     let collector = CollectorProcess::start(dir.path(), &sections).unwrap();
     let list = world.write_list("list.csv").unwrap();
     let list = list.to_str().unwrap();
-    let anchor = anchor_of(&world);
+    let anchor = anchor(&world);
     let probes = [
-        Probe::new(&world, CENSORED_SOURCE, &collector.url, &anchor),
-        Probe::new(&world, second, &collector.url, &anchor),
+        Probe::new(&world, CENSORED_SOURCE, ASN, &collector.url, &anchor),
+        Probe::new(&world, second, ASN, &collector.url, &anchor),
     ];
 
     for p in &probes {
@@ -392,7 +325,13 @@ fn a_probe_delivers_everything_once_its_collector_is_back() {
     let port = free_port();
     let (config, db) = collector_on(dir.path(), port, &lab_control(&world));
     let mut collector = CollectorProcess::start_with(&config, &db).unwrap();
-    let probe = Probe::new(&world, CENSORED_SOURCE, &collector.url, &anchor_of(&world));
+    let probe = Probe::new(
+        &world,
+        CENSORED_SOURCE,
+        ASN,
+        &collector.url,
+        &anchor(&world),
+    );
     ok(&probe.witness(&["register"]));
     let list = world.write_list("list.csv").unwrap();
     let list = list.to_str().unwrap();
@@ -436,14 +375,12 @@ fn the_daemon_measures_through_a_shutdown_and_backfills_with_original_times() {
     let anchor_port = free_port();
     let anchor_addr = format!("127.0.0.1:{anchor_port}");
     let anchor = TcpListener::bind(&anchor_addr).unwrap();
-    let probe = Probe::new(&world, CENSORED_SOURCE, &collector.url, &anchor_addr);
+    let probe = Probe::new(&world, CENSORED_SOURCE, ASN, &collector.url, &anchor_addr);
     ok(&probe.witness(&["register"]));
     let list = world.write_list("list.csv").unwrap();
 
-    let mut daemon = Command::new(witness_bin())
-        .arg("--config")
-        .arg(&probe.config)
-        .args([
+    let mut daemon = probe
+        .command(&[
             "daemon",
             "--interval",
             "2",
@@ -453,7 +390,6 @@ fn the_daemon_measures_through_a_shutdown_and_backfills_with_original_times() {
             "1",
         ])
         .args(["--list", list.to_str().unwrap()])
-        .env("HOME", probe.home.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -14,6 +14,10 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use witness_tests::bins::{collector_bin, witness_bin, workspace_root};
+use witness_tests::dashboards::{
+    dashboard_queries, is_ident_start, load_dashboards, read_ident, substitute_variables,
+    DASHBOARDS,
+};
 
 /// The uid of the provisioned Prometheus data source that every panel must use.
 const DATASOURCE_UID: &str = "witness-prometheus";
@@ -51,12 +55,6 @@ const REQUIRED_ALERTS: &[&str] = &[
     "WitnessCollectorDown",
     "WitnessIngestSlow",
     "WitnessWebhookFailing",
-];
-
-const DASHBOARDS: &[&str] = &[
-    "dashboards/witness-overview.json",
-    "dashboards/witness-site.json",
-    "dashboards/witness-fleet.json",
 ];
 
 // ------------------------------------------------------------------------------------ helpers
@@ -200,14 +198,6 @@ struct Refs {
     labels: Vec<(Option<String>, String)>,
 }
 
-fn is_ident_start(c: char) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == ':'
-}
-
-fn is_ident_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
-}
-
 /// Index after the string literal starting at `i` (a quote character).
 fn skip_string(chars: &[char], i: usize) -> usize {
     let quote = chars[i];
@@ -226,14 +216,6 @@ fn skip_ws(chars: &[char], mut i: usize) -> usize {
         i += 1;
     }
     i
-}
-
-fn read_ident(chars: &[char], i: usize) -> (String, usize) {
-    let mut j = i;
-    while j < chars.len() && is_ident_char(chars[j]) {
-        j += 1;
-    }
-    (chars[i..j].iter().collect(), j)
 }
 
 /// Scans a PromQL expression (Grafana variables already replaced) for metric and label names.
@@ -327,42 +309,6 @@ fn promql_refs(expr: &str) -> Refs {
         }
     }
     refs
-}
-
-/// Grafana variable references (`$name`, `${name}`, `${name:format}`, `[[name]]`) replaced by a
-/// match-everything regex, and the names found.
-fn substitute_variables(expr: &str) -> (String, Vec<String>) {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut out = String::new();
-    let mut names = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i] == '$' && chars.get(i + 1) == Some(&'{') {
-            let end = chars[i..].iter().position(|&c| c == '}').map(|p| i + p);
-            let end = end.unwrap_or_else(|| panic!("unclosed ${{ in {expr:?}"));
-            let inner: String = chars[i + 2..end].iter().collect();
-            names.push(inner.split(':').next().unwrap_or_default().to_string());
-            out.push_str(".*");
-            i = end + 1;
-        } else if chars[i] == '$' && chars.get(i + 1).is_some_and(|&c| is_ident_start(c)) {
-            let (name, j) = read_ident(&chars, i + 1);
-            names.push(name);
-            out.push_str(".*");
-            i = j;
-        } else if chars[i] == '[' && chars.get(i + 1) == Some(&'[') {
-            let rest: String = chars[i + 2..].iter().collect();
-            let end = rest
-                .find("]]")
-                .unwrap_or_else(|| panic!("unclosed [[ in {expr:?}"));
-            names.push(rest[..end].to_string());
-            out.push_str(".*");
-            i += 2 + rest[..end].chars().count() + 2;
-        } else {
-            out.push(chars[i]);
-            i += 1;
-        }
-    }
-    (out, names)
 }
 
 #[test]
@@ -1097,36 +1043,6 @@ fn install_script_installs_into_destdir_after_consent() {
 
 // ---------------------------------------------------------------------------------- dashboards
 
-/// Every PromQL expression of a dashboard: (where, raw expression with Grafana variables).
-fn dashboard_queries(file: &str, dash: &Value) -> Vec<(String, String)> {
-    fn walk(file: &str, panels: &[Value], out: &mut Vec<(String, String)>) {
-        for panel in panels {
-            let title = panel["title"].as_str().unwrap_or("?");
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                let expr = target["expr"].as_str().unwrap_or_default();
-                out.push((format!("{file}: panel {title:?}"), expr.to_string()));
-            }
-            if let Some(inner) = panel["panels"].as_array() {
-                walk(file, inner, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(file, dash["panels"].as_array().expect("panels"), &mut out);
-    for anno in dash["annotations"]["list"].as_array().into_iter().flatten() {
-        if anno["builtIn"] == 1 {
-            continue;
-        }
-        let name = anno["name"].as_str().unwrap_or("?");
-        for expr in [&anno["expr"], &anno["target"]["expr"]] {
-            if let Some(e) = expr.as_str() {
-                out.push((format!("{file}: annotation {name:?}"), e.to_string()));
-            }
-        }
-    }
-    out
-}
-
 /// A variable's query text (`label_values(...)`), whether stored as a string or an object.
 fn variable_query(var: &Value) -> String {
     match &var["query"] {
@@ -1151,17 +1067,6 @@ fn label_values_parts(query: &str) -> (String, String) {
         .rsplit_once(',')
         .unwrap_or_else(|| panic!("label_values without a selector: {query:?}"));
     (selector.trim().to_string(), label.trim().to_string())
-}
-
-fn load_dashboards() -> Vec<(&'static str, Value)> {
-    DASHBOARDS
-        .iter()
-        .map(|file| {
-            let dash: Value = serde_json::from_str(&read(file))
-                .unwrap_or_else(|e| panic!("{file}: not JSON: {e}"));
-            (*file, dash)
-        })
-        .collect()
 }
 
 #[test]

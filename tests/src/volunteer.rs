@@ -1,0 +1,103 @@
+//! A volunteer's probe: its own home directory (credentials, spool), source address and config
+//! file, running the real `witness` binary against a [`World`].
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use crate::bins::witness_bin;
+use crate::world::World;
+
+/// One probe installation.
+#[derive(Debug)]
+pub struct Probe {
+    /// Its home directory (HOME for the binary).
+    pub home: tempfile::TempDir,
+    /// Its config file.
+    pub config: PathBuf,
+}
+
+impl Probe {
+    /// A probe on network `asn` (country KZ) measuring from `source`, uploading to (and using
+    /// as control) `collector_url`, with `anchor` (`host:port`) as its connectivity anchor.
+    pub fn new(
+        world: &World,
+        source: IpAddr,
+        asn: u32,
+        collector_url: &str,
+        anchor: &str,
+    ) -> Probe {
+        let home = tempfile::tempdir().expect("temp dir");
+        let config = home.path().join("witness.toml");
+        let text = format!(
+            "consent = true\n\
+             [probe]\nasn = {asn}\ncountry = \"KZ\"\n\
+             [run]\ntimeout_secs = 3.0\n\
+             [network]\nresolver = \"{resolver}\"\ncontrol_resolver = \"none\"\n\
+             source_address = \"{source}\"\nextra_ca_files = [\"{ca}\"]\n\
+             lab_public_ranges = [\"127.0.0.0/8\"]\nanchors = [\"{anchor}\"]\n\
+             [collector]\nurl = \"{collector_url}\"\nspool_dir = \"{spool}\"\n",
+            resolver = world.probe_resolver(),
+            ca = world.ca_file().display(),
+            spool = home.path().join("spool").display(),
+        );
+        std::fs::write(&config, text).expect("write probe config");
+        Probe { home, config }
+    }
+
+    /// The spool directory.
+    pub fn spool(&self) -> PathBuf {
+        self.home.path().join("spool")
+    }
+
+    /// Run `witness --config CONFIG ARGS...` and wait.
+    pub fn witness(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run witness")
+    }
+
+    /// The command, for spawning (e.g. the daemon).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(witness_bin());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("HOME", self.home.path())
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("WITNESS_CONFIG");
+        cmd
+    }
+
+    /// Measurements waiting in the spool.
+    pub fn spooled(&self) -> usize {
+        std::fs::read_dir(self.spool())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// `host:port` of a world site's HTTPS listener, for use as a connectivity anchor.
+pub fn anchor_of(world: &World, site: &str) -> String {
+    let url = world.url(site);
+    let port = url
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    format!("{}:{port}", world.site_ip(site))
+}
+
+/// Assert success and return stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
