@@ -47,10 +47,8 @@ pub fn workspace_root() -> PathBuf {
 /// Runs `cargo build --workspace --bins` and returns (name, path) of every executable; panics
 /// with cargo's diagnostics if the build fails (a test cannot go on without its binaries).
 fn build() -> Vec<(String, PathBuf)> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
+    let mut command = cargo_command();
     command
-        .current_dir(workspace_root())
         .args(["build", "--message-format=json-render-diagnostics"])
         .args(["--workspace", "--bins"])
         .stdout(Stdio::piped())
@@ -58,9 +56,32 @@ fn build() -> Vec<(String, PathBuf)> {
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
-    // `cargo test` gives this process the test crate's CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...;
-    // build scripts (ring's, cc's) track those with rerun-if-env-changed, so passing them on
-    // would rebuild ring and everything above it on every test run. Drop them.
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
+    assert!(
+        output.status.success(),
+        "cargo build of the binaries failed"
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter_map(|message| {
+            let name = message["target"]["name"].as_str()?.to_string();
+            let path = message["executable"].as_str().map(PathBuf::from)?;
+            Some((name, path))
+        })
+        .collect()
+}
+
+/// `cargo` at the workspace root, without the per-crate `CARGO_*` variables that `cargo test`
+/// gives this process: build scripts (ring's, cc's) track those with rerun-if-env-changed, so
+/// passing them on would rebuild ring and everything above it on every test run.
+pub fn cargo_command() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(workspace_root());
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         let per_crate = key.starts_with("CARGO_PKG_")
@@ -80,21 +101,5 @@ fn build() -> Vec<(String, PathBuf)> {
             command.env_remove(key.as_ref());
         }
     }
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
-    assert!(
-        output.status.success(),
-        "cargo build of the binaries failed"
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| message["reason"] == "compiler-artifact")
-        .filter_map(|message| {
-            let name = message["target"]["name"].as_str()?.to_string();
-            let path = message["executable"].as_str().map(PathBuf::from)?;
-            Some((name, path))
-        })
-        .collect()
+    command
 }
