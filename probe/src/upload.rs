@@ -132,21 +132,11 @@ impl Uploader {
     /// Register this probe; `invite` for collectors that require one.
     pub async fn register(&self, invite: Option<&str>) -> Result<Registration, UploadError> {
         let body = serde_json::json!({ "invite": invite });
-        let resp = self
+        let req = self
             .client
             .post(self.endpoint("api/v1/register")?)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| UploadError::Unreachable(crate::scrub::scrub_ips(&e.to_string())))?;
-        let (status, bytes) = read_capped(resp).await?;
-        if !(200..300).contains(&status) {
-            return Err(refused(status, &bytes));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| UploadError::Refused {
-            status,
-            message: format!("unexpected answer: {e}"),
-        })
+            .json(&body);
+        exchange(req).await
     }
 
     /// Send one batch of raw JSON records.
@@ -174,18 +164,7 @@ impl Uploader {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| UploadError::Unreachable(crate::scrub::scrub_ips(&e.to_string())))?;
-        let (status, bytes) = read_capped(resp).await?;
-        if !(200..300).contains(&status) {
-            return Err(refused(status, &bytes));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| UploadError::Refused {
-            status,
-            message: format!("unexpected answer: {e}"),
-        })
+        exchange(req).await
     }
 
     /// Upload everything waiting in `spool`, batch by batch, oldest first. Stops at the first
@@ -257,6 +236,24 @@ impl Uploader {
 pub fn jitter(d: Duration) -> Duration {
     let f: f64 = rand::random_range(0.8..1.2);
     d.mul_f64(f)
+}
+
+/// Send `req`, read the answer with a bound, and parse a 2xx answer as `T`.
+async fn exchange<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+) -> Result<T, UploadError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| UploadError::Unreachable(crate::scrub::scrub_ips(&e.to_string())))?;
+    let (status, bytes) = read_capped(resp).await?;
+    if !(200..300).contains(&status) {
+        return Err(refused(status, &bytes));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| UploadError::Refused {
+        status,
+        message: format!("unexpected answer: {e}"),
+    })
 }
 
 async fn read_capped(mut resp: reqwest::Response) -> Result<(u16, Vec<u8>), UploadError> {

@@ -62,19 +62,11 @@ pub async fn query_network(name: &str, cfg: &MeasureConfig, t0: Instant) -> Vec<
     let Some(server) = network_resolver_addr(&cfg.resolver) else {
         return types
             .iter()
-            .map(|qt| DnsObservation {
-                role: ResolverRole::Network,
-                transport: "udp".into(),
-                resolver: "none".into(),
-                query: name.to_string(),
-                query_type: *qt,
-                t_ms: ms_since(t0),
-                duration_ms: 0.0,
-                failure: Some(Failure::NetworkOffline),
-                rcode: None,
-                answers: vec![],
-                cnames: vec![],
-                late_responses: vec![],
+            .map(|qt| {
+                let mut obs =
+                    observation(ResolverRole::Network, "udp", "none".into(), name, *qt, t0);
+                obs.failure = Some(Failure::NetworkOffline);
+                obs
             })
             .collect();
     };
@@ -93,20 +85,7 @@ pub async fn query_udp(
     cfg: &MeasureConfig,
     t0: Instant,
 ) -> DnsObservation {
-    let mut obs = DnsObservation {
-        role,
-        transport: "udp".into(),
-        resolver: server.to_string(),
-        query: name.to_string(),
-        query_type: qtype,
-        t_ms: ms_since(t0),
-        duration_ms: 0.0,
-        failure: None,
-        rcode: None,
-        answers: vec![],
-        cnames: vec![],
-        late_responses: vec![],
-    };
+    let mut obs = observation(role, "udp", server.to_string(), name, qtype, t0);
     let start = Instant::now();
     let (id, wire) = match build_query(name, qtype) {
         Ok(q) => q,
@@ -428,20 +407,14 @@ impl ControlResolver {
 
     /// Resolve `name` (A records) through the control resolver.
     pub async fn query(&self, name: &str, cfg: &MeasureConfig, t0: Instant) -> DnsObservation {
-        let mut obs = DnsObservation {
-            role: ResolverRole::Control,
-            transport: self.transport.into(),
-            resolver: self.label.clone(),
-            query: name.to_string(),
-            query_type: QueryType::A,
-            t_ms: ms_since(t0),
-            duration_ms: 0.0,
-            failure: None,
-            rcode: None,
-            answers: vec![],
-            cnames: vec![],
-            late_responses: vec![],
-        };
+        let mut obs = observation(
+            ResolverRole::Control,
+            self.transport,
+            self.label.clone(),
+            name,
+            QueryType::A,
+            t0,
+        );
         let start = Instant::now();
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         let res = tokio::time::timeout(
@@ -490,6 +463,31 @@ impl ControlResolver {
             }
         }
         obs
+    }
+}
+
+/// A query observation before anything happened.
+fn observation(
+    role: ResolverRole,
+    transport: &str,
+    resolver: String,
+    name: &str,
+    query_type: QueryType,
+    t0: Instant,
+) -> DnsObservation {
+    DnsObservation {
+        role,
+        transport: transport.into(),
+        resolver,
+        query: name.to_string(),
+        query_type,
+        t_ms: ms_since(t0),
+        duration_ms: 0.0,
+        failure: None,
+        rcode: None,
+        answers: vec![],
+        cnames: vec![],
+        late_responses: vec![],
     }
 }
 
