@@ -1,9 +1,12 @@
 //! A volunteer's probe: its own home directory (credentials, spool), source address and config
 //! file, running the real `witness` binary against a [`World`].
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+
+use witness_probe::model::{Measurement, Method, Status};
 
 use crate::bins::witness_bin;
 use crate::world::World;
@@ -100,4 +103,45 @@ pub fn ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An expected verdict: (domain, status, method).
+pub type Expected<'a> = (&'a str, Status, Option<Method>);
+
+/// Every expected verdict that `by_domain` does not match, one line each with the verdict's
+/// reason and evidence (empty when all match).
+pub fn verdict_mismatches(
+    by_domain: &HashMap<String, Measurement>,
+    expected: &[Expected<'_>],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (domain, status, method) in expected {
+        let Some(m) = by_domain.get(*domain) else {
+            out.push(format!("{domain}: no measurement"));
+            continue;
+        };
+        if m.verdict.status != *status || m.verdict.method != *method {
+            out.push(format!(
+                "{domain}: expected {status:?}/{method:?}, got {:?}/{:?}: {} {:?} control_failure={:?}",
+                m.verdict.status,
+                m.verdict.method,
+                m.verdict.reason,
+                m.verdict.evidence,
+                m.control_failure
+            ));
+        }
+    }
+    out
+}
+
+/// `[control]` for a loopback lab: the world's honest resolver and CA, private targets allowed,
+/// short step timeouts; `anonymous` also accepts requests without a probe token.
+pub fn lab_control_section(world: &World, anonymous: bool) -> String {
+    format!(
+        "[control]\nallow_anonymous = {anonymous}\nallow_private = true\n\
+         lab_public_ranges = [\"127.0.0.0/8\"]\nresolver = \"{}\"\n\
+         extra_ca_files = [\"{}\"]\nstep_timeout_secs = 3.0\n",
+        world.control_resolver(),
+        world.ca_file().display()
+    )
 }

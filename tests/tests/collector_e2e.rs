@@ -11,7 +11,7 @@ use witness_probe::model::{
 };
 use witness_tests::collector::get;
 use witness_tests::origin::Policy;
-use witness_tests::volunteer::{anchor_of, ok, Probe};
+use witness_tests::volunteer::{anchor_of, lab_control_section, ok, Probe};
 use witness_tests::{Behaviour, CollectorProcess, Site, WebhookReceiver, World, CENSORED_SOURCE};
 
 const ASN: u32 = 64500;
@@ -31,15 +31,6 @@ fn events(collector: &CollectorProcess) -> Vec<Value> {
 
 fn anchor(world: &World) -> String {
     anchor_of(world, "fine.test")
-}
-
-fn lab_control(world: &World) -> String {
-    format!(
-        "[control]\nallow_private = true\nlab_public_ranges = [\"127.0.0.0/8\"]\n\
-         resolver = \"{}\"\nextra_ca_files = [\"{}\"]\nstep_timeout_secs = 3.0\n",
-        world.control_resolver(),
-        world.ca_file().display()
-    )
 }
 
 #[test]
@@ -62,7 +53,7 @@ fn two_probes_raise_one_block_event_and_one_webhook_then_unblock() {
     let dir = tempfile::tempdir().unwrap();
     let sections = format!(
         "{}\n[webhook]\nurls = [\"{}\"]\nformat = \"generic\"\ninitial_backoff = \"100ms\"\n",
-        lab_control(&world),
+        lab_control_section(&world, false),
         hook.url
     );
     let collector = CollectorProcess::start(dir.path(), &sections).unwrap();
@@ -323,7 +314,7 @@ fn a_probe_delivers_everything_once_its_collector_is_back() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let (config, db) = collector_on(dir.path(), port, &lab_control(&world));
+    let (config, db) = collector_on(dir.path(), port, &lab_control_section(&world, false));
     let mut collector = CollectorProcess::start_with(&config, &db).unwrap();
     let probe = Probe::new(
         &world,
@@ -365,7 +356,7 @@ fn the_daemon_measures_through_a_shutdown_and_backfills_with_original_times() {
     let port = free_port();
     let sections = format!(
         "{}\n[aggregation]\nmin_probes = 1\nmin_measurements = 1\n",
-        lab_control(&world)
+        lab_control_section(&world, false)
     );
     let (config, db) = collector_on(dir.path(), port, &sections);
     let mut collector = CollectorProcess::start_with(&config, &db).unwrap();

@@ -14,7 +14,7 @@ use witness_tests::bins::workspace_root;
 use witness_tests::dashboards::{dashboard_queries, load_dashboards, substitute_variables};
 use witness_tests::origin::{Policy, Rule};
 use witness_tests::promstack::{copy_dir, require_tool, Alertmanager, Prometheus};
-use witness_tests::volunteer::{anchor_of, ok, Probe};
+use witness_tests::volunteer::{anchor_of, lab_control_section, ok, Probe};
 use witness_tests::{Behaviour, CollectorProcess, Site, WebhookReceiver, World, CENSORED_SOURCE};
 
 /// Panels whose metric only has samples after something goes wrong (a webhook failing, a record
@@ -30,15 +30,6 @@ const QUIET_WHEN_HEALTHY: &[&str] = &[
     "offset 1d",
     "== 0",
 ];
-
-fn lab_control(world: &World) -> String {
-    format!(
-        "[control]\nallow_private = true\nlab_public_ranges = [\"127.0.0.0/8\"]\n\
-         resolver = \"{}\"\nextra_ca_files = [\"{}\"]\nstep_timeout_secs = 3.0\n",
-        world.control_resolver(),
-        world.ca_file().display()
-    )
-}
 
 #[test]
 fn dashboards_and_the_new_block_alert_work_on_real_data() {
@@ -71,7 +62,8 @@ fn dashboards_and_the_new_block_alert_work_on_real_data() {
         .start()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let collector = CollectorProcess::start(dir.path(), &lab_control(&world)).unwrap();
+    let collector =
+        CollectorProcess::start(dir.path(), &lab_control_section(&world, false)).unwrap();
     let anchor = anchor_of(&world, "fine.test");
     let list = world.write_list("list.csv").unwrap();
     let probes: Vec<Probe> = [CENSORED_SOURCE, second]

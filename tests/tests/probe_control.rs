@@ -9,21 +9,11 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use witness_probe::model::{Measurement, Method, Status};
+use witness_tests::volunteer::{lab_control_section, verdict_mismatches};
 use witness_tests::{
     witness_bin, Behaviour, CollectorProcess, DnsBehaviour, Page, Site, SiteDns, World,
     CENSORED_SOURCE,
 };
-
-/// `[control]` for a loopback lab: the world's honest resolver and CA, private targets allowed.
-pub fn lab_control_section(world: &World) -> String {
-    format!(
-        "[control]\nallow_anonymous = true\nallow_private = true\n\
-         lab_public_ranges = [\"127.0.0.0/8\"]\nresolver = \"{}\"\n\
-         extra_ca_files = [\"{}\"]\nstep_timeout_secs = 3.0\n",
-        world.control_resolver(),
-        world.ca_file().display()
-    )
-}
 
 fn run_with_control(world: &World, control_url: &str) -> HashMap<String, Measurement> {
     let list = world.write_list("list.csv").unwrap();
@@ -96,7 +86,8 @@ fn verdicts_with_the_collector_as_control() {
         .start()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let collector = CollectorProcess::start(dir.path(), &lab_control_section(&world)).unwrap();
+    let collector =
+        CollectorProcess::start(dir.path(), &lab_control_section(&world, true)).unwrap();
     let by_domain = run_with_control(&world, &collector.url);
 
     use Status::*;
@@ -115,25 +106,15 @@ fn verdicts_with_the_collector_as_control() {
         ("rewritten.test", Blocked, Some(Method::Http)),
         ("forbidden.test", Accessible, None),
     ];
-    let mut mismatches = Vec::new();
-    for (domain, status, method) in expected {
+    for (domain, ..) in expected {
         let m = &by_domain[*domain];
-        if m.verdict.status != *status || m.verdict.method != *method {
-            mismatches.push(format!(
-                "{domain}: expected {status:?}/{method:?}, got {:?}/{:?}: {} {:?} control_failure={:?}",
-                m.verdict.status,
-                m.verdict.method,
-                m.verdict.reason,
-                m.verdict.evidence,
-                m.control_failure
-            ));
-        }
         assert!(
             m.control.is_some(),
             "{domain}: no control ({:?})",
             m.control_failure
         );
     }
+    let mismatches = verdict_mismatches(&by_domain, expected);
     assert!(
         mismatches.is_empty(),
         "verdict mismatches:\n{}",

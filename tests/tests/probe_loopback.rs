@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use witness_probe::model::{Measurement, Method, Status};
+use witness_tests::volunteer::verdict_mismatches;
 use witness_tests::{
     witness_bin, Behaviour, DnsBehaviour, Page, Site, SiteDns, World, CENSORED_SOURCE,
 };
@@ -183,22 +184,7 @@ fn verdicts_from_local_evidence_without_control() {
         .cloned()
         .chain([(idn.as_str(), Accessible, None)])
         .collect();
-    let mut mismatches = Vec::new();
-    for (domain, status, method) in &expected {
-        let Some(m) = by_domain.get(*domain) else {
-            mismatches.push(format!(
-                "{domain}: no measurement (have {:?})",
-                by_domain.keys()
-            ));
-            continue;
-        };
-        if m.verdict.status != *status || m.verdict.method != *method {
-            mismatches.push(format!(
-                "{domain}: expected {status:?}/{method:?}, got {:?}/{:?}: {} {:?}",
-                m.verdict.status, m.verdict.method, m.verdict.reason, m.verdict.evidence
-            ));
-        }
-    }
+    let mismatches = verdict_mismatches(&by_domain, &expected);
     assert!(
         mismatches.is_empty(),
         "verdict mismatches:\n{}",
