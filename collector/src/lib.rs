@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod store;
 pub mod tokens;
+pub mod ui;
 pub mod validate;
 pub mod webhook;
 

@@ -30,6 +30,30 @@ impl Probe {
         collector_url: &str,
         anchor: &str,
     ) -> Probe {
+        Self::with_sections(world, source, asn, collector_url, anchor, "")
+    }
+
+    /// A probe on a network that is cut off: its only anchor and its control are `dead`, a
+    /// `host:port` where nothing listens, so every verdict is `offline`.
+    pub fn cut_off(
+        world: &World,
+        source: IpAddr,
+        asn: u32,
+        collector_url: &str,
+        dead: &str,
+    ) -> Probe {
+        let control = format!("[control]\nurl = \"http://{dead}/\"\n");
+        Self::with_sections(world, source, asn, collector_url, dead, &control)
+    }
+
+    fn with_sections(
+        world: &World,
+        source: IpAddr,
+        asn: u32,
+        collector_url: &str,
+        anchor: &str,
+        extra: &str,
+    ) -> Probe {
         let home = tempfile::tempdir().expect("temp dir");
         let config = home.path().join("witness.toml");
         let text = format!(
@@ -39,6 +63,7 @@ impl Probe {
              [network]\nresolver = \"{resolver}\"\ncontrol_resolver = \"none\"\n\
              source_address = \"{source}\"\nextra_ca_files = [\"{ca}\"]\n\
              lab_public_ranges = [\"127.0.0.0/8\"]\nanchors = [\"{anchor}\"]\n\
+             {extra}\
              [collector]\nurl = \"{collector_url}\"\nspool_dir = \"{spool}\"\n",
             resolver = world.probe_resolver(),
             ca = world.ca_file().display(),
@@ -46,6 +71,14 @@ impl Probe {
         );
         std::fs::write(&config, text).expect("write probe config");
         Probe { home, config }
+    }
+
+    /// One run of `list`, uploaded; the measurements it printed.
+    pub fn run_and_upload(&self, list: &str) -> Vec<Measurement> {
+        ok(&self.witness(&["run", "--list", list, "--upload", "--json", "--no-progress"]))
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a measurement per line"))
+            .collect()
     }
 
     /// The spool directory.

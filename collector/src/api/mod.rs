@@ -26,6 +26,7 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .merge(register::router())
         .merge(control::router())
         .merge(read::router())
+        .merge(crate::ui::router())
         // Upload (POST) and raw export (GET) share a path.
         .route(
             "/api/v1/measurements",
