@@ -141,8 +141,9 @@ impl Default for IngestConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` or a plain path. Default `sqlite://witness-collector.db` (relative to
-    /// the working directory). PostgreSQL URLs are reserved for a later store.
+    /// `sqlite://PATH` or a plain path (one collector), or `postgres://USER:PASSWORD@HOST/DB`
+    /// (any number of collectors sharing one database; see `docs/scaling.md`). Default
+    /// `sqlite://witness-collector.db` (relative to the working directory).
     pub url: String,
     /// Connection pool size. Default 8.
     pub max_connections: u32,

@@ -4,6 +4,12 @@
 //! shutdowns) is re-evaluated at the times of the new measurements: the store supplies the
 //! series and the state of the events, the pure rule decides, and the store applies each
 //! decision atomically (unique open event, notification queued in the same transaction).
+//!
+//! Several collectors may evaluate the same key at once (one database, many replicas, or just
+//! concurrent uploads). Each decision carries the key's last decision time it was computed
+//! from, and the store applies it only if that is still the latest (compare-and-set in the
+//! database). A refused decision means another writer changed the key: the key is read and
+//! evaluated again, so every transition is decided from the state it changes, exactly once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +24,19 @@ use crate::metrics::Metrics;
 use crate::store::{
     CloseEvent, EventKey, EventState, MeasurementRecord, NewEvent, Store, StoreResult,
 };
+
+/// Attempts at evaluating one site or network while other writers keep changing its events;
+/// after that the periodic sweep takes over.
+const MAX_ATTEMPTS: usize = 5;
+
+/// Result of one evaluation pass over one site or network.
+#[derive(Default)]
+struct Pass {
+    /// Transitions applied.
+    applied: usize,
+    /// A decision was refused because the key changed underneath: evaluate again.
+    stale: bool,
+}
 
 /// What a batch touched.
 #[derive(Clone, Debug, Default)]
@@ -133,8 +152,26 @@ impl Evaluator {
     }
 
     async fn evaluate_site(&self, domain: &str, asn: u32, t: &Touch) -> StoreResult<usize> {
+        let mut n = 0;
+        for _ in 0..MAX_ATTEMPTS {
+            let pass = self.evaluate_site_once(domain, asn, t).await?;
+            n += pass.applied;
+            if !pass.stale {
+                return Ok(n);
+            }
+        }
+        tracing::warn!(
+            domain,
+            asn,
+            "events of this site kept changing under evaluation; the sweep will finish it"
+        );
+        Ok(n)
+    }
+
+    async fn evaluate_site_once(&self, domain: &str, asn: u32, t: &Touch) -> StoreResult<Pass> {
+        let mut pass = Pass::default();
         let Some(first) = t.times.iter().min().copied() else {
-            return Ok(0);
+            return Ok(pass);
         };
         let since = first - self.params.window;
         let series = self.store.site_series(domain, asn, since).await?;
@@ -145,7 +182,7 @@ impl Evaluator {
                 .chain(series.iter().map(|o| o.at).max()),
         );
         let Some(last) = anchors.last().copied() else {
-            return Ok(0);
+            return Ok(pass);
         };
         let states = self
             .store
@@ -157,10 +194,9 @@ impl Evaluator {
             .filter_map(|s| s.method);
         let methods = aggregate::methods_to_evaluate(&series, open_methods);
         if methods.is_empty() {
-            return Ok(0);
+            return Ok(pass);
         }
         let asn_probes = self.store.network_probe_count(asn, since, last).await?;
-        let mut n = 0;
         for method in methods {
             let state = key_state(&states, Some(method));
             let decisions = aggregate::replay(&anchors, state, |anchor, open| {
@@ -172,16 +208,32 @@ impl Evaluator {
                 asn,
                 method: Some(method),
             };
-            for d in decisions {
-                n += usize::from(self.apply(&key, t, d).await?);
-            }
+            self.apply_all(&key, t, state.floor, decisions, &mut pass)
+                .await?;
         }
-        Ok(n)
+        Ok(pass)
     }
 
     async fn evaluate_network(&self, asn: u32, t: &Touch) -> StoreResult<usize> {
+        let mut n = 0;
+        for _ in 0..MAX_ATTEMPTS {
+            let pass = self.evaluate_network_once(asn, t).await?;
+            n += pass.applied;
+            if !pass.stale {
+                return Ok(n);
+            }
+        }
+        tracing::warn!(
+            asn,
+            "shutdown events of this network kept changing under evaluation; the sweep will finish it"
+        );
+        Ok(n)
+    }
+
+    async fn evaluate_network_once(&self, asn: u32, t: &Touch) -> StoreResult<Pass> {
+        let mut pass = Pass::default();
         let Some(first) = t.times.iter().min().copied() else {
-            return Ok(0);
+            return Ok(pass);
         };
         let states = self
             .store
@@ -190,7 +242,7 @@ impl Evaluator {
         let state = key_state(&states, None);
         // Without an offline report and without an open shutdown there is nothing to decide.
         if !t.offline && state.open_since.is_none() {
-            return Ok(0);
+            return Ok(pass);
         }
         let mut since = first - self.params.window;
         if let Some(open) = state.open_since {
@@ -212,16 +264,46 @@ impl Evaluator {
             asn,
             method: None,
         };
-        let mut n = 0;
-        for d in decisions {
-            n += usize::from(self.apply(&key, t, d).await?);
-        }
-        Ok(n)
+        self.apply_all(&key, t, state.floor, decisions, &mut pass)
+            .await?;
+        Ok(pass)
     }
 
-    /// Apply one decision; `false` when the store found it already applied by someone else.
-    async fn apply(&self, key: &EventKey, t: &Touch, d: Decision) -> StoreResult<bool> {
-        let (event, transition) = match d {
+    /// Apply a key's decisions in order, each from the floor the previous one left; stop at
+    /// the first one the store refuses (the key changed underneath) and mark the pass stale.
+    async fn apply_all(
+        &self,
+        key: &EventKey,
+        t: &Touch,
+        mut floor: Option<DateTime<Utc>>,
+        decisions: Vec<Decision>,
+        pass: &mut Pass,
+    ) -> StoreResult<()> {
+        for d in decisions {
+            match self.apply(key, t, floor, d).await? {
+                Some(decided_at) => {
+                    pass.applied += 1;
+                    floor = Some(decided_at);
+                }
+                None => {
+                    pass.stale = true;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply one decision made from `floor`; returns its decision time, or `None` when the
+    /// store refused it because the key changed since `floor` (someone else decided first).
+    async fn apply(
+        &self,
+        key: &EventKey,
+        t: &Touch,
+        floor: Option<DateTime<Utc>>,
+        d: Decision,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        let event = match d {
             Decision::Open {
                 started_at,
                 decided_at,
@@ -234,10 +316,11 @@ impl Evaluator {
                     category: t.category.clone(),
                     started_at,
                     decided_at,
+                    floor,
                     evidence,
                 };
                 let ev = self.store.open_event(&new, &self.webhook_urls).await?;
-                (ev, Transition::of(key.kind, true))
+                (ev, Transition::of(key.kind, true), decided_at)
             }
             Decision::Close {
                 ended_at,
@@ -248,14 +331,16 @@ impl Evaluator {
                     key: key.clone(),
                     ended_at,
                     decided_at,
+                    floor,
                     evidence,
                 };
                 let ev = self.store.close_event(&close, &self.webhook_urls).await?;
-                (ev, Transition::of(key.kind, false))
+                (ev, Transition::of(key.kind, false), decided_at)
             }
         };
+        let (event, transition, decided_at) = event;
         let Some(event) = event else {
-            return Ok(false);
+            return Ok(None);
         };
         self.metrics.event(transition);
         tracing::info!(
@@ -270,7 +355,7 @@ impl Evaluator {
         if !self.webhook_urls.is_empty() {
             self.wake.notify_one();
         }
-        Ok(true)
+        Ok(Some(decided_at))
     }
 }
 

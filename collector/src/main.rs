@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let store = store::open(&config.store)
         .await
-        .with_context(|| format!("opening the store {}", config.store.url))?;
+        .with_context(|| format!("opening the store {}", store::redacted(&config.store.url)))?;
     match cli.command {
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(config.server.listen)

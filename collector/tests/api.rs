@@ -1,19 +1,19 @@
 //! The HTTP API end to end: registration, uploads, errors, read API, control.
 
+#[macro_use]
 mod common;
 
 use std::io::Write;
 
 use chrono::{TimeDelta, Utc};
-use common::{measurement, spawn, test_config};
+use common::{measurement, spawn_on, test_config, Db};
 use serde_json::{json, Value};
 use witness_collector::config::Registration;
 use witness_collector::tokens;
 use witness_probe::model::{Method, Status};
 
-#[tokio::test]
-async fn health_says_ok_with_version() {
-    let app = spawn(test_config()).await;
+async fn health_says_ok_with_version(db: Db) {
+    let app = spawn_on(db, test_config()).await;
     let v = app.get_json("/api/v1/health").await;
     assert_eq!(v["status"], "ok");
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
@@ -27,11 +27,10 @@ async fn health_says_ok_with_version() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn registration_by_invite() {
+async fn registration_by_invite(db: Db) {
     let mut cfg = test_config();
     cfg.server.registration = Registration::Invite;
-    let app = spawn(cfg).await;
+    let app = spawn_on(db, cfg).await;
     let register = |body: Value| {
         app.client
             .post(app.url("/api/v1/register"))
@@ -56,12 +55,11 @@ async fn registration_by_invite() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn open_registration_is_rate_limited() {
+async fn open_registration_is_rate_limited(db: Db) {
     let mut cfg = test_config();
     cfg.server.register_burst = 2;
     cfg.server.register_per_hour = 1;
-    let app = spawn(cfg).await;
+    let app = spawn_on(db, cfg).await;
     app.register().await;
     app.register().await;
     let r = app
@@ -75,9 +73,8 @@ async fn open_registration_is_rate_limited() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn batch_with_good_malformed_duplicate_and_future_records() {
-    let app = spawn(test_config()).await;
+async fn batch_with_good_malformed_duplicate_and_future_records(db: Db) {
+    let app = spawn_on(db, test_config()).await;
     let (_, token) = app.register().await;
     let now = Utc::now();
     let earlier = measurement("example.org", 9198, Status::Accessible, None, now);
@@ -147,11 +144,10 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-#[tokio::test]
-async fn gzip_upload_and_zip_bomb() {
+async fn gzip_upload_and_zip_bomb(db: Db) {
     let mut cfg = test_config();
     cfg.server.max_body_bytes = 64 * 1024;
-    let app = spawn(cfg).await;
+    let app = spawn_on(db, cfg).await;
     let (_, token) = app.register().await;
     let m = measurement("example.org", 9198, Status::Accessible, None, Utc::now());
     let body = serde_json::to_vec(&json!({ "measurements": [m] })).unwrap();
@@ -183,12 +179,11 @@ async fn gzip_upload_and_zip_bomb() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn client_mistakes_get_clear_4xx() {
+async fn client_mistakes_get_clear_4xx(db: Db) {
     let mut cfg = test_config();
     cfg.server.max_body_bytes = 4096;
     cfg.ingest.max_batch = 2;
-    let app = spawn(cfg).await;
+    let app = spawn_on(db, cfg).await;
     let (probe_id, token) = app.register().await;
     let post = |token: Option<&str>, ct: &str, body: Vec<u8>| {
         let mut r = app
@@ -265,12 +260,11 @@ async fn client_mistakes_get_clear_4xx() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn uploads_are_rate_limited_per_probe() {
+async fn uploads_are_rate_limited_per_probe(db: Db) {
     let mut cfg = test_config();
     cfg.ingest.upload_burst = 2;
     cfg.ingest.uploads_per_minute = 1;
-    let app = spawn(cfg).await;
+    let app = spawn_on(db, cfg).await;
     let (_, a) = app.register().await;
     let (_, b) = app.register().await;
     app.upload(&a, &[]).await;
@@ -281,9 +275,8 @@ async fn uploads_are_rate_limited_per_probe() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn read_api_json_and_csv() {
-    let app = spawn(test_config()).await;
+async fn read_api_json_and_csv(db: Db) {
+    let app = spawn_on(db, test_config()).await;
     let (_, t1) = app.register().await;
     let (_, t2) = app.register().await;
     let now = Utc::now();
@@ -380,3 +373,14 @@ async fn read_api_json_and_csv() {
     }
     app.stop().await;
 }
+
+both_stores!(
+    health_says_ok_with_version,
+    registration_by_invite,
+    open_registration_is_rate_limited,
+    batch_with_good_malformed_duplicate_and_future_records,
+    gzip_upload_and_zip_bomb,
+    client_mistakes_get_clear_4xx,
+    uploads_are_rate_limited_per_probe,
+    read_api_json_and_csv,
+);

@@ -1,6 +1,7 @@
 //! `POST /api/v1/control`: auth, refusals, the concurrency cap, and a real measurement of a
 //! local lab server.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;

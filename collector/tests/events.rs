@@ -1,9 +1,10 @@
 //! New-block, unblock and shutdown events end to end, with a webhook receiver.
 
+#[macro_use]
 mod common;
 
 use chrono::{TimeDelta, Utc};
-use common::{measurement, spawn, test_config, webhook_receiver};
+use common::{measurement, spawn_on, test_config, webhook_receiver, Db};
 use serde_json::Value;
 use witness_collector::config::WebhookFormat;
 use witness_collector::metrics;
@@ -12,12 +13,11 @@ use witness_probe::model::{Method, Status};
 const SITE: &str = "www.currenttime.tv";
 const ASN: u32 = 9198;
 
-#[tokio::test]
-async fn three_probes_blocked_then_accessible_make_one_event_and_resolve_it() {
+async fn three_probes_blocked_then_accessible_make_one_event_and_resolve_it(db: Db) {
     let hook = webhook_receiver().await;
     let mut cfg = test_config();
     cfg.webhook.urls = vec![hook.url.clone()];
-    let app = spawn(cfg).await;
+    let app = spawn_on(db, cfg).await;
     let mut tokens = Vec::new();
     for _ in 0..3 {
         tokens.push(app.register().await.1);
@@ -118,13 +118,12 @@ async fn three_probes_blocked_then_accessible_make_one_event_and_resolve_it() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn offline_reports_make_a_shutdown_not_blocks() {
+async fn offline_reports_make_a_shutdown_not_blocks(db: Db) {
     let hook = webhook_receiver().await;
     let mut cfg = test_config();
     cfg.webhook.urls = vec![hook.url.clone()];
     cfg.webhook.format = WebhookFormat::Generic;
-    let app = spawn(cfg).await;
+    let app = spawn_on(db, cfg).await;
     let t0 = Utc::now() - TimeDelta::days(1);
     let sites = ["www.facebook.com", "www.instagram.com", "www.youtube.com"];
     let mut tokens = Vec::new();
@@ -185,8 +184,7 @@ async fn offline_reports_make_a_shutdown_not_blocks() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn webhook_failures_are_retried_from_the_outbox() {
+async fn webhook_failures_are_retried_from_the_outbox(db: Db) {
     // Nothing listens on the hook at first: deliveries fail and are retried with backoff.
     let spare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = spare.local_addr().unwrap();
@@ -194,7 +192,7 @@ async fn webhook_failures_are_retried_from_the_outbox() {
     let mut cfg = test_config();
     cfg.webhook.urls = vec![format!("http://{addr}/hook")];
     cfg.webhook.max_attempts = 1000;
-    let app = spawn(cfg).await;
+    let app = spawn_on(db, cfg).await;
     let (_, a) = app.register().await;
     let (_, b) = app.register().await;
     let t0 = Utc::now() - TimeDelta::hours(1);
@@ -260,9 +258,8 @@ async fn webhook_failures_are_retried_from_the_outbox() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn sweep_catches_up_on_measurements_stored_without_evaluation() {
-    let app = spawn(test_config()).await;
+async fn sweep_catches_up_on_measurements_stored_without_evaluation(db: Db) {
+    let app = spawn_on(db, test_config()).await;
     let now = Utc::now();
     // As if the collector crashed between commit and evaluation.
     for i in 0..2 {
@@ -308,3 +305,10 @@ async fn sweep_catches_up_on_measurements_stored_without_evaluation() {
     assert_eq!(events["events"][0]["method"], "http");
     app.stop().await;
 }
+
+both_stores!(
+    three_probes_blocked_then_accessible_make_one_event_and_resolve_it,
+    offline_reports_make_a_shutdown_not_blocks,
+    webhook_failures_are_retried_from_the_outbox,
+    sweep_catches_up_on_measurements_stored_without_evaluation,
+);

@@ -1,18 +1,19 @@
 //! `/metrics`: names through the shared constants, bounded labels, stale series vanish, and
 //! `promtool check metrics` when promtool is installed.
 
+#[macro_use]
 mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use chrono::{TimeDelta, Utc};
-use common::{measurement, spawn, test_config};
+use common::{measurement, spawn_on, test_config, Db};
 use witness_collector::{metrics, store, AppState};
 use witness_probe::model::{Method, Status};
 
-async fn populated() -> common::TestApp {
-    let app = spawn(test_config()).await;
+async fn populated(db: Db) -> common::TestApp {
+    let app = spawn_on(db, test_config()).await;
     let (_, a) = app.register().await;
     let (_, b) = app.register().await;
     let now = Utc::now();
@@ -52,9 +53,8 @@ async fn populated() -> common::TestApp {
     app
 }
 
-#[tokio::test]
-async fn every_metric_is_exposed_with_bounded_labels() {
-    let app = populated().await;
+async fn every_metric_is_exposed_with_bounded_labels(db: Db) {
+    let app = populated(db).await;
     let text = app.get_text("/metrics").await;
     for name in metrics::ALL {
         assert!(
@@ -94,9 +94,8 @@ async fn every_metric_is_exposed_with_bounded_labels() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn promtool_accepts_the_output() {
-    let app = populated().await;
+async fn promtool_accepts_the_output(db: Db) {
+    let app = populated(db).await;
     let text = app.get_text("/metrics").await;
     app.stop().await;
     let child = Command::new("promtool")
@@ -129,11 +128,10 @@ async fn promtool_accepts_the_output() {
     );
 }
 
-#[tokio::test]
-async fn separate_metrics_listener() {
-    let dir = tempfile::tempdir().unwrap();
+async fn separate_metrics_listener(db: Db) {
+    let (url, _guard) = common::fresh_store(db);
     let mut cfg = test_config();
-    cfg.store.url = dir.path().join("m.db").display().to_string();
+    cfg.store.url = url;
     let st = store::open(&cfg.store).await.unwrap();
     let state = AppState::new(cfg, st).unwrap();
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -171,3 +169,9 @@ async fn separate_metrics_listener() {
     let _ = tx.send(());
     server.await.unwrap().unwrap();
 }
+
+both_stores!(
+    every_metric_is_exposed_with_bounded_labels,
+    promtool_accepts_the_output,
+    separate_metrics_listener,
+);

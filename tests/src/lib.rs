@@ -11,7 +11,8 @@
 //! - [`origin`]: a TLS or cleartext HTTP/1.1 origin with per-site censorship behaviours;
 //! - [`world`]: a scenario builder tying them together on distinct loopback addresses;
 //! - [`bins`]: builds and locates the real binaries;
-//! - [`client`]: small clients for tests, bound to a chosen source address.
+//! - [`client`]: small clients for tests, bound to a chosen source address;
+//! - [`postgres`]: a real PostgreSQL server in a temporary directory, a database per test.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod dns;
 pub mod http;
 pub mod origin;
 pub mod pki;
+pub mod postgres;
 pub mod promstack;
 mod tasks;
 pub mod throttle;

@@ -1,18 +1,25 @@
-//! Storage behind one trait, so PostgreSQL can follow SQLite.
+//! Storage behind one trait: SQLite for one collector, PostgreSQL for several.
 //!
 //! The trait is shaped for a database shared by several collector processes: every decision
-//! that must be unique (one open event per key, one copy of a measurement, one use of an invite)
-//! is a single call that the implementation settles inside the database with a unique
-//! constraint or a transaction, never with in-process state. Notifications are written to an
-//! outbox in the same transaction as the event change they announce.
+//! that must be unique (one open event per key, one copy of a measurement, one use of an invite,
+//! one claim of an outbox row) is a single call that the implementation settles inside the
+//! database with a unique constraint, a lock or a transaction, never with in-process state.
+//! Event changes are compare-and-set on the key's last decision time ([`NewEvent::floor`]), so
+//! a decision computed from a state another collector has since changed is refused and
+//! recomputed. Notifications are written to an outbox in the same transaction as the event
+//! change they announce.
 
+pub mod postgres;
 pub mod sqlite;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use serde::Serialize;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 use uuid::Uuid;
 use witness_probe::model::{Method, Status};
 
@@ -32,21 +39,88 @@ pub enum StoreError {
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// The configured URL names a database this build cannot use.
-    #[error("unsupported store url {0:?}: use sqlite://PATH (PostgreSQL is not implemented yet)")]
+    #[error("unsupported store url {0:?}: use sqlite://PATH, a path, or postgres://...")]
     Unsupported(String),
 }
 
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Which implementation a store URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://PATH`, `sqlite:PATH` or a plain path.
+    Sqlite,
+    /// `postgres://...` or `postgresql://...`.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of `url`; an unknown scheme (`mysql://`, ...) is refused rather than taken
+    /// for a file name.
+    pub fn of(url: &str) -> StoreResult<Backend> {
+        let url = url.trim();
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if lower.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.contains("://")
+            || lower.starts_with("postgres:")
+            || lower.starts_with("postgresql:")
+        {
+            Err(StoreError::Unsupported(url.to_string()))
+        } else {
+            Ok(Backend::Sqlite)
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs and error messages.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url.trim()) {
+        Ok(mut u) if u.password().is_some() => {
+            // Only fails for URLs that cannot have a password, and this one has one.
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.trim().to_string(),
+    }
+}
+
 /// Open the store named by the configuration and run its migrations.
 pub async fn open(config: &StoreConfig) -> StoreResult<Arc<dyn Store>> {
     let url = config.url.trim();
-    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        return Err(StoreError::Unsupported(url.to_string()));
+    Ok(match Backend::of(url)? {
+        Backend::Postgres => {
+            Arc::new(postgres::PostgresStore::open(url, config.max_connections).await?)
+        }
+        Backend::Sqlite => Arc::new(sqlite::SqliteStore::open(url, config.max_connections).await?),
+    })
+}
+
+/// Migrations compiled into the binary, `(version, description, sql)`, as a sqlx source.
+#[derive(Debug)]
+pub(crate) struct Embedded(pub &'static [(i64, &'static str, &'static str)]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
     }
-    let store = sqlite::SqliteStore::open(url, config.max_connections).await?;
-    Ok(Arc::new(store))
 }
 
 /// A new invite token (only its hash is stored).
@@ -198,6 +272,10 @@ pub struct NewEvent {
     pub started_at: DateTime<Utc>,
     /// Evaluation time of the decision.
     pub decided_at: DateTime<Utc>,
+    /// The key's last decision time ([`EventState::floor`]) that this decision was computed
+    /// from. The store applies the decision only if it is still the latest, so a collector
+    /// working from a state that another one has changed meanwhile is told to re-evaluate.
+    pub floor: Option<DateTime<Utc>>,
     /// Evidence.
     pub evidence: Evidence,
 }
@@ -211,6 +289,8 @@ pub struct CloseEvent {
     pub ended_at: DateTime<Utc>,
     /// Evaluation time of the decision.
     pub decided_at: DateTime<Utc>,
+    /// As [`NewEvent::floor`].
+    pub floor: Option<DateTime<Utc>>,
     /// Evidence.
     pub evidence: Evidence,
 }
@@ -375,7 +455,9 @@ pub trait Store: Send + Sync + 'static {
     /// Presence runs of the probes of one network with `started_at > since`.
     async fn network_presence(&self, asn: u32, since: DateTime<Utc>) -> StoreResult<Vec<Presence>>;
 
-    /// Distinct probes that measured anything on a network in `[since, until]`.
+    /// Distinct probes that measured anything on a network in `[since, until]`, counted up to
+    /// 2: the event rule only asks whether a network has a single probe, and stopping at the
+    /// second one keeps this cheap on a busy network (it runs for every evaluated site).
     async fn network_probe_count(
         &self,
         asn: u32,
@@ -392,16 +474,18 @@ pub trait Store: Send + Sync + 'static {
         asn: u32,
     ) -> StoreResult<Vec<EventState>>;
 
-    /// Open an event and queue its notifications, atomically. `None` when an event is already
-    /// open for the key (the database arbitrates between concurrent writers).
+    /// Open an event and queue its notifications, atomically. `None`, and nothing changed, when
+    /// the key's latest decision time is no longer `event.floor` or an event is already open
+    /// for the key: another writer got there first (the database arbitrates), re-evaluate.
     async fn open_event(
         &self,
         event: &NewEvent,
         webhook_urls: &[String],
     ) -> StoreResult<Option<Event>>;
 
-    /// Close the open event of a key and queue its notifications, atomically. `None` when
-    /// nothing was open.
+    /// Close the open event of a key and queue its notifications, atomically. `None`, and
+    /// nothing changed, when nothing was open or the key's latest decision time is no longer
+    /// `close.floor`.
     async fn close_event(
         &self,
         close: &CloseEvent,

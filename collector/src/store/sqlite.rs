@@ -8,14 +8,12 @@
 //! Writes start with a write statement, so a transaction takes SQLite's write lock up front and
 //! waits (`busy_timeout`) instead of failing on a lock upgrade.
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -24,9 +22,9 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use witness_probe::model::Method;
 
 use super::{
-    CloseEvent, Event, EventState, Filter, HistoryRow, MeasurementRecord, NewEvent, NewInvite,
-    NewProbe, Notification, ProbeNetworkRow, RecentNetwork, RecentSite, Store, StoreError,
-    StoreResult, TokenInfo,
+    CloseEvent, Embedded, Event, EventState, Filter, HistoryRow, MeasurementRecord, NewEvent,
+    NewInvite, NewProbe, Notification, ProbeNetworkRow, RecentNetwork, RecentSite, Store,
+    StoreError, StoreResult, TokenInfo,
 };
 use crate::aggregate::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
 
@@ -36,28 +34,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     "init",
     include_str!("../../migrations/sqlite/0001_init.sql"),
 )];
-
-#[derive(Debug)]
-struct Embedded;
-
-impl MigrationSource<'static> for Embedded {
-    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
-        Box::pin(async {
-            Ok(MIGRATIONS
-                .iter()
-                .map(|(version, description, sql)| {
-                    Migration::new(
-                        *version,
-                        Cow::Borrowed(*description),
-                        MigrationType::Simple,
-                        Cow::Borrowed(*sql),
-                        false,
-                    )
-                })
-                .collect())
-        })
-    }
-}
 
 /// SQLite implementation of [`Store`].
 #[derive(Clone, Debug)]
@@ -100,6 +76,10 @@ fn evidence(s: &str) -> StoreResult<Evidence> {
 fn to_json(e: &Evidence) -> StoreResult<String> {
     serde_json::to_string(e).map_err(|e| StoreError::Corrupt(format!("evidence: {e}")))
 }
+
+/// The latest decision time of one key (binds: kind, domain, asn, method); NULL without events.
+const FLOOR_OF_KEY: &str = "SELECT MAX(MAX(f.open_decided_at, COALESCE(f.close_decided_at, 0))) \
+     FROM events f WHERE f.kind = ? AND f.domain = ? AND f.asn = ? AND f.method = ?";
 
 const EVENT_COLUMNS: &str = "id, kind, domain, asn, method, country, category, started_at, \
      ended_at, evidence, end_evidence";
@@ -187,12 +167,20 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Reads through a shared memory map instead of copying every page out of the OS
+            // cache into each connection's own small cache (2 MB by default): with a large
+            // database that copying dominated ingest (scripts/bench-collector.sh).
+            .pragma("mmap_size", "1073741824")
+            .pragma("cache_size", "-16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?;
-        Migrator::new(Embedded).await?.run(&pool).await?;
+        Migrator::new(Embedded(MIGRATIONS))
+            .await?
+            .run(&pool)
+            .await?;
         Ok(SqliteStore { pool })
     }
 
@@ -455,9 +443,25 @@ impl Store for SqliteStore {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> StoreResult<usize> {
+        // Without reading every row of the network in the window (a DISTINCT would): the
+        // earliest and the latest row, each one step down the (asn, started_at) index; if
+        // their probes differ, that is two. Only when they are the same probe, walk from the
+        // start for another one (at most the length of that probe's run).
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT probe_id) FROM measurements \
-             WHERE asn = ? AND started_at >= ? AND started_at <= ?",
+            "WITH first AS (SELECT probe_id FROM measurements \
+                   WHERE asn = ?1 AND started_at >= ?2 AND started_at <= ?3 \
+                   ORDER BY started_at LIMIT 1), \
+                  last AS (SELECT probe_id FROM measurements \
+                   WHERE asn = ?1 AND started_at >= ?2 AND started_at <= ?3 \
+                   ORDER BY started_at DESC LIMIT 1) \
+             SELECT CASE \
+               WHEN NOT EXISTS (SELECT 1 FROM first) THEN 0 \
+               WHEN (SELECT probe_id FROM first) <> (SELECT probe_id FROM last) THEN 2 \
+               ELSE 1 + (SELECT COUNT(*) FROM (SELECT 1 FROM measurements \
+                   WHERE asn = ?1 AND started_at >= ?2 AND started_at <= ?3 \
+                     AND probe_id <> (SELECT probe_id FROM first) \
+                   ORDER BY started_at LIMIT 1)) \
+             END",
         )
         .bind(i64::from(asn))
         .bind(ms(since))
@@ -498,12 +502,15 @@ impl Store for SqliteStore {
     async fn open_event(&self, ev: &NewEvent, urls: &[String]) -> StoreResult<Option<Event>> {
         let now = Utc::now();
         let mut tx = self.pool.begin().await?;
-        // The partial unique index `events_one_open` settles races between writers.
-        let res = sqlx::query(
+        // One statement under SQLite's write lock: inserted only if the key's last decision is
+        // still the one the decision was computed from; the partial unique index
+        // `events_one_open` backs up the one-open-event rule.
+        let res = sqlx::query(&format!(
             "INSERT INTO events (id, kind, domain, asn, method, country, category, started_at, \
-             open_decided_at, evidence, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT DO NOTHING",
-        )
+             open_decided_at, evidence, created_at) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE ({FLOOR_OF_KEY}) IS ? \
+             ON CONFLICT DO NOTHING"
+        ))
         .bind(&ev.id)
         .bind(ev.key.kind.as_str())
         .bind(ev.key.domain.as_deref().unwrap_or(""))
@@ -515,6 +522,11 @@ impl Store for SqliteStore {
         .bind(ms(ev.decided_at))
         .bind(to_json(&ev.evidence)?)
         .bind(ms(now))
+        .bind(ev.key.kind.as_str())
+        .bind(ev.key.domain.as_deref().unwrap_or(""))
+        .bind(i64::from(ev.key.asn))
+        .bind(ev.key.method.map_or("", |m| m.as_str()))
+        .bind(ev.floor.map(ms))
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
@@ -552,6 +564,7 @@ impl Store for SqliteStore {
             "UPDATE events SET ended_at = MAX(?, started_at), close_decided_at = ?, \
              end_evidence = ? \
              WHERE kind = ? AND domain = ? AND asn = ? AND method = ? AND ended_at IS NULL \
+               AND ({FLOOR_OF_KEY}) IS ? \
              RETURNING {EVENT_COLUMNS}"
         ))
         .bind(ms(c.ended_at))
@@ -561,6 +574,11 @@ impl Store for SqliteStore {
         .bind(c.key.domain.as_deref().unwrap_or(""))
         .bind(i64::from(c.key.asn))
         .bind(c.key.method.map_or("", |m| m.as_str()))
+        .bind(c.key.kind.as_str())
+        .bind(c.key.domain.as_deref().unwrap_or(""))
+        .bind(i64::from(c.key.asn))
+        .bind(c.key.method.map_or("", |m| m.as_str()))
+        .bind(c.floor.map(ms))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -873,127 +891,5 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::aggregate::Evidence;
-    use crate::store::EventKey;
-
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let s = SqliteStore::open(path.to_str().unwrap(), 4).await.unwrap();
-        (dir, s)
-    }
-
-    fn new_event(id: &str) -> NewEvent {
-        NewEvent {
-            id: id.into(),
-            key: EventKey {
-                kind: EventKind::NewBlock,
-                domain: Some("example.org".into()),
-                asn: 9198,
-                method: Some(Method::Tls),
-            },
-            country: Some("KZ".into()),
-            category: None,
-            started_at: Utc::now(),
-            decided_at: Utc::now(),
-            evidence: Evidence::default(),
-        }
-    }
-
-    #[tokio::test]
-    async fn one_open_event_per_key_is_enforced_by_the_database() {
-        let (_dir, s) = store().await;
-        let urls = vec!["http://hook.invalid/".to_string()];
-        assert!(s
-            .open_event(&new_event("e1"), &urls)
-            .await
-            .unwrap()
-            .is_some());
-        assert!(s
-            .open_event(&new_event("e2"), &urls)
-            .await
-            .unwrap()
-            .is_none());
-        let close = CloseEvent {
-            key: new_event("x").key,
-            ended_at: Utc::now(),
-            decided_at: Utc::now(),
-            evidence: Evidence::default(),
-        };
-        let closed = s.close_event(&close, &urls).await.unwrap().unwrap();
-        assert_eq!(closed.id, "e1");
-        assert!(s.close_event(&close, &urls).await.unwrap().is_none());
-        assert!(s
-            .open_event(&new_event("e3"), &urls)
-            .await
-            .unwrap()
-            .is_some());
-        // One notification per transition: open e1, close e1, open e3.
-        let now = Utc::now();
-        let due = s
-            .claim_notifications(now, now + chrono::TimeDelta::minutes(1), 10)
-            .await
-            .unwrap();
-        assert!(s
-            .claim_notifications(now, now, 10)
-            .await
-            .unwrap()
-            .is_empty());
-        let t: Vec<_> = due
-            .iter()
-            .map(|n| (n.event.id.as_str(), n.transition))
-            .collect();
-        assert_eq!(
-            t,
-            vec![
-                ("e1", Transition::NewBlock),
-                ("e1", Transition::Unblock),
-                ("e3", Transition::NewBlock)
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn invites_are_consumed_once() {
-        let (_dir, s) = store().await;
-        let now = Utc::now();
-        s.create_invite(&NewInvite {
-            id: "inv-1".into(),
-            token_hash: "h".into(),
-            note: None,
-            max_uses: 1,
-            expires_at: None,
-            created_at: now,
-        })
-        .await
-        .unwrap();
-        let probe = |id: &str| NewProbe {
-            id: id.into(),
-            token_hash: format!("t-{id}"),
-            created_at: now,
-        };
-        assert!(s
-            .register_probe(&probe("p1"), Some("h"), now)
-            .await
-            .unwrap());
-        assert!(!s
-            .register_probe(&probe("p2"), Some("h"), now)
-            .await
-            .unwrap());
-        assert!(!s
-            .register_probe(&probe("p3"), Some("nope"), now)
-            .await
-            .unwrap());
-        assert_eq!(s.authenticate("t-p1").await.unwrap().as_deref(), Some("p1"));
-        assert_eq!(s.authenticate("t-p2").await.unwrap(), None);
-        assert!(s.revoke("p1", now).await.unwrap());
-        assert_eq!(s.authenticate("t-p1").await.unwrap(), None);
-        assert!(!s.revoke("p1", now).await.unwrap());
     }
 }

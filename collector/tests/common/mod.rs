@@ -1,5 +1,8 @@
-//! Shared test harness: the whole app on port 0 with a fresh SQLite file per test.
-#![allow(dead_code)]
+//! Shared test harness: the whole app on port 0 with a fresh store per test, SQLite or a real
+//! PostgreSQL (a server per test process, a database per test; see
+//! `witness_tests::postgres`). `both_stores!(test_a, test_b)` runs each `async fn test_a(db:
+//! Db)` twice, as `test_a::sqlite` and `test_a::postgres`.
+#![allow(dead_code, unused_macros)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,13 +23,69 @@ use witness_probe::model::{
     SCHEMA_VERSION,
 };
 
+/// Which store a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    /// A fresh SQLite file.
+    Sqlite,
+    /// A fresh database on the test process's PostgreSQL server.
+    Postgres,
+}
+
+/// Runs each named `async fn NAME(db: Db)` as two tests, `NAME::sqlite` and `NAME::postgres`.
+/// The PostgreSQL one skips loudly when PostgreSQL is not installed (fails under
+/// `WITNESS_REQUIRE_TOOLS=1`).
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::common::Db::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if witness_tests::postgres::PgServer::available(concat!(
+                    module_path!(), "::postgres"
+                )) {
+                    super::$name($crate::common::Db::Postgres).await
+                }
+            }
+        }
+    )*};
+}
+
+/// Keeps a test's store alive (and removes it afterwards).
+pub enum StoreGuard {
+    /// The directory of the SQLite file.
+    Dir(tempfile::TempDir),
+    /// The PostgreSQL database (dropped with the guard).
+    Pg(witness_tests::postgres::PgDatabase),
+}
+
+/// A fresh, empty store location: its URL and the guard that removes it.
+pub fn fresh_store(db: Db) -> (String, StoreGuard) {
+    match db {
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("sqlite://{}", dir.path().join("collector.db").display());
+            (url, StoreGuard::Dir(dir))
+        }
+        Db::Postgres => {
+            let pg = witness_tests::postgres::fresh_database("collector store tests")
+                .expect("PostgreSQL is installed (checked by both_stores!)");
+            (pg.url.clone(), StoreGuard::Pg(pg))
+        }
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
+    /// Last: the store goes after everything that uses it.
+    _store: StoreGuard,
 }
 
 /// Defaults, with limits loose enough for tests and no background sweep.
@@ -40,9 +99,15 @@ pub fn test_config() -> Config {
     c
 }
 
-pub async fn spawn(mut config: Config) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
-    config.store.url = format!("sqlite://{}", dir.path().join("collector.db").display());
+/// The app on SQLite (tests that are not about the store).
+pub async fn spawn(config: Config) -> TestApp {
+    spawn_on(Db::Sqlite, config).await
+}
+
+/// The app on a fresh store of the given kind.
+pub async fn spawn_on(db: Db, mut config: Config) -> TestApp {
+    let (url, guard) = fresh_store(db);
+    config.store.url = url;
     let store = store::open(&config.store).await.expect("open store");
     let state = AppState::new(config, store).expect("state");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -61,7 +126,7 @@ pub async fn spawn(mut config: Config) -> TestApp {
         state,
         stop: Some(tx),
         task: Some(task),
-        _dir: dir,
+        _store: guard,
     }
 }
 

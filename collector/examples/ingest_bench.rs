@@ -1,0 +1,844 @@
+//! Collector ingest benchmark, against SQLite or PostgreSQL.
+//!
+//! Spawns the whole collector (the library's `serve`, as the binary runs it) on port 0 over a
+//! fresh store, registers a fleet of probes, then has many concurrent clients upload gzip
+//! batches of realistic measurements (DNS, TCP, TLS with a certificate chain, HTTP with
+//! headers, and the control's own observations: ~6 KB of JSON each), every batch from one
+//! probe, as probes upload their runs. Event evaluation runs after each upload, as in
+//! production. Reports throughput, request latency, database size per million measurements,
+//! and the `/metrics` render time with the series those measurements produce.
+//!
+//! ```sh
+//! cargo run --release -p witness-collector --example ingest_bench -- --store sqlite
+//! cargo run --release -p witness-collector --example ingest_bench -- --store postgres
+//! cargo run --release -p witness-collector --example ingest_bench -- --store postgres \
+//!     --url postgres://witness@db/bench   # an existing, empty database
+//! ```
+//!
+//! Without `--url`, SQLite uses a temporary file, and PostgreSQL a temporary server (the
+//! tests' fixture: `initdb` as the postgres user, durable settings: fsync and synchronous
+//! commit on). `scripts/bench-collector.sh` runs both; docs/scaling.md has the numbers.
+//! The last line of output is `RESULT {json}` for scripts.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, TimeDelta, Utc};
+use clap::{Parser, ValueEnum};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use uuid::Uuid;
+use witness_collector::config::HumanDuration;
+use witness_collector::store::NewProbe;
+use witness_collector::{auth, store, AppState, Config};
+use witness_probe::failure::Failure;
+use witness_probe::model::{
+    CertificateInfo, ConnectivitySummary, ControlResponse, DnsAnswer, DnsObservation,
+    HttpObservation, Measurement, Method, ProbeNetwork, QueryType, ResolverRole, Software, Status,
+    TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,
+};
+use witness_tests::postgres::{PgOptions, PgServer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Witness collector ingest benchmark")]
+struct Args {
+    /// Which store.
+    #[arg(long, value_enum)]
+    store: StoreKind,
+    /// Store URL (an empty database); default: a temporary SQLite file or PostgreSQL server.
+    #[arg(long)]
+    url: Option<String>,
+    /// Measurements to upload.
+    #[arg(long, default_value_t = 100_000)]
+    measurements: usize,
+    /// Concurrent upload clients.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Measurements per upload (one probe run, or a part of one).
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+    /// Sites on the list.
+    #[arg(long, default_value_t = 2000)]
+    sites: usize,
+    /// Networks (ASNs).
+    #[arg(long, default_value_t = 20)]
+    asns: usize,
+    /// Probes per network.
+    #[arg(long, default_value_t = 10)]
+    probes_per_asn: usize,
+    /// Share of (site, network) pairs that are really blocked.
+    #[arg(long, default_value_t = 0.15)]
+    blocked_share: f64,
+    /// Store connection pool size (`[store] max_connections`).
+    #[arg(long, default_value_t = 16)]
+    pool: u32,
+    /// `/metrics` renders to time after the ingest.
+    #[arg(long, default_value_t = 5)]
+    scrapes: usize,
+    /// Random seed of the workload.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Measurements bulk-loaded through the store before the timed run (no HTTP, no event
+    /// evaluation), spread over the same five hours: a full aggregation window, so that
+    /// `/metrics` is timed with the series and rows of a real deployment (a national one
+    /// holds ~2.4 million measurements in its six-hour window: 20 networks x 10 probes x
+    /// 2000 sites x 6 hourly runs).
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
+}
+
+fn hex_of(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// An address for a site, stable per site.
+fn site_ip(site: usize) -> Ipv4Addr {
+    Ipv4Addr::new(93, 184, (site / 250) as u8, (site % 250 + 1) as u8)
+}
+
+fn cert(subject: &str, issuer: &str, san: Vec<String>) -> CertificateInfo {
+    CertificateInfo {
+        subject: subject.to_string(),
+        issuer: issuer.to_string(),
+        sha256: hex_of(subject.as_bytes()),
+        spki_sha256: hex_of(issuer.as_bytes()),
+        not_before: Some("2025-01-10T00:00:00Z".into()),
+        not_after: Some("2026-04-10T23:59:59Z".into()),
+        san,
+    }
+}
+
+fn dns(
+    role: ResolverRole,
+    domain: &str,
+    qt: QueryType,
+    ip: IpAddr,
+    failure: Option<Failure>,
+) -> DnsObservation {
+    let ok = failure.is_none();
+    DnsObservation {
+        role,
+        transport: "udp".into(),
+        resolver: match role {
+            ResolverRole::Network => "system".into(),
+            ResolverRole::Control => "1.1.1.1:53".into(),
+        },
+        query: domain.to_string(),
+        query_type: qt,
+        t_ms: 0.3,
+        duration_ms: 14.2,
+        rcode: Some(if ok { "NOERROR" } else { "NXDOMAIN" }.into()),
+        failure,
+        answers: if ok {
+            vec![DnsAnswer {
+                addr: ip,
+                ttl: 300,
+                bogon: false,
+            }]
+        } else {
+            vec![]
+        },
+        cnames: vec![],
+        late_responses: vec![],
+    }
+}
+
+fn http(domain: &str, addr: SocketAddr, ok: bool) -> HttpObservation {
+    HttpObservation {
+        hop: 0,
+        url: format!("https://{domain}/"),
+        addr: Some(addr),
+        t_ms: 120.5,
+        duration_ms: 310.2,
+        failed_step: None,
+        failure: None,
+        status: ok.then_some(200),
+        headers: [
+            ("content-type", "text/html; charset=utf-8"),
+            ("server", "nginx"),
+            ("cache-control", "max-age=60, public"),
+            ("date", "Sat, 22 Nov 2025 01:00:00 GMT"),
+            (
+                "strict-transport-security",
+                "max-age=31536000; includeSubDomains",
+            ),
+            ("vary", "Accept-Encoding"),
+            ("x-frame-options", "SAMEORIGIN"),
+            ("content-length", "182734"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        title: Some(format!(
+            "{domain} | News, analysis and opinion from Central Asia"
+        )),
+        body_length: 182_734,
+        body_truncated: false,
+        body_sha256: Some(hex_of(domain.as_bytes())),
+        ttfb_ms: Some(140.2),
+        body_ms: Some(170.0),
+        throughput_bps: Some(1_074_905.0),
+        blockpage: None,
+        location: None,
+    }
+}
+
+/// One realistic measurement of `site` from a probe on `asn`.
+fn measurement(
+    site: usize,
+    asn: u32,
+    at: DateTime<Utc>,
+    status: Status,
+    method: Option<Method>,
+) -> Measurement {
+    let domain = format!("www.site{site:04}.example.kz");
+    let ip = site_ip(site);
+    let v6 = IpAddr::V6(Ipv6Addr::new(
+        0x2606,
+        0x2800,
+        0x220,
+        1,
+        0,
+        0,
+        0,
+        site as u16,
+    ));
+    let addr = SocketAddr::new(IpAddr::V4(ip), 443);
+    let blocked = |m: Method| status == Status::Blocked && method == Some(m);
+    let leaf = cert(
+        &format!("CN={domain}"),
+        "C=US, O=Let's Encrypt, CN=R11",
+        vec![
+            domain.clone(),
+            format!("site{site:04}.example.kz"),
+            format!("cdn.site{site:04}.example.kz"),
+        ],
+    );
+    let chain = vec![
+        leaf,
+        cert(
+            "C=US, O=Let's Encrypt, CN=R11",
+            "C=US, O=Internet Security Research Group, CN=ISRG Root X1",
+            vec![],
+        ),
+    ];
+    let tls_ok = TlsObservation {
+        addr,
+        server_name: domain.clone(),
+        decoy: false,
+        t_ms: 60.1,
+        duration_ms: 58.3,
+        failure: None,
+        tls_version: Some("TLSv1_3".into()),
+        cipher_suite: Some("TLS13_AES_128_GCM_SHA256".into()),
+        peer_certificates: chain.clone(),
+        verification_failure: None,
+        interception_ca: None,
+    };
+    let tcp_ok = TcpObservation {
+        addr,
+        t_ms: 15.0,
+        duration_ms: 44.8,
+        failure: None,
+    };
+    let dns_failure = blocked(Method::Dns).then_some(Failure::DnsNxdomain);
+    let probe_dns = vec![
+        dns(
+            ResolverRole::Network,
+            &domain,
+            QueryType::A,
+            IpAddr::V4(ip),
+            dns_failure.clone(),
+        ),
+        dns(
+            ResolverRole::Network,
+            &domain,
+            QueryType::AAAA,
+            v6,
+            dns_failure.clone(),
+        ),
+    ];
+    let (tcp, tls, http_obs) = if blocked(Method::Dns) {
+        (vec![], vec![], vec![])
+    } else if blocked(Method::Tcp) {
+        let tcp = TcpObservation {
+            failure: Some(Failure::GenericTimeout),
+            duration_ms: 10_000.0,
+            ..tcp_ok.clone()
+        };
+        (vec![tcp], vec![], vec![])
+    } else if blocked(Method::Tls) {
+        let tls = TlsObservation {
+            failure: Some(Failure::GenericTimeout),
+            duration_ms: 10_000.0,
+            tls_version: None,
+            cipher_suite: None,
+            peer_certificates: vec![],
+            ..tls_ok.clone()
+        };
+        (vec![tcp_ok.clone()], vec![tls], vec![])
+    } else {
+        (
+            vec![tcp_ok.clone()],
+            vec![tls_ok.clone()],
+            vec![http(&domain, addr, true)],
+        )
+    };
+    let evidence = match (status, method) {
+        (Status::Blocked, Some(Method::Dns)) => {
+            vec!["dns.network=dns_nxdomain, control resolves".into()]
+        }
+        (Status::Blocked, Some(Method::Tls)) => vec![format!("tls.failure=generic_timeout@{addr}")],
+        (Status::Blocked, Some(Method::Tcp)) => vec![format!("tcp.failure=generic_timeout@{addr}")],
+        (Status::Blocked, Some(m)) => vec![format!("{m}: see observations")],
+        _ => vec![],
+    };
+    Measurement {
+        schema_version: SCHEMA_VERSION,
+        id: Uuid::now_v7(),
+        software: Software::default(),
+        url: format!("https://{domain}/"),
+        domain: domain.clone(),
+        category_code: Some(["NEWS", "POLR", "HUMR", "GRP", "COMT"][site % 5].into()),
+        started_at: at,
+        runtime_ms: 812.4,
+        probe: ProbeNetwork {
+            asn: Some(asn),
+            country: Some("KZ".into()),
+        },
+        dns: probe_dns,
+        tcp,
+        tls,
+        http: http_obs,
+        control: Some(ControlResponse {
+            software: Software::default(),
+            measured_at: at + TimeDelta::milliseconds(400),
+            dns: vec![dns(
+                ResolverRole::Control,
+                &domain,
+                QueryType::A,
+                IpAddr::V4(ip),
+                None,
+            )],
+            tcp: vec![tcp_ok],
+            tls: vec![tls_ok],
+            http: vec![http(&domain, addr, true)],
+        }),
+        control_failure: None,
+        connectivity: ConnectivitySummary {
+            offline: false,
+            resolver_ok: Some(true),
+            control_ok: Some(true),
+            anchors_ok: 2,
+            anchors_tried: 2,
+            summary: "online: 2 of 2 anchors reachable".into(),
+        },
+        verdict: Verdict {
+            status,
+            method,
+            reason: match status {
+                Status::Blocked => {
+                    "The site is blocked: the network interferes where the control does not.".into()
+                }
+                Status::Down => "The site is down: the control cannot reach it either.".into(),
+                _ => "The site is accessible.".into(),
+            },
+            evidence,
+        },
+    }
+}
+
+/// One upload: the probe's token and the gzip body.
+struct Upload {
+    token: Arc<String>,
+    body: Vec<u8>,
+    records: usize,
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// The workload: per (site, network) a ground truth; per probe, runs spread over the last five
+/// hours (inside the default six-hour window, so everything counts for `/metrics`).
+struct Generator {
+    rng: rand::rngs::StdRng,
+    truth: Vec<Option<Method>>,
+    sites: usize,
+    start: DateTime<Utc>,
+}
+
+impl Generator {
+    fn new(args: &Args) -> Generator {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+        let methods = [
+            Method::Tls,
+            Method::Dns,
+            Method::Http,
+            Method::Tcp,
+            Method::Throttle,
+        ];
+        let truth = (0..args.sites * args.asns)
+            .map(|_| {
+                rng.random_bool(args.blocked_share)
+                    .then(|| methods[rng.random_range(0..methods.len())])
+            })
+            .collect();
+        Generator {
+            rng,
+            truth,
+            sites: args.sites,
+            start: Utc::now() - TimeDelta::hours(5),
+        }
+    }
+
+    /// `n` measurements of one probe run on network `asn_index`, starting at `fraction` of the
+    /// five hours.
+    fn run(&mut self, asn_index: usize, fraction: f64, n: usize) -> Vec<Measurement> {
+        let t0 = self.start + TimeDelta::milliseconds((fraction * 5.0 * 3600.0 * 1000.0) as i64);
+        (0..n)
+            .map(|i| {
+                let site = self.rng.random_range(0..self.sites);
+                let at = t0 + TimeDelta::milliseconds(i as i64 * 900);
+                let (status, method) = match self.truth[asn_index * self.sites + site] {
+                    Some(m) if self.rng.random_bool(0.95) => (Status::Blocked, Some(m)),
+                    Some(_) => (Status::Accessible, None),
+                    None => match self.rng.random_range(0..100) {
+                        0..=1 => (Status::Blocked, Some(Method::Throttle)),
+                        2..=4 => (Status::Down, None),
+                        _ => (Status::Accessible, None),
+                    },
+                };
+                measurement(site, 64_500 + asn_index as u32, at, status, method)
+            })
+            .collect()
+    }
+}
+
+/// A probe of the fleet.
+struct FleetProbe {
+    asn_index: usize,
+    id: String,
+    token: Arc<String>,
+}
+
+/// The timed uploads: gzip bodies, built before the clock starts.
+fn uploads(args: &Args, generator: &mut Generator, fleet: &[FleetProbe]) -> (Vec<Upload>, usize) {
+    let batches = args.measurements.div_ceil(args.batch);
+    let mut out = Vec::with_capacity(batches);
+    let (mut json_bytes, mut made) = (0usize, 0usize);
+    for b in 0..batches {
+        let probe = &fleet[b % fleet.len()];
+        let n = args.batch.min(args.measurements - made);
+        let records = generator.run(probe.asn_index, b as f64 / batches as f64, n);
+        made += n;
+        let body = serde_json::to_vec(&json!({ "measurements": records })).unwrap_or_default();
+        json_bytes += body.len();
+        out.push(Upload {
+            token: probe.token.clone(),
+            body: gzip(&body),
+            records: n,
+        });
+    }
+    (out, json_bytes)
+}
+
+/// Bulk-load `n` measurements straight through the store, in runs of 500 per probe.
+async fn preload(
+    store: &Arc<dyn store::Store>,
+    generator: &mut Generator,
+    fleet: &[FleetProbe],
+    n: usize,
+) -> Result<()> {
+    const RUN: usize = 500;
+    let runs = n.div_ceil(RUN);
+    let now = Utc::now();
+    let mut pending = Vec::new();
+    for r in 0..runs {
+        let probe = &fleet[r % fleet.len()];
+        let count = RUN.min(n - r * RUN);
+        let records: Vec<store::MeasurementRecord> = generator
+            .run(probe.asn_index, r as f64 / runs as f64, count)
+            .into_iter()
+            .map(|m| {
+                let body = serde_json::to_string(&m).unwrap_or_default();
+                store::MeasurementRecord {
+                    id: m.id,
+                    received_at: now,
+                    started_at: m.started_at,
+                    domain: m.domain,
+                    url: m.url,
+                    category: m.category_code,
+                    asn: m.probe.asn,
+                    country: m.probe.country,
+                    status: m.verdict.status,
+                    method: m.verdict.method,
+                    reason: m.verdict.reason,
+                    software_version: m.software.version,
+                    body,
+                }
+            })
+            .collect();
+        let (store, id) = (store.clone(), probe.id.clone());
+        pending.push(tokio::spawn(async move {
+            store.insert_measurements(&id, now, &records).await
+        }));
+        // Generation and insertion overlap; a few inserts in flight are enough.
+        if pending.len() >= 4 {
+            pending.remove(0).await??;
+        }
+    }
+    for p in pending {
+        p.await??;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Bytes the database takes on disk.
+async fn db_size(kind: StoreKind, url: &str, sqlite_path: Option<&std::path::Path>) -> Result<u64> {
+    match kind {
+        StoreKind::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await?;
+            let n: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+                .fetch_one(&pool)
+                .await?;
+            pool.close().await;
+            Ok(u64::try_from(n).unwrap_or(0))
+        }
+        StoreKind::Sqlite => {
+            let path = sqlite_path.context("SQLite path")?;
+            let pool = sqlx::SqlitePool::connect(url).await?;
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&pool)
+                .await?;
+            pool.close().await;
+            let mut total = 0;
+            for suffix in ["", "-wal", "-shm"] {
+                let p = format!("{}{suffix}", path.display());
+                total += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            }
+            Ok(total)
+        }
+    }
+}
+
+/// PostgreSQL only: bytes of the measurements (all partitions, with indexes and TOAST) and of
+/// the id table.
+async fn pg_breakdown(url: &str) -> Result<(i64, i64)> {
+    let pool = sqlx::PgPool::connect(url).await?;
+    let m: Option<i64> = sqlx::query_scalar(
+        "SELECT sum(pg_total_relation_size(i.inhrelid))::bigint FROM pg_inherits i \
+         WHERE i.inhparent = 'measurements'::regclass",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let ids: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('measurement_ids')")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok((m.unwrap_or(0), ids))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.batch == 0 || args.clients == 0 || args.measurements == 0 || args.asns == 0 {
+        bail!("--batch, --clients, --measurements and --asns must be positive");
+    }
+    let dir = tempfile::tempdir()?;
+    let mut pg_server = None;
+    let mut sqlite_path = None;
+    let url = match (args.store, &args.url) {
+        (_, Some(u)) => u.clone(),
+        (StoreKind::Sqlite, None) => {
+            let p = dir.path().join("bench.db");
+            let url = format!("sqlite://{}", p.display());
+            sqlite_path = Some(p);
+            url
+        }
+        (StoreKind::Postgres, None) => {
+            let server = PgServer::start(PgOptions {
+                durable: true,
+                max_connections: 100,
+                settings: vec![
+                    ("shared_buffers".into(), "1GB".into()),
+                    ("max_wal_size".into(), "4GB".into()),
+                ],
+            })
+            .context("starting a temporary PostgreSQL (is postgresql-15 installed?)")?;
+            let db = server.database()?;
+            let url = db.url.clone();
+            pg_server = Some((server, db));
+            url
+        }
+    };
+    if let (StoreKind::Sqlite, Some(u)) = (args.store, &args.url) {
+        sqlite_path = Some(std::path::PathBuf::from(
+            u.trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:"),
+        ));
+    }
+
+    let mut config = Config::default();
+    config.store.url = url.clone();
+    config.store.max_connections = args.pool;
+    config.ingest.uploads_per_minute = 1_000_000;
+    config.ingest.upload_burst = 1_000_000;
+    config.ingest.max_batch = args.batch.max(1000);
+    config.server.register_per_hour = 1_000_000;
+    config.server.register_burst = 1_000_000;
+    config.aggregation.evaluate_interval = HumanDuration::from_secs(0);
+    config.metrics.max_site_series = 1_000_000;
+    let store = store::open(&config.store)
+        .await
+        .context("opening the store")?;
+    let empty_size = db_size(args.store, &url, sqlite_path.as_deref()).await?;
+    let state = AppState::new(config, store)?;
+    let state_for_fleet = state.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(witness_collector::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
+
+    // The fleet, registered through the store (the bulk load needs the probe ids).
+    let store = state_for_fleet.store.clone();
+    let mut fleet = Vec::new();
+    let now = Utc::now();
+    for asn_index in 0..args.asns {
+        for _ in 0..args.probes_per_asn {
+            let token = auth::new_token();
+            let id = Uuid::new_v4().to_string();
+            let probe = NewProbe {
+                id: id.clone(),
+                token_hash: auth::hash_token(&token),
+                created_at: now,
+            };
+            if !store.register_probe(&probe, None, now).await? {
+                bail!("registration refused");
+            }
+            fleet.push((asn_index, id, token));
+        }
+    }
+    // Interleave networks so consecutive uploads come from different networks.
+    fleet.sort_by_key(|(asn_index, id, _)| (id.as_bytes()[0], *asn_index));
+    let fleet: Vec<FleetProbe> = fleet
+        .into_iter()
+        .map(|(asn_index, id, token)| FleetProbe {
+            asn_index,
+            id,
+            token: Arc::new(token),
+        })
+        .collect();
+    let mut generator = Generator::new(&args);
+    if args.preload > 0 {
+        let t = Instant::now();
+        preload(&store, &mut generator, &fleet, args.preload).await?;
+        eprintln!(
+            "preload: {} measurements through the store in {:.1?} ({:.0}/s, no HTTP, no evaluation)",
+            args.preload,
+            t.elapsed(),
+            args.preload as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+    let t = Instant::now();
+    let (uploads, json_bytes) = uploads(&args, &mut generator, &fleet);
+    let total = args.measurements;
+    let gz_bytes: usize = uploads.iter().map(|u| u.body.len()).sum();
+    eprintln!(
+        "workload: {total} measurements in {} uploads ({:.1} KB JSON each, gzip {:.1}x), built in {:.1?}",
+        uploads.len(),
+        json_bytes as f64 / total as f64 / 1024.0,
+        json_bytes as f64 / gz_bytes.max(1) as f64,
+        t.elapsed()
+    );
+
+    // The ingest.
+    let uploads = Arc::new(uploads);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (uploads, next, client, base) =
+            (uploads.clone(), next.clone(), client.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut accepted = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(u) = uploads.get(i) else {
+                    return Ok::<_, anyhow::Error>((latencies, accepted));
+                };
+                let t = Instant::now();
+                let r = client
+                    .post(format!("{base}/api/v1/measurements"))
+                    .bearer_auth(u.token.as_str())
+                    .header("content-type", "application/json")
+                    .header("content-encoding", "gzip")
+                    .body(u.body.clone())
+                    .send()
+                    .await?;
+                let status = r.status();
+                let v: Value = r.json().await?;
+                latencies.push(t.elapsed());
+                if status != 200 {
+                    bail!("upload failed: {status} {v}");
+                }
+                let n = v["accepted"].as_array().map_or(0, Vec::len);
+                if n != u.records {
+                    bail!("{n} of {} records accepted: {v}", u.records);
+                }
+                accepted += n;
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut accepted = 0;
+    for task in tasks {
+        let (l, a) = task.await??;
+        latencies.extend(l);
+        accepted += a;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let rate = accepted as f64 / elapsed.as_secs_f64();
+
+    // /metrics with the series this produced.
+    let mut renders = Vec::new();
+    let mut series = 0;
+    let mut lines = 0;
+    for _ in 0..args.scrapes {
+        let t = Instant::now();
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        renders.push(t.elapsed());
+        series = text
+            .lines()
+            .filter(|l| l.starts_with("witness_site_blocked_ratio{"))
+            .count();
+        lines = text.lines().filter(|l| !l.starts_with('#')).count();
+    }
+    renders.sort();
+    let events: Value = client
+        .get(format!("{base}/api/v1/events?limit=10000"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let events = events["events"].as_array().map_or(0, Vec::len);
+
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(60), server).await;
+    let size = db_size(args.store, &url, sqlite_path.as_deref()).await?;
+    let grown = size.saturating_sub(empty_size);
+    let stored = accepted + args.preload;
+    let per_million = grown as f64 / stored as f64 * 1e6;
+    let breakdown = if args.store == StoreKind::Postgres {
+        Some(pg_breakdown(&url).await?)
+    } else {
+        None
+    };
+
+    let store_name = format!("{:?}", args.store).to_lowercase();
+    println!("store:               {store_name} (pool {})", args.pool);
+    println!(
+        "workload:            {accepted} measurements, {} uploads of {}, {} clients, {} probes on {} networks, {} sites",
+        latencies.len(),
+        args.batch,
+        args.clients,
+        fleet.len(),
+        args.asns,
+        args.sites
+    );
+    println!(
+        "throughput:          {rate:.0} measurements/s ({:.1} uploads/s) over {elapsed:.1?}",
+        latencies.len() as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "upload latency:      p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.9)),
+        ms(percentile(&latencies, 0.99)),
+        ms(percentile(&latencies, 1.0))
+    );
+    println!(
+        "database:            {:.1} MB for {stored} measurements ({:.2} GB per million)",
+        grown as f64 / 1e6,
+        per_million / 1e9
+    );
+    if let Some((m, ids)) = breakdown {
+        println!(
+            "  of which:          measurements (partitions, indexes, TOAST) {:.1} MB, measurement_ids {:.1} MB",
+            m as f64 / 1e6,
+            ids as f64 / 1e6
+        );
+    }
+    println!(
+        "/metrics:            {series} blocked-ratio series, {lines} samples; render p50 {:.0} ms, max {:.0} ms ({stored} measurements in the window)",
+        ms(percentile(&renders, 0.5)),
+        ms(percentile(&renders, 1.0)),
+    );
+    println!("events:              {events} opened");
+    let result = json!({
+        "store": store_name,
+        "pool": args.pool,
+        "measurements": accepted,
+        "preloaded": args.preload,
+        "uploads": latencies.len(),
+        "batch": args.batch,
+        "clients": args.clients,
+        "seconds": elapsed.as_secs_f64(),
+        "measurements_per_second": rate,
+        "latency_ms": {
+            "p50": ms(percentile(&latencies, 0.5)),
+            "p90": ms(percentile(&latencies, 0.9)),
+            "p99": ms(percentile(&latencies, 0.99)),
+            "max": ms(percentile(&latencies, 1.0)),
+        },
+        "db_bytes": grown,
+        "db_bytes_per_million": per_million,
+        "json_bytes_per_measurement": json_bytes as f64 / total as f64,
+        "metrics_series": series,
+        "metrics_samples": lines,
+        "metrics_render_ms": { "p50": ms(percentile(&renders, 0.5)), "max": ms(percentile(&renders, 1.0)) },
+        "events": events,
+    });
+    println!("RESULT {result}");
+    drop(pg_server);
+    Ok(())
+}
