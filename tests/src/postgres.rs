@@ -170,6 +170,37 @@ fn run(mut command: Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A fresh temporary directory the server's user can use: as root, handed to `postgres`, in
+/// the first of `$TMPDIR`, /tmp, /var/tmp that it can reach (a `$TMPDIR` under /root cannot).
+fn server_dir() -> Result<tempfile::TempDir> {
+    let make = |base: &Path| {
+        tempfile::Builder::new()
+            .prefix("witness-pg-")
+            .tempdir_in(base)
+            .with_context(|| format!("temp dir in {}", base.display()))
+    };
+    if !running_as_root() {
+        return make(&std::env::temp_dir());
+    }
+    let mut tried = Vec::new();
+    for base in [std::env::temp_dir(), "/tmp".into(), "/var/tmp".into()] {
+        let Ok(dir) = make(&base) else {
+            tried.push(base.display().to_string());
+            continue;
+        };
+        let mut chown = Command::new("chown");
+        chown.arg("postgres:postgres").arg(dir.path());
+        run(chown, "chown postgres: of the test directory")?;
+        let mut probe = pg_command(Path::new("/usr/bin"), "test", true);
+        probe.arg("-w").arg(dir.path());
+        if run(probe, "access check").is_ok() {
+            return Ok(dir);
+        }
+        tried.push(base.display().to_string());
+    }
+    bail!("no temporary directory the postgres user can use (tried {tried:?})")
+}
+
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
@@ -199,17 +230,7 @@ impl PgServer {
     /// `initdb` a new cluster in a temporary directory and start it on a free port.
     pub fn start(options: PgOptions) -> Result<PgServer> {
         let bin = bin_dir().context("PostgreSQL binaries not found")?;
-        let root = running_as_root();
-        let dir = tempfile::Builder::new()
-            .prefix("witness-pg-")
-            .tempdir()
-            .context("temp dir")?;
-        if root {
-            // The server runs as `postgres`: hand it the directory.
-            let mut chown = Command::new("chown");
-            chown.arg("postgres:postgres").arg(dir.path());
-            run(chown, "chown postgres: of the test directory")?;
-        }
+        let dir = server_dir()?;
         let data = dir.path().join("data");
         let sockets = dir.path().join("sockets");
         let log = dir.path().join("server.log");
