@@ -73,7 +73,7 @@ for target in "${targets[@]}"; do
       "AR_${triple_lower}=${gcc%-gcc}-ar"
     )
   fi
-  run env "${env_vars[@]}" cargo build --release --locked -p witness-probe --bin witness --target "$target"
+  run env "${env_vars[@]}" cargo build --release --locked -p witness --bin witness --target "$target"
   run mkdir -p "$dist"
   run cp "$target_dir/$target/release/witness" "$dist/witness-$target"
 done

@@ -36,8 +36,8 @@ use uuid::Uuid;
 use witness_collector::config::HumanDuration;
 use witness_collector::store::NewProbe;
 use witness_collector::{auth, store, AppState, Config};
-use witness_probe::failure::Failure;
-use witness_probe::model::{
+use witness_core::failure::Failure;
+use witness_core::model::{
     CertificateInfo, ConnectivitySummary, ControlResponse, DnsAnswer, DnsObservation,
     HttpObservation, Measurement, Method, ProbeNetwork, QueryType, ResolverRole, Software, Status,
     TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,

@@ -14,7 +14,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
-use witness_probe::model::{Method, Status};
+use witness_core::model::{Method, Status};
 
 /// Most evaluation times per key and batch, so a huge back-fill cannot stall ingestion.
 pub const MAX_ANCHORS: usize = 256;

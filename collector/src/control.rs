@@ -2,21 +2,21 @@
 //!
 //! The single call into the probe crate is [`run_control`], so the signature lives in one place.
 
-use witness_probe::checks::MeasureConfig;
-use witness_probe::model::{ControlRequest, ControlResponse};
+use witness_core::checks::MeasureConfig;
+use witness_core::model::{ControlRequest, ControlResponse};
 
-pub use witness_probe::control::{ControlRefusal, ControlServiceConfig};
+pub use witness_core::control::{ControlRefusal, ControlServiceConfig};
 
 use crate::config::ControlConfig;
 
 /// Build the measurement configuration of the control from `[control]`.
 pub fn service_config(cfg: &ControlConfig) -> Result<ControlServiceConfig, String> {
-    let resolver = witness_probe::config::parse_resolver(&cfg.resolver)
+    let resolver = witness_core::spec::parse_resolver(&cfg.resolver)
         .map_err(|e| format!("control.resolver: {e}"))?;
     let mut extra_cas = Vec::new();
     for f in &cfg.extra_ca_files {
         extra_cas.extend(
-            witness_probe::config::load_ca_file(f)
+            witness_core::spec::load_ca_file(f)
                 .map_err(|e| format!("control.extra_ca_files: {e}"))?,
         );
     }
@@ -47,7 +47,7 @@ pub async fn run_control(
     req: &ControlRequest,
     cfg: &ControlServiceConfig,
 ) -> Result<ControlResponse, ControlRefusal> {
-    witness_probe::control::serve_control(req, cfg).await
+    witness_core::control::serve_control(req, cfg).await
 }
 
 #[cfg(test)]

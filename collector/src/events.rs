@@ -17,7 +17,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use uuid::Uuid;
-use witness_probe::model::Status;
+use witness_core::model::Status;
 
 use crate::aggregate::{self, Decision, EventKind, KeyState, Params, Transition};
 use crate::metrics::Metrics;
@@ -359,7 +359,7 @@ impl Evaluator {
     }
 }
 
-fn key_state(states: &[EventState], method: Option<witness_probe::model::Method>) -> KeyState {
+fn key_state(states: &[EventState], method: Option<witness_core::model::Method>) -> KeyState {
     states
         .iter()
         .find(|s| s.method == method)

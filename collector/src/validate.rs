@@ -8,7 +8,7 @@ use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
-use witness_probe::model::{Measurement, Status, SCHEMA_VERSION};
+use witness_core::model::{Measurement, Status, SCHEMA_VERSION};
 
 /// Why a record was refused. Closed set: these names are the `reason` label of
 /// `witness_records_rejected_total`.
@@ -293,7 +293,7 @@ pub fn validate(m: &Measurement, limits: &Limits, now: DateTime<Utc>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use witness_probe::model::{ConnectivitySummary, Method, ProbeNetwork, Software, Verdict};
+    use witness_core::model::{ConnectivitySummary, Method, ProbeNetwork, Software, Verdict};
 
     fn limits() -> Limits {
         Limits {

@@ -268,7 +268,7 @@ mod tests {
     use super::*;
     use crate::aggregate::Evidence;
     use crate::config::HumanDuration;
-    use witness_probe::model::Method;
+    use witness_core::model::Method;
 
     fn event(ended: bool) -> Event {
         let start = DateTime::parse_from_rfc3339("2024-01-05T10:30:00Z")

@@ -10,7 +10,7 @@ use common::{measurement, spawn_on, test_config, Db};
 use serde_json::{json, Value};
 use witness_collector::config::Registration;
 use witness_collector::tokens;
-use witness_probe::model::{Method, Status};
+use witness_core::model::{Method, Status};
 
 async fn health_says_ok_with_version(db: Db) {
     let app = spawn_on(db, test_config()).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{spawn, test_config};
 use serde_json::{json, Value};
-use witness_probe::model::ControlReply;
+use witness_core::model::ControlReply;
 
 async fn lab_server() -> std::net::SocketAddr {
     let app = axum::Router::new().route(

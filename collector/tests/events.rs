@@ -8,7 +8,7 @@ use common::{measurement, spawn_on, test_config, webhook_receiver, Db};
 use serde_json::Value;
 use witness_collector::config::WebhookFormat;
 use witness_collector::metrics;
-use witness_probe::model::{Method, Status};
+use witness_core::model::{Method, Status};
 
 const SITE: &str = "www.currenttime.tv";
 const ASN: u32 = 9198;

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use chrono::{TimeDelta, Utc};
 use common::{measurement, spawn_on, test_config, Db};
 use witness_collector::{metrics, store, AppState};
-use witness_probe::model::{Method, Status};
+use witness_core::model::{Method, Status};
 
 async fn populated(db: Db) -> common::TestApp {
     let app = spawn_on(db, test_config()).await;

@@ -16,7 +16,7 @@ use witness_collector::store::{
     self, Backend, CloseEvent, EventKey, Filter, MeasurementRecord, NewEvent, NewInvite, NewProbe,
     Store,
 };
-use witness_probe::model::{Method, Status};
+use witness_core::model::{Method, Status};
 
 /// A fresh store and its guard.
 async fn open(db: Db) -> (Arc<dyn Store>, String, StoreGuard) {

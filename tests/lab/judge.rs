@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use witness_probe::model::{Measurement, Method, Status};
+use witness_core::model::{Measurement, Method, Status};
 
 /// Checks a measurement beyond its verdict; `Some(problem)` when it fails.
 pub type Check = fn(&Measurement) -> Option<String>;

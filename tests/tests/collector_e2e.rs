@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use witness_probe::model::{
+use witness_core::model::{
     ConnectivitySummary, Measurement, ProbeNetwork, Software, Status, Verdict, SCHEMA_VERSION,
 };
 use witness_tests::collector::get;
@@ -217,12 +217,12 @@ fn kill9_during_sustained_upload_loses_no_acknowledged_measurement() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reg = rt
         .block_on(
-            witness_probe::upload::Uploader::new(base.clone(), None)
+            witness_app::upload::Uploader::new(base.clone(), None)
                 .unwrap()
                 .register(None),
         )
         .unwrap();
-    let up = witness_probe::upload::Uploader::new(base, Some(reg.token)).unwrap();
+    let up = witness_app::upload::Uploader::new(base, Some(reg.token)).unwrap();
 
     let records = synthetic(4000);
     let batches: Vec<Vec<&str>> = records

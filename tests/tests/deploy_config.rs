@@ -32,7 +32,7 @@ const COLLECTOR_METRICS: &[(&str, &[&str])] = &[
         "witness_site_blocked_ratio",
         &["domain", "category", "asn", "country", "method"],
     ),
-    ("witness_probes_active", &["asn", "country"]),
+    ("witness_cores_active", &["asn", "country"]),
     ("witness_events_total", &["kind"]),
     ("witness_network_offline", &["asn", "country"]),
     ("witness_ingest_duration_seconds", &[]),
@@ -968,9 +968,7 @@ fn cross_build_dry_run_sets_the_debian_cross_linkers() {
             "{out}"
         );
         assert!(
-            out.contains(&format!(
-                "-p witness-probe --bin witness --target {target}\n"
-            )),
+            out.contains(&format!("-p witness --bin witness --target {target}\n")),
             "{out}"
         );
     }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use witness_probe::model::{Measurement, Status};
+use witness_core::model::{Measurement, Status};
 use witness_tests::bins::cargo_command;
 use witness_tests::promstack::require_tool;
 use witness_tests::{Behaviour, Site, World, CENSORED_SOURCE};

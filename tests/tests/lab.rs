@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use witness_probe::model::{Measurement, Method, Status};
+use witness_core::model::{Measurement, Method, Status};
 use witness_tests::world::{citizenlab_csv, ListEntry};
 use witness_tests::{collector_bin, witness_bin};
 
@@ -101,7 +101,7 @@ fn idn_as_listed(m: &Measurement) -> Option<String> {
 }
 
 fn ascii_host(url: &str) -> String {
-    witness_probe::targets::Target::from_url(url, "lab")
+    witness_core::targets::Target::from_url(url, "lab")
         .unwrap_or_else(|e| panic!("{url}: {e}"))
         .domain
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use witness_probe::model::{Measurement, Method, Status};
+use witness_core::model::{Measurement, Method, Status};
 use witness_tests::volunteer::{lab_control_section, verdict_mismatches};
 use witness_tests::{
     witness_bin, Behaviour, CollectorProcess, DnsBehaviour, Page, Site, SiteDns, World,

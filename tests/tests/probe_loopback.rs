@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use witness_probe::model::{Measurement, Method, Status};
+use witness_core::model::{Measurement, Method, Status};
 use witness_tests::volunteer::verdict_mismatches;
 use witness_tests::{
     witness_bin, Behaviour, DnsBehaviour, Page, Site, SiteDns, World, CENSORED_SOURCE,
@@ -50,7 +50,7 @@ pub fn run_probe(world: &World, extra: &[&str]) -> Output {
 }
 
 fn port_of(url: &str) -> u16 {
-    witness_probe::targets::Target::from_url(url, "test")
+    witness_core::targets::Target::from_url(url, "test")
         .unwrap()
         .port()
 }
@@ -79,7 +79,7 @@ const IDN: &str = "пример-сайт.test";
 
 /// Its ASCII (punycode) form, which DNS, SNI and the record's `domain` use.
 fn idn_ascii() -> String {
-    witness_probe::targets::Target::from_url(&format!("https://{IDN}/"), "test")
+    witness_core::targets::Target::from_url(&format!("https://{IDN}/"), "test")
         .unwrap()
         .domain
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use witness_probe::model::{Measurement, Method, Status};
+use witness_core::model::{Measurement, Method, Status};
 use witness_tests::collector::get;
 use witness_tests::volunteer::{anchor_of, lab_control_section, ok, Probe};
 use witness_tests::{

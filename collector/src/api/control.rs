@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Extension;
 use axum::{Json, Router};
-use witness_probe::model::{ControlMeta, ControlReply, ControlRequest};
+use witness_core::model::{ControlMeta, ControlReply, ControlRequest};
 
 use super::{authenticate, body_rejection, require_json};
 use crate::app::AppState;

@@ -17,7 +17,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
-use witness_probe::model::Measurement;
+use witness_core::model::Measurement;
 
 use super::{authenticate, body_rejection, require_json};
 use crate::app::AppState;

@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
-use witness_probe::model::{Method, Status};
+use witness_core::model::{Method, Status};
 
 use crate::aggregate::{self, EventKind};
 use crate::app::AppState;

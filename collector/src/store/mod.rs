@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 use uuid::Uuid;
-use witness_probe::model::{Method, Status};
+use witness_core::model::{Method, Status};
 
 use crate::aggregate::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
 use crate::config::StoreConfig;

@@ -30,7 +30,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
-use witness_probe::model::Method;
+use witness_core::model::Method;
 
 use super::{
     CloseEvent, Embedded, Event, EventKey, EventState, Filter, HistoryRow, MeasurementRecord,

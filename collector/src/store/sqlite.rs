@@ -19,7 +19,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
-use witness_probe::model::Method;
+use witness_core::model::Method;
 
 use super::{
     CloseEvent, Embedded, Event, EventState, Filter, HistoryRow, MeasurementRecord, NewEvent,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use witness_probe::model::{Method, Status};
+use witness_core::model::{Method, Status};
 
 use super::html::esc;
 use super::render::{network_name, swatch};

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use witness_probe::model::{Method, Status};
+use witness_core::model::{Method, Status};
 
 use super::chart;
 use super::html::{esc, truncate, url_component};

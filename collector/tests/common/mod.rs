@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 use witness_collector::config::HumanDuration;
 use witness_collector::{store, AppState, Config};
-use witness_probe::model::{
+use witness_core::model::{
     ConnectivitySummary, Measurement, Method, ProbeNetwork, Software, Status, Verdict,
     SCHEMA_VERSION,
 };

@@ -33,15 +33,15 @@ const CITIZENLAB_HEADER: [&str; 6] = [
 pub const EMBEDDED_LISTS: &[(&str, &str)] = &[
     (
         "citizenlab-kz.csv",
-        include_str!("../../targets/citizenlab-kz.csv"),
+        include_str!("../../../targets/citizenlab-kz.csv"),
     ),
     (
         "kz-historical.csv",
-        include_str!("../../targets/kz-historical.csv"),
+        include_str!("../../../targets/kz-historical.csv"),
     ),
     (
         "citizenlab-global-kz.csv",
-        include_str!("../../targets/citizenlab-global-kz.csv"),
+        include_str!("../../../targets/citizenlab-global-kz.csv"),
     ),
 ];
 

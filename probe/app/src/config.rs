@@ -4,15 +4,18 @@
 //! the file, line and key, never silently ignored. `witness.example.toml` at the crate root is
 //! the documented example; a test loads it and checks it equals the defaults.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{ControlResolverSpec, MeasureConfig, ResolverSpec};
+use witness_core::checks::MeasureConfig;
+pub use witness_core::spec::{
+    load_ca_file, parse_addr, parse_anchor, parse_control_resolver, parse_resolver, parse_spki_pin,
+    ConfigError,
+};
 
 /// The example configuration shipped with the probe (all defaults, documented).
 pub const EXAMPLE: &str = include_str!("../witness.example.toml");
@@ -74,7 +77,7 @@ pub struct RunSection {
 impl Default for RunSection {
     fn default() -> Self {
         RunSection {
-            concurrency: crate::engine::DEFAULT_CONCURRENCY,
+            concurrency: witness_core::engine::DEFAULT_CONCURRENCY,
             timeout_secs: 10.0,
             dns_linger_ms: 300,
             body_cap_bytes: 512 * 1024,
@@ -160,35 +163,6 @@ pub struct CollectorSection {
     pub spool_max: Option<usize>,
 }
 
-/// A configuration problem, with where it is and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// toml's message, which names line, column and key.
-        message: String,
-    },
-    /// A value is not valid.
-    #[error("{what}: {message}")]
-    Value {
-        /// Which setting.
-        what: String,
-        /// What is wrong and what is expected.
-        message: String,
-    },
-}
-
 impl FileConfig {
     /// Parse a config text; `path` is only for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -211,126 +185,6 @@ impl FileConfig {
     pub fn default_path() -> Option<PathBuf> {
         dirs::config_dir().map(|d| d.join("witness").join("config.toml"))
     }
-}
-
-/// Parse `system` or `IP[:PORT]`.
-pub fn parse_resolver(s: &str) -> Result<ResolverSpec, ConfigError> {
-    if s.eq_ignore_ascii_case("system") {
-        return Ok(ResolverSpec::System);
-    }
-    parse_addr(s, 53)
-        .map(ResolverSpec::Udp)
-        .map_err(|message| ConfigError::Value {
-            what: format!("resolver {s:?}"),
-            message,
-        })
-}
-
-/// Parse the control resolver syntax (see [`NetworkSection::control_resolver`]).
-pub fn parse_control_resolver(s: &str) -> Result<Option<ControlResolverSpec>, ConfigError> {
-    let err = |message: String| ConfigError::Value {
-        what: format!("control resolver {s:?}"),
-        message,
-    };
-    if s.eq_ignore_ascii_case("none") || s.is_empty() {
-        return Ok(None);
-    }
-    let (kind, rest) = s
-        .split_once(':')
-        .ok_or_else(|| err("expected doh:IP#NAME, dot:IP#NAME, udp:IP[:PORT] or none".into()))?;
-    match kind {
-        "udp" => Ok(Some(ControlResolverSpec::Udp(
-            parse_addr(rest, 53).map_err(err)?,
-        ))),
-        "doh" | "dot" => {
-            let (addr, name) = rest.split_once('#').ok_or_else(|| {
-                err("missing #NAME: the name the resolver's certificate is for".into())
-            })?;
-            let port = if kind == "doh" { 443 } else { 853 };
-            let addr = parse_addr(addr, port).map_err(err)?;
-            let tls_name = name.to_string();
-            if tls_name.is_empty() {
-                return Err(err("empty #NAME".into()));
-            }
-            Ok(Some(if kind == "doh" {
-                ControlResolverSpec::Doh { addr, tls_name }
-            } else {
-                ControlResolverSpec::Dot { addr, tls_name }
-            }))
-        }
-        other => Err(err(format!(
-            "unknown kind {other:?}; expected doh, dot, udp or none"
-        ))),
-    }
-}
-
-/// `IP`, `IP:PORT`, `[V6]:PORT` or bare `V6`.
-pub fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Ok(sa);
-    }
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, default_port));
-    }
-    Err(format!("{s:?} is not an IP address or IP:PORT"))
-}
-
-/// Parse `host:port` anchors.
-pub fn parse_anchor(s: &str) -> Result<(String, u16), ConfigError> {
-    let err = || ConfigError::Value {
-        what: format!("anchor {s:?}"),
-        message: "expected HOST:PORT, e.g. www.wikipedia.org:443".into(),
-    };
-    let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
-    let port: u16 = port.parse().map_err(|_| err())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(err());
-    }
-    Ok((host.to_string(), port))
-}
-
-/// Read PEM certificates from `path`; at least one is required.
-pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
-    let certs = certs.map_err(|e| ConfigError::Value {
-        what: format!("CA file {}", path.display()),
-        message: format!("not valid PEM: {e}"),
-    })?;
-    if certs.is_empty() {
-        return Err(ConfigError::Value {
-            what: format!("CA file {}", path.display()),
-            message: "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
-        });
-    }
-    for c in &certs {
-        let mut store = rustls::RootCertStore::empty();
-        store.add(c.clone()).map_err(|e| ConfigError::Value {
-            what: format!("CA file {}", path.display()),
-            message: format!("not a usable CA certificate: {e}"),
-        })?;
-    }
-    Ok(certs)
-}
-
-/// Parse `label=hex` interception key pins.
-pub fn parse_spki_pin(s: &str) -> Result<(String, String), ConfigError> {
-    let (label, hash) = s.split_once('=').ok_or_else(|| ConfigError::Value {
-        what: format!("interception_spki {s:?}"),
-        message: "expected LABEL=SHA256HEX".into(),
-    })?;
-    if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(ConfigError::Value {
-            what: format!("interception_spki {s:?}"),
-            message: "the hash must be 64 hex characters (SHA-256 of the SubjectPublicKeyInfo)"
-                .into(),
-        });
-    }
-    Ok((label.to_string(), hash.to_ascii_lowercase()))
 }
 
 /// Build the step configuration from the merged file settings.
@@ -414,58 +268,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
-    }
-
-    #[test]
-    fn resolver_syntax() {
-        assert_eq!(parse_resolver("system").unwrap(), ResolverSpec::System);
-        assert_eq!(
-            parse_resolver("10.0.0.1").unwrap(),
-            ResolverSpec::Udp("10.0.0.1:53".parse().unwrap())
-        );
-        assert_eq!(
-            parse_resolver("[::1]:5353").unwrap(),
-            ResolverSpec::Udp("[::1]:5353".parse().unwrap())
-        );
-        assert!(parse_resolver("resolver.example").is_err());
-        assert!(matches!(
-            parse_control_resolver("doh:1.1.1.1#cloudflare-dns.com").unwrap(),
-            Some(ControlResolverSpec::Doh { addr, .. }) if addr.port() == 443
-        ));
-        assert!(matches!(
-            parse_control_resolver("dot:9.9.9.9#dns.quad9.net").unwrap(),
-            Some(ControlResolverSpec::Dot { addr, .. }) if addr.port() == 853
-        ));
-        assert_eq!(parse_control_resolver("none").unwrap(), None);
-        assert!(parse_control_resolver("doh:1.1.1.1").is_err());
-        assert!(parse_control_resolver("tcp:1.1.1.1").is_err());
-    }
-
-    #[test]
-    fn anchors_and_pins() {
-        assert_eq!(
-            parse_anchor("egov.kz:443").unwrap(),
-            ("egov.kz".into(), 443)
-        );
-        assert_eq!(
-            parse_anchor("[2001:db8::1]:80").unwrap(),
-            ("2001:db8::1".into(), 80)
-        );
-        assert!(parse_anchor("egov.kz").is_err());
-        assert!(parse_spki_pin(&format!("kz={}", "a".repeat(64))).is_ok());
-        assert!(parse_spki_pin("kz=abc").is_err());
-    }
-
-    #[test]
-    fn bad_ca_file_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("ca.pem");
-        std::fs::write(&p, "not a certificate").unwrap();
-        let err = load_ca_file(&p).unwrap_err().to_string();
-        assert!(
-            err.contains("ca.pem") && err.contains("no PEM certificate"),
-            "{err}"
-        );
-        assert!(load_ca_file(&dir.path().join("missing.pem")).is_err());
     }
 }

@@ -1,4 +1,4 @@
 //! The `witness` probe binary.
 fn main() -> std::process::ExitCode {
-    witness_probe::cli::main()
+    witness_app::cli::main()
 }

@@ -1,7 +1,7 @@
 //! Known blockpages and blockpage addresses, so a response can be called "blocked" with a
 //! reason rather than merely "different from the control".
 //!
-//! Sources (see `probe/data/fingerprints/NOTICE`):
+//! Sources (see `probe/core/data/fingerprints/NOTICE`):
 //! - Censored Planet's blockpage and false-positive signatures (Apache-2.0), embedded verbatim;
 //!   their names are reported with a `cp.` prefix, as OONI does. They are written for Python's
 //!   `re`, so a literal `{` is escaped at load time for the regex crate (two patterns need it).

@@ -10,7 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::model::Measurement;
+use witness_core::model::Measurement;
 
 /// Default bound: at ~5 KB a record, about 1 GB.
 pub const DEFAULT_MAX: usize = 200_000;
@@ -217,7 +217,7 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::*;
+    use witness_core::model::*;
 
     pub(crate) fn sample() -> Measurement {
         Measurement {

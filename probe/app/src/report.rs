@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::model::{ConnectivitySummary, Measurement, Method, Status};
+use witness_core::model::{ConnectivitySummary, Measurement, Method, Status};
 
 /// Widest site column.
 const SITE_WIDTH: usize = 32;

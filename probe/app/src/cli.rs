@@ -9,11 +9,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, FileConfig};
-use crate::control::ControlClient;
-use crate::engine::Engine;
-use crate::model::{Measurement, ProbeNetwork};
 use crate::report;
-use crate::targets::{self, Target};
+use witness_core::control::ControlClient;
+use witness_core::engine::Engine;
+use witness_core::model::{Measurement, ProbeNetwork};
+use witness_core::targets::{self, Target};
 
 /// Witness: is this site blocked on my connection, and how?
 #[derive(Debug, Parser)]

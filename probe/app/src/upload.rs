@@ -245,7 +245,7 @@ async fn exchange<T: serde::de::DeserializeOwned>(
     let resp = req
         .send()
         .await
-        .map_err(|e| UploadError::Unreachable(crate::scrub::scrub_ips(&e.to_string())))?;
+        .map_err(|e| UploadError::Unreachable(witness_core::scrub::scrub_ips(&e.to_string())))?;
     let (status, bytes) = read_capped(resp).await?;
     if !(200..300).contains(&status) {
         return Err(refused(status, &bytes));
@@ -262,7 +262,7 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<(u16, Vec<u8>), Uplo
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| UploadError::Unreachable(crate::scrub::scrub_ips(&e.to_string())))?
+        .map_err(|e| UploadError::Unreachable(witness_core::scrub::scrub_ips(&e.to_string())))?
     {
         if body.len() + chunk.len() > MAX_REPLY {
             return Err(UploadError::Refused {

@@ -1,5 +1,7 @@
-//! Witness probe: measures whether sites are reachable from this network and, when they are
-//! not, how they are blocked.
+//! Witness measurement core: measures whether sites are reachable from this network and, when
+//! they are not, how they are blocked. The `witness` app (CLI, config, spool, upload, daemon)
+//! and the collector (control service, measurement format) both build on it; it pulls in no
+//! CLI or terminal code.
 //!
 //! Layout, one module per concern:
 //! - [`model`]: the measurement format shared with the control service and the collector;
@@ -7,25 +9,22 @@
 //! - [`checks`]: one module per step (DNS, TCP, TLS, HTTP), each recording observations;
 //! - [`engine`]: runs the steps for many targets concurrently;
 //! - [`verdict`]: the pure function from observations to a verdict;
-//! - [`targets`], [`fingerprints`], [`bogon`]: inputs and reference data.
+//! - [`targets`], [`fingerprints`], [`bogon`]: inputs and reference data;
+//! - [`spec`]: the string forms of settings, shared by the app and the collector;
+//! - [`control`]: the control service's client and server side.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bogon;
 pub mod checks;
-pub mod cli;
-pub mod config;
 pub mod control;
-pub mod daemon;
 pub mod engine;
 pub mod failure;
 pub mod fingerprints;
 pub mod model;
-pub mod report;
 pub mod scrub;
-pub mod spool;
+pub mod spec;
 pub mod targets;
-pub mod upload;
 pub mod verdict;
 
 pub use failure::Failure;
