@@ -29,7 +29,7 @@ pub const MEASUREMENTS_RECEIVED_TOTAL: &str = "witness_measurements_received_tot
 /// `{domain, category, asn, country, method}`.
 pub const SITE_BLOCKED_RATIO: &str = "witness_site_blocked_ratio";
 /// Probes that uploaded within the window: `{asn, country}`.
-pub const PROBES_ACTIVE: &str = "witness_cores_active";
+pub const PROBES_ACTIVE: &str = "witness_probes_active";
 /// Event transitions: `{kind}` = new_block, unblock, shutdown, shutdown_end.
 pub const EVENTS_TOTAL: &str = "witness_events_total";
 /// 1 while a shutdown event is open on a network, else 0: `{asn, country}`.

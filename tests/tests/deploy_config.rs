@@ -32,7 +32,7 @@ const COLLECTOR_METRICS: &[(&str, &[&str])] = &[
         "witness_site_blocked_ratio",
         &["domain", "category", "asn", "country", "method"],
     ),
-    ("witness_cores_active", &["asn", "country"]),
+    ("witness_probes_active", &["asn", "country"]),
     ("witness_events_total", &["kind"]),
     ("witness_network_offline", &["asn", "country"]),
     ("witness_ingest_duration_seconds", &[]),
@@ -889,7 +889,7 @@ fn dockerfiles_are_multi_stage_and_unprivileged() {
             "witness-collector",
             "witness-collector",
         ),
-        ("deploy/docker/Dockerfile.probe", "witness-probe", "witness"),
+        ("deploy/docker/Dockerfile.probe", "witness", "witness"),
     ] {
         let text = read(file);
         let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
@@ -915,8 +915,8 @@ fn dockerfiles_are_multi_stage_and_unprivileged() {
         );
         let manifest = read(&format!(
             "{}/Cargo.toml",
-            if package == "witness-probe" {
-                "probe"
+            if package == "witness" {
+                "probe/app"
             } else {
                 "collector"
             }

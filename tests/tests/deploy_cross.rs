@@ -37,14 +37,7 @@ fn target_installed() -> bool {
 /// release build with LTO takes several times longer on 2 cores).
 fn build_aarch64() -> PathBuf {
     let out = cargo_command()
-        .args([
-            "build",
-            "--locked",
-            "-p",
-            "witness-probe",
-            "--bin",
-            "witness",
-        ])
+        .args(["build", "--locked", "-p", "witness", "--bin", "witness"])
         .args([
             "--target",
             TARGET,

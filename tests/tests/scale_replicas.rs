@@ -476,7 +476,7 @@ fn replicas_on_one_postgres_store_each_measurement_once_and_raise_each_event_onc
     let texts: Vec<String> = urls[1..].iter().map(|u| metrics(u)).collect();
     let gauges = [
         "witness_site_blocked_ratio",
-        "witness_cores_active",
+        "witness_probes_active",
         "witness_network_offline",
     ];
     let a = samples(&texts[0], &gauges);
@@ -488,7 +488,7 @@ fn replicas_on_one_postgres_store_each_measurement_once_and_raise_each_event_onc
         .collect();
     assert_eq!(blocked.len(), expected.len(), "{a:#?}");
     assert_eq!(
-        a[&format!("witness_cores_active{{asn=\"{ASN_CENSORED}\",country=\"KZ\"}}")],
+        a[&format!("witness_probes_active{{asn=\"{ASN_CENSORED}\",country=\"KZ\"}}")],
         PROBES_CENSORED as f64
     );
     for (i, text) in texts.iter().enumerate() {

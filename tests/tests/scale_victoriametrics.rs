@@ -496,7 +496,7 @@ fn dashboards_give_the_same_answers_from_victoriametrics_as_from_prometheus() {
                 "count_over_time(up{job=\"witness-collector\"}[1m])",
                 t,
             );
-            let rules = instant(&prom_url, "fleet:witness_cores_active:sum", t);
+            let rules = instant(&prom_url, "fleet:witness_probes_active:sum", t);
             matches!((scrapes, rules), (Ok(s), Ok(r))
             if s.values().next().is_some_and(|&n| n >= 3.0) && !r.is_empty())
         },
