@@ -11,6 +11,7 @@ use crate::checks::MeasureConfig;
 use crate::engine::Engine;
 use std::net::IpAddr;
 
+use crate::error::ControlError;
 use crate::model::{ControlReply, ControlRequest, ControlResponse, MAX_CONTROL_ADDRS};
 
 /// Largest control answer accepted: the control is trusted more than a random server, but a
@@ -29,13 +30,17 @@ impl ControlClient {
     /// A client for the service at `base` (e.g. `https://collector.example/`), authenticated
     /// with `token` when given. `timeout` bounds each whole request: the control measures the
     /// site itself, so give it a few step timeouts.
-    pub fn new(base: url::Url, token: Option<String>, timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        base: url::Url,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, ControlError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("witness/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the control client: {e}"))?;
+            .map_err(ControlError::Client)?;
         Ok(ControlClient {
             base,
             token,
@@ -43,14 +48,12 @@ impl ControlClient {
         })
     }
 
-    fn endpoint(&self, path: &str) -> Result<url::Url, String> {
-        self.base
-            .join(path)
-            .map_err(|e| format!("bad control URL: {e}"))
+    fn endpoint(&self, path: &str) -> Result<url::Url, ControlError> {
+        Ok(self.base.join(path)?)
     }
 
     /// Is the service up?
-    pub async fn health(&self) -> Result<(), String> {
+    pub async fn health(&self) -> Result<(), ControlError> {
         let url = self.endpoint("api/v1/health")?;
         let resp = self
             .client
@@ -58,19 +61,19 @@ impl ControlClient {
             .timeout(Duration::from_secs(10))
             .send()
             .await
-            .map_err(|e| describe_reqwest(&e))?;
+            .map_err(|e| ControlError::request(&e))?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(format!(
-                "control service answered HTTP {}",
-                resp.status().as_u16()
-            ))
+            Err(ControlError::Status {
+                status: resp.status().as_u16(),
+                body: None,
+            })
         }
     }
 
     /// Ask the control to measure `url`.
-    pub async fn measure(&self, url: &str, addrs: &[IpAddr]) -> Result<ControlReply, String> {
+    pub async fn measure(&self, url: &str, addrs: &[IpAddr]) -> Result<ControlReply, ControlError> {
         let endpoint = self.endpoint("api/v1/control")?;
         let mut req = self.client.post(endpoint).json(&ControlRequest {
             url: url.to_string(),
@@ -79,37 +82,24 @@ impl ControlClient {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let mut resp = req.send().await.map_err(|e| describe_reqwest(&e))?;
+        let mut resp = req.send().await.map_err(|e| ControlError::request(&e))?;
         let status = resp.status();
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| describe_reqwest(&e))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| ControlError::request(&e))? {
             if body.len() + chunk.len() > MAX_CONTROL_REPLY {
-                return Err("control answer too large".into());
+                return Err(ControlError::TooLarge(MAX_CONTROL_REPLY));
             }
             body.extend_from_slice(&chunk);
         }
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-            return Err(format!(
-                "control service answered HTTP {}: {}",
-                status.as_u16(),
-                text
-            ));
+            let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+            return Err(ControlError::Status {
+                status: status.as_u16(),
+                body: Some(crate::scrub::scrub_ips(&text)),
+            });
         }
-        serde_json::from_slice(&body).map_err(|e| format!("control answer is not valid: {e}"))
+        serde_json::from_slice(&body).map_err(ControlError::Invalid)
     }
-}
-
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    // The full error text can carry addresses: scrub them.
-    crate::scrub::scrub_ips(&format!("control service {kind}: {e}"))
 }
 
 /// How the control service measures.
@@ -135,7 +125,7 @@ pub enum ControlRefusal {
     PrivateTarget(String),
     /// The engine could not be built (configuration problem on the server side).
     #[error("control service misconfigured: {0}")]
-    Misconfigured(String),
+    Misconfigured(#[from] crate::error::SetupError),
 }
 
 /// Answer a control request by measuring the URL with the probe's own code.

@@ -18,6 +18,7 @@ use crate::checks::http::{self, Exchange};
 use crate::checks::tls::TlsContext;
 use crate::checks::{tcp, MeasureConfig};
 use crate::control::ControlClient;
+use crate::error::SetupError;
 use crate::failure::Failure;
 use crate::model::{
     resolved_addrs, ConnectivitySummary, ControlResponse, DnsObservation, HttpObservation,
@@ -74,7 +75,7 @@ pub struct RunOutcome {
 
 impl Engine {
     /// Build an engine; fails only on configuration errors (e.g. an unusable control resolver).
-    pub fn new(cfg: MeasureConfig, control: Option<ControlClient>) -> Result<Self, String> {
+    pub fn new(cfg: MeasureConfig, control: Option<ControlClient>) -> Result<Self, SetupError> {
         let tls = TlsContext::new(&cfg)?;
         let control_resolver = match &cfg.control_resolver {
             Some(spec) => Some(ControlResolver::new(spec, &cfg)?),
@@ -142,8 +143,8 @@ impl Engine {
         }
     }
 
-    /// Measure one target, with the control asked concurrently; the verdict is the first pass
-    /// (without the run's throttling baseline).
+    /// Measure one target, with the control asked concurrently. The verdict is left to
+    /// [`finalize_verdicts`], which decides once per target when the run's baseline is known.
     pub async fn measure(&self, target: &Target, connectivity: ConnectivitySummary) -> Measurement {
         let started_at = Utc::now();
         let t0 = Instant::now();
@@ -172,9 +173,9 @@ impl Engine {
                 }
                 (Some(reply.control), None)
             }
-            Some(Err(e)) => (None, Some(crate::scrub::scrub_ips(&e))),
+            Some(Err(e)) => (None, Some(crate::scrub::scrub_ips(&e.to_string()))),
         };
-        let mut m = Measurement {
+        Measurement {
             schema_version: SCHEMA_VERSION,
             id: Uuid::now_v7(),
             software: Software::default(),
@@ -192,15 +193,7 @@ impl Engine {
             control_failure,
             connectivity,
             verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
-        };
-        m.verdict = verdict::decide(
-            &m,
-            &RunContext {
-                offline: false,
-                baseline: None,
-            },
-        );
-        m
+        }
     }
 
     /// Resolve the URL's host with the network resolver (and the control resolver, recorded
@@ -601,28 +594,14 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-/// Second verdict pass: with the run's own baseline, so throttling can be judged.
+/// Decide every measurement's verdict, once each, with the run's own baseline (this probe's
+/// speed for the other sites that plainly loaded), so throttling can be judged.
 pub fn finalize_verdicts(measurements: &mut [Measurement], offline: bool) {
-    let first: Vec<Verdict> = measurements
-        .iter()
-        .map(|m| {
-            verdict::decide(
-                m,
-                &RunContext {
-                    offline,
-                    baseline: None,
-                },
-            )
-        })
-        .collect();
-    for (m, v) in measurements.iter_mut().zip(first) {
-        m.verdict = v;
-    }
-    let snapshot: Vec<Measurement> = measurements.to_vec();
+    let samples = verdict::Samples::collect(measurements);
     for m in measurements.iter_mut() {
         let ctx = RunContext {
             offline,
-            baseline: verdict::baseline(&snapshot, Some(m.id)),
+            baseline: samples.baseline(Some(m.id)),
         };
         m.verdict = verdict::decide(m, &ctx);
     }

@@ -11,6 +11,7 @@
 //! - [`verdict`]: the pure function from observations to a verdict;
 //! - [`targets`], [`fingerprints`], [`bogon`]: inputs and reference data;
 //! - [`spec`]: the string forms of settings, shared by the app and the collector;
+//! - [`error`]: the typed errors the core returns to the app and the collector;
 //! - [`control`]: the control service's client and server side.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@ pub mod bogon;
 pub mod checks;
 pub mod control;
 pub mod engine;
+pub mod error;
 pub mod failure;
 pub mod fingerprints;
 pub mod model;

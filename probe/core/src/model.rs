@@ -371,12 +371,14 @@ macro_rules! snake_enum_str {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
         }
         impl FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = crate::error::UnknownValue;
+            fn from_str(s: &str) -> Result<Self, crate::error::UnknownValue> {
                 match s {
                     $($s => Ok(<$ty>::$v),)*
-                    other => Err(format!("unknown value {other:?}; expected one of: {}",
-                        [$($s),*].join(", "))),
+                    other => Err(crate::error::UnknownValue {
+                        value: other.to_string(),
+                        expected: [$($s),*].join(", "),
+                    }),
                 }
             }
         }

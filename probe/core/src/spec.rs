@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::CertificateDer;
 
 use crate::checks::{ControlResolverSpec, ResolverSpec};
+use crate::error::AddrError;
 
 /// A configuration problem, with where it is and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +46,9 @@ pub fn parse_resolver(s: &str) -> Result<ResolverSpec, ConfigError> {
     }
     parse_addr(s, 53)
         .map(ResolverSpec::Udp)
-        .map_err(|message| ConfigError::Value {
+        .map_err(|e| ConfigError::Value {
             what: format!("resolver {s:?}"),
-            message,
+            message: e.to_string(),
         })
 }
 
@@ -65,14 +66,14 @@ pub fn parse_control_resolver(s: &str) -> Result<Option<ControlResolverSpec>, Co
         .ok_or_else(|| err("expected doh:IP#NAME, dot:IP#NAME, udp:IP[:PORT] or none".into()))?;
     match kind {
         "udp" => Ok(Some(ControlResolverSpec::Udp(
-            parse_addr(rest, 53).map_err(err)?,
+            parse_addr(rest, 53).map_err(|e| err(e.to_string()))?,
         ))),
         "doh" | "dot" => {
             let (addr, name) = rest.split_once('#').ok_or_else(|| {
                 err("missing #NAME: the name the resolver's certificate is for".into())
             })?;
             let port = if kind == "doh" { 443 } else { 853 };
-            let addr = parse_addr(addr, port).map_err(err)?;
+            let addr = parse_addr(addr, port).map_err(|e| err(e.to_string()))?;
             let tls_name = name.to_string();
             if tls_name.is_empty() {
                 return Err(err("empty #NAME".into()));
@@ -90,14 +91,14 @@ pub fn parse_control_resolver(s: &str) -> Result<Option<ControlResolverSpec>, Co
 }
 
 /// `IP`, `IP:PORT`, `[V6]:PORT` or bare `V6`.
-pub fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+pub fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, AddrError> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
         return Ok(sa);
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, default_port));
     }
-    Err(format!("{s:?} is not an IP address or IP:PORT"))
+    Err(AddrError(s.to_string()))
 }
 
 /// Parse `host:port` anchors.

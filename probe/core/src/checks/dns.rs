@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::{ControlResolverSpec, MeasureConfig, ResolverSpec};
+use crate::error::SetupError;
 use crate::failure::Failure;
 use crate::model::{DnsAnswer, DnsObservation, LateDnsResponse, QueryType, ResolverRole};
 
@@ -361,7 +362,7 @@ impl std::fmt::Debug for ControlResolver {
 
 impl ControlResolver {
     /// Build the resolver for `spec`, trusting the Mozilla roots plus the extra CAs.
-    pub fn new(spec: &ControlResolverSpec, cfg: &MeasureConfig) -> Result<Self, String> {
+    pub fn new(spec: &ControlResolverSpec, cfg: &MeasureConfig) -> Result<Self, SetupError> {
         let (ns, transport, label) = match spec {
             ControlResolverSpec::Doh { addr, tls_name } => {
                 let mut ns = NameServerConfig::https(addr.ip(), Arc::from(tls_name.as_str()), None);
@@ -397,7 +398,10 @@ impl ControlResolver {
         if transport != "udp" {
             builder = builder.with_tls_config(super::tls::verifying_client_config(cfg)?);
         }
-        let resolver = builder.build().map_err(|e| e.to_string())?;
+        let resolver = builder.build().map_err(|e| SetupError::ControlResolver {
+            resolver: label.clone(),
+            message: e.to_string(),
+        })?;
         Ok(ControlResolver {
             resolver: Arc::new(resolver),
             transport,

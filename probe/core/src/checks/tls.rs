@@ -27,6 +27,7 @@ use tokio_rustls::TlsConnector;
 
 use super::dns::ms_since;
 use super::MeasureConfig;
+use crate::error::SetupError;
 use crate::failure::Failure;
 use crate::model::{CertificateInfo, TlsObservation};
 
@@ -81,10 +82,9 @@ pub fn root_store(cfg: &MeasureConfig) -> RootCertStore {
 }
 
 /// A normal verifying client configuration (for DoH/DoT and the control client).
-pub fn verifying_client_config(cfg: &MeasureConfig) -> Result<ClientConfig, String> {
+pub fn verifying_client_config(cfg: &MeasureConfig) -> Result<ClientConfig, SetupError> {
     Ok(ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(root_store(cfg))
         .with_no_client_auth())
 }
@@ -107,14 +107,12 @@ impl std::fmt::Debug for TlsContext {
 
 impl TlsContext {
     /// Build from the measurement configuration.
-    pub fn new(cfg: &MeasureConfig) -> Result<Self, String> {
+    pub fn new(cfg: &MeasureConfig) -> Result<Self, SetupError> {
         let verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(cfg)), provider())
-                .build()
-                .map_err(|e| e.to_string())?;
+                .build()?;
         let mut config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(danger::RecordingVerifier {
                 provider: provider(),

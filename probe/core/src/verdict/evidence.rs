@@ -1,0 +1,442 @@
+//! Typed evidence: every fact a rule can cite, one variant each.
+//!
+//! A verdict's `evidence` is still a list of `key=value` lines in the JSON (the collector, the
+//! status page and the tests parse those); [`Evidence`]'s `Display` is the only place those
+//! lines are spelled, so a key cannot drift between the rule that pushes it and the docs.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::failure::Failure;
+use crate::model::Step;
+
+use super::{join_addrs, short_title};
+
+/// Which resolver a DNS summary line describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsSource {
+    /// The network's resolver (`dns.network`).
+    Network,
+    /// The control service's resolver (`dns.control`).
+    ControlService,
+    /// The probe's encrypted control resolver (`dns.control_resolver`).
+    ControlResolver,
+}
+
+/// What a resolver gave for the target: some addresses, or a failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsResult {
+    /// This many distinct addresses.
+    Addrs(usize),
+    /// The failure's name without its `dns_` prefix (`nxdomain`, `timeout`, `no_answer`).
+    Failed(String),
+}
+
+/// How a decoy handshake (another SNI, same server) ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecoyResult {
+    /// It got as far as the certificate.
+    Ok,
+    /// It failed, with this failure's name.
+    Failed(&'static str),
+}
+
+/// What the control's TLS handshakes showed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlTlsEvidence {
+    /// A handshake completed (`tls.control=ok`).
+    Ok,
+    /// A handshake completed with a verified chain (`tls.control=verified`).
+    Verified,
+    /// Handshakes completed, none verified (`tls.control=unverified`).
+    Unverified,
+    /// Every handshake failed (`tls.control=failed`).
+    Failed,
+}
+
+/// Which throttling figure was out of line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThrottleFigure {
+    /// The TLS handshake time, milliseconds (`throttle.handshake_ms`).
+    HandshakeMs,
+    /// The body throughput, bytes per second (`throttle.throughput_bps`).
+    ThroughputBps,
+}
+
+/// One fact a verdict rests on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Evidence {
+    /// `control=unavailable`: no control answer to compare with.
+    ControlUnavailable,
+    /// `connectivity.anchors=OK/TRIED`.
+    Anchors {
+        /// Anchors reached.
+        ok: u32,
+        /// Anchors tried.
+        tried: u32,
+    },
+    /// `failure=network_offline`: a step was skipped because the network was down.
+    NetworkOffline,
+    /// `connectivity.resolver=dead`: the network's resolver answered nothing in the run.
+    ResolverDead,
+    /// `dns.network=…`, `dns.control=…`, `dns.control_resolver=…`.
+    Dns(DnsSource, DnsResult),
+    /// `dns.injected=first:… late:… +Nms`: two different answers to one query.
+    DnsInjected {
+        /// The first answer, as text.
+        first: String,
+        /// The late answer, as text.
+        late: String,
+        /// How long after the first the late one came.
+        after_ms: f64,
+    },
+    /// `dns.network.bogon=ADDRS`.
+    DnsBogon(Vec<IpAddr>),
+    /// `dns.control.bogon=all`: the control resolved the name to bogons too.
+    DnsControlBogonAll,
+    /// `dns.consistent=tls_verified@ADDR`.
+    DnsConsistentByTls(SocketAddr),
+    /// `dns.consistent=same_page`.
+    DnsConsistentByPage,
+    /// `dns.inconsistent=network:… control:…`.
+    DnsInconsistent {
+        /// The network resolver's addresses.
+        network: Vec<IpAddr>,
+        /// The control's addresses.
+        control: Vec<IpAddr>,
+    },
+    /// `tcp.ipv6=no_route`.
+    TcpNoIpv6Route,
+    /// `tcp.failure=NAME@ADDR`.
+    TcpFailure(Failure, SocketAddr),
+    /// `tcp.control=ok` / `tcp.control=failed`.
+    TcpControl(bool),
+    /// `tls.interception_ca=NAME`.
+    InterceptionCa(String),
+    /// `tls.verification=NAME@ADDR`.
+    TlsVerification(&'static str, SocketAddr),
+    /// `tls.leaf=SHA256`.
+    TlsLeaf(String),
+    /// `tls.issuer=DN`.
+    TlsIssuer(String),
+    /// `tls.control.leaf=SHA256`.
+    TlsControlLeaf(String),
+    /// `tls.control=ok|verified|unverified|failed`.
+    TlsControl(ControlTlsEvidence),
+    /// `tls.failure=NAME@ADDR`.
+    TlsFailure(Failure, SocketAddr),
+    /// `tls.decoy=ok@ADDR` or `tls.decoy=NAME@ADDR`.
+    TlsDecoy(DecoyResult, SocketAddr),
+    /// `http.blockpage=NAME`.
+    Blockpage(String),
+    /// `http.blockpage.hop=N`.
+    BlockpageHop(u32),
+    /// `http.status=N` or `http.status=N control=M`.
+    HttpStatus {
+        /// The probe's final status.
+        status: u16,
+        /// The control's final status, when it had one.
+        control: Option<u16>,
+    },
+    /// `server_side_refusal`: the site itself refused, over an authenticated connection.
+    ServerSideRefusal,
+    /// `http.hopN.failure=NAME@STEP`.
+    HopFailure {
+        /// The hop.
+        hop: u32,
+        /// How it failed.
+        failure: Failure,
+        /// At which step.
+        step: Step,
+    },
+    /// `http.control=ok`.
+    HttpControlOk,
+    /// `http.control.failed_step=STEP`.
+    HttpControlFailedStep(Step),
+    /// `http.body_length=N control=M`.
+    BodyLength {
+        /// The probe's body length.
+        probe: u64,
+        /// The control's.
+        control: u64,
+    },
+    /// `http.title="…" control="…"`.
+    Titles {
+        /// The probe's page title.
+        probe: Option<String>,
+        /// The control's.
+        control: Option<String>,
+    },
+    /// `throttle.handshake_ms=N baseline=M` or `throttle.throughput_bps=N baseline=M`.
+    Throttle {
+        /// Which figure.
+        figure: ThrottleFigure,
+        /// The target's value.
+        value: f64,
+        /// The reference it was compared with.
+        baseline: f64,
+    },
+}
+
+impl fmt::Display for Evidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Evidence::*;
+        match self {
+            ControlUnavailable => f.write_str("control=unavailable"),
+            Anchors { ok, tried } => write!(f, "connectivity.anchors={ok}/{tried}"),
+            NetworkOffline => f.write_str("failure=network_offline"),
+            ResolverDead => f.write_str("connectivity.resolver=dead"),
+            Dns(source, result) => {
+                let key = match source {
+                    DnsSource::Network => "dns.network",
+                    DnsSource::ControlService => "dns.control",
+                    DnsSource::ControlResolver => "dns.control_resolver",
+                };
+                match result {
+                    DnsResult::Addrs(n) => write!(f, "{key}={n} addrs"),
+                    DnsResult::Failed(name) => write!(f, "{key}={name}"),
+                }
+            }
+            DnsInjected {
+                first,
+                late,
+                after_ms,
+            } => write!(f, "dns.injected=first:{first} late:{late} +{after_ms:.0}ms"),
+            DnsBogon(addrs) => write!(f, "dns.network.bogon={}", join_addrs(addrs)),
+            DnsControlBogonAll => f.write_str("dns.control.bogon=all"),
+            DnsConsistentByTls(addr) => write!(f, "dns.consistent=tls_verified@{addr}"),
+            DnsConsistentByPage => f.write_str("dns.consistent=same_page"),
+            DnsInconsistent { network, control } => write!(
+                f,
+                "dns.inconsistent=network:{} control:{}",
+                join_addrs(network),
+                join_addrs(control)
+            ),
+            TcpNoIpv6Route => f.write_str("tcp.ipv6=no_route"),
+            TcpFailure(x, addr) => write!(f, "tcp.failure={}@{addr}", x.name()),
+            TcpControl(true) => f.write_str("tcp.control=ok"),
+            TcpControl(false) => f.write_str("tcp.control=failed"),
+            InterceptionCa(ca) => write!(f, "tls.interception_ca={ca}"),
+            TlsVerification(name, addr) => write!(f, "tls.verification={name}@{addr}"),
+            TlsLeaf(sha) => write!(f, "tls.leaf={sha}"),
+            TlsIssuer(dn) => write!(f, "tls.issuer={dn}"),
+            TlsControlLeaf(sha) => write!(f, "tls.control.leaf={sha}"),
+            TlsControl(c) => f.write_str(match c {
+                ControlTlsEvidence::Ok => "tls.control=ok",
+                ControlTlsEvidence::Verified => "tls.control=verified",
+                ControlTlsEvidence::Unverified => "tls.control=unverified",
+                ControlTlsEvidence::Failed => "tls.control=failed",
+            }),
+            TlsFailure(x, addr) => write!(f, "tls.failure={}@{addr}", x.name()),
+            TlsDecoy(DecoyResult::Ok, addr) => write!(f, "tls.decoy=ok@{addr}"),
+            TlsDecoy(DecoyResult::Failed(name), addr) => write!(f, "tls.decoy={name}@{addr}"),
+            Blockpage(name) => write!(f, "http.blockpage={name}"),
+            BlockpageHop(hop) => write!(f, "http.blockpage.hop={hop}"),
+            HttpStatus {
+                status,
+                control: Some(c),
+            } => write!(f, "http.status={status} control={c}"),
+            HttpStatus {
+                status,
+                control: None,
+            } => write!(f, "http.status={status}"),
+            ServerSideRefusal => f.write_str("server_side_refusal"),
+            HopFailure { hop, failure, step } => {
+                write!(f, "http.hop{hop}.failure={}@{step}", failure.name())
+            }
+            HttpControlOk => f.write_str("http.control=ok"),
+            HttpControlFailedStep(step) => write!(f, "http.control.failed_step={step}"),
+            BodyLength { probe, control } => {
+                write!(f, "http.body_length={probe} control={control}")
+            }
+            Titles { probe, control } => write!(
+                f,
+                "http.title=\"{}\" control=\"{}\"",
+                short_title(probe.as_deref()),
+                short_title(control.as_deref())
+            ),
+            Throttle {
+                figure,
+                value,
+                baseline,
+            } => {
+                let key = match figure {
+                    ThrottleFigure::HandshakeMs => "throttle.handshake_ms",
+                    ThrottleFigure::ThroughputBps => "throttle.throughput_bps",
+                };
+                write!(f, "{key}={value:.0} baseline={baseline:.0}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// The JSON spelling is a contract with the collector and the docs: pin every key.
+    #[test]
+    fn every_variant_keeps_its_json_spelling() {
+        let a = sa("198.18.0.10:443");
+        let ip: IpAddr = "10.10.34.34".parse().unwrap();
+        let cases: Vec<(Evidence, &str)> = vec![
+            (Evidence::ControlUnavailable, "control=unavailable"),
+            (
+                Evidence::Anchors { ok: 0, tried: 3 },
+                "connectivity.anchors=0/3",
+            ),
+            (Evidence::NetworkOffline, "failure=network_offline"),
+            (Evidence::ResolverDead, "connectivity.resolver=dead"),
+            (
+                Evidence::Dns(DnsSource::Network, DnsResult::Failed("nxdomain".into())),
+                "dns.network=nxdomain",
+            ),
+            (
+                Evidence::Dns(DnsSource::ControlService, DnsResult::Addrs(2)),
+                "dns.control=2 addrs",
+            ),
+            (
+                Evidence::Dns(DnsSource::ControlResolver, DnsResult::Addrs(1)),
+                "dns.control_resolver=1 addrs",
+            ),
+            (
+                Evidence::DnsInjected {
+                    first: "10.0.0.1".into(),
+                    late: "198.18.0.10".into(),
+                    after_ms: 12.4,
+                },
+                "dns.injected=first:10.0.0.1 late:198.18.0.10 +12ms",
+            ),
+            (
+                Evidence::DnsBogon(vec![ip]),
+                "dns.network.bogon=10.10.34.34",
+            ),
+            (Evidence::DnsControlBogonAll, "dns.control.bogon=all"),
+            (
+                Evidence::DnsConsistentByTls(a),
+                "dns.consistent=tls_verified@198.18.0.10:443",
+            ),
+            (Evidence::DnsConsistentByPage, "dns.consistent=same_page"),
+            (
+                Evidence::DnsInconsistent {
+                    network: vec![ip],
+                    control: vec![a.ip()],
+                },
+                "dns.inconsistent=network:10.10.34.34 control:198.18.0.10",
+            ),
+            (Evidence::TcpNoIpv6Route, "tcp.ipv6=no_route"),
+            (
+                Evidence::TcpFailure(Failure::GenericTimeout, a),
+                "tcp.failure=generic_timeout@198.18.0.10:443",
+            ),
+            (Evidence::TcpControl(true), "tcp.control=ok"),
+            (Evidence::TcpControl(false), "tcp.control=failed"),
+            (
+                Evidence::InterceptionCa("Qaznet".into()),
+                "tls.interception_ca=Qaznet",
+            ),
+            (
+                Evidence::TlsVerification("ssl_invalid_certificate", a),
+                "tls.verification=ssl_invalid_certificate@198.18.0.10:443",
+            ),
+            (Evidence::TlsLeaf("f0".into()), "tls.leaf=f0"),
+            (Evidence::TlsIssuer("CN=X".into()), "tls.issuer=CN=X"),
+            (Evidence::TlsControlLeaf("a1".into()), "tls.control.leaf=a1"),
+            (
+                Evidence::TlsControl(ControlTlsEvidence::Ok),
+                "tls.control=ok",
+            ),
+            (
+                Evidence::TlsControl(ControlTlsEvidence::Verified),
+                "tls.control=verified",
+            ),
+            (
+                Evidence::TlsControl(ControlTlsEvidence::Unverified),
+                "tls.control=unverified",
+            ),
+            (
+                Evidence::TlsControl(ControlTlsEvidence::Failed),
+                "tls.control=failed",
+            ),
+            (
+                Evidence::TlsFailure(Failure::ConnectionReset, a),
+                "tls.failure=connection_reset@198.18.0.10:443",
+            ),
+            (
+                Evidence::TlsDecoy(DecoyResult::Ok, a),
+                "tls.decoy=ok@198.18.0.10:443",
+            ),
+            (
+                Evidence::TlsDecoy(DecoyResult::Failed("generic_timeout"), a),
+                "tls.decoy=generic_timeout@198.18.0.10:443",
+            ),
+            (Evidence::Blockpage("kz".into()), "http.blockpage=kz"),
+            (Evidence::BlockpageHop(1), "http.blockpage.hop=1"),
+            (
+                Evidence::HttpStatus {
+                    status: 200,
+                    control: Some(403),
+                },
+                "http.status=200 control=403",
+            ),
+            (
+                Evidence::HttpStatus {
+                    status: 200,
+                    control: None,
+                },
+                "http.status=200",
+            ),
+            (Evidence::ServerSideRefusal, "server_side_refusal"),
+            (
+                Evidence::HopFailure {
+                    hop: 0,
+                    failure: Failure::ConnectionReset,
+                    step: Step::Http,
+                },
+                "http.hop0.failure=connection_reset@http",
+            ),
+            (Evidence::HttpControlOk, "http.control=ok"),
+            (
+                Evidence::HttpControlFailedStep(Step::Tcp),
+                "http.control.failed_step=tcp",
+            ),
+            (
+                Evidence::BodyLength {
+                    probe: 10,
+                    control: 20,
+                },
+                "http.body_length=10 control=20",
+            ),
+            (
+                Evidence::Titles {
+                    probe: Some("A \"b\"".into()),
+                    control: None,
+                },
+                "http.title=\"A 'b'\" control=\"\"",
+            ),
+            (
+                Evidence::Throttle {
+                    figure: ThrottleFigure::HandshakeMs,
+                    value: 4300.0,
+                    baseline: 40.0,
+                },
+                "throttle.handshake_ms=4300 baseline=40",
+            ),
+            (
+                Evidence::Throttle {
+                    figure: ThrottleFigure::ThroughputBps,
+                    value: 65536.4,
+                    baseline: 3e6,
+                },
+                "throttle.throughput_bps=65536 baseline=3000000",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.to_string(), want, "{e:?}");
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! Stages 5 and 6, HTTP: blockpages, failed hops (compared with the control, then local
+//! evidence about the failing hop), and the final page against the control's.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::failure::Failure;
+use crate::model::{
+    ControlResponse, DnsObservation, HttpObservation, Measurement, Method, ResolverRole, Step,
+    TlsObservation,
+};
+
+use super::dns::{injected_answers, injected_evidence};
+use super::evidence::DecoyResult;
+use super::tls::completed;
+use super::{
+    final_response, fmt_bytes, join_addrs, norm_host, same_site, short_title, url_host, Evidence,
+    Facts, Outcome,
+};
+
+/// Shortest-to-longest body length ratio from which two pages count as the same (OONI's value):
+/// dynamic pages vary a little, blockpages are usually much shorter than the real page.
+pub const BODY_LENGTH_RATIO: f64 = 0.7;
+
+/// Whether two final HTTP responses are the same page. Identical bodies are; otherwise the
+/// status codes must match (any 2xx alike), and then the titles decide when both pages have one
+/// (a censor's rewrite or notice of the same size as the real page differs by its title), and
+/// the body lengths (within [`BODY_LENGTH_RATIO`]) when either has none. A body truncated at the
+/// cap counts as "at least this long", so a large page read up to the cap is not mistaken for
+/// a different one.
+pub fn pages_similar(a: &HttpObservation, b: &HttpObservation) -> bool {
+    if a.status == b.status && a.body_sha256.is_some() && a.body_sha256 == b.body_sha256 {
+        return true;
+    }
+    let status_alike = match (a.status, b.status) {
+        (Some(x), Some(y)) => x == y || ((200..300).contains(&x) && (200..300).contains(&y)),
+        _ => false,
+    };
+    if !status_alike {
+        return false;
+    }
+    match titles_compare(a, b) {
+        Some(same) => same,
+        None => body_length_ratio(a, b) >= BODY_LENGTH_RATIO,
+    }
+}
+
+/// The largest shortest-to-longest ratio the two body lengths allow, treating a truncated
+/// length as "at least this much".
+fn body_length_ratio(a: &HttpObservation, b: &HttpObservation) -> f64 {
+    let (la, lb) = (a.body_length as f64, b.body_length as f64);
+    let ratio = |short: f64, long: f64| if long <= 0.0 { 1.0 } else { short / long };
+    match (a.body_truncated, b.body_truncated) {
+        (true, true) => 1.0,
+        (true, false) if lb >= la => 1.0,
+        (true, false) => ratio(lb, la),
+        (false, true) if la >= lb => 1.0,
+        (false, true) => ratio(la, lb),
+        (false, false) => ratio(la.min(lb), la.max(lb)),
+    }
+}
+
+/// `Some(equal)` when both pages have a non-empty title, `None` when either has none.
+fn titles_compare(a: &HttpObservation, b: &HttpObservation) -> Option<bool> {
+    match (
+        a.title.as_deref().map(str::trim),
+        b.title.as_deref().map(str::trim),
+    ) {
+        (Some(x), Some(y)) if !x.is_empty() && !y.is_empty() => Some(x == y),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5 and 6. HTTP.
+
+pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
+    let domain = &f.domain;
+    if f.hops.is_empty() {
+        return Outcome::inconclusive(format!(
+            "no HTTP exchange with {domain} was recorded, so whether the page loads is unknown"
+        ));
+    }
+    // A hop is trusted when its content provably comes from the site: it was fetched over a
+    // verified TLS connection, and the redirect that led there was trusted too or the hop is
+    // on the target's own site (http -> https upgrades). A cleartext hop can be forged.
+    let mut trusted = Vec::with_capacity(f.hops.len());
+    for (i, h) in f.hops.iter().enumerate() {
+        let same_site = url_host(&h.url).is_some_and(|host| same_site(&host, domain));
+        let prev = i > 0 && trusted[i - 1];
+        trusted.push(hop_verified(f.m, h) && (i == 0 || prev || same_site));
+    }
+
+    if let Some(h) = f
+        .hops
+        .iter()
+        .zip(&trusted)
+        .find_map(|(h, t)| (!t && h.blockpage.is_some()).then_some(*h))
+    {
+        let bp = h.blockpage.as_deref().unwrap_or_default();
+        ev.push(Evidence::Blockpage(bp.to_string()));
+        if h.hop > 0 {
+            ev.push(Evidence::BlockpageHop(h.hop));
+        }
+        return Outcome::blocked(
+            Method::Http,
+            format!("the answer for {domain} is a known blockpage ({bp})"),
+        );
+    }
+
+    if let Some(h) = f.hops.iter().find(|h| h.failure.is_some()) {
+        return hop_failure(f, h, ev);
+    }
+
+    let (last, last_trusted) = match (f.hops.last(), trusted.last()) {
+        (Some(h), Some(t)) => (*h, *t),
+        _ => return Outcome::inconclusive(format!("no HTTP exchange with {domain} was recorded")),
+    };
+    let Some(status) = last.status else {
+        return Outcome::inconclusive(format!(
+            "the last HTTP exchange with {domain} recorded no status"
+        ));
+    };
+    let ctl_final = f.control.and_then(|c| final_response(&c.http));
+    match ctl_final {
+        Some(c) => ev.push(Evidence::HttpStatus {
+            status,
+            control: Some(c.status.unwrap_or_default()),
+        }),
+        None => ev.push(Evidence::HttpStatus {
+            status,
+            control: None,
+        }),
+    }
+
+    if last_trusted {
+        if let Some(bp) = &last.blockpage {
+            ev.push(Evidence::Blockpage(bp.clone()));
+        }
+        let differs = ctl_final.is_some_and(|c| !pages_similar(last, c));
+        if status >= 400 || differs || last.blockpage.is_some() {
+            ev.push(Evidence::ServerSideRefusal);
+            if let Some(c) = ctl_final {
+                push_page_comparison(last, c, ev);
+            }
+            let said = match &last.blockpage {
+                _ if status >= 400 => format!("answered {status}"),
+                Some(bp) => format!("served a page that looks like the blockpage {bp}"),
+                None => format!("served a different page than the control's (status {status})"),
+            };
+            return Outcome::accessible(format!(
+                "the site itself {said} over an authenticated connection: a server-side \
+                 restriction, not network censorship"
+            ));
+        }
+        return Outcome::accessible(format!(
+            "{domain} loaded over an authenticated (verified TLS) connection"
+        ));
+    }
+
+    match ctl_final {
+        Some(c) if pages_similar(last, c) => Outcome::accessible(format!(
+            "{domain} loaded and the page matches the control's"
+        )),
+        Some(c) => {
+            push_page_comparison(last, c, ev);
+            Outcome::blocked(
+                Method::Http,
+                format!(
+                    "the page differs from the control's: {}",
+                    page_difference(last, c)
+                ),
+            )
+        }
+        None => {
+            let why = if f.control.is_none() {
+                "the control was unavailable"
+            } else {
+                "the control did not load it"
+            };
+            Outcome::accessible(format!(
+                "{domain} loaded, but the page could not be compared because {why}"
+            ))
+        }
+    }
+}
+
+/// A hop failed at some step: compare with the control, then look for local evidence.
+fn hop_failure(f: &Facts, h: &HttpObservation, ev: &mut Vec<Evidence>) -> Outcome {
+    let failure = h.failure.clone().unwrap_or_else(|| Failure::unknown(""));
+    let step = h.failed_step.unwrap_or(Step::Http);
+    let method = match step {
+        Step::Dns => Method::Dns,
+        Step::Tcp => Method::Tcp,
+        Step::Tls if failure.is_certificate() => Method::Mitm,
+        Step::Tls => Method::Tls,
+        Step::Http => Method::Http,
+    };
+    ev.push(Evidence::HopFailure {
+        hop: h.hop,
+        failure: failure.clone(),
+        step,
+    });
+    let what = hop_failure_phrase(f, h, step, &failure);
+    let ctl_final = f.control.and_then(|c| final_response(&c.http));
+    if ctl_final.is_some() {
+        ev.push(Evidence::HttpControlOk);
+        return Outcome::blocked(method, format!("{what}, while the control loaded the page"));
+    }
+    let ctl_step = f.control.and_then(control_failed_step);
+    if ctl_step == Some(step) {
+        ev.push(Evidence::HttpControlFailedStep(step));
+        return Outcome::down(format!(
+            "{what}, and the control failed the same way: the site is down or broken"
+        ));
+    }
+    if let Some((method, why)) = local_evidence(f, h, step, &failure, ev) {
+        return Outcome::blocked(method, format!("{what}, and {why}"));
+    }
+    match (f.control, ctl_step) {
+        (None, _) => Outcome::inconclusive(format!(
+            "{what}, but the control was unavailable, so a block cannot be told from a failing \
+             site"
+        )),
+        (Some(_), Some(s)) => Outcome::inconclusive(format!(
+            "{what}, and the control failed too, at another step ({s}), so the two cannot be \
+             compared"
+        )),
+        (Some(_), None) => Outcome::inconclusive(format!(
+            "{what}, and the control recorded no result to compare with"
+        )),
+    }
+}
+
+fn hop_failure_phrase(f: &Facts, h: &HttpObservation, step: Step, failure: &Failure) -> String {
+    let name = failure.name();
+    if h.hop > 0 {
+        let to = url_host(&h.url).unwrap_or_else(|| "another address".to_string());
+        return match failure {
+            Failure::HttpTooManyRedirects => {
+                format!("{} redirected too many times (or in a loop) here", f.domain)
+            }
+            Failure::HttpInvalidRedirect => {
+                format!(
+                    "{} redirected to an address that cannot be followed",
+                    f.domain
+                )
+            }
+            _ => format!("the redirect to {to} {} ({name})", step_phrase(step)),
+        };
+    }
+    match (step, failure) {
+        (Step::Http, Failure::ConnectionReset) => {
+            "the connection was reset after the HTTP request was sent".to_string()
+        }
+        (Step::Http, Failure::GenericTimeout) => {
+            "the HTTP request got no answer before the timeout".to_string()
+        }
+        (Step::Http, Failure::Eof) => {
+            "the connection was closed after the HTTP request was sent".to_string()
+        }
+        (Step::Http, Failure::HttpTooManyRedirects) => {
+            format!("{} redirected too many times (or in a loop) here", f.domain)
+        }
+        (Step::Http, Failure::HttpInvalidRedirect) => {
+            format!(
+                "{} redirected to an address that cannot be followed",
+                f.domain
+            )
+        }
+        _ => format!("the request to {} {} ({name})", f.domain, step_phrase(step)),
+    }
+}
+
+fn step_phrase(step: Step) -> &'static str {
+    match step {
+        Step::Dns => "could not be resolved",
+        Step::Tcp => "could not connect",
+        Step::Tls => "failed during the TLS handshake",
+        Step::Http => "failed during the HTTP exchange",
+    }
+}
+
+/// Where the control's own measurement stopped: its first failing hop's step, or (with no HTTP
+/// at all) the first step at which every attempt failed.
+fn control_failed_step(c: &ControlResponse) -> Option<Step> {
+    if let Some(h) = c
+        .http
+        .iter()
+        .filter(|h| h.failure.is_some())
+        .min_by_key(|h| h.hop)
+    {
+        return Some(h.failed_step.unwrap_or(Step::Http));
+    }
+    if !c.http.is_empty() {
+        return None;
+    }
+    let real_tls: Vec<_> = c.tls.iter().filter(|t| !t.decoy).collect();
+    if !c.dns.is_empty() && c.dns.iter().all(|o| o.answers.is_empty()) {
+        Some(Step::Dns)
+    } else if !c.tcp.is_empty() && c.tcp.iter().all(|t| t.failure.is_some()) {
+        Some(Step::Tcp)
+    } else if !real_tls.is_empty() && real_tls.iter().all(|t| !completed(t)) {
+        Some(Step::Tls)
+    } else {
+        None
+    }
+}
+
+/// Evidence recorded by the probe alone that cannot be innocent, about the failing hop's host:
+/// an injected or bogon DNS answer, a state interception CA, or a decoy handshake that works
+/// where the real one is cut.
+fn local_evidence(
+    f: &Facts,
+    h: &HttpObservation,
+    step: Step,
+    failure: &Failure,
+    ev: &mut Vec<Evidence>,
+) -> Option<(Method, String)> {
+    let host = url_host(&h.url)?;
+    let dns: Vec<&DnsObservation> =
+        f.m.dns
+            .iter()
+            .filter(|o| o.role == ResolverRole::Network && norm_host(&o.query) == host)
+            .collect();
+    if let Some((o, l)) = injected_answers(&dns).first() {
+        ev.push(injected_evidence(o, l));
+        return Some((
+            Method::Dns,
+            format!("two different DNS answers came back for {host}: an injected answer"),
+        ));
+    }
+    let bogons: Vec<IpAddr> = dns
+        .iter()
+        .filter(|o| o.failure.is_none())
+        .flat_map(|o| &o.answers)
+        .filter(|a| a.bogon)
+        .map(|a| a.addr)
+        .collect();
+    if !bogons.is_empty() {
+        ev.push(Evidence::DnsBogon(bogons.clone()));
+        return Some((
+            Method::Dns,
+            format!(
+                "the network's resolver answered {} for {host}, an address no public site can have",
+                join_addrs(&bogons)
+            ),
+        ));
+    }
+    let tls: Vec<&TlsObservation> =
+        f.m.tls
+            .iter()
+            .filter(|t| !t.decoy && norm_host(&t.server_name) == host)
+            .collect();
+    if let Some(ca) = tls.iter().find_map(|t| t.interception_ca.as_deref()) {
+        ev.push(Evidence::InterceptionCa(ca.to_string()));
+        return Some((
+            Method::Mitm,
+            format!("its certificate was issued by {ca}, the state's interception authority"),
+        ));
+    }
+    if step == Step::Tls && failure.is_interruption() {
+        let cut: Vec<SocketAddr> = tls
+            .iter()
+            .filter(|t| !completed(t))
+            .map(|t| t.addr)
+            .chain(h.addr)
+            .collect();
+        if let Some(d) = f
+            .decoys
+            .iter()
+            .find(|d| completed(d) && cut.contains(&d.addr))
+        {
+            ev.push(Evidence::TlsDecoy(DecoyResult::Ok, d.addr));
+            return Some((
+                Method::Tls,
+                "a handshake with another name to the same server succeeded: SNI filtering"
+                    .to_string(),
+            ));
+        }
+    }
+    None
+}
+
+/// Whether a hop was fetched over a TLS connection whose chain verified for the hop's host.
+/// Hop 0's handshake is in the measurement's TLS list; a redirect hop's handshake is not
+/// recorded there, but the engine refuses to send a request over an unverified redirect hop
+/// (it records a TLS failure instead), so an https redirect hop with a response was verified.
+fn hop_verified(m: &Measurement, h: &HttpObservation) -> bool {
+    let Ok(u) = url::Url::parse(&h.url) else {
+        return false;
+    };
+    if u.scheme() != "https" || h.failure.is_some() {
+        return false;
+    }
+    let Some(host) = url_host(&h.url) else {
+        return false;
+    };
+    let matching: Vec<&TlsObservation> = m
+        .tls
+        .iter()
+        .filter(|t| !t.decoy && norm_host(&t.server_name) == host)
+        .filter(|t| h.addr.is_none_or(|a| a == t.addr))
+        .collect();
+    if matching.is_empty() {
+        return h.hop > 0 && h.status.is_some();
+    }
+    matching.iter().any(|t| t.verified())
+}
+
+fn push_page_comparison(p: &HttpObservation, c: &HttpObservation, ev: &mut Vec<Evidence>) {
+    ev.push(Evidence::BodyLength {
+        probe: p.body_length,
+        control: c.body_length,
+    });
+    if p.title.is_some() || c.title.is_some() {
+        ev.push(Evidence::Titles {
+            probe: p.title.clone(),
+            control: c.title.clone(),
+        });
+    }
+}
+
+fn page_difference(p: &HttpObservation, c: &HttpObservation) -> String {
+    let mut s = format!(
+        "status {} against {}, {} against {}",
+        p.status.unwrap_or_default(),
+        c.status.unwrap_or_default(),
+        fmt_bytes(p.body_length, p.body_truncated),
+        fmt_bytes(c.body_length, c.body_truncated)
+    );
+    if p.title.is_some() || c.title.is_some() {
+        s.push_str(&format!(
+            ", title \"{}\" against \"{}\"",
+            short_title(p.title.as_deref()),
+            short_title(c.title.as_deref())
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::super::testkit::*;
+    use super::pages_similar;
+    use crate::model::{Measurement, Method, Status};
+
+    pub(in crate::verdict) const CASES: &[Case] = cases! {
+        accessible_https Plain => Accessible;
+        accessible_http Plain => Accessible;
+        http_reset_after_request Plain => Blocked / Http;
+        http_blockpage Plain => Blocked / Http;
+        http_redirect_to_blockpage_server Plain => Blocked / Http;
+        http_page_differs Plain => Blocked / Http;
+        http_no_control Plain => Accessible;
+        https_403_verified Plain => Accessible;
+        https_blockpage_from_site_itself Plain => Accessible;
+        redirect_chain_accessible Plain => Accessible;
+        redirect_to_blocked_site Plain => Blocked / Tls;
+        redirect_to_blocked_site_no_control Plain => Inconclusive;
+        too_many_redirects_probe_only Plain => Blocked / Http;
+        too_many_redirects_everywhere Plain => Down;
+    };
+
+    #[test]
+    fn table() {
+        check(CASES);
+    }
+
+    #[test]
+    fn reasons_and_evidence() {
+        let v = verdict_of(https_403_verified, Ctx::Plain);
+        assert!(cites(&v, "server_side_refusal"), "{v:?}");
+        assert!(
+            v.reason.contains("the site itself answered 403"),
+            "{}",
+            v.reason
+        );
+        let v = verdict_of(http_blockpage, Ctx::Plain);
+        assert!(cites(&v, "http.blockpage=d_corp_kz_ps"));
+        let v = verdict_of(redirect_to_blocked_site, Ctx::Plain);
+        assert!(
+            v.reason
+                .contains("the redirect to video.example failed during the TLS handshake"),
+            "{}",
+            v.reason
+        );
+        let v = verdict_of(http_no_control, Ctx::Plain);
+        assert!(v.reason.contains("could not be compared"), "{}", v.reason);
+        let v = verdict_of(http_page_differs, Ctx::Plain);
+        assert!(
+            v.evidence
+                .iter()
+                .any(|e| e.starts_with("http.body_length=")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn page_similarity() {
+        let a = page(0, HTTP, sa(IP, 80), 200, 10_000, "News");
+        let short = page(0, HTTP, sa(IP, 80), 200, 6_000, "");
+        let short_same_title = page(0, HTTP, sa(IP, 80), 200, 6_000, "News");
+        let created = page(0, HTTP, sa(IP, 80), 201, 9_000, "");
+        let forbidden = page(0, HTTP, sa(IP, 80), 403, 10_000, "News");
+        assert!(pages_similar(&a, &a));
+        assert!(!pages_similar(&a, &short));
+        assert!(pages_similar(&a, &short_same_title));
+        assert!(pages_similar(&a, &created), "2xx are alike");
+        assert!(!pages_similar(&a, &forbidden));
+        // Same size, another title: a rewrite or a notice, not the page.
+        let notice = page(0, HTTP, sa(IP, 80), 200, 10_000, "Notice");
+        assert!(!pages_similar(&a, &notice));
+
+        // A body truncated at the cap is at least that long.
+        let mut capped = page(0, HTTP, sa(IP, 80), 200, 512 * 1024, "");
+        capped.body_truncated = true;
+        let huge = page(0, HTTP, sa(IP, 80), 200, 5_000_000, "");
+        let small = page(0, HTTP, sa(IP, 80), 200, 100_000, "");
+        assert!(pages_similar(&capped, &huge));
+        assert!(pages_similar(&huge, &capped));
+        assert!(!pages_similar(&capped, &small));
+    }
+}
