@@ -137,6 +137,15 @@ pub enum Behaviour {
     HugeHeaders,
     /// `/` redirects to `/loop`, which redirects back to `/`.
     RedirectLoop,
+    /// `/` redirects to `/hop/1`, which redirects to `/hop/2`, ... up to `/hop/{hops}`, which
+    /// serves the page: a chain of `hops` redirects, every answer (the page too) sent after
+    /// `delay_ms` (a hostile server that keeps each hop just under the step timeout).
+    RedirectChain {
+        /// How many redirects before the page.
+        hops: u32,
+        /// How long each answer waits, milliseconds.
+        delay_ms: u64,
+    },
     /// `Content-Encoding: gzip`, ~256 KiB on the wire, 256 MiB inflated.
     GzipBomb,
     /// Answer the ClientHello with random bytes.
@@ -516,6 +525,19 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         Some(Behaviour::RedirectLoop) => {
             let next = if request.path == "/" { "/loop" } else { "/" };
             redirect(302, next)
+        }
+        Some(Behaviour::RedirectChain { hops, delay_ms }) => {
+            tokio::time::sleep(Duration::from_millis(*delay_ms)).await;
+            let at: u32 = request
+                .path
+                .strip_prefix("/hop/")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if at >= *hops {
+                serve(page)
+            } else {
+                redirect(302, &format!("/hop/{}", at + 1))
+            }
         }
         Some(Behaviour::Blockpage { status, body }) => {
             (*status, Vec::new(), body.clone().into_bytes())

@@ -286,6 +286,84 @@ fn hostile_servers_cost_only_timeouts_and_the_body_cap() {
     }
 }
 
+/// A hostile redirect chain that answers every hop after 1.2 s (under the 3 s step timeout,
+/// 20 hops: 25 s without a deadline) is cut by the target's 4 s deadline and recorded as such;
+/// a 15-hop chain, which a browser follows, loads.
+#[test]
+fn deadline_cuts_a_hostile_chain_and_long_chains_load() {
+    let world = World::builder()
+        .site(Site::new("fine.test"))
+        .site(
+            Site::new("slow-chain.test").everyone(Behaviour::RedirectChain {
+                hops: 20,
+                delay_ms: 1200,
+            }),
+        )
+        .site(
+            Site::new("long-chain.test").everyone(Behaviour::RedirectChain {
+                hops: 15,
+                delay_ms: 0,
+            }),
+        )
+        .start()
+        .unwrap();
+    // Built (if need be) before the clock starts.
+    let _ = witness_bin();
+    let started = Instant::now();
+    let out = run_probe(
+        &world,
+        &[
+            "--url",
+            &world.url("slow-chain.test"),
+            "--url",
+            &world.url("long-chain.test"),
+            "--deadline",
+            "4",
+            "--no-control",
+        ],
+    );
+    let elapsed = started.elapsed();
+    let by_domain = parse_measurements(&out);
+
+    let slow = &by_domain["slow-chain.test"];
+    let last = slow.http.last().unwrap();
+    assert_eq!(
+        last.failure.as_ref().map(|f| f.name()),
+        Some("deadline_exceeded"),
+        "{:?}",
+        slow.http
+    );
+    assert!(
+        (2..=5).contains(&slow.http.len()),
+        "about 4 s / 1.2 s hops: {:?}",
+        slow.http
+    );
+    assert!(slow.runtime_ms < 5_500.0, "runtime {} ms", slow.runtime_ms);
+    assert_eq!(
+        slow.verdict.status,
+        Status::Inconclusive,
+        "{:?}",
+        slow.verdict
+    );
+    assert!(
+        slow.verdict.reason.contains("deadline"),
+        "{}",
+        slow.verdict.reason
+    );
+    // The whole run (connectivity check, both targets at once) is bounded by the deadline too.
+    assert!(elapsed < Duration::from_secs(12), "run took {elapsed:?}");
+
+    let long = &by_domain["long-chain.test"];
+    assert_eq!(long.http.len(), 16, "{:?}", long.http);
+    assert_eq!(long.http.last().unwrap().status, Some(200));
+    assert_eq!(
+        long.verdict.status,
+        Status::Accessible,
+        "{:?}",
+        long.verdict
+    );
+}
+
 #[test]
 fn no_network_means_offline_not_blocked() {
     let world = World::builder()

@@ -144,6 +144,9 @@ pub struct RunArgs {
     /// Timeout of each step, seconds.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
+    /// Total time one target may take, seconds (DNS to the last redirect hop).
+    #[arg(long, value_name = "SECS")]
+    pub deadline: Option<f64>,
     /// Extra trusted CA certificates, PEM (repeatable).
     #[arg(long = "extra-ca", value_name = "FILE")]
     pub extra_ca: Vec<PathBuf>,
@@ -466,6 +469,9 @@ pub fn build_engine(args: &RunArgs, file: &FileConfig) -> Result<Engine> {
     }
     if let Some(t) = args.timeout {
         run.timeout_secs = t;
+    }
+    if let Some(d) = args.deadline {
+        run.deadline_secs = d;
     }
     if let Some(r) = &args.resolver {
         net.resolver = r.clone();

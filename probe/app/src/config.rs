@@ -61,8 +61,11 @@ pub struct RunSection {
     pub dns_linger_ms: u64,
     /// Most body bytes read per response (default 524288).
     pub body_cap_bytes: usize,
-    /// Most redirects followed (default 10).
+    /// Most redirects followed (default 20, as browsers do).
     pub max_redirects: u32,
+    /// Total time one target may take, seconds, DNS to the last redirect hop (default 30): a
+    /// hostile redirect chain cannot keep a target busy longer. At least the step timeout.
+    pub deadline_secs: f64,
     /// Query AAAA and measure IPv6 addresses too (default false: many home lines have no IPv6,
     /// and a missing IPv6 route is not censorship).
     pub ipv6: bool,
@@ -81,7 +84,8 @@ impl Default for RunSection {
             timeout_secs: 10.0,
             dns_linger_ms: 300,
             body_cap_bytes: 512 * 1024,
-            max_redirects: 10,
+            max_redirects: witness_core::checks::MAX_REDIRECTS,
+            deadline_secs: witness_core::checks::DEFAULT_TARGET_DEADLINE.as_secs_f64(),
             ipv6: false,
             lists: vec![],
             categories: vec![],
@@ -201,6 +205,16 @@ pub fn measure_config(
             ),
         });
     }
+    if !(run.deadline_secs >= run.timeout_secs && run.deadline_secs <= 3600.0) {
+        return Err(ConfigError::Value {
+            what: "deadline".into(),
+            message: format!(
+                "{} s is out of range; use at least the step timeout ({} s) and at most 3600 \
+                 seconds",
+                run.deadline_secs, run.timeout_secs
+            ),
+        });
+    }
     if run.body_cap_bytes == 0 || run.body_cap_bytes > 64 * 1024 * 1024 {
         return Err(ConfigError::Value {
             what: "body_cap_bytes".into(),
@@ -218,6 +232,7 @@ pub fn measure_config(
         dns_linger: Duration::from_millis(run.dns_linger_ms.min(5000)),
         body_cap: run.body_cap_bytes,
         max_redirects: run.max_redirects.min(50),
+        target_deadline: Duration::from_secs_f64(run.deadline_secs),
         extra_cas,
         source_address: net.source_address,
         decoy_sni: net.decoy_sni.clone(),
@@ -260,6 +275,27 @@ mod tests {
             assert!(err.contains("bogus_key"), "{section}: {err}");
             assert!(err.contains("x.toml"), "{err}");
         }
+    }
+
+    #[test]
+    fn deadline_default_and_range() {
+        let file = FileConfig::default();
+        let cfg = measure_config(&file.run, &file.network).unwrap();
+        assert_eq!(cfg.target_deadline, Duration::from_secs(30));
+        assert_eq!(cfg.max_redirects, 20);
+        let mut run = file.run.clone();
+        run.deadline_secs = 5.0;
+        assert!(run.deadline_secs < run.timeout_secs);
+        let err = measure_config(&run, &file.network).unwrap_err().to_string();
+        assert!(
+            err.contains("deadline") && err.contains("step timeout"),
+            "{err}"
+        );
+        run.timeout_secs = 2.0;
+        let cfg = measure_config(&run, &file.network).unwrap();
+        assert_eq!(cfg.target_deadline, Duration::from_secs(5));
+        run.deadline_secs = f64::NAN;
+        assert!(measure_config(&run, &file.network).is_err());
     }
 
     #[test]

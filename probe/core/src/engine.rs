@@ -4,7 +4,7 @@
 //! reports is measured exactly the way the probe measures.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -16,9 +16,9 @@ use uuid::Uuid;
 use crate::checks::dns::{self, ms_since, ControlResolver};
 use crate::checks::http::{self, Exchange};
 use crate::checks::tls::TlsContext;
-use crate::checks::{tcp, MeasureConfig};
+use crate::checks::{tcp, MeasureConfig, CONTROL_GRACE};
 use crate::control::ControlClient;
-use crate::error::SetupError;
+use crate::error::{ControlError, SetupError};
 use crate::failure::Failure;
 use crate::model::{
     resolved_addrs, ConnectivitySummary, ControlResponse, DnsObservation, HttpObservation,
@@ -148,15 +148,20 @@ impl Engine {
     pub async fn measure(&self, target: &Target, connectivity: ConnectivitySummary) -> Measurement {
         let started_at = Utc::now();
         let t0 = Instant::now();
+        let deadline = tokio::time::Instant::from_std(t0) + self.cfg.target_deadline;
         // Resolve first, so the control can connect to the very addresses we got.
         let (dns_obs, addrs) = self.resolve(&target.parsed, t0).await;
         let control_fut = async {
-            match &self.control {
-                Some(c) => Some(c.measure(&target.url, &addrs).await),
-                None => None,
-            }
+            let c = self.control.as_ref()?;
+            let answer =
+                tokio::time::timeout_at(deadline + CONTROL_GRACE, c.measure(&target.url, &addrs))
+                    .await;
+            Some(answer.unwrap_or(Err(ControlError::Deadline)))
         };
-        let (mut obs, control) = tokio::join!(self.fetch(&target.parsed, &addrs, t0), control_fut);
+        let (mut obs, control) = tokio::join!(
+            self.fetch(&target.parsed, &addrs, t0, deadline),
+            control_fut
+        );
         obs.dns = dns_obs;
         let mut probe = self.probe.clone();
         let (control, control_failure) = match control {
@@ -227,13 +232,23 @@ impl Engine {
                 addrs.push(*ip);
             }
         }
-        let mut out = self.fetch(url, &addrs, t0).await;
+        let deadline = tokio::time::Instant::from_std(t0) + self.cfg.target_deadline;
+        let mut out = self.fetch(url, &addrs, t0, deadline).await;
         out.dns = dns_obs;
         out
     }
 
-    /// TCP, TLS and HTTP (with redirects) to the given addresses.
-    pub async fn fetch(&self, url: &url::Url, addrs: &[IpAddr], t0: Instant) -> Observations {
+    /// TCP, TLS and HTTP (with redirects) to the given addresses, all of it before `deadline`:
+    /// when the deadline passes, the step or hop that was running is recorded as an HTTP hop
+    /// failed with [`Failure::DeadlineExceeded`] at the step it had reached, and everything
+    /// observed until then is kept.
+    pub async fn fetch(
+        &self,
+        url: &url::Url,
+        addrs: &[IpAddr],
+        t0: Instant,
+        deadline: tokio::time::Instant,
+    ) -> Observations {
         let mut out = Observations::default();
         let Some(host) = url_host(url) else {
             return out;
@@ -248,26 +263,40 @@ impl Engine {
             .map(|ip| SocketAddr::new(*ip, port))
             .collect();
 
-        // TCP and TLS per address, concurrently.
-        let per_addr = futures::future::join_all(
-            addrs
-                .iter()
-                .map(|a| self.connect_and_handshake(*a, &host, https, t0)),
+        // TCP and TLS per address, concurrently; observations are kept as they complete.
+        let steps = Mutex::new(Steps::default());
+        let per_addr = tokio::time::timeout_at(
+            deadline,
+            futures::future::join_all(
+                addrs
+                    .iter()
+                    .map(|a| self.connect_and_handshake(*a, &host, https, t0, &steps)),
+            ),
         )
         .await;
+        let steps = steps.into_inner().unwrap_or_else(|e| e.into_inner());
+        out.tcp = steps.tcp;
+        out.tls = steps.tls;
+        let Ok(per_addr) = per_addr else {
+            let reached = if !out.tcp.iter().any(|t| t.failure.is_none()) {
+                Step::Tcp
+            } else if https && !out.tls.iter().any(|t| !t.decoy && t.failure.is_none()) {
+                Step::Tls
+            } else {
+                Step::Http
+            };
+            out.http
+                .push(deadline_hop(0, url.as_str(), None, reached, t0));
+            return out;
+        };
         let mut best: Option<(SocketAddr, Conn, bool)> = None;
-        for (tcp_obs, tls_obs, conn) in per_addr {
-            out.tcp.extend(tcp_obs);
-            let verified = tls_obs.first().map(|t| t.verified()).unwrap_or(false);
-            out.tls.extend(tls_obs);
-            if let Some((addr, c)) = conn {
-                let better = match &best {
-                    None => true,
-                    Some((_, _, best_verified)) => verified && !best_verified,
-                };
-                if better {
-                    best = Some((addr, c, verified));
-                }
+        for (addr, conn, verified) in per_addr.into_iter().flatten() {
+            let better = match &best {
+                None => true,
+                Some((_, _, best_verified)) => verified && !best_verified,
+            };
+            if better {
+                best = Some((addr, conn, verified));
             }
         }
 
@@ -275,15 +304,26 @@ impl Engine {
         let Some((addr, conn, _)) = best else {
             return out;
         };
-        let first = match conn {
-            Conn::Plain(s) => http::get(s, url, addr, 0, &self.cfg, &self.own, t0).await,
-            Conn::Tls(s) => http::get(*s, url, addr, 0, &self.cfg, &self.own, t0).await,
+        let get = async {
+            match conn {
+                Conn::Plain(s) => http::get(s, url, addr, 0, &self.cfg, &self.own, t0).await,
+                Conn::Tls(s) => http::get(*s, url, addr, 0, &self.cfg, &self.own, t0).await,
+            }
         };
-        self.follow_redirects(url, first, &host, &addrs, t0, &mut out)
+        let first = match tokio::time::timeout_at(deadline, get).await {
+            Ok(first) => first,
+            Err(_) => {
+                out.http
+                    .push(deadline_hop(0, url.as_str(), Some(addr), Step::Http, t0));
+                return out;
+            }
+        };
+        self.follow_redirects(url, first, &host, &addrs, t0, deadline, &mut out)
             .await;
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn follow_redirects(
         &self,
         start_url: &url::Url,
@@ -291,6 +331,7 @@ impl Engine {
         first_host: &str,
         first_addrs: &[SocketAddr],
         t0: Instant,
+        deadline: tokio::time::Instant,
         out: &mut Observations,
     ) {
         let mut visited = vec![start_url.to_string()];
@@ -326,12 +367,27 @@ impl Engine {
                 return;
             }
             visited.push(next.to_string());
-            current = self.hop(&next, hop, first_host, first_addrs, t0).await;
+            let reached = Mutex::new(Step::Dns);
+            let fetched = tokio::time::timeout_at(
+                deadline,
+                self.hop(&next, hop, first_host, first_addrs, t0, &reached),
+            )
+            .await;
+            current = match fetched {
+                Ok(obs) => obs,
+                Err(_) => {
+                    let step = *reached.lock().unwrap_or_else(|e| e.into_inner());
+                    out.http
+                        .push(deadline_hop(hop, next.as_str(), None, step, t0));
+                    return;
+                }
+            };
             current_url = next;
         }
     }
 
-    /// One redirect hop: resolve (unless same host), connect, handshake, GET.
+    /// One redirect hop: resolve (unless same host), connect, handshake, GET. `reached` follows
+    /// the step under way, for the record when the target's deadline cuts the hop.
     async fn hop(
         &self,
         url: &url::Url,
@@ -339,6 +395,7 @@ impl Engine {
         first_host: &str,
         first_addrs: &[SocketAddr],
         t0: Instant,
+        reached: &Mutex<Step>,
     ) -> HttpObservation {
         let start = Instant::now();
         let mut obs = http::empty_observation(hop, url.as_str(), None, t0);
@@ -348,6 +405,7 @@ impl Engine {
             obs.duration_ms = ms_since(start);
             obs
         };
+        let reach = |step: Step| *reached.lock().unwrap_or_else(|e| e.into_inner()) = step;
         let host = url
             .host_str()
             .unwrap_or_default()
@@ -377,23 +435,30 @@ impl Engine {
         };
         let addr = SocketAddr::new(ip, port);
         obs.addr = Some(addr);
-        let (tcp_obs, tls_obs, conn) = self.connect_and_handshake(addr, &host, https, t0).await;
-        let Some((_, conn)) = conn else {
-            if let Some(f) = tls_obs.first().and_then(|t| t.failure.clone()) {
+        reach(Step::Tcp);
+        let steps = Mutex::new(Steps::default());
+        let conn = self
+            .connect_and_handshake(addr, &host, https, t0, &steps)
+            .await;
+        let steps = steps.into_inner().unwrap_or_else(|e| e.into_inner());
+        let Some((_, conn, _)) = conn else {
+            if let Some(f) = steps.tls.first().and_then(|t| t.failure.clone()) {
                 return fail(obs, Step::Tls, f);
             }
-            let f = tcp_obs
+            let f = steps
+                .tcp
                 .first()
                 .and_then(|t| t.failure.clone())
                 .unwrap_or_else(|| Failure::unknown("no connection"));
             return fail(obs, Step::Tcp, f);
         };
         // A hop's certificate must verify: a redirect into an interceptor is a TLS failure.
-        if let Some(t) = tls_obs.first() {
+        if let Some(t) = steps.tls.first() {
             if let Some(f) = &t.verification_failure {
                 return fail(obs, Step::Tls, f.clone());
             }
         }
+        reach(Step::Http);
         let ex = match conn {
             Conn::Plain(s) => http::get(s, url, addr, hop, &self.cfg, &self.own, t0).await,
             Conn::Tls(s) => http::get(*s, url, addr, hop, &self.cfg, &self.own, t0).await,
@@ -402,41 +467,39 @@ impl Engine {
     }
 
     /// TCP connect, then (https) TLS handshake with the real SNI and, if that was interrupted,
-    /// a decoy handshake with another SNI on a fresh connection.
+    /// a decoy handshake with another SNI on a fresh connection. Each observation goes into
+    /// `steps` as soon as it is made, so a deadline that cuts this short loses none; returns
+    /// the connection and whether its chain verified.
     async fn connect_and_handshake(
         &self,
         addr: SocketAddr,
         host: &str,
         https: bool,
         t0: Instant,
-    ) -> (
-        Vec<TcpObservation>,
-        Vec<TlsObservation>,
-        Option<(SocketAddr, Conn)>,
-    ) {
-        let mut tcps = Vec::new();
-        let mut tlss = Vec::new();
+        steps: &Mutex<Steps>,
+    ) -> Option<(SocketAddr, Conn, bool)> {
+        let record =
+            |f: &dyn Fn(&mut Steps)| f(&mut steps.lock().unwrap_or_else(|e| e.into_inner()));
         if !self.allow_bogon_targets && self.cfg.bogons.is_bogon(addr.ip()) {
-            tcps.push(TcpObservation {
+            let obs = TcpObservation {
                 addr,
                 t_ms: ms_since(t0),
                 duration_ms: 0.0,
                 failure: Some(Failure::unknown(
                     "address refused by control policy (bogon)",
                 )),
-            });
-            return (tcps, tlss, None);
+            };
+            record(&|s| s.tcp.push(obs.clone()));
+            return None;
         }
         let (obs, stream) = tcp::connect(addr, &self.cfg, t0).await;
-        tcps.push(obs);
-        let Some(stream) = stream else {
-            return (tcps, tlss, None);
-        };
+        record(&|s| s.tcp.push(obs.clone()));
+        let stream = stream?;
         if let Ok(local) = stream.local_addr() {
             self.own.add(local.ip());
         }
         if !https {
-            return (tcps, tlss, Some((addr, Conn::Plain(stream))));
+            return Some((addr, Conn::Plain(stream), false));
         }
         let (tls_obs, tls) = self
             .tls
@@ -447,22 +510,23 @@ impl Engine {
             .as_ref()
             .map(|f| f.is_interruption())
             .unwrap_or(false);
-        tlss.push(tls_obs);
+        let verified = tls_obs.verified();
+        record(&|s| s.tls.push(tls_obs.clone()));
         if let Some(tls) = tls {
-            return (tcps, tlss, Some((addr, Conn::Tls(Box::new(tls)))));
+            return Some((addr, Conn::Tls(Box::new(tls)), verified));
         }
         if interrupted && !host.eq_ignore_ascii_case(&self.cfg.decoy_sni) {
             let (obs, stream) = tcp::connect(addr, &self.cfg, t0).await;
-            tcps.push(obs);
+            record(&|s| s.tcp.push(obs.clone()));
             if let Some(stream) = stream {
                 let (decoy, _) = self
                     .tls
                     .handshake(stream, addr, &self.cfg.decoy_sni, true, &self.cfg, t0)
                     .await;
-                tlss.push(decoy);
+                record(&|s| s.tls.push(decoy.clone()));
             }
         }
-        (tcps, tlss, None)
+        None
     }
 
     /// Can this probe reach anything at all? Anchors are tried in parallel, as is the control.
@@ -571,6 +635,28 @@ impl Engine {
             http: obs.http,
         }
     }
+}
+
+/// The TCP and TLS observations of one connect-and-handshake phase, as they complete.
+#[derive(Default)]
+struct Steps {
+    tcp: Vec<TcpObservation>,
+    tls: Vec<TlsObservation>,
+}
+
+/// The record of a hop (or the first exchange) that the target's deadline cut, at the step it
+/// had reached.
+fn deadline_hop(
+    hop: u32,
+    url: &str,
+    addr: Option<SocketAddr>,
+    step: Step,
+    t0: Instant,
+) -> HttpObservation {
+    let mut obs = http::empty_observation(hop, url, addr, t0);
+    obs.failed_step = Some(step);
+    obs.failure = Some(Failure::DeadlineExceeded);
+    obs
 }
 
 /// The URL's host without IPv6 brackets.

@@ -52,6 +52,9 @@ pub enum ControlError {
     /// The answer was larger than the probe accepts.
     #[error("control answer too large (over {0} bytes)")]
     TooLarge(usize),
+    /// No answer before the target's deadline (plus a grace period).
+    #[error("control service did not answer within the target's deadline")]
+    Deadline,
     /// The answer is not a control reply.
     #[error("control answer is not valid: {0}")]
     Invalid(#[source] serde_json::Error),

@@ -53,6 +53,9 @@ pub enum Failure {
     HttpInvalidRedirect,
     /// The step was not attempted because the network looks cut off.
     NetworkOffline,
+    /// The target's total deadline ran out while this step (or redirect hop) was running: a
+    /// budget spent, not a failure of the network or the site by itself.
+    DeadlineExceeded,
     /// Anything else, with IP addresses scrubbed from the text.
     Unknown(String),
 }
@@ -78,6 +81,7 @@ const NAMES: &[(&str, Failure)] = &[
     ("http_too_many_redirects", Failure::HttpTooManyRedirects),
     ("http_invalid_redirect", Failure::HttpInvalidRedirect),
     ("network_offline", Failure::NetworkOffline),
+    ("deadline_exceeded", Failure::DeadlineExceeded),
 ];
 
 /// Prefix of the catch-all failure name.

@@ -44,6 +44,19 @@ pub enum ControlResolverSpec {
     Udp(std::net::SocketAddr),
 }
 
+/// Redirects followed by default: as many as Chromium and Firefox follow.
+pub const MAX_REDIRECTS: u32 = 20;
+
+/// Default total deadline per target: room for a step timeout on each of DNS, TCP, the TLS
+/// handshake, the decoy handshake after it and HTTP at the default 10 s would be 50 s; a target
+/// cut by a censor is decided by its first failing step well within 30 s, and a legitimate
+/// redirect chain takes a few seconds.
+pub const DEFAULT_TARGET_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long past the target's deadline the probe still waits for the control's answer (the
+/// control measures the site too, from further away).
+pub const CONTROL_GRACE: Duration = Duration::from_secs(5);
+
 /// Everything the measurement steps need to know; built from the layered configuration.
 #[derive(Clone, Debug)]
 pub struct MeasureConfig {
@@ -59,8 +72,12 @@ pub struct MeasureConfig {
     pub body_cap: usize,
     /// Most response header bytes accepted.
     pub max_header_bytes: usize,
-    /// Most redirects followed.
+    /// Most redirects followed (a browser follows 20).
     pub max_redirects: u32,
+    /// Total time one target may take, DNS to the last redirect hop: a hostile server that
+    /// answers each hop just under the step timeout cannot keep a target busy longer. The
+    /// control's answer is awaited at most [`CONTROL_GRACE`] beyond it.
+    pub target_deadline: Duration,
     /// Extra trusted CA certificates (DER), on top of the Mozilla roots.
     pub extra_cas: Vec<CertificateDer<'static>>,
     /// Bogon decisions, with lab ranges declared public.
@@ -82,7 +99,8 @@ impl Default for MeasureConfig {
             dns_linger: Duration::from_millis(300),
             body_cap: 512 * 1024,
             max_header_bytes: 64 * 1024,
-            max_redirects: 10,
+            max_redirects: MAX_REDIRECTS,
+            target_deadline: DEFAULT_TARGET_DEADLINE,
             extra_cas: Vec::new(),
             bogons: BogonFilter::default(),
             source_address: None,

@@ -151,6 +151,8 @@ pub enum Evidence {
     },
     /// `http.control=ok`.
     HttpControlOk,
+    /// `http.control=deadline_exceeded`: the control ran out of its deadline too.
+    HttpControlDeadline,
     /// `http.control.failed_step=STEP`.
     HttpControlFailedStep(Step),
     /// `http.body_length=N control=M`.
@@ -245,6 +247,7 @@ impl fmt::Display for Evidence {
                 write!(f, "http.hop{hop}.failure={}@{step}", failure.name())
             }
             HttpControlOk => f.write_str("http.control=ok"),
+            HttpControlDeadline => f.write_str("http.control=deadline_exceeded"),
             HttpControlFailedStep(step) => write!(f, "http.control.failed_step={step}"),
             BodyLength { probe, control } => {
                 write!(f, "http.body_length={probe} control={control}")
@@ -400,6 +403,10 @@ mod tests {
                 "http.hop0.failure=connection_reset@http",
             ),
             (Evidence::HttpControlOk, "http.control=ok"),
+            (
+                Evidence::HttpControlDeadline,
+                "http.control=deadline_exceeded",
+            ),
             (
                 Evidence::HttpControlFailedStep(Step::Tcp),
                 "http.control.failed_step=tcp",

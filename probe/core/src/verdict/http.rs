@@ -200,6 +200,9 @@ fn hop_failure(f: &Facts, h: &HttpObservation, ev: &mut Vec<Evidence>) -> Outcom
         failure: failure.clone(),
         step,
     });
+    if failure == Failure::DeadlineExceeded {
+        return deadline_exceeded(f, h, step, ev);
+    }
     let what = hop_failure_phrase(f, h, step, &failure);
     let ctl_final = f.control.and_then(|c| final_response(&c.http));
     if ctl_final.is_some() {
@@ -229,6 +232,50 @@ fn hop_failure(f: &Facts, h: &HttpObservation, ev: &mut Vec<Evidence>) -> Outcom
             "{what}, and the control recorded no result to compare with"
         )),
     }
+}
+
+/// The target's total deadline ran out: a spent budget, never evidence of a block by itself
+/// (a slow line and a slow redirect chain look the same). `down` when the control ran out of
+/// time too, `inconclusive` otherwise.
+fn deadline_exceeded(
+    f: &Facts,
+    h: &HttpObservation,
+    step: Step,
+    ev: &mut Vec<Evidence>,
+) -> Outcome {
+    let domain = &f.domain;
+    let at = if h.hop > 0 {
+        format!(
+            "at redirect {} ({})",
+            h.hop,
+            url_host(&h.url).unwrap_or_else(|| "another address".to_string())
+        )
+    } else {
+        format!("during {step}")
+    };
+    let what = format!("measuring {domain} ran out of its total deadline {at}");
+    let ctl_deadline = f.control.is_some_and(|c| {
+        c.http
+            .iter()
+            .any(|h| h.failure == Some(Failure::DeadlineExceeded))
+    });
+    if ctl_deadline {
+        ev.push(Evidence::HttpControlDeadline);
+        return Outcome::down(format!(
+            "{what}, and the control ran out of time the same way: the site or its redirects are \
+             too slow for anyone"
+        ));
+    }
+    let ctl_loaded = f.control.and_then(|c| final_response(&c.http)).is_some();
+    if ctl_loaded {
+        ev.push(Evidence::HttpControlOk);
+        return Outcome::inconclusive(format!(
+            "{what} while the control loaded the page, but running out of time proves no block"
+        ));
+    }
+    Outcome::inconclusive(format!(
+        "{what}, and running out of time says nothing about a block"
+    ))
 }
 
 fn hop_failure_phrase(f: &Facts, h: &HttpObservation, step: Step, failure: &Failure) -> String {
@@ -459,6 +506,9 @@ pub(super) mod tests {
         redirect_to_blocked_site_no_control Plain => Inconclusive;
         too_many_redirects_probe_only Plain => Blocked / Http;
         too_many_redirects_everywhere Plain => Down;
+        deadline_redirect_chain Plain => Inconclusive;
+        deadline_redirect_chain_no_control Plain => Inconclusive;
+        deadline_everywhere Plain => Down;
     };
 
     #[test]

@@ -16,9 +16,10 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use crate::failure::Failure;
 use crate::model::{
     ControlResponse, DnsObservation, HttpObservation, Measurement, Method, ResolverRole, Status,
-    TcpObservation, TlsObservation, Verdict,
+    Step, TcpObservation, TlsObservation, Verdict,
 };
 
 pub mod baseline;
@@ -185,6 +186,14 @@ impl<'a> Facts<'a> {
             ctl_tls,
             hops,
         }
+    }
+
+    /// Whether the target's deadline cut the measurement while this step was running: the
+    /// step's observations are then incomplete, so its stage must not judge them.
+    fn cut_by_deadline(&self, step: Step) -> bool {
+        self.hops
+            .iter()
+            .any(|h| h.failure == Some(Failure::DeadlineExceeded) && h.failed_step == Some(step))
     }
 
     /// Every control-side DNS observation: the control service's and the encrypted resolver's.

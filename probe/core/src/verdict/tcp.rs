@@ -1,11 +1,15 @@
 //! Stage 3, TCP: every connect to the target failed; compared with the control's connects.
 
 use crate::failure::Failure;
-use crate::model::{Method, TcpObservation};
+use crate::model::{Method, Step, TcpObservation};
 
 use super::{Evidence, Facts, Outcome, MAX_EVIDENCE_ADDRS};
 
 pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
+    if f.cut_by_deadline(Step::Tcp) {
+        // Connects still under way when time ran out are not recorded: the HTTP stage says so.
+        return None;
+    }
     let domain = &f.domain;
     // A probe without IPv6 connectivity fails every IPv6 connect with "network unreachable":
     // that is this network's shape, not a block, so those attempts do not count.
@@ -79,6 +83,7 @@ pub(super) mod tests {
         tcp_down_everywhere Plain => Down;
         tcp_failure_control_unavailable Plain => Inconclusive;
         tcp_ipv6_no_route Plain => Inconclusive;
+        deadline_during_connect Plain => Inconclusive;
     };
 
     #[test]

@@ -649,6 +649,52 @@ pub(super) fn too_many_redirects_everywhere() -> Measurement {
     m
 }
 
+/// A hostile chain: every hop answered just under the step timeout, until the probe's total
+/// deadline cut hop 3; the control loaded the page (its deadline is its own).
+pub(super) fn deadline_redirect_chain() -> Measurement {
+    let mut m = accessible_https();
+    let (u1, u2, u3) = (
+        "https://site.kz/hop/1",
+        "https://site.kz/hop/2",
+        "https://site.kz/hop/3",
+    );
+    m.http = vec![
+        redirect(0, HTTPS, sa(IP, 443), u1),
+        redirect(1, u1, sa(IP, 443), u2),
+        redirect(2, u2, sa(IP, 443), u3),
+        hop_fail(3, u3, None, Step::Http, Failure::DeadlineExceeded),
+    ];
+    m
+}
+
+pub(super) fn deadline_redirect_chain_no_control() -> Measurement {
+    let mut m = deadline_redirect_chain();
+    no_control(&mut m);
+    m
+}
+
+pub(super) fn deadline_everywhere() -> Measurement {
+    let mut m = deadline_redirect_chain();
+    m.control.as_mut().unwrap().http = m.http.clone();
+    m
+}
+
+/// The deadline cut the connects: one address refused, the other still connecting; the
+/// control connected. One refused connect of two is no proof of a block.
+pub(super) fn deadline_during_connect() -> Measurement {
+    let mut m = accessible_https();
+    m.tcp = vec![tcp(sa(IP, 443), Some(Failure::ConnectionRefused))];
+    m.tls = vec![];
+    m.http = vec![hop_fail(
+        0,
+        HTTPS,
+        None,
+        Step::Tcp,
+        Failure::DeadlineExceeded,
+    )];
+    m
+}
+
 pub(super) fn throttled_handshake() -> Measurement {
     let mut m = accessible_https();
     m.tls = vec![tls_ok(sa(IP, 443), 4_300.0)];

@@ -2,7 +2,7 @@
 //! cut after the ClientHello; compared with the control's handshakes and the decoy's.
 
 use crate::failure::Failure;
-use crate::model::{Method, TlsObservation};
+use crate::model::{Method, Step, TlsObservation};
 
 use super::evidence::{ControlTlsEvidence, DecoyResult};
 use super::{Evidence, Facts, Outcome, MAX_EVIDENCE_ADDRS};
@@ -71,6 +71,10 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
     }
     if f.tls.iter().any(|t| completed(t)) {
         return Some(tls_unverified(f, ev));
+    }
+    if f.cut_by_deadline(Step::Tls) {
+        // Handshakes still under way when time ran out are not recorded: the HTTP stage says so.
+        return None;
     }
     Some(tls_interrupted(f, ev))
 }
