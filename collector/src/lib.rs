@@ -5,9 +5,11 @@
 //! Layout:
 //! - [`app`]: shared state, routers, [`app::serve`];
 //! - [`api`]: one module per endpoint group (ingest, register, control, read, metrics);
-//! - [`aggregate`]: the pure event rule and status summary (table-tested, no I/O);
+//! - [`model`]: the domain types (events, evidence, verdict groups, site status);
+//! - [`aggregate`]: the pure event rule (table-tested, no I/O);
+//! - [`readmodel`]: the current state per site and network, kept on ingest, for every reader;
 //! - [`events`]: runs the rule against the store after each upload;
-//! - [`store`]: the [`store::Store`] trait and its SQLite implementation;
+//! - [`store`]: the [`store::Store`] trait, its SQLite and PostgreSQL implementations;
 //! - [`validate`]: per-record upload validation (pure);
 //! - [`metrics`], [`webhook`], [`control`], [`config`], [`auth`], [`ratelimit`], [`tokens`].
 //!
@@ -25,7 +27,9 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod model;
 pub mod ratelimit;
+pub mod readmodel;
 pub mod store;
 pub mod tokens;
 pub mod ui;

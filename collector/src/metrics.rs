@@ -5,10 +5,12 @@
 //! category) are validated on ingest, and the number of ASN label values on counters and of
 //! site series per scrape is capped by `[metrics]`.
 //!
-//! Gauges describing current state are computed from the store at scrape time: reset, then
-//! refilled, so series of sites and networks that went quiet disappear.
+//! Gauges describing current state are computed at scrape time from the read model
+//! ([`crate::readmodel`], kept on ingest, so a scrape costs one row per series, not one per
+//! measurement): reset, then refilled, so series of sites and networks that went quiet
+//! disappear.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -18,8 +20,9 @@ use prometheus::{
 };
 use witness_core::model::{Method, Status};
 
-use crate::aggregate::{self, EventKind, Transition};
 use crate::config::MetricsConfig;
+use crate::model::{EventKind, Transition};
+use crate::readmodel;
 use crate::store::{Filter, Store};
 use crate::validate::RejectReason;
 
@@ -253,13 +256,12 @@ impl Metrics {
     ) -> Result<String, RenderError> {
         let _guard = self.refresh.lock().await;
         let since = now - window;
-        let groups = store
-            .latest_groups(&Filter {
-                since: Some(since),
-                ..Filter::default()
-            })
-            .await?;
-        let seen = store.blocked_methods_seen(since).await?;
+        let window_filter = Filter {
+            since: Some(since),
+            ..Filter::default()
+        };
+        let statuses = readmodel::site_statuses(store, &window_filter, min_share, now).await?;
+        let methods = readmodel::blocked_methods(store, since).await?;
         let networks = store
             .probe_networks(&Filter {
                 since: Some(since),
@@ -278,21 +280,14 @@ impl Metrics {
 
         // Blocked ratio: every method seen blocking in the window, 0 when no probe's latest
         // verdict shows it any more.
-        let mut methods: BTreeMap<(&str, u32), BTreeSet<Method>> = BTreeMap::new();
-        for (domain, asn, m) in &seen {
-            methods
-                .entry((domain.as_str(), *asn))
-                .or_default()
-                .insert(*m);
-        }
         self.blocked_ratio.reset();
         let mut series = 0usize;
-        'sites: for s in aggregate::summarize(&groups, min_share) {
+        'sites: for s in statuses {
             let conclusive = s.blocked_probes + s.accessible_probes;
             if conclusive == 0 {
                 continue;
             }
-            let Some(ms) = methods.get(&(s.domain.as_str(), s.asn)) else {
+            let Some(ms) = methods.get(&(s.domain.clone(), s.asn)) else {
                 continue;
             };
             let asn = s.asn.to_string();

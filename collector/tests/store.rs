@@ -653,3 +653,517 @@ both_stores!(
     outbox_claims_are_disjoint,
     simultaneous_uploads_to_two_collectors_raise_one_event,
 );
+
+fn verdict(
+    domain: &str,
+    asn: u32,
+    at: DateTime<Utc>,
+    status: Status,
+    method: Option<Method>,
+) -> MeasurementRecord {
+    let mut r = record(domain, at);
+    r.asn = Some(asn);
+    r.status = status;
+    r.method = method;
+    r
+}
+
+/// The latest groups of one site and network, as `(status, method, probes)`.
+async fn groups_of(
+    s: &dyn Store,
+    since: DateTime<Utc>,
+    domain: &str,
+) -> Vec<(Status, Option<Method>, u64)> {
+    let mut g: Vec<_> = s
+        .latest_groups(&Filter {
+            since: Some(since),
+            domain: Some(domain.into()),
+            ..Filter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.status, g.method, g.probes))
+        .collect();
+    g.sort_by_key(|(s, m, _)| (s.as_str(), m.map(|m| m.as_str())));
+    g
+}
+
+/// The read model is written with the measurements: the newest verdict per probe wins, an
+/// older back-filled one and a duplicate upload change nothing, offline verdicts are ignored,
+/// and entries older than the window stop counting.
+async fn read_model_is_monotonic_and_idempotent(db: Db) {
+    let (s, _, _guard) = open(db).await;
+    probe(s.as_ref(), "p1").await;
+    probe(s.as_ref(), "p2").await;
+    let now = Utc::now();
+    let blocked = verdict("a.test", 9198, t(10), Status::Blocked, Some(Method::Tls));
+    assert_eq!(
+        s.insert_measurements("p1", now, std::slice::from_ref(&blocked))
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        groups_of(s.as_ref(), t(0), "a.test").await,
+        vec![(Status::Blocked, Some(Method::Tls), 1)]
+    );
+    // A shutdown's back-fill arrives late, with older times: it must not replace the newer one.
+    let older = verdict("a.test", 9198, t(5), Status::Accessible, None);
+    s.insert_measurements("p1", now, &[older]).await.unwrap();
+    assert_eq!(
+        groups_of(s.as_ref(), t(0), "a.test").await,
+        vec![(Status::Blocked, Some(Method::Tls), 1)]
+    );
+    // A newer verdict replaces it; re-uploading the old one changes nothing.
+    let newer = verdict("a.test", 9198, t(20), Status::Accessible, None);
+    s.insert_measurements("p1", now, &[newer]).await.unwrap();
+    assert_eq!(
+        s.insert_measurements("p1", now, std::slice::from_ref(&blocked))
+            .await
+            .unwrap(),
+        vec![false]
+    );
+    // Offline verdicts say nothing about a site.
+    let offline = verdict("a.test", 9198, t(30), Status::Offline, None);
+    // Same started_at in one batch: the larger id wins, whatever the order in the batch.
+    let mut tie = vec![
+        verdict("b.test", 9198, t(20), Status::Blocked, Some(Method::Dns)),
+        verdict("b.test", 9198, t(20), Status::Accessible, None),
+    ];
+    tie.sort_by_key(|r| std::cmp::Reverse(r.id));
+    let tie_winner = if tie[0].status == Status::Accessible {
+        (Status::Accessible, None, 1)
+    } else {
+        (Status::Blocked, Some(Method::Dns), 1)
+    };
+    tie.reverse();
+    let mut batch = vec![offline];
+    batch.extend(tie);
+    s.insert_measurements("p2", now, &batch).await.unwrap();
+    assert_eq!(
+        groups_of(s.as_ref(), t(0), "a.test").await,
+        vec![(Status::Accessible, None, 1)]
+    );
+    assert_eq!(
+        groups_of(s.as_ref(), t(0), "b.test").await,
+        vec![tie_winner]
+    );
+    // Older than the window: no longer counts.
+    assert!(groups_of(s.as_ref(), t(21), "a.test").await.is_empty());
+    // The status filters apply to the latest verdicts.
+    let other_net = s
+        .latest_groups(&Filter {
+            since: Some(t(0)),
+            asn: Some(1),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert!(other_net.is_empty());
+    // Methods seen blocking, with their last time.
+    let mut seen = s.blocked_methods_seen(t(0)).await.unwrap();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("a.test".to_string(), 9198, Method::Tls),
+            ("b.test".to_string(), 9198, Method::Dns)
+        ]
+    );
+    assert_eq!(
+        s.blocked_methods_seen(t(15)).await.unwrap(),
+        vec![("b.test".to_string(), 9198, Method::Dns)]
+    );
+    // Probes per network, by hour of arrival: two probes, six measurements stored.
+    let nets = s
+        .probe_networks(&Filter {
+            since: Some(now - TimeDelta::minutes(5)),
+            until: Some(now),
+            limit: 10,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(nets.len(), 1, "{nets:?}");
+    assert_eq!(
+        (nets[0].asn, nets[0].probes, nets[0].measurements),
+        (Some(9198), 2, 6)
+    );
+    // The sweep's view: sites and networks measured since a time.
+    let sites = s.recent_sites(t(0)).await.unwrap();
+    assert_eq!(sites.len(), 2);
+    assert_eq!(sites[0].latest, t(20));
+    let networks = s.recent_networks(t(0)).await.unwrap();
+    assert_eq!(networks.len(), 1);
+    assert_eq!((networks[0].asn, networks[0].latest), (9198, t(30)));
+}
+
+/// Two collectors storing a probe's uploads concurrently, newest and oldest interleaved: the
+/// read model ends at the newest verdict of every site.
+async fn concurrent_writers_keep_the_newest_verdict(db: Db) {
+    let (a, url, _guard) = open(db).await;
+    let b = open_url(&url).await;
+    probe(a.as_ref(), "p1").await;
+    let sites: Vec<String> = (0..20).map(|i| format!("s{i}.test")).collect();
+    let mut batches = Vec::new();
+    for minute in 0..16 {
+        let status = if minute == 15 {
+            Status::Blocked
+        } else {
+            Status::Accessible
+        };
+        let method = (status == Status::Blocked).then_some(Method::Http);
+        let batch: Vec<_> = sites
+            .iter()
+            .map(|d| verdict(d, 9198, t(minute), status, method))
+            .collect();
+        batches.push(batch);
+    }
+    batches.shuffle(&mut rand::rng());
+    let tasks: Vec<_> = batches
+        .into_iter()
+        .enumerate()
+        .map(|(i, batch)| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { s.insert_measurements("p1", Utc::now(), &batch).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let groups = a
+        .latest_groups(&Filter {
+            since: Some(t(0)),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(groups.len(), sites.len());
+    for g in &groups {
+        assert_eq!(
+            (g.status, g.method, g.probes),
+            (Status::Blocked, Some(Method::Http), 1)
+        );
+        assert_eq!(g.last_measured, t(15));
+    }
+}
+
+/// A database created before the read model (schema v1) with measurements in it gets the read
+/// model built from those measurements when the collector upgrades it.
+async fn read_model_is_built_when_an_existing_database_upgrades(db: Db) {
+    let (url, _guard) = common::fresh_store(db);
+    let dir = tempfile::tempdir().unwrap();
+    let name = match db {
+        Db::Sqlite => "sqlite",
+        Db::Postgres => "postgres",
+    };
+    std::fs::copy(
+        format!(
+            "{}/migrations/{name}/0001_init.sql",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        dir.path().join("0001_init.sql"),
+    )
+    .unwrap();
+    let v1 = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    // (id, probe, domain, asn, minute, status, method)
+    type V1Row<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<i64>,
+        i64,
+        &'a str,
+        Option<&'a str>,
+    );
+    let rows: &[V1Row] = &[
+        (
+            "00000000-0000-7000-8000-000000000001",
+            "p1",
+            "a.test",
+            Some(9198),
+            0,
+            "blocked",
+            Some("tls"),
+        ),
+        (
+            "00000000-0000-7000-8000-000000000002",
+            "p1",
+            "a.test",
+            Some(9198),
+            10,
+            "blocked",
+            Some("tls"),
+        ),
+        (
+            "00000000-0000-7000-8000-000000000003",
+            "p2",
+            "a.test",
+            Some(9198),
+            5,
+            "blocked",
+            Some("tls"),
+        ),
+        (
+            "00000000-0000-7000-8000-000000000004",
+            "p2",
+            "a.test",
+            Some(9198),
+            12,
+            "accessible",
+            None,
+        ),
+        (
+            "00000000-0000-7000-8000-000000000005",
+            "p2",
+            "a.test",
+            Some(9198),
+            30,
+            "offline",
+            None,
+        ),
+        (
+            "00000000-0000-7000-8000-000000000006",
+            "p1",
+            "b.test",
+            None,
+            3,
+            "accessible",
+            None,
+        ),
+    ];
+    let received = Utc::now();
+    match db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+                .await
+                .unwrap();
+            v1.run(&pool).await.unwrap();
+            for p in ["p1", "p2"] {
+                sqlx::query("INSERT INTO probes (id, token_hash, created_at) VALUES (?, ?, 0)")
+                    .bind(p)
+                    .bind(format!("hash-{p}"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            for (id, p, d, asn, min, status, method) in rows {
+                sqlx::query(
+                    "INSERT INTO measurements (id, probe_id, received_at, started_at, domain, \
+                     url, category, asn, country, status, method, reason, software_version, \
+                     body) VALUES (?, ?, ?, ?, ?, '', 'NEWS', ?, 'KZ', ?, ?, '', '', '{}')",
+                )
+                .bind(id)
+                .bind(p)
+                .bind(received.timestamp_millis())
+                .bind(t(*min).timestamp_millis())
+                .bind(d)
+                .bind(asn)
+                .bind(status)
+                .bind(method)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            pool.close().await;
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            v1.run(&pool).await.unwrap();
+            sqlx::query(
+                "CREATE TABLE measurements_p202401 PARTITION OF measurements \
+                 FOR VALUES FROM ('2024-01-01 00:00:00+00') TO ('2024-02-01 00:00:00+00')",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            for p in ["p1", "p2"] {
+                sqlx::query(
+                    "INSERT INTO probes (id, token_hash, created_at) VALUES ($1, $2, now())",
+                )
+                .bind(p)
+                .bind(format!("hash-{p}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            for (id, p, d, asn, min, status, method) in rows {
+                sqlx::query(
+                    "INSERT INTO measurements (id, probe_id, received_at, started_at, domain, \
+                     url, category, asn, country, status, method, reason, software_version, \
+                     body) VALUES ($1::uuid, $2, $3, $4, $5, '', 'NEWS', $6, 'KZ', $7, $8, '', \
+                     '', '{}')",
+                )
+                .bind(id)
+                .bind(p)
+                .bind(received)
+                .bind(t(*min))
+                .bind(d)
+                .bind(asn)
+                .bind(status)
+                .bind(method)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            pool.close().await;
+        }
+    }
+    let s = open_url(&url).await;
+    // p1's latest is blocked (minute 10), p2's is accessible (minute 12; its offline report
+    // does not count); b.test has no network.
+    assert_eq!(
+        groups_of(s.as_ref(), t(0), "a.test").await,
+        vec![
+            (Status::Accessible, None, 1),
+            (Status::Blocked, Some(Method::Tls), 1)
+        ]
+    );
+    assert!(groups_of(s.as_ref(), t(0), "b.test").await.is_empty());
+    assert_eq!(
+        s.blocked_methods_seen(t(6)).await.unwrap(),
+        vec![("a.test".to_string(), 9198, Method::Tls)]
+    );
+    assert!(s.blocked_methods_seen(t(11)).await.unwrap().is_empty());
+    let nets = s
+        .probe_networks(&Filter {
+            since: Some(received - TimeDelta::minutes(1)),
+            until: Some(received),
+            limit: 10,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    let nets: Vec<_> = nets
+        .iter()
+        .map(|n| (n.asn, n.probes, n.measurements))
+        .collect();
+    assert_eq!(nets, vec![(None, 1, 1), (Some(9198), 2, 5)]);
+    // And it is kept from then on: a newer verdict of p2 replaces the migrated one.
+    s.insert_measurements(
+        "p2",
+        Utc::now(),
+        &[verdict(
+            "a.test",
+            9198,
+            t(40),
+            Status::Blocked,
+            Some(Method::Tls),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        groups_of(s.as_ref(), t(0), "a.test").await,
+        vec![(Status::Blocked, Some(Method::Tls), 2)]
+    );
+}
+
+both_stores!(
+    read_model_is_monotonic_and_idempotent,
+    concurrent_writers_keep_the_newest_verdict,
+    read_model_is_built_when_an_existing_database_upgrades,
+);
+
+/// One export page through the real encoder: `(body of the page, row ids, next cursor)`.
+async fn export_page(
+    s: &Arc<dyn Store>,
+    after: Option<store::Cursor>,
+    limit: u32,
+    cap: usize,
+) -> (Vec<u8>, Vec<String>, Option<store::Cursor>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let f = Filter {
+        limit,
+        ..Filter::default()
+    };
+    tokio::spawn(witness_collector::api::read::export(
+        s.clone(),
+        f,
+        after,
+        false,
+        cap,
+        tx,
+    ));
+    let mut body = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = rx.recv().await {
+        let chunk = chunk.expect("no export error");
+        // A chunk goes out once it passes 64 KB: at most that plus one record (< 64 KB here).
+        assert!(chunk.len() <= 128 * 1024, "chunk of {} bytes", chunk.len());
+        body.extend_from_slice(&chunk);
+        chunks += 1;
+    }
+    assert!(chunks >= 1);
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("a page is JSON");
+    let ids = v["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    let next = v["next_cursor"].as_str().map(|c| c.parse().unwrap());
+    (body, ids, next)
+}
+
+/// The export's byte cap: a page holds no more record bytes than the cap (but at least one
+/// record, so paging moves on past a record larger than the cap), and paging with the cursor
+/// returns every record once, in order, however many share one instant.
+async fn export_pages_are_capped_in_bytes(db: Db) {
+    let (s, _, _guard) = open(db).await;
+    probe(s.as_ref(), "p1").await;
+    // 60 records, 20 of them at one instant, with bodies of very different sizes.
+    let mut records = Vec::new();
+    for i in 0..60 {
+        let mut r = record(&format!("s{i}.test"), t(i64::from(i / 20 * 2)));
+        let m: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let pad = "x".repeat(if i % 7 == 0 { 40_000 } else { 100 });
+        let mut m = m;
+        m["verdict"]["reason"] = serde_json::Value::String(pad);
+        r.body = serde_json::to_string(&m).unwrap();
+        records.push(r);
+    }
+    s.insert_measurements("p1", Utc::now(), &records)
+        .await
+        .unwrap();
+    let size: std::collections::HashMap<String, usize> = records
+        .iter()
+        .map(|r| (r.id.to_string(), r.body.len()))
+        .collect();
+    let mut want: Vec<_> = records
+        .iter()
+        .map(|r| (r.started_at, r.id.to_string()))
+        .collect();
+    want.sort();
+    let want: Vec<String> = want.into_iter().map(|(_, id)| id).collect();
+    let cap = 30_000;
+    let (mut got, mut after, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let (_, ids, next) = export_page(&s, after, 1000, cap).await;
+        pages += 1;
+        assert!(!ids.is_empty(), "a page always moves on");
+        let bytes: usize = ids.iter().map(|id| size[id]).sum();
+        assert!(
+            ids.len() == 1 || bytes <= cap,
+            "page of {} records, {bytes} bytes",
+            ids.len()
+        );
+        got.extend(ids);
+        match next {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+        assert!(pages < 100, "paging is stuck");
+    }
+    assert_eq!(got, want);
+    assert!(pages > 5, "the cap split the export into pages ({pages})");
+    // A limit that ends exactly at the last row: no next page.
+    let (_, ids, next) = export_page(&s, None, 60, usize::MAX).await;
+    assert_eq!((ids.len(), next), (60, None));
+    let (_, ids, next) = export_page(&s, None, 59, usize::MAX).await;
+    assert_eq!(ids.len(), 59);
+    assert_eq!(next.map(|c| c.id.to_string()), Some(want[58].clone()));
+}
+
+both_stores!(export_pages_are_capped_in_bytes);

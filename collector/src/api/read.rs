@@ -1,6 +1,9 @@
 //! Read API for researchers: status, site history, events, probes per network, raw export.
 //! JSON by default; CSV with `?format=csv` or `Accept: text/csv`.
 
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
@@ -8,15 +11,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 use witness_core::model::{Method, Status};
 
-use crate::aggregate::{self, EventKind};
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::store::{Event, Filter, MeasurementRecord};
+use crate::model::EventKind;
+use crate::readmodel;
+use crate::store::{Cursor, Event, Filter, MeasurementRecord, Store};
 
 /// Largest `limit`.
 pub const MAX_LIMIT: u32 = 10_000;
@@ -56,6 +61,9 @@ pub struct ReadQuery {
     pub open: Option<bool>,
     /// Measurements: verdict status.
     pub status: Option<String>,
+    /// Measurements: continue after this `(started_at, id)` (the previous page's
+    /// `next_cursor`).
+    pub cursor: Option<String>,
 }
 
 type Q = Result<Query<ReadQuery>, QueryRejection>;
@@ -158,8 +166,8 @@ pub async fn status(
     let since = f.since.unwrap_or(until - state.params.window);
     f.since = Some(since);
     f.until = Some(until);
-    let groups = state.store.latest_groups(&f).await?;
-    let mut sites = aggregate::summarize(&groups, state.params.min_share);
+    let mut sites =
+        readmodel::site_statuses(state.store.as_ref(), &f, state.params.min_share, now).await?;
     sites.truncate(f.limit as usize);
     if wants_csv(&q, &headers)? {
         return csv_response(sites.iter().map(|s| StatusCsv {
@@ -311,7 +319,25 @@ impl<'a> From<&'a MeasurementRecord> for MeasurementCsv<'a> {
     }
 }
 
-/// `GET /api/v1/measurements`: raw records as uploaded, oldest first.
+/// Most bytes of records in one export response (JSON bodies or CSV rows). A page stops
+/// before the row that would pass it (but always holds at least one row, so paging never gets
+/// stuck on a large record) and says where to continue.
+pub const EXPORT_MAX_BYTES: usize = 8 << 20;
+
+/// Bytes gathered before a chunk of the export is handed to the connection.
+const EXPORT_CHUNK: usize = 64 << 10;
+
+/// Records fetched ahead of the encoder (bounds the export's memory with the chunk size).
+const EXPORT_ROWS_AHEAD: usize = 4;
+
+/// How long a slow reader may stall the export before it is abandoned (the database
+/// connection is released).
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `GET /api/v1/measurements`: raw records as uploaded, in `(started_at, id)` order, a page at
+/// a time: at most `limit` records and [`EXPORT_MAX_BYTES`], continued with
+/// `cursor=next_cursor`. Streamed as the database returns rows: memory stays bounded whatever
+/// the size of the stored records.
 pub async fn measurements(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -319,18 +345,149 @@ pub async fn measurements(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let f = filter(&q, 100)?;
-    let rows = state.store.measurements(&f).await?;
-    if wants_csv(&q, &headers)? {
-        return csv_response(rows.iter().map(MeasurementCsv::from));
+    let after = q
+        .cursor
+        .as_deref()
+        .map(str::parse::<Cursor>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let csv = wants_csv(&q, &headers)?;
+    let (chunks_tx, mut chunks) = mpsc::channel::<Result<Bytes, String>>(1);
+    tokio::spawn(export(
+        state.store.clone(),
+        f,
+        after,
+        csv,
+        EXPORT_MAX_BYTES,
+        chunks_tx,
+    ));
+    // The first chunk (or the error before any) decides the status.
+    let first = match chunks.recv().await {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return Err(ApiError::Internal(e)),
+        None => return Err(ApiError::Internal("export ended without output".into())),
+    };
+    let rest = futures::stream::unfold(chunks, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|c| (c.map_err(std::io::Error::other), rx))
+    });
+    let body = futures::stream::once(async move { Ok(first) }).chain(rest);
+    let content_type = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Encodes one export page (`filter.limit` rows at most) into `out`: rows come from the store
+/// through a small channel, bytes leave in chunks of about 64 KB; stops at `limit` rows or
+/// `cap` bytes of records, whichever first, and then ends the JSON with `next_cursor`. An
+/// error is sent as the last item (before any byte when it happens first).
+pub async fn export(
+    store: Arc<dyn Store>,
+    f: Filter,
+    after: Option<Cursor>,
+    csv: bool,
+    cap: usize,
+    out: mpsc::Sender<Result<Bytes, String>>,
+) {
+    let limit = f.limit;
+    let (rows_tx, mut rows) = mpsc::channel::<MeasurementRecord>(EXPORT_ROWS_AHEAD);
+    // One row more than the page: if it comes, there is a next page.
+    let reader = {
+        let (store, f) = (store.clone(), f.clone());
+        tokio::spawn(async move {
+            store
+                .export_measurements(&f, after, limit.saturating_add(1), rows_tx)
+                .await
+        })
+    };
+    let send = |chunk: Result<Bytes, String>| {
+        let out = out.clone();
+        async move {
+            matches!(
+                tokio::time::timeout(EXPORT_STALL, out.send(chunk)).await,
+                Ok(Ok(()))
+            )
+        }
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(EXPORT_CHUNK);
+    if csv {
+        buf.extend_from_slice(MEASUREMENT_CSV_HEADER.as_bytes());
+    } else {
+        buf.extend_from_slice(b"{\"measurements\":[");
     }
-    let raw: Vec<Box<RawValue>> = rows
-        .into_iter()
-        .map(|m| RawValue::from_string(m.body))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ApiError::Internal(format!("stored record is not JSON: {e}")))?;
-    #[derive(Serialize)]
-    struct Export {
-        measurements: Vec<Box<RawValue>>,
+    let (mut n, mut bytes, mut last, mut more) = (0u32, 0usize, None::<Cursor>, false);
+    let mut row_buf = Vec::new();
+    while let Some(m) = rows.recv().await {
+        if n >= limit {
+            more = true;
+            break;
+        }
+        row_buf.clear();
+        if csv {
+            if let Err(e) = write_csv_row(&mut row_buf, &m) {
+                let _ = send(Err(e)).await;
+                return;
+            }
+        } else {
+            if n > 0 {
+                row_buf.push(b',');
+            }
+            row_buf.extend_from_slice(m.body.as_bytes());
+        }
+        if n > 0 && bytes + row_buf.len() > cap {
+            more = true;
+            break;
+        }
+        bytes += row_buf.len();
+        buf.extend_from_slice(&row_buf);
+        n += 1;
+        last = Some(Cursor::after(&m));
+        if buf.len() >= EXPORT_CHUNK && !send(Ok(Bytes::from(std::mem::take(&mut buf)))).await {
+            // The client went away or stalled: stop reading (the store stops at its next row).
+            return;
+        }
     }
-    Ok(Json(Export { measurements: raw }).into_response())
+    // Stop the reader (a dropped receiver ends it), then learn how it ended.
+    drop(rows);
+    match reader.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if !more => {
+            let _ = send(Err(format!("export: {e}"))).await;
+            return;
+        }
+        Ok(Err(_)) => {}
+        Err(e) => {
+            let _ = send(Err(format!("export task: {e}"))).await;
+            return;
+        }
+    }
+    let next = if more { last } else { None };
+    if !csv {
+        let next = serde_json::to_string(&next.map(|c| c.to_string())).unwrap_or_default();
+        buf.extend_from_slice(format!("],\"next_cursor\":{next}}}").as_bytes());
+    }
+    if !buf.is_empty() {
+        let _ = send(Ok(Bytes::from(buf))).await;
+    }
+}
+
+/// The header line of the CSV export.
+const MEASUREMENT_CSV_HEADER: &str =
+    "id,started_at,domain,url,category,asn,country,status,method,reason,software_version\n";
+
+fn write_csv_row(out: &mut Vec<u8>, m: &MeasurementRecord) -> Result<(), String> {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(&mut *out);
+    w.serialize(MeasurementCsv::from(m))
+        .map_err(|e| format!("csv: {e}"))?;
+    w.flush().map_err(|e| format!("csv: {e}"))
 }

@@ -13,18 +13,19 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 use uuid::Uuid;
 use witness_core::model::{Method, Status};
 
-use crate::aggregate::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
 use crate::config::StoreConfig;
+use crate::model::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
 
 /// Storage failures. Never shown to clients (they get a plain 500).
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +219,7 @@ pub struct EventKey {
     pub method: Option<Method>,
 }
 
-/// An event (see [`crate::aggregate`]).
+/// An event (see [`crate::aggregate`] for the rule).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
     /// Unique id (UUIDv7).
@@ -406,6 +407,60 @@ pub struct RecentNetwork {
     pub latest: DateTime<Utc>,
 }
 
+/// Position in the export's order, `(started_at, id)`: a page continues strictly after it, so
+/// paging never repeats or skips a row and never gets stuck, however many rows share one
+/// instant. Written `STARTED_AT,ID` (RFC 3339, UTC, full precision; the id as uploaded): the
+/// `started_at` and `id` of the last row received, also buildable from a CSV page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// `started_at` of the last row.
+    pub started_at: DateTime<Utc>,
+    /// Id of the last row.
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// The cursor just after `m`.
+    pub fn after(m: &MeasurementRecord) -> Cursor {
+        Cursor {
+            started_at: m.started_at,
+            id: m.id,
+        }
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{},{}",
+            self.started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            self.id
+        )
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cursor, String> {
+        let bad = || {
+            format!(
+                "cursor {s:?}: expected STARTED_AT,ID (RFC 3339 time and measurement id of the \
+                 last row received, as in next_cursor)"
+            )
+        };
+        let (at, id) = s.split_once(',').ok_or_else(bad)?;
+        Ok(Cursor {
+            started_at: DateTime::parse_from_rfc3339(at.trim())
+                .map_err(|_| bad())?
+                .with_timezone(&Utc),
+            id: id.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// Everything the collector stores.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -492,17 +547,28 @@ pub trait Store: Send + Sync + 'static {
         webhook_urls: &[String],
     ) -> StoreResult<Option<Event>>;
 
-    /// Sites measured on a network (ASN known) with `started_at >= since`.
+    /// Sites measured on a network (ASN known) with a non-offline verdict with
+    /// `started_at >= since` (read model).
     async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>>;
 
-    /// Networks with measurements with `started_at >= since`, and their latest time.
+    /// Networks with measurements with `started_at >= since` uploaded within the hour before
+    /// `since` or later, and their latest time (read model).
     async fn recent_networks(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentNetwork>>;
 
-    /// Latest verdict per probe, site and network in the filter's period, grouped by status and
-    /// method (offline verdicts excluded: they say nothing about a site).
+    /// Each probe's latest verdict per site and network, from the read model (`latest_verdicts`,
+    /// kept on ingest), where that verdict is at or after `filter.since`, grouped by status and
+    /// method (offline verdicts excluded: they say nothing about a site). Filters on network,
+    /// country, category and site apply to the latest verdict. `filter.until` is not applied:
+    /// the read model knows only the present (see [`Store::latest_groups_scan`] for the past).
+    /// Reads one row per probe, site and network, whatever the number of measurements.
     async fn latest_groups(&self, filter: &Filter) -> StoreResult<Vec<LatestGroup>>;
 
-    /// `(domain, asn, method)` seen blocked with `started_at >= since`.
+    /// As [`Store::latest_groups`], but the latest verdict within `[since, until]`, computed
+    /// from the measurements of the period: for status queries about the past only (its cost
+    /// grows with the measurements in the period).
+    async fn latest_groups_scan(&self, filter: &Filter) -> StoreResult<Vec<LatestGroup>>;
+
+    /// `(domain, asn, method)` seen blocked with `started_at >= since` (read model).
     async fn blocked_methods_seen(
         &self,
         since: DateTime<Utc>,
@@ -514,11 +580,25 @@ pub trait Store: Send + Sync + 'static {
     /// Events, newest first.
     async fn events(&self, filter: &Filter) -> StoreResult<Vec<Event>>;
 
-    /// Probes per network that uploaded (received time) in the filter's period.
+    /// Probes per network that uploaded (received time) in the filter's period, to the hour:
+    /// read from the read model's hourly counts (`probe_hours`), so an upload counts when its
+    /// hour overlaps the period.
     async fn probe_networks(&self, filter: &Filter) -> StoreResult<Vec<ProbeNetworkRow>>;
 
     /// Raw measurements, oldest first.
     async fn measurements(&self, filter: &Filter) -> StoreResult<Vec<MeasurementRecord>>;
+
+    /// The export: measurements matching `filter` (its `limit` ignored) strictly after `after`
+    /// in `(started_at, id)` order, at most `limit`, sent one by one into `rows` as the database
+    /// returns them (never all at once: memory stays bounded by the channel's capacity, whatever
+    /// the records' size). Stops early, without error, when the receiver is dropped.
+    async fn export_measurements(
+        &self,
+        filter: &Filter,
+        after: Option<Cursor>,
+        limit: u32,
+        rows: tokio::sync::mpsc::Sender<MeasurementRecord>,
+    ) -> StoreResult<()>;
 
     /// Claim up to `limit` notifications due at `now`, oldest first: they are not due again
     /// before `lease_until`, so several collectors on one database do not deliver the same row
@@ -541,4 +621,92 @@ pub trait Store: Send + Sync + 'static {
         error: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
+}
+
+/// Start of the UTC hour of `t`.
+pub(crate) fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::hours(1)).unwrap_or(t)
+}
+
+/// One row of `probe_hours` to add to.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HourDelta {
+    /// Start of the hour of arrival.
+    pub hour: DateTime<Utc>,
+    /// Network, `-1` when not claimed.
+    pub asn: i64,
+    /// Country, `""` when not claimed.
+    pub country: String,
+    /// Measurements to add.
+    pub measurements: i64,
+    /// Latest arrival.
+    pub last_received_at: DateTime<Utc>,
+    /// Latest `started_at`.
+    pub last_started_at: DateTime<Utc>,
+}
+
+/// What the new records of one batch (all from one probe) change in the read model, reduced to
+/// one row per key in key order, so each store writes every row once and concurrent batches
+/// lock rows in the same order. Both stores apply it with monotonic upserts.
+#[derive(Debug, Default)]
+pub(crate) struct ReadModelDelta<'a> {
+    /// Per `(domain, asn)`: the newest non-offline record of the batch.
+    pub latest: Vec<&'a MeasurementRecord>,
+    /// Per `(domain, asn, method)` seen blocked: the latest `started_at`.
+    pub blocked: Vec<(&'a str, u32, Method, DateTime<Utc>)>,
+    /// Per hour of arrival, network and country.
+    pub hours: Vec<HourDelta>,
+}
+
+impl<'a> ReadModelDelta<'a> {
+    /// The delta of the newly stored `records`.
+    pub fn of(records: impl IntoIterator<Item = &'a MeasurementRecord>) -> Self {
+        let mut latest: BTreeMap<(&str, u32), &MeasurementRecord> = BTreeMap::new();
+        let mut blocked: BTreeMap<(&str, u32, Method), DateTime<Utc>> = BTreeMap::new();
+        let mut hours: BTreeMap<(DateTime<Utc>, i64, &str), HourDelta> = BTreeMap::new();
+        for r in records {
+            let hour = hour_of(r.received_at);
+            let asn = r.asn.map_or(-1, i64::from);
+            let country = r.country.as_deref().unwrap_or("");
+            let h = hours
+                .entry((hour, asn, country))
+                .or_insert_with(|| HourDelta {
+                    hour,
+                    asn,
+                    country: country.to_string(),
+                    measurements: 0,
+                    last_received_at: r.received_at,
+                    last_started_at: r.started_at,
+                });
+            h.measurements += 1;
+            h.last_received_at = h.last_received_at.max(r.received_at);
+            h.last_started_at = h.last_started_at.max(r.started_at);
+            let Some(asn) = r.asn else { continue };
+            if r.status == Status::Offline {
+                continue;
+            }
+            latest
+                .entry((r.domain.as_str(), asn))
+                .and_modify(|cur| {
+                    if (r.started_at, r.id) > (cur.started_at, cur.id) {
+                        *cur = r;
+                    }
+                })
+                .or_insert(r);
+            if let (Status::Blocked, Some(m)) = (r.status, r.method) {
+                let at = blocked
+                    .entry((r.domain.as_str(), asn, m))
+                    .or_insert(r.started_at);
+                *at = (*at).max(r.started_at);
+            }
+        }
+        ReadModelDelta {
+            latest: latest.into_values().collect(),
+            blocked: blocked
+                .into_iter()
+                .map(|((d, a, m), at)| (d, a, m, at))
+                .collect(),
+            hours: hours.into_values().collect(),
+        }
+    }
 }

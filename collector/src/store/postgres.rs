@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
+use futures::TryStreamExt;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
@@ -33,18 +34,30 @@ use uuid::Uuid;
 use witness_core::model::Method;
 
 use super::{
-    CloseEvent, Embedded, Event, EventKey, EventState, Filter, HistoryRow, MeasurementRecord,
-    NewEvent, NewInvite, NewProbe, Notification, ProbeNetworkRow, RecentNetwork, RecentSite, Store,
-    StoreError, StoreResult, TokenInfo,
+    hour_of, CloseEvent, Cursor, Embedded, Event, EventKey, EventState, Filter, HistoryRow,
+    MeasurementRecord, NewEvent, NewInvite, NewProbe, Notification, ProbeNetworkRow,
+    ReadModelDelta, RecentNetwork, RecentSite, Store, StoreError, StoreResult, TokenInfo,
 };
-use crate::aggregate::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
+use crate::model::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
 
 /// Migrations compiled into the binary: `(version, description, sql)`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "read model",
+        include_str!("../../migrations/postgres/0002_read_model.sql"),
+    ),
+    (
+        3,
+        "export order",
+        include_str!("../../migrations/postgres/0003_export_order.sql"),
+    ),
+];
 
 /// Advisory lock (transaction level) serialising partition creation across collectors.
 const PARTITION_LOCK: i64 = 0x5749_544e_5041_5254; // "WITNPART"
@@ -236,6 +249,116 @@ async fn lock_key_at_floor(
     Ok(current)
 }
 
+/// Apply a batch's changes to the read model, inside the batch's transaction: one statement
+/// per table, rows in key order (so concurrent batches lock them in the same order). Monotonic:
+/// a row is replaced only by a newer verdict, times only grow; a concurrent writer of the same
+/// row waits for its lock and the condition is checked against the version it committed.
+async fn apply_read_model(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    probe_id: &str,
+    delta: &ReadModelDelta<'_>,
+) -> StoreResult<()> {
+    if !delta.latest.is_empty() {
+        let l = &delta.latest;
+        sqlx::query(
+            "INSERT INTO latest_verdicts (domain, asn, probe_id, started_at, measurement_id, \
+             status, method, category, country) \
+             SELECT u.domain, u.asn, $1, u.started_at, u.id, u.status, u.method, u.category, \
+                    u.country \
+             FROM UNNEST($2::text[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[], \
+                         $7::text[], $8::text[], $9::text[]) WITH ORDINALITY \
+               AS u(domain, asn, started_at, id, status, method, category, country, n) \
+             ORDER BY u.n \
+             ON CONFLICT (domain, asn, probe_id) DO UPDATE SET \
+             started_at = EXCLUDED.started_at, measurement_id = EXCLUDED.measurement_id, \
+             status = EXCLUDED.status, method = EXCLUDED.method, \
+             category = EXCLUDED.category, country = EXCLUDED.country \
+             WHERE (EXCLUDED.started_at, EXCLUDED.measurement_id) \
+                 > (latest_verdicts.started_at, latest_verdicts.measurement_id)",
+        )
+        .bind(probe_id)
+        .bind(l.iter().map(|r| r.domain.clone()).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.asn.map(i64::from)).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.started_at).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.id.to_string()).collect::<Vec<_>>())
+        .bind(
+            l.iter()
+                .map(|r| r.status.as_str().to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            l.iter()
+                .map(|r| r.method.map(|m| m.as_str().to_string()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(l.iter().map(|r| r.category.clone()).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.country.clone()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !delta.blocked.is_empty() {
+        let b = &delta.blocked;
+        sqlx::query(
+            "INSERT INTO blocked_methods (domain, asn, method, last_at) \
+             SELECT u.domain, u.asn, u.method, u.last_at \
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::timestamptz[]) \
+               WITH ORDINALITY AS u(domain, asn, method, last_at, n) ORDER BY u.n \
+             ON CONFLICT (domain, asn, method) DO UPDATE SET \
+             last_at = GREATEST(blocked_methods.last_at, EXCLUDED.last_at)",
+        )
+        .bind(b.iter().map(|x| x.0.to_string()).collect::<Vec<_>>())
+        .bind(b.iter().map(|x| i64::from(x.1)).collect::<Vec<_>>())
+        .bind(
+            b.iter()
+                .map(|x| x.2.as_str().to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(b.iter().map(|x| x.3).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !delta.hours.is_empty() {
+        let h = &delta.hours;
+        sqlx::query(
+            "INSERT INTO probe_hours (hour, asn, country, probe_id, measurements, \
+             last_received_at, last_started_at) \
+             SELECT u.hour, u.asn, u.country, $1, u.measurements, u.last_received_at, \
+                    u.last_started_at \
+             FROM UNNEST($2::timestamptz[], $3::bigint[], $4::text[], $5::bigint[], \
+                         $6::timestamptz[], $7::timestamptz[]) WITH ORDINALITY \
+               AS u(hour, asn, country, measurements, last_received_at, last_started_at, n) \
+             ORDER BY u.n \
+             ON CONFLICT (hour, asn, country, probe_id) DO UPDATE SET \
+             measurements = probe_hours.measurements + EXCLUDED.measurements, \
+             last_received_at = GREATEST(probe_hours.last_received_at, EXCLUDED.last_received_at), \
+             last_started_at = GREATEST(probe_hours.last_started_at, EXCLUDED.last_started_at)",
+        )
+        .bind(probe_id)
+        .bind(h.iter().map(|x| x.hour).collect::<Vec<_>>())
+        .bind(h.iter().map(|x| x.asn).collect::<Vec<_>>())
+        .bind(h.iter().map(|x| x.country.clone()).collect::<Vec<_>>())
+        .bind(h.iter().map(|x| x.measurements).collect::<Vec<_>>())
+        .bind(h.iter().map(|x| x.last_received_at).collect::<Vec<_>>())
+        .bind(h.iter().map(|x| x.last_started_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn latest_group_from_row(r: &PgRow) -> StoreResult<LatestGroup> {
+    Ok(LatestGroup {
+        domain: r.try_get("domain")?,
+        asn: asn_of(r.try_get("asn")?)?,
+        country: r.try_get("country")?,
+        category: r.try_get("category")?,
+        status: parse(r.try_get::<&str, _>("status")?, "status")?,
+        method: opt_method(r.try_get("method")?)?,
+        probes: count(r.try_get("probes")?),
+        last_measured: r.try_get("last")?,
+    })
+}
+
 impl PostgresStore {
     /// Connect to `url` (`postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=...`), migrate (sqlx
     /// holds an advisory lock meanwhile, so collectors starting together migrate once), and
@@ -402,6 +525,7 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        apply_read_model(&mut tx, probe_id, &ReadModelDelta::of(new.iter().copied())).await?;
         sqlx::query("UPDATE probes SET last_seen_at = $1 WHERE id = $2")
             .bind(now)
             .bind(probe_id)
@@ -793,8 +917,8 @@ impl Store for PostgresStore {
     async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>> {
         let rows = sqlx::query(
             "SELECT domain, asn, MAX(country) AS country, MAX(category) AS category, \
-             MAX(started_at) AS latest FROM measurements \
-             WHERE asn IS NOT NULL AND started_at >= $1 GROUP BY domain, asn",
+             MAX(started_at) AS latest FROM latest_verdicts \
+             WHERE started_at >= $1 GROUP BY domain, asn",
         )
         .bind(since)
         .fetch_all(&self.pool)
@@ -814,9 +938,11 @@ impl Store for PostgresStore {
 
     async fn recent_networks(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentNetwork>> {
         let rows = sqlx::query(
-            "SELECT asn, MAX(country) AS country, MAX(started_at) AS latest FROM measurements \
-             WHERE asn IS NOT NULL AND started_at >= $1 GROUP BY asn",
+            "SELECT asn, MAX(NULLIF(country, '')) AS country, MAX(last_started_at) AS latest \
+             FROM probe_hours WHERE hour >= $1 AND asn >= 0 AND last_started_at >= $2 \
+             GROUP BY asn",
         )
+        .bind(hour_of(since) - TimeDelta::hours(1))
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
@@ -833,6 +959,22 @@ impl Store for PostgresStore {
 
     async fn latest_groups(&self, f: &Filter) -> StoreResult<Vec<LatestGroup>> {
         let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT domain, asn, MAX(country) AS country, MAX(category) AS category, status, \
+             method, COUNT(*) AS probes, MAX(started_at) AS last FROM latest_verdicts WHERE TRUE",
+        );
+        let f = Filter {
+            until: None,
+            status: None,
+            ..f.clone()
+        };
+        push_measurement_filters(&mut qb, &f, "started_at");
+        qb.push(" GROUP BY domain, asn, status, method ORDER BY domain, asn");
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(latest_group_from_row).collect()
+    }
+
+    async fn latest_groups_scan(&self, f: &Filter) -> StoreResult<Vec<LatestGroup>> {
+        let mut qb = QueryBuilder::<Postgres>::new(
             "WITH latest AS (SELECT DISTINCT ON (domain, asn, probe_id) domain, asn, country, \
              category, status, method, started_at \
              FROM measurements WHERE asn IS NOT NULL AND status <> 'offline'",
@@ -845,34 +987,18 @@ impl Store for PostgresStore {
              GROUP BY domain, asn, status, method ORDER BY domain, asn",
         );
         let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LatestGroup {
-                    domain: r.try_get("domain")?,
-                    asn: asn_of(r.try_get("asn")?)?,
-                    country: r.try_get("country")?,
-                    category: r.try_get("category")?,
-                    status: parse(r.try_get::<&str, _>("status")?, "status")?,
-                    method: opt_method(r.try_get("method")?)?,
-                    probes: count(r.try_get("probes")?),
-                    last_measured: r.try_get("last")?,
-                })
-            })
-            .collect()
+        rows.iter().map(latest_group_from_row).collect()
     }
 
     async fn blocked_methods_seen(
         &self,
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<(String, u32, Method)>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT domain, asn, method FROM measurements \
-             WHERE status = 'blocked' AND method IS NOT NULL AND asn IS NOT NULL \
-               AND started_at >= $1",
-        )
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT domain, asn, method FROM blocked_methods WHERE last_at >= $1")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -965,29 +1091,35 @@ impl Store for PostgresStore {
 
     async fn probe_networks(&self, f: &Filter) -> StoreResult<Vec<ProbeNetworkRow>> {
         let mut qb = QueryBuilder::<Postgres>::new(
-            "SELECT asn, country, COUNT(DISTINCT probe_id) AS probes, COUNT(*) AS n, \
-             MAX(received_at) AS last FROM measurements WHERE TRUE",
+            "SELECT asn, country, COUNT(DISTINCT probe_id) AS probes, \
+             SUM(measurements)::bigint AS n, MAX(last_received_at) AS last FROM probe_hours \
+             WHERE TRUE",
         );
-        let f = Filter {
-            category: None,
-            domain: None,
-            status: None,
-            ..f.clone()
-        };
-        push_measurement_filters(&mut qb, &f, "received_at");
-        qb.push(" GROUP BY asn, country ORDER BY asn NULLS FIRST, country NULLS FIRST LIMIT ")
+        // Hours overlapping [since, until].
+        if let Some(s) = f.since {
+            qb.push(" AND hour > ").push_bind(s - TimeDelta::hours(1));
+        }
+        if let Some(u) = f.until {
+            qb.push(" AND hour <= ").push_bind(u);
+        }
+        if let Some(a) = f.asn {
+            qb.push(" AND asn = ").push_bind(i64::from(a));
+        }
+        if let Some(c) = &f.country {
+            qb.push(" AND country = ").push_bind(c.as_str());
+        }
+        qb.push(" GROUP BY asn, country ORDER BY asn, country LIMIT ")
             .push_bind(i64::from(f.limit));
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let last: DateTime<Utc> = r.try_get("last")?;
                 let ms = last.timestamp_millis();
+                let asn: i64 = r.try_get("asn")?;
+                let country: String = r.try_get("country")?;
                 Ok(ProbeNetworkRow {
-                    asn: r
-                        .try_get::<Option<i64>, _>("asn")?
-                        .map(asn_of)
-                        .transpose()?,
-                    country: r.try_get("country")?,
+                    asn: (asn >= 0).then(|| asn_of(asn)).transpose()?,
+                    country: (!country.is_empty()).then_some(country),
                     probes: count(r.try_get("probes")?),
                     measurements: count(r.try_get("n")?),
                     // Hour precision: enough to see a network's activity, too coarse to
@@ -1010,6 +1142,41 @@ impl Store for PostgresStore {
             .push_bind(i64::from(f.limit));
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter().map(measurement_from_row).collect()
+    }
+
+    async fn export_measurements(
+        &self,
+        f: &Filter,
+        after: Option<Cursor>,
+        limit: u32,
+        tx: tokio::sync::mpsc::Sender<MeasurementRecord>,
+    ) -> StoreResult<()> {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT id::text AS id, received_at, started_at, domain, url, category, asn, \
+             country, status, method, reason, software_version, body FROM measurements \
+             WHERE TRUE",
+        );
+        push_measurement_filters(&mut qb, f, "started_at");
+        if let Some(c) = after {
+            // The first bound alone selects a range of the (started_at, id) index and prunes
+            // the partitions before it.
+            qb.push(" AND started_at >= ")
+                .push_bind(c.started_at)
+                .push(" AND (started_at > ")
+                .push_bind(c.started_at)
+                .push(" OR id > ")
+                .push_bind(c.id.to_string())
+                .push("::uuid)");
+        }
+        qb.push(" ORDER BY started_at, id LIMIT ")
+            .push_bind(i64::from(limit));
+        let mut rows = qb.build().fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            if tx.send(measurement_from_row(&row)?).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn claim_notifications(

@@ -12,7 +12,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::TryStreamExt;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -22,18 +23,30 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use witness_core::model::Method;
 
 use super::{
-    CloseEvent, Embedded, Event, EventState, Filter, HistoryRow, MeasurementRecord, NewEvent,
-    NewInvite, NewProbe, Notification, ProbeNetworkRow, RecentNetwork, RecentSite, Store,
-    StoreError, StoreResult, TokenInfo,
+    hour_of, CloseEvent, Cursor, Embedded, Event, EventState, Filter, HistoryRow,
+    MeasurementRecord, NewEvent, NewInvite, NewProbe, Notification, ProbeNetworkRow,
+    ReadModelDelta, RecentNetwork, RecentSite, Store, StoreError, StoreResult, TokenInfo,
 };
-use crate::aggregate::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
+use crate::model::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
 
 /// Migrations compiled into the binary: `(version, description, sql)`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "read model",
+        include_str!("../../migrations/sqlite/0002_read_model.sql"),
+    ),
+    (
+        3,
+        "export order",
+        include_str!("../../migrations/sqlite/0003_export_order.sql"),
+    ),
+];
 
 /// SQLite implementation of [`Store`].
 #[derive(Clone, Debug)]
@@ -101,6 +114,19 @@ fn event_from_row(row: &SqliteRow) -> StoreResult<Event> {
             .try_get::<Option<&str>, _>("end_evidence")?
             .map(evidence)
             .transpose()?,
+    })
+}
+
+fn latest_group_from_row(r: &SqliteRow) -> StoreResult<LatestGroup> {
+    Ok(LatestGroup {
+        domain: r.try_get("domain")?,
+        asn: asn_of(r.try_get("asn")?)?,
+        country: r.try_get("country")?,
+        category: r.try_get("category")?,
+        status: parse(r.try_get::<&str, _>("status")?, "status")?,
+        method: opt_method(r.try_get("method")?)?,
+        probes: u64::try_from(r.try_get::<i64, _>("probes")?).unwrap_or(0),
+        last_measured: at(r.try_get("last")?)?,
     })
 }
 
@@ -182,6 +208,71 @@ impl SqliteStore {
             .run(&pool)
             .await?;
         Ok(SqliteStore { pool })
+    }
+
+    /// Apply a batch's changes to the read model, inside the batch's transaction. Monotonic:
+    /// a row is replaced only by a newer verdict, times only grow.
+    async fn apply_read_model(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        probe_id: &str,
+        delta: &ReadModelDelta<'_>,
+    ) -> StoreResult<()> {
+        for r in &delta.latest {
+            sqlx::query(
+                "INSERT INTO latest_verdicts (domain, asn, probe_id, started_at, measurement_id, \
+                 status, method, category, country) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (domain, asn, probe_id) DO UPDATE SET \
+                 started_at = excluded.started_at, measurement_id = excluded.measurement_id, \
+                 status = excluded.status, method = excluded.method, \
+                 category = excluded.category, country = excluded.country \
+                 WHERE (excluded.started_at, excluded.measurement_id) \
+                     > (latest_verdicts.started_at, latest_verdicts.measurement_id)",
+            )
+            .bind(&r.domain)
+            .bind(r.asn.map(i64::from))
+            .bind(probe_id)
+            .bind(ms(r.started_at))
+            .bind(r.id.to_string())
+            .bind(r.status.as_str())
+            .bind(r.method.map(|m| m.as_str()))
+            .bind(&r.category)
+            .bind(&r.country)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for (domain, asn, method, at) in &delta.blocked {
+            sqlx::query(
+                "INSERT INTO blocked_methods (domain, asn, method, last_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (domain, asn, method) DO UPDATE SET \
+                 last_at = MAX(blocked_methods.last_at, excluded.last_at)",
+            )
+            .bind(*domain)
+            .bind(i64::from(*asn))
+            .bind(method.as_str())
+            .bind(ms(*at))
+            .execute(&mut **tx)
+            .await?;
+        }
+        for h in &delta.hours {
+            sqlx::query(
+                "INSERT INTO probe_hours (hour, asn, country, probe_id, measurements, \
+                 last_received_at, last_started_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (hour, asn, country, probe_id) DO UPDATE SET \
+                 measurements = probe_hours.measurements + excluded.measurements, \
+                 last_received_at = MAX(probe_hours.last_received_at, excluded.last_received_at), \
+                 last_started_at = MAX(probe_hours.last_started_at, excluded.last_started_at)",
+            )
+            .bind(ms(h.hour))
+            .bind(h.asn)
+            .bind(&h.country)
+            .bind(probe_id)
+            .bind(h.measurements)
+            .bind(ms(h.last_received_at))
+            .bind(ms(h.last_started_at))
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Queue one notification per URL inside a transaction.
@@ -374,6 +465,12 @@ impl Store for SqliteStore {
             .await?;
             inserted.push(res.rows_affected() == 1);
         }
+        let fresh = records
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, new)| **new)
+            .map(|(r, _)| r);
+        Self::apply_read_model(&mut tx, probe_id, &ReadModelDelta::of(fresh)).await?;
         sqlx::query("UPDATE probes SET last_seen_at = ? WHERE id = ?")
             .bind(ms(now))
             .bind(probe_id)
@@ -601,8 +698,8 @@ impl Store for SqliteStore {
     async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>> {
         let rows = sqlx::query(
             "SELECT domain, asn, MAX(country) AS country, MAX(category) AS category, \
-             MAX(started_at) AS latest FROM measurements \
-             WHERE asn IS NOT NULL AND started_at >= ? GROUP BY domain, asn",
+             MAX(started_at) AS latest FROM latest_verdicts \
+             WHERE started_at >= ? GROUP BY domain, asn",
         )
         .bind(ms(since))
         .fetch_all(&self.pool)
@@ -622,9 +719,10 @@ impl Store for SqliteStore {
 
     async fn recent_networks(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentNetwork>> {
         let rows = sqlx::query(
-            "SELECT asn, MAX(country) AS country, MAX(started_at) AS latest FROM measurements \
-             WHERE asn IS NOT NULL AND started_at >= ? GROUP BY asn",
+            "SELECT asn, MAX(NULLIF(country, '')) AS country, MAX(last_started_at) AS latest \
+             FROM probe_hours WHERE hour >= ? AND asn >= 0 AND last_started_at >= ? GROUP BY asn",
         )
+        .bind(ms(hour_of(since) - TimeDelta::hours(1)))
         .bind(ms(since))
         .fetch_all(&self.pool)
         .await?;
@@ -641,6 +739,22 @@ impl Store for SqliteStore {
 
     async fn latest_groups(&self, f: &Filter) -> StoreResult<Vec<LatestGroup>> {
         let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT domain, asn, MAX(country) AS country, MAX(category) AS category, status, \
+             method, COUNT(*) AS probes, MAX(started_at) AS last FROM latest_verdicts WHERE 1 = 1",
+        );
+        let f = Filter {
+            until: None,
+            status: None,
+            ..f.clone()
+        };
+        push_measurement_filters(&mut qb, &f, "started_at");
+        qb.push(" GROUP BY domain, asn, status, method ORDER BY domain, asn");
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(latest_group_from_row).collect()
+    }
+
+    async fn latest_groups_scan(&self, f: &Filter) -> StoreResult<Vec<LatestGroup>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
             "WITH ranked AS (SELECT domain, asn, country, category, status, method, started_at, \
              ROW_NUMBER() OVER (PARTITION BY domain, asn, probe_id \
                                 ORDER BY started_at DESC, id DESC) AS rn \
@@ -653,34 +767,18 @@ impl Store for SqliteStore {
              GROUP BY domain, asn, status, method ORDER BY domain, asn",
         );
         let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LatestGroup {
-                    domain: r.try_get("domain")?,
-                    asn: asn_of(r.try_get("asn")?)?,
-                    country: r.try_get("country")?,
-                    category: r.try_get("category")?,
-                    status: parse(r.try_get::<&str, _>("status")?, "status")?,
-                    method: opt_method(r.try_get("method")?)?,
-                    probes: u64::try_from(r.try_get::<i64, _>("probes")?).unwrap_or(0),
-                    last_measured: at(r.try_get("last")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(latest_group_from_row).collect()
     }
 
     async fn blocked_methods_seen(
         &self,
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<(String, u32, Method)>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT domain, asn, method FROM measurements \
-             WHERE status = 'blocked' AND method IS NOT NULL AND asn IS NOT NULL \
-               AND started_at >= ?",
-        )
-        .bind(ms(since))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT domain, asn, method FROM blocked_methods WHERE last_at >= ?")
+                .bind(ms(since))
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -768,28 +866,34 @@ impl Store for SqliteStore {
 
     async fn probe_networks(&self, f: &Filter) -> StoreResult<Vec<ProbeNetworkRow>> {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT asn, country, COUNT(DISTINCT probe_id) AS probes, COUNT(*) AS n, \
-             MAX(received_at) AS last FROM measurements WHERE 1 = 1",
+            "SELECT asn, country, COUNT(DISTINCT probe_id) AS probes, SUM(measurements) AS n, \
+             MAX(last_received_at) AS last FROM probe_hours WHERE 1 = 1",
         );
-        let f = Filter {
-            category: None,
-            domain: None,
-            status: None,
-            ..f.clone()
-        };
-        push_measurement_filters(&mut qb, &f, "received_at");
+        // Hours overlapping [since, until].
+        if let Some(s) = f.since {
+            qb.push(" AND hour > ")
+                .push_bind(ms(s - TimeDelta::hours(1)));
+        }
+        if let Some(u) = f.until {
+            qb.push(" AND hour <= ").push_bind(ms(u));
+        }
+        if let Some(a) = f.asn {
+            qb.push(" AND asn = ").push_bind(i64::from(a));
+        }
+        if let Some(c) = &f.country {
+            qb.push(" AND country = ").push_bind(c.as_str());
+        }
         qb.push(" GROUP BY asn, country ORDER BY asn, country LIMIT ")
             .push_bind(i64::from(f.limit));
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let last: i64 = r.try_get("last")?;
+                let asn: i64 = r.try_get("asn")?;
+                let country: String = r.try_get("country")?;
                 Ok(ProbeNetworkRow {
-                    asn: r
-                        .try_get::<Option<i64>, _>("asn")?
-                        .map(asn_of)
-                        .transpose()?,
-                    country: r.try_get("country")?,
+                    asn: (asn >= 0).then(|| asn_of(asn)).transpose()?,
+                    country: (!country.is_empty()).then_some(country),
                     probes: u64::try_from(r.try_get::<i64, _>("probes")?).unwrap_or(0),
                     measurements: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
                     // Hour precision: enough to see a network's activity, too coarse to
@@ -810,6 +914,39 @@ impl Store for SqliteStore {
             .push_bind(i64::from(f.limit));
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter().map(measurement_from_row).collect()
+    }
+
+    async fn export_measurements(
+        &self,
+        f: &Filter,
+        after: Option<Cursor>,
+        limit: u32,
+        tx: tokio::sync::mpsc::Sender<MeasurementRecord>,
+    ) -> StoreResult<()> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT id, received_at, started_at, domain, url, category, asn, country, status, \
+             method, reason, software_version, body FROM measurements WHERE 1 = 1",
+        );
+        push_measurement_filters(&mut qb, f, "started_at");
+        if let Some(c) = after {
+            // The first bound alone selects a range of the (started_at, id) index.
+            qb.push(" AND started_at >= ")
+                .push_bind(ms(c.started_at))
+                .push(" AND (started_at > ")
+                .push_bind(ms(c.started_at))
+                .push(" OR id > ")
+                .push_bind(c.id.to_string())
+                .push(")");
+        }
+        qb.push(" ORDER BY started_at, id LIMIT ")
+            .push_bind(i64::from(limit));
+        let mut rows = qb.build().fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            if tx.send(measurement_from_row(&row)?).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn claim_notifications(

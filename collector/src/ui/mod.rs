@@ -27,9 +27,10 @@ use axum::Router;
 use chrono::{DurationRound, TimeDelta, Utc};
 use serde::Deserialize;
 
-use crate::aggregate::{self, EventKind};
 use crate::api::read::MAX_LIMIT;
 use crate::app::AppState;
+use crate::model::EventKind;
+use crate::readmodel;
 use crate::store::{Filter, StoreError};
 
 /// Recent events on the status page.
@@ -210,14 +211,13 @@ async fn status_page(
         limit: 100,
         ..Filter::default()
     };
-    let (groups, networks, events, shutdowns) = futures::try_join!(
+    let (all, networks, events, shutdowns) = futures::try_join!(
         // Unfiltered: the filter form offers every country and category seen.
-        state.store.latest_groups(&window),
+        readmodel::site_statuses(state.store.as_ref(), &window, state.params.min_share, now),
         state.store.probe_networks(&networks_filter),
         state.store.events(&events_filter),
         state.store.events(&shutdowns_filter),
     )?;
-    let all = aggregate::summarize(&groups, state.params.min_share);
     let mut countries: BTreeSet<String> = all.iter().filter_map(|s| s.country.clone()).collect();
     countries.extend(country.clone());
     let mut categories: BTreeSet<String> = all.iter().filter_map(|s| s.category.clone()).collect();
@@ -280,12 +280,16 @@ async fn site_page(
         limit: EVENTS_SHOWN,
         ..Filter::default()
     };
-    let (history, groups, events) = futures::try_join!(
+    let (history, statuses, events) = futures::try_join!(
         state.store.history(&domain, &history_filter),
-        state.store.latest_groups(&status_filter),
+        readmodel::site_statuses(
+            state.store.as_ref(),
+            &status_filter,
+            state.params.min_share,
+            now
+        ),
         state.store.events(&events_filter),
     )?;
-    let statuses = aggregate::summarize(&groups, state.params.min_share);
     // The newest measurement per network, for its reason: the statuses say when it was.
     let latest_filters: Vec<Filter> = statuses
         .iter()

@@ -11,7 +11,7 @@ use witness_core::model::{Method, Status};
 
 use super::chart;
 use super::html::{esc, truncate, url_component};
-use crate::aggregate::{EventKind, SiteStatus};
+use crate::model::{EventKind, SiteStatus};
 use crate::store::{Event, HistoryRow, MeasurementRecord, ProbeNetworkRow};
 
 /// Most sites (rows) in the matrix; the most blocked come first.
@@ -502,7 +502,7 @@ fn filter_form(view: &StatusView) -> String {
     s
 }
 
-fn evidence(e: &crate::aggregate::Evidence) -> String {
+fn evidence(e: &crate::model::Evidence) -> String {
     format!(
         "{}/{} probes, {} measurements",
         e.probes, e.probes_considered, e.measurements
@@ -970,7 +970,7 @@ pub fn site_page(view: &SiteView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Evidence;
+    use crate::model::Evidence;
     use chrono::TimeZone;
 
     fn t0() -> DateTime<Utc> {

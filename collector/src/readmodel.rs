@@ -1,0 +1,177 @@
+//! The read model: each probe's latest verdict per site and network, kept on ingest.
+//!
+//! Every reader of "the current state" goes through this module: `/metrics`, the status API
+//! (`GET /api/v1/status`), the status page and its site pages. The event sweep reads the same
+//! tables through [`Store::recent_sites`] and [`Store::recent_networks`].
+//!
+//! The store keeps three small tables in the same transaction as the measurements
+//! (`migrations/*/0002_read_model.sql`):
+//! - `latest_verdicts`: per probe, site and network, the latest non-offline verdict (status,
+//!   method, time, category, country). Upserts are idempotent (a duplicate record is not
+//!   stored, so it changes nothing) and monotonic in `(started_at, id)`: a back-filled older
+//!   record, even one arriving hours late after a shutdown, never replaces a newer one;
+//! - `blocked_methods`: per site and network, every blocking method seen and when last;
+//! - `probe_hours`: uploads per hour of arrival, network and probe.
+//!
+//! Reading them costs one row per probe × site × network (or per method, or per probe-hour):
+//! it follows the number of series, not the number of measurements. Entries older than the
+//! window stop counting (the reads filter on time); nothing needs deleting for that.
+//!
+//! A status query about the past (`until` more than [`CURRENT_SLACK`] ago) cannot use the read
+//! model, which only knows the present: it falls back to [`Store::latest_groups_scan`] over
+//! the measurements of the period.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use witness_core::model::{Method, Status};
+
+use crate::model::{LatestGroup, SiteStatus};
+use crate::store::{Filter, Store, StoreResult};
+
+/// An `until` this close to now (or later) asks for the present: the read model answers.
+pub const CURRENT_SLACK: TimeDelta = TimeDelta::minutes(1);
+
+/// Current state per site and network matching `filter` (network, country, category, site),
+/// from the latest verdict of each probe at or after `filter.since`. With `filter.until` more
+/// than [`CURRENT_SLACK`] before `now`, the state at `until` instead, computed from the
+/// measurements of `[since, until]`. Sorted by site, then network.
+pub async fn site_statuses(
+    store: &dyn Store,
+    filter: &Filter,
+    min_share: f64,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<SiteStatus>> {
+    let current = filter.until.is_none_or(|u| u >= now - CURRENT_SLACK);
+    let groups = if current {
+        store.latest_groups(filter).await?
+    } else {
+        store.latest_groups_scan(filter).await?
+    };
+    Ok(summarize(&groups, min_share))
+}
+
+/// Per site and network, the blocking methods seen at or after `since`.
+pub async fn blocked_methods(
+    store: &dyn Store,
+    since: DateTime<Utc>,
+) -> StoreResult<BTreeMap<(String, u32), Vec<Method>>> {
+    let mut out: BTreeMap<(String, u32), Vec<Method>> = BTreeMap::new();
+    for (domain, asn, m) in store.blocked_methods_seen(since).await? {
+        out.entry((domain, asn)).or_default().push(m);
+    }
+    for v in out.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    Ok(out)
+}
+
+/// Fold latest-per-probe groups into one status per site and network.
+pub fn summarize(groups: &[LatestGroup], min_share: f64) -> Vec<SiteStatus> {
+    let mut by_key: BTreeMap<(&str, u32), Vec<&LatestGroup>> = BTreeMap::new();
+    for g in groups {
+        by_key
+            .entry((g.domain.as_str(), g.asn))
+            .or_default()
+            .push(g);
+    }
+    let mut out = Vec::with_capacity(by_key.len());
+    for ((domain, asn), gs) in by_key {
+        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut methods: BTreeMap<Method, u64> = BTreeMap::new();
+        for g in &gs {
+            *counts.entry(g.status.as_str()).or_default() += g.probes;
+            if let (Status::Blocked, Some(m)) = (g.status, g.method) {
+                *methods.entry(m).or_default() += g.probes;
+            }
+        }
+        let n = |s: Status| counts.get(s.as_str()).copied().unwrap_or(0);
+        let blocked = n(Status::Blocked);
+        let accessible = n(Status::Accessible);
+        let conclusive = blocked + accessible;
+        let blocked_share = (conclusive > 0).then(|| blocked as f64 / conclusive as f64);
+        let status = match blocked_share {
+            Some(s) if s >= min_share => Status::Blocked,
+            Some(_) => Status::Accessible,
+            None if n(Status::Down) >= n(Status::Inconclusive) && n(Status::Down) > 0 => {
+                Status::Down
+            }
+            None => Status::Inconclusive,
+        };
+        let method = if status == Status::Blocked {
+            methods
+                .iter()
+                .max_by_key(|(m, c)| (**c, std::cmp::Reverse(**m)))
+                .map(|(m, _)| *m)
+        } else {
+            None
+        };
+        let last = |f: fn(&LatestGroup) -> Option<String>| {
+            gs.iter()
+                .filter_map(|g| f(g).map(|v| (g.last_measured, v)))
+                .max()
+                .map(|(_, v)| v)
+        };
+        out.push(SiteStatus {
+            domain: domain.to_string(),
+            asn,
+            country: last(|g| g.country.clone()),
+            category: last(|g| g.category.clone()),
+            status,
+            method,
+            probes: counts.values().sum(),
+            blocked_probes: blocked,
+            accessible_probes: accessible,
+            blocked_share,
+            methods,
+            last_measured: gs
+                .iter()
+                .map(|g| g.last_measured)
+                .max()
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(min: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap() + TimeDelta::minutes(min)
+    }
+
+    #[test]
+    fn summarize_picks_status_and_share() {
+        let g = |status, method, probes| LatestGroup {
+            domain: "example.org".into(),
+            asn: 9198,
+            country: Some("KZ".into()),
+            category: Some("NEWS".into()),
+            status,
+            method,
+            probes,
+            last_measured: t(0),
+        };
+        let s = summarize(
+            &[
+                g(Status::Blocked, Some(Method::Tls), 3),
+                g(Status::Blocked, Some(Method::Dns), 1),
+                g(Status::Accessible, None, 1),
+                g(Status::Down, None, 2),
+            ],
+            0.5,
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].status, Status::Blocked);
+        assert_eq!(s[0].method, Some(Method::Tls));
+        assert_eq!(s[0].probes, 7);
+        assert_eq!(s[0].blocked_share, Some(0.8));
+        let s = summarize(&[g(Status::Down, None, 2)], 0.5);
+        assert_eq!(s[0].status, Status::Down);
+        assert_eq!(s[0].blocked_share, None);
+    }
+}
