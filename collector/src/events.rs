@@ -114,9 +114,27 @@ impl Evaluator {
     }
 
     /// Re-evaluate everything a batch touched. Returns the number of transitions applied.
+    ///
+    /// Only the site × network keys of the batch are evaluated, and of those only the ones
+    /// the block rule can decide anything for (one query for the whole batch): a key with no
+    /// blocking verdict within the window before its earliest new measurement and no open
+    /// event cannot open or close anything, so it is skipped without reading its series.
     pub async fn evaluate(&self, touched: &Touched) -> StoreResult<usize> {
         let mut n = 0;
+        let keys: Vec<(String, u32)> = touched.sites.keys().cloned().collect();
+        let first = touched.sites.values().flat_map(|t| t.times.iter()).min();
+        let active = match first {
+            Some(first) => {
+                self.store
+                    .sites_with_block_activity(&keys, *first - self.params.window)
+                    .await?
+            }
+            None => Default::default(),
+        };
         for ((domain, asn), t) in &touched.sites {
+            if !active.contains(&(domain.clone(), *asn)) {
+                continue;
+            }
             n += self.evaluate_site(domain, *asn, t).await?;
         }
         for (asn, t) in &touched.networks {

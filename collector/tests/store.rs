@@ -1166,4 +1166,49 @@ async fn export_pages_are_capped_in_bytes(db: Db) {
     assert_eq!(next.map(|c| c.id.to_string()), Some(want[58].clone()));
 }
 
-both_stores!(export_pages_are_capped_in_bytes);
+/// The upload's pre-filter of the block rule: only keys with a blocking verdict in the window
+/// or an open block event are evaluated.
+async fn block_activity_prefilter(db: Db) {
+    let (s, _, _guard) = open(db).await;
+    probe(s.as_ref(), "p1").await;
+    s.insert_measurements(
+        "p1",
+        Utc::now(),
+        &[
+            verdict("a.test", 9198, t(10), Status::Blocked, Some(Method::Tls)),
+            verdict("b.test", 9198, t(10), Status::Accessible, None),
+        ],
+    )
+    .await
+    .unwrap();
+    // example.org has an open event (key()), no measurement.
+    s.open_event(&new_event("e1", 1, None), &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let keys: Vec<(String, u32)> = ["a.test", "b.test", "example.org", "c.test"]
+        .iter()
+        .map(|d| (d.to_string(), 9198))
+        .chain([("a.test".to_string(), 1)])
+        .collect();
+    let mut got: Vec<_> = s
+        .sites_with_block_activity(&keys, t(0))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("a.test".to_string(), 9198),
+            ("example.org".to_string(), 9198)
+        ]
+    );
+    // The blocking verdict is older than the window: only the open event is left.
+    let got = s.sites_with_block_activity(&keys, t(10)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(got.contains(&("example.org".to_string(), 9198)));
+}
+
+both_stores!(export_pages_are_capped_in_bytes, block_activity_prefilter);

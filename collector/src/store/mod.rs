@@ -547,6 +547,16 @@ pub trait Store: Send + Sync + 'static {
         webhook_urls: &[String],
     ) -> StoreResult<Option<Event>>;
 
+    /// Of the `(domain, asn)` keys given, those the block rule could decide anything for: a
+    /// blocking verdict with `started_at > since` (read model) or an open `new_block` event.
+    /// One query per upload instead of two per key: most uploads touch only sites that are
+    /// not blocked anywhere.
+    async fn sites_with_block_activity(
+        &self,
+        keys: &[(String, u32)],
+        since: DateTime<Utc>,
+    ) -> StoreResult<std::collections::HashSet<(String, u32)>>;
+
     /// Sites measured on a network (ASN known) with a non-offline verdict with
     /// `started_at >= since` (read model).
     async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>>;

@@ -914,6 +914,36 @@ impl Store for PostgresStore {
         Ok(Some(event))
     }
 
+    async fn sites_with_block_activity(
+        &self,
+        keys: &[(String, u32)],
+        since: DateTime<Utc>,
+    ) -> StoreResult<std::collections::HashSet<(String, u32)>> {
+        if keys.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let domains: Vec<&str> = keys.iter().map(|(d, _)| d.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT domain, asn FROM blocked_methods WHERE last_at > $1 AND domain = ANY($2) \
+             UNION SELECT domain, asn FROM events WHERE kind = 'new_block' \
+             AND ended_at IS NULL AND domain = ANY($2)",
+        )
+        .bind(since)
+        .bind(&domains)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashSet::new();
+        for r in &rows {
+            out.insert((
+                r.try_get::<String, _>("domain")?,
+                asn_of(r.try_get("asn")?)?,
+            ));
+        }
+        let wanted: std::collections::HashSet<&(String, u32)> = keys.iter().collect();
+        out.retain(|k| wanted.contains(k));
+        Ok(out)
+    }
+
     async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>> {
         let rows = sqlx::query(
             "SELECT domain, asn, MAX(country) AS country, MAX(category) AS category, \

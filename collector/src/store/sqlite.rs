@@ -695,6 +695,46 @@ impl Store for SqliteStore {
         Ok(Some(event))
     }
 
+    async fn sites_with_block_activity(
+        &self,
+        keys: &[(String, u32)],
+        since: DateTime<Utc>,
+    ) -> StoreResult<std::collections::HashSet<(String, u32)>> {
+        if keys.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let mut out = std::collections::HashSet::new();
+        // In slices, to stay far below SQLite's bound-parameter limit.
+        for part in keys.chunks(500) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT domain, asn FROM blocked_methods WHERE last_at > ",
+            );
+            qb.push_bind(ms(since)).push(" AND domain IN (");
+            let mut sep = qb.separated(", ");
+            for (d, _) in part {
+                sep.push_bind(d.as_str());
+            }
+            qb.push(
+                ") UNION SELECT domain, asn FROM events WHERE kind = 'new_block' \
+                     AND ended_at IS NULL AND domain IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for (d, _) in part {
+                sep.push_bind(d.as_str());
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&self.pool).await? {
+                out.insert((
+                    r.try_get::<String, _>("domain")?,
+                    asn_of(r.try_get("asn")?)?,
+                ));
+            }
+        }
+        let wanted: std::collections::HashSet<&(String, u32)> = keys.iter().collect();
+        out.retain(|k| wanted.contains(k));
+        Ok(out)
+    }
+
     async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>> {
         let rows = sqlx::query(
             "SELECT domain, asn, MAX(country) AS country, MAX(category) AS category, \
