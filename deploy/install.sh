@@ -1,28 +1,105 @@
 #!/bin/sh
-# Installs the Witness probe as a systemd service (Debian, Ubuntu, Raspberry Pi OS).
+# Installs the Witness probe as a systemd service (any Linux with systemd). On Debian, Ubuntu and
+# Raspberry Pi OS the .deb is simpler: sudo apt install ./witness_VERSION_ARCH.deb
 # It is short on purpose: read it before you run it.
 #
-#   sudo sh deploy/install.sh ./witness-aarch64-unknown-linux-gnu
+#   sudo sh install.sh [--allowed-signers FILE] witness-VERSION-TARGET[.tar.gz]
 #
 # What it does, in order:
-#   1. shows the informed-consent notice (`witness consent`) and asks you to accept it;
-#   2. copies the binary to /usr/local/bin/witness;
-#   3. creates the system user `witness` and its directory /var/lib/witness;
-#   4. writes /etc/witness/config.toml with the defaults, unless it exists;
-#   5. copies witness.service, witness-run.service and witness-run.timer to /etc/systemd/system.
+#   1. verifies the download: SHA256SUMS.sig (next to it) must be a valid signature of
+#      SHA256SUMS by the Witness release key (ssh-keygen -Y verify, with the allowed-signers
+#      file: --allowed-signers FILE, else allowed_signers beside this script), and the file's
+#      SHA-256 must be listed in SHA256SUMS. Anything wrong: nothing is installed;
+#   2. shows the informed-consent notice (`witness consent`) and asks you to accept it;
+#   3. copies the binary to /usr/local/bin/witness;
+#   4. creates the system user `witness` and its directory /var/lib/witness;
+#   5. writes /etc/witness/config.toml with the defaults, unless it exists;
+#   6. copies witness.service, witness-run.service and witness-run.timer to /etc/systemd/system.
 # It enables and starts nothing: it prints the commands for that.
 #
+# --unsigned skips step 1, for a binary you built yourself from source.
 # WITNESS_ACCEPT_CONSENT=yes accepts the notice without asking (you have read it already).
 # DESTDIR=DIR installs under DIR instead (packaging, tests): no user, no chown, no systemctl.
 set -eu
 
-if [ $# -ne 1 ]; then
-  echo "usage: sudo sh $0 PATH/TO/witness" >&2
+usage() {
+  echo "usage: sudo sh $0 [--allowed-signers FILE | --unsigned] witness-VERSION-TARGET[.tar.gz]" >&2
   exit 2
-fi
-bin=$1
-units=$(cd "$(dirname "$0")/systemd" && pwd)
+}
+
+here=$(cd "$(dirname "$0")" && pwd)
+signers="$here/allowed_signers"
+verify=yes
+while [ $# -gt 1 ]; do
+  case "$1" in
+    --allowed-signers) signers=$2; shift 2 ;;
+    --unsigned) verify=no; shift ;;
+    *) usage ;;
+  esac
+done
+[ $# -eq 1 ] || usage
+artifact=$1
 dest=${DESTDIR:-}
+identity=${WITNESS_SIGNER:-witness-release}
+
+if [ ! -f "$artifact" ]; then
+  echo "install: $artifact is not a file" >&2
+  exit 1
+fi
+
+# 1. Verify: the signature over SHA256SUMS, then the artifact's checksum in it.
+if [ "$verify" = yes ]; then
+  dir=$(cd "$(dirname "$artifact")" && pwd)
+  name=$(basename "$artifact")
+  for f in "$dir/SHA256SUMS" "$dir/SHA256SUMS.sig"; do
+    if [ ! -f "$f" ]; then
+      echo "install: $f is missing: download it with $name (or pass --unsigned for a binary you built yourself)" >&2
+      exit 1
+    fi
+  done
+  if [ ! -f "$signers" ]; then
+    echo "install: no allowed-signers file $signers: pass --allowed-signers FILE with the Witness release key, as published by the project" >&2
+    exit 1
+  fi
+  if ! grep -v '^[[:space:]]*#' "$signers" | grep -q .; then
+    echo "install: $signers holds no key: the project has not published its release key there yet; pass --allowed-signers FILE with the key it published" >&2
+    exit 1
+  fi
+  if ! command -v ssh-keygen >/dev/null; then
+    echo "install: ssh-keygen is needed to check the signature (Debian package openssh-client)" >&2
+    exit 1
+  fi
+  if ! ssh-keygen -Y verify -f "$signers" -I "$identity" -n file \
+      -s "$dir/SHA256SUMS.sig" < "$dir/SHA256SUMS" >/dev/null 2>&1; then
+    echo "install: SHA256SUMS.sig is not a valid signature of SHA256SUMS by $identity ($signers): the download is damaged or not from the Witness project; nothing was installed" >&2
+    exit 1
+  fi
+  want=$(awk -v n="$name" '$2 == n || $2 == "*" n { print $1 }' "$dir/SHA256SUMS")
+  if [ -z "$want" ]; then
+    echo "install: $name is not listed in SHA256SUMS; nothing was installed" >&2
+    exit 1
+  fi
+  got=$(sha256sum "$artifact" | cut -d' ' -f1)
+  if [ "$got" != "$want" ]; then
+    echo "install: $name does not match its SHA-256 in SHA256SUMS (damaged or altered); nothing was installed" >&2
+    exit 1
+  fi
+  echo "install: signature and SHA-256 of $name verified."
+fi
+
+# A tarball: unpack it; the binary and units inside are covered by its checksum.
+units="$here/systemd"
+bin=$artifact
+case "$artifact" in
+  *.tar.gz)
+    unpacked=$(mktemp -d)
+    trap 'rm -rf "$unpacked"' EXIT
+    tar -xzf "$artifact" -C "$unpacked"
+    top=$(find "$unpacked" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+    bin="$top/witness"
+    units="$top/systemd"
+    ;;
+esac
 
 if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
   echo "install: $bin is not an executable file" >&2
@@ -33,11 +110,11 @@ if ! "$bin" --version >/dev/null 2>&1; then
   exit 1
 fi
 if [ -z "$dest" ] && [ "$(id -u)" -ne 0 ]; then
-  echo "install: run it as root (sudo sh $0 $bin)" >&2
+  echo "install: run it as root (sudo sh $0 $artifact)" >&2
   exit 1
 fi
 
-# 1. Informed consent: the service runs with --yes, which records that you accepted.
+# 2. Informed consent: the service runs with --yes, which records that you accepted.
 "$bin" consent
 echo
 if [ "${WITNESS_ACCEPT_CONSENT:-}" != yes ]; then
@@ -49,10 +126,10 @@ if [ "${WITNESS_ACCEPT_CONSENT:-}" != yes ]; then
   fi
 fi
 
-# 2. The binary.
+# 3. The binary.
 install -D -m 0755 "$bin" "$dest/usr/local/bin/witness"
 
-# 3. The user, and its state directory (spool, registration). systemd keeps it afterwards.
+# 4. The user, and its state directory (spool, registration). systemd keeps it afterwards.
 if [ -z "$dest" ]; then
   if ! id -u witness >/dev/null 2>&1; then
     useradd --system --user-group --home-dir /var/lib/witness --no-create-home \
@@ -63,7 +140,7 @@ else
   install -d -m 0750 "$dest/var/lib/witness"
 fi
 
-# 4. The configuration (readable by the service, not by other users: it may hold a token).
+# 5. The configuration (readable by the service, not by other users: it may hold a token).
 config="$dest/etc/witness/config.toml"
 if [ ! -e "$config" ]; then
   install -d -m 0755 "$dest/etc/witness"
@@ -72,7 +149,7 @@ if [ ! -e "$config" ]; then
   if [ -z "$dest" ]; then chown root:witness "$config"; fi
 fi
 
-# 5. The systemd units.
+# 6. The systemd units.
 for unit in witness.service witness-run.service witness-run.timer; do
   install -D -m 0644 "$units/$unit" "$dest/etc/systemd/system/$unit"
 done

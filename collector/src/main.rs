@@ -53,10 +53,17 @@ enum TokenAction {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logs on stderr (stdout carries the listening addresses), plain text unless stderr is a
+    // terminal that takes colour: journald and log files get no escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;

@@ -926,18 +926,22 @@ fn dockerfiles_are_multi_stage_and_unprivileged() {
     }
 }
 
-fn shell_scripts() -> [PathBuf; 2] {
-    [repo("deploy/cross-build.sh"), repo("deploy/install.sh")]
+fn shell_scripts() -> [PathBuf; 6] {
+    [
+        repo("deploy/cross-build.sh"),
+        repo("deploy/install.sh"),
+        repo("deploy/release.sh"),
+        repo("deploy/debian/postinst"),
+        repo("deploy/debian/prerm"),
+        repo("deploy/debian/postrm"),
+    ]
 }
 
 #[test]
 fn shell_scripts_parse() {
     for script in shell_scripts() {
-        let shell = if script.ends_with("install.sh") {
-            "sh"
-        } else {
-            "bash"
-        };
+        let bash = script.ends_with("cross-build.sh") || script.ends_with("release.sh");
+        let shell = if bash { "bash" } else { "sh" };
         run_ok(Command::new(shell).arg("-n").arg(&script));
     }
 }
@@ -991,20 +995,74 @@ fn cross_build_dry_run_sets_the_debian_cross_linkers() {
     }
 }
 
-#[test]
-fn install_script_installs_into_destdir_after_consent() {
-    let bin = witness_bin();
-    let dest = tempfile::tempdir().expect("temp dir");
-    let (out, _) = run_ok(
-        Command::new("sh")
-            .arg(repo("deploy/install.sh"))
-            .arg(&bin)
-            .env("DESTDIR", dest.path())
-            .env("WITNESS_ACCEPT_CONSENT", "yes"),
+/// A release directory as release.sh makes it, for one file: the file, SHA256SUMS, and its
+/// signature by a throwaway SSH key; returns (the file, the allowed-signers file).
+fn signed_release(dir: &Path, src: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let file = dir.join(name);
+    fs::copy(src, &file).expect("copy the binary");
+    let key = dir.join("release-key");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+            .arg(&key),
     );
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("sha256sum {name} > SHA256SUMS"))
+            .current_dir(dir),
+    );
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-Y", "sign", "-q", "-n", "file", "-f"])
+            .arg(&key)
+            .arg(dir.join("SHA256SUMS")),
+    );
+    let public = fs::read_to_string(dir.join("release-key.pub")).expect("public key");
+    let signers = dir.join("allowed_signers");
+    fs::write(
+        &signers,
+        format!("witness-release namespaces=\"file\" {}", public.trim()),
+    )
+    .expect("allowed signers");
+    (file, signers)
+}
+
+#[test]
+fn install_script_verifies_then_installs_into_destdir_after_consent() {
+    if tool("ssh-keygen", "openssh-client").is_none() {
+        return;
+    }
+    let release = tempfile::tempdir().expect("temp dir");
+    let (bin, signers) = signed_release(
+        release.path(),
+        &witness_bin(),
+        "witness-0.0.0-x86_64-unknown-linux-musl",
+    );
+    let install = |dest: &Path, extra: &[&str], consent: bool| {
+        let mut cmd = Command::new("sh");
+        cmd.arg(repo("deploy/install.sh"))
+            .arg("--allowed-signers")
+            .arg(&signers)
+            .args(extra)
+            .arg(&bin)
+            .env("DESTDIR", dest)
+            .stdin(Stdio::null());
+        if consent {
+            cmd.env("WITNESS_ACCEPT_CONSENT", "yes");
+        } else {
+            cmd.env_remove("WITNESS_ACCEPT_CONSENT");
+        }
+        cmd.output().expect("run install.sh")
+    };
+    let dest = tempfile::tempdir().expect("temp dir");
+    let out = install(dest.path(), &[], true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("verified"), "{stdout}");
     assert!(
-        out.contains("systemctl enable --now witness.service"),
-        "{out}"
+        stdout.contains("systemctl enable --now witness.service"),
+        "{stdout}"
     );
     for file in [
         "usr/local/bin/witness",
@@ -1023,20 +1081,50 @@ fn install_script_installs_into_destdir_after_consent() {
 
     // Without consent, nothing is installed.
     let refused = tempfile::tempdir().expect("temp dir");
-    let out = Command::new("sh")
-        .arg(repo("deploy/install.sh"))
-        .arg(&bin)
-        .env("DESTDIR", refused.path())
-        .env_remove("WITNESS_ACCEPT_CONSENT")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run install.sh");
+    let out = install(refused.path(), &[], false);
     assert!(!out.status.success(), "installed without consent");
     assert_eq!(
         fs::read_dir(refused.path()).expect("dir").count(),
         0,
         "files written without consent"
     );
+
+    // A binary that is not the one signed for: refused before anything else.
+    let mut bytes = fs::read(&bin).expect("binary");
+    bytes.push(0);
+    fs::write(&bin, bytes).expect("alter");
+    let out = install(refused.path(), &[], true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("does not match"), "{stderr}");
+    assert_eq!(fs::read_dir(refused.path()).expect("dir").count(), 0);
+    // Another key's signers file: the signature does not verify.
+    let other = tempfile::tempdir().expect("temp dir");
+    let (_, other_signers) = signed_release(other.path(), &witness_bin(), "x");
+    let out = Command::new("sh")
+        .arg(repo("deploy/install.sh"))
+        .arg("--allowed-signers")
+        .arg(&other_signers)
+        .arg(&bin)
+        .env("DESTDIR", refused.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run install.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("not a valid signature"), "{stderr}");
+    // The repository's allowed_signers holds no key yet: it says so.
+    let out = Command::new("sh")
+        .arg(repo("deploy/install.sh"))
+        .arg(&bin)
+        .env("DESTDIR", refused.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run install.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--allowed-signers"), "{stderr}");
+    // --unsigned, for a binary built from source.
+    let out = install(refused.path(), &["--unsigned"], true);
+    assert!(out.status.success(), "{out:?}");
+    assert!(refused.path().join("usr/local/bin/witness").is_file());
 }
 
 // ---------------------------------------------------------------------------------- dashboards

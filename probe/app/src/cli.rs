@@ -1,12 +1,12 @@
 //! The `witness` command line: flags over the config file over defaults.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, FileConfig};
 use crate::report;
@@ -15,16 +15,83 @@ use witness_core::engine::Engine;
 use witness_core::model::{Measurement, ProbeNetwork};
 use witness_core::targets::{self, Target};
 
+/// Exit status: every site was measured (and uploaded, when asked).
+pub const EXIT_OK: u8 = 0;
+/// Exit status: measured, but the results could not be written (`--out`, the spool), or the
+/// runtime could not start.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status: a bad flag, config file, list or URL, or no consent: nothing was measured.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: measured and spooled, but the upload failed or no collector is configured; the
+/// results wait in the spool for `witness upload`.
+pub const EXIT_UPLOAD: u8 = 3;
+
+/// The exit statuses, for `--help` and the man page.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success: every site was measured (and uploaded, with --upload)
+  1  measured, but the results could not be written (--out, the spool), or an internal failure
+  2  bad flag, config file, list or URL, or consent not given: nothing was measured
+  3  measured and spooled, but the upload failed (or no collector is set): the results wait in
+     the spool; `witness upload` sends them later
+
+Environment: WITNESS_CONFIG (config file), WITNESS_TOKEN, WITNESS_CONTROL_TOKEN,
+WITNESS_LOG (log filter, e.g. info or debug), WITNESS_CONSENT_FILE (where consent is recorded),
+NO_COLOR (no colour), TERM=dumb (no colour, no progress bar).";
+
 /// Witness: is this site blocked on my connection, and how?
 #[derive(Debug, Parser)]
-#[command(name = "witness", version, about, long_about = None)]
+#[command(
+    name = "witness",
+    version,
+    about,
+    long_about = None,
+    after_long_help = EXIT_STATUS_HELP
+)]
 pub struct Cli {
     /// Configuration file (default: ~/.config/witness/config.toml if it exists).
     #[arg(long, global = true, env = "WITNESS_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Colour in tables and logs: auto (on a terminal, unless NO_COLOR is set or TERM=dumb),
+    /// always or never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--color`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set or TERM is dumb.
+    #[default]
+    Auto,
+    /// Always, even into a pipe.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour output going to a stream that `is_tty` or not.
+    pub fn enabled(self, is_tty: bool) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => is_tty && !no_color_env() && !dumb_terminal(),
+        }
+    }
+}
+
+/// NO_COLOR set to anything non-empty (<https://no-color.org>).
+fn no_color_env() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// TERM=dumb: a terminal that cannot move the cursor (Emacs shell, some CI logs).
+fn dumb_terminal() -> bool {
+    std::env::var_os("TERM").is_some_and(|t| t == "dumb")
 }
 
 /// Subcommands.
@@ -32,8 +99,12 @@ pub struct Cli {
 pub enum Command {
     /// Measure every target and print a verdict per site.
     Run(RunArgs),
-    /// Show the informed-consent notice.
-    Consent,
+    /// Show the informed-consent notice, naming the sensitive categories of the lists; with
+    /// --accept, record that you accept it.
+    Consent(ConsentArgs),
+    /// List the categories of the lists that would be measured, with counts and which are
+    /// sensitive.
+    Categories(SelectArgs),
     /// Print the shipped example configuration (all defaults, documented).
     ExampleConfig,
     /// Upload the measurements waiting in the spool.
@@ -42,6 +113,47 @@ pub enum Command {
     Register(RegisterArgs),
     /// Measure on a schedule, spool, and upload, unattended (survives outages and restarts).
     Daemon(DaemonArgs),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `witness man | man -l -`.
+    Man,
+}
+
+/// Flags of `witness consent`.
+#[derive(Debug, Default, Args)]
+pub struct ConsentArgs {
+    /// Record that you have read the notice and accept it (asks you to type yes).
+    #[arg(long)]
+    pub accept: bool,
+    /// With --accept: record it for the system service (/etc/witness/consent-accepted; needs
+    /// root), which does not measure before.
+    #[arg(long, requires = "accept")]
+    pub system: bool,
+    /// The lists whose categories the notice names.
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+/// Which targets: lists, single URLs, category filters.
+#[derive(Debug, Default, Clone, Args)]
+pub struct SelectArgs {
+    /// A list file (repeatable): the Citizen Lab CSV format, or one URL per line. Default: the
+    /// embedded lists.
+    #[arg(long = "list", value_name = "FILE")]
+    pub lists: Vec<PathBuf>,
+    /// A single URL to measure (repeatable); with no --list, only these are measured.
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Only targets of this category code (repeatable), e.g. NEWS.
+    #[arg(long = "category", value_name = "CODE")]
+    pub categories: Vec<String>,
+    /// Never targets of this category code (repeatable).
+    #[arg(long = "exclude-category", value_name = "CODE")]
+    pub exclude_categories: Vec<String>,
 }
 
 /// Where to upload: flags over config over the saved registration.
@@ -106,18 +218,9 @@ pub struct DaemonArgs {
 /// Flags of `witness run`.
 #[derive(Debug, Default, Args)]
 pub struct RunArgs {
-    /// A list in the Citizen Lab CSV format (repeatable). Default: the embedded lists.
-    #[arg(long = "list", value_name = "FILE")]
-    pub lists: Vec<PathBuf>,
-    /// A single URL to measure (repeatable); with no --list, only these are measured.
-    #[arg(long = "url", value_name = "URL")]
-    pub urls: Vec<String>,
-    /// Only targets of this category code (repeatable), e.g. NEWS.
-    #[arg(long = "category", value_name = "CODE")]
-    pub categories: Vec<String>,
-    /// Never targets of this category code (repeatable).
-    #[arg(long = "exclude-category", value_name = "CODE")]
-    pub exclude_categories: Vec<String>,
+    /// Which targets.
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// The network's resolver: `system` or IP[:PORT].
     #[arg(long, value_name = "IP[:PORT]")]
     pub resolver: Option<String>,
@@ -141,7 +244,7 @@ pub struct RunArgs {
     /// Targets measured at once.
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
-    /// Timeout of each step, seconds.
+    /// Timeout of each step, seconds (0.1 to 300).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
     /// Total time one target may take, seconds (DNS to the last redirect hop).
@@ -162,7 +265,7 @@ pub struct RunArgs {
     /// Print one JSON object per target per line on stdout, and nothing else.
     #[arg(long)]
     pub json: bool,
-    /// Also write the JSON Lines to this file (appended).
+    /// Also write the JSON Lines to this file (appended; checked before measuring).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// I have read the consent notice (`witness consent`) and accept it.
@@ -182,7 +285,7 @@ pub struct RunArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.color);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -190,40 +293,79 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("witness: cannot start the runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(EXIT_FAILURE);
         }
     };
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("witness: {e:#}");
-            ExitCode::from(2)
+            eprintln!("witness: {}", error_chain(&e));
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
 
-fn init_tracing() {
+/// The error and its causes, `: `-separated, leaving out a cause whose text is already said
+/// (many errors quote their source, e.g. "cannot read X: No such file", then carry it as the
+/// source too: the OS error must appear once).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Logs go to stderr (stdout carries results), as plain text unless stderr is a terminal that
+/// takes colour: journald and log files get no escape codes.
+fn init_tracing(color: ColorChoice) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WITNESS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color.enabled(std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let color = cli.color;
     match cli.command {
-        Command::Consent => {
-            println!("{}", report::CONSENT_NOTICE);
+        Command::Consent(args) => {
+            let file = load_config(cli.config.as_deref())?;
+            consent_cmd(args, file)
+        }
+        Command::Categories(args) => {
+            let file = load_config(cli.config.as_deref())?;
+            let targets = collect_targets(&args, &file)?;
+            print!("{}", crate::categories::table(&targets));
             Ok(ExitCode::SUCCESS)
         }
         Command::ExampleConfig => {
             print!("{}", config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "witness", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            std::io::stdout().write_all(&out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => {
             let file = load_config(cli.config.as_deref())?;
-            run(args, file).await
+            run(args, file, color).await
         }
         Command::Upload(args) => {
             let file = load_config(cli.config.as_deref())?;
@@ -257,27 +399,37 @@ fn saved_credentials() -> Option<Credentials> {
     serde_json::from_str(&text).ok()
 }
 
-/// The collector URL and token from flags, config and the saved registration.
+/// The collector URL (normalised: the same collector has one spelling everywhere) and token
+/// from flags, config and the saved registration.
 pub fn collector_target(
     args: &CollectorArgs,
     file: &FileConfig,
 ) -> Result<Option<(url::Url, Option<String>)>> {
     let saved = saved_credentials();
-    let url = args
-        .collector
-        .clone()
-        .or_else(|| file.collector.url.clone())
-        .or_else(|| saved.as_ref().map(|c| c.collector.clone()));
-    let Some(url) = url else {
+    let (text, what) = if let Some(u) = &args.collector {
+        (u.clone(), "--collector")
+    } else if let Some(u) = &file.collector.url {
+        (u.clone(), "collector.url")
+    } else if let Some(c) = &saved {
+        (c.collector.clone(), "the saved registration's collector")
+    } else {
         return Ok(None);
     };
-    let parsed = url::Url::parse(&url).with_context(|| format!("collector URL {url:?}"))?;
+    let url = crate::upload::collector_base(&text, what).map_err(anyhow::Error::msg)?;
     let token = args
         .token
         .clone()
         .or_else(|| file.collector.token.clone())
-        .or_else(|| saved.filter(|c| c.collector == url).map(|c| c.token));
-    Ok(Some((parsed, token)))
+        .or_else(|| saved_token_for(saved, &url));
+    Ok(Some((url, token)))
+}
+
+/// The saved token, when it was registered at `url` (compared normalised, so a registration
+/// made with or without a trailing slash matches either spelling).
+fn saved_token_for(saved: Option<Credentials>, url: &url::Url) -> Option<String> {
+    let saved = saved?;
+    let at = crate::upload::collector_base(&saved.collector, "saved").ok()?;
+    (at == *url).then_some(saved.token)
 }
 
 /// The spool from flags and config.
@@ -323,7 +475,7 @@ async fn upload_cmd(args: UploadArgs, file: FileConfig) -> Result<ExitCode> {
                 spool.len().unwrap_or(waiting),
                 spool.dir().display()
             );
-            Ok(ExitCode::from(3))
+            Ok(ExitCode::from(EXIT_UPLOAD))
         }
     }
 }
@@ -335,6 +487,8 @@ async fn register_cmd(args: RegisterArgs, file: FileConfig) -> Result<ExitCode> 
     let up = crate::upload::Uploader::new(url.clone(), None).map_err(anyhow::Error::msg)?;
     let reg = up.register(args.invite.as_deref()).await?;
     let creds = Credentials {
+        // Normalised (collector_target did it), so later runs find the token whichever way
+        // the URL is typed.
         collector: url.to_string(),
         probe_id: reg.probe_id.clone(),
         token: reg.token.clone(),
@@ -382,12 +536,93 @@ pub fn load_config(path: Option<&std::path::Path>) -> Result<FileConfig> {
     }
 }
 
+/// Where the service's consent is recorded (`witness consent --accept --system`); the packaged
+/// units point WITNESS_CONSENT_FILE here and do not start before it exists.
+pub const SYSTEM_CONSENT_FILE: &str = "/etc/witness/consent-accepted";
+
+/// Where accepted consent is recorded: WITNESS_CONSENT_FILE, else the user's data directory.
 fn consent_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("WITNESS_CONSENT_FILE").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
     dirs::data_dir().map(|d| d.join("witness").join("consent-accepted"))
 }
 
-/// Ask for informed consent once, on a terminal; elsewhere require --yes or the config key.
-pub(crate) fn ensure_consent(args: &RunArgs, file: &FileConfig) -> Result<()> {
+/// The notice with the sensitive categories of `targets` named, with counts.
+pub fn consent_text(targets: &[Target]) -> String {
+    format!(
+        "{}\n\n{}\n\nDo you understand these risks and want to run Witness?",
+        report::CONSENT_NOTICE,
+        crate::categories::consent_paragraph(targets)
+    )
+}
+
+/// Ask "type yes" on the terminal; false if not answered yes.
+fn ask_yes() -> Result<bool> {
+    eprint!("Type yes to continue: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "yes" | "y"
+    ))
+}
+
+/// Record consent at `path`: when, and which sensitive categories the notice named.
+fn record_consent(path: &Path, targets: &[Target]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let named: Vec<String> = crate::categories::sensitive_present(targets)
+        .into_iter()
+        .map(|(code, _, n)| format!("{code}={n}"))
+        .collect();
+    let text = format!(
+        "accepted {}\nsensitive categories named: {}\n",
+        chrono::Utc::now().to_rfc3339(),
+        named.join(" ")
+    );
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `witness consent [--accept [--system]]`.
+fn consent_cmd(args: ConsentArgs, file: FileConfig) -> Result<ExitCode> {
+    let targets = collect_targets(&args.select, &file)?;
+    println!("{}", consent_text(&targets));
+    if !args.accept {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = if args.system {
+        PathBuf::from(SYSTEM_CONSENT_FILE)
+    } else {
+        consent_path()
+            .context("no data directory to record consent in; set WITNESS_CONSENT_FILE")?
+    };
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "consent is given by typing yes on a terminal: run `witness consent --accept{}` \
+             in a terminal",
+            if args.system { " --system" } else { "" }
+        );
+    }
+    if !ask_yes()? {
+        bail!("consent not given; nothing was recorded");
+    }
+    record_consent(&path, &targets)?;
+    println!("Consent recorded in {}.", path.display());
+    if args.system {
+        println!(
+            "The service may measure now: sudo systemctl enable --now witness.service \
+             (or witness-run.timer for one run an hour)."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ask for informed consent once, on a terminal; elsewhere require --yes, the config key, or a
+/// recorded acceptance. The notice names the sensitive categories of `targets`.
+pub(crate) fn ensure_consent(args: &RunArgs, file: &FileConfig, targets: &[Target]) -> Result<()> {
     if args.yes || file.consent {
         return Ok(());
     }
@@ -399,29 +634,25 @@ pub(crate) fn ensure_consent(args: &RunArgs, file: &FileConfig) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!(
             "informed consent is needed before the first run. Read it with `witness consent`, then \
-             pass --yes (or set `consent = true` in the config file) for unattended runs."
+             pass --yes (or set `consent = true` in the config file, or run \
+             `witness consent --accept`) for unattended runs."
         );
     }
-    eprintln!("{}\n", report::CONSENT_NOTICE);
-    eprint!("Type yes to continue: ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "yes" | "y") {
+    eprintln!("{}\n", consent_text(targets));
+    if !ask_yes()? {
         bail!("consent not given; nothing was measured");
     }
     if let Some(p) = consent_path() {
-        if let Some(dir) = p.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        if let Err(e) = record_consent(&p, targets) {
+            tracing::warn!("{e:#}; you will be asked again next time");
         }
-        let _ = std::fs::write(&p, chrono::Utc::now().to_rfc3339());
     }
     Ok(())
 }
 
 /// Targets from flags and config: lists (or the embedded default), single URLs, filters.
 /// Bad rows are reported on stderr and skipped; the rest still run.
-pub fn collect_targets(args: &RunArgs, file: &FileConfig) -> Result<Vec<Target>> {
+pub fn collect_targets(args: &SelectArgs, file: &FileConfig) -> Result<Vec<Target>> {
     let lists: Vec<PathBuf> = if args.lists.is_empty() {
         file.run.lists.clone()
     } else {
@@ -513,22 +744,15 @@ pub fn build_engine(args: &RunArgs, file: &FileConfig) -> Result<Engine> {
     let control = match control_url {
         None => None,
         Some(u) => {
-            let mut base = url::Url::parse(&u).with_context(|| format!("control URL {u:?}"))?;
-            if !base.path().ends_with('/') {
-                let p = format!("{}/", base.path());
-                base.set_path(&p);
-            }
+            let base =
+                crate::upload::collector_base(&u, "control URL").map_err(anyhow::Error::msg)?;
             let token = args
                 .control_token
                 .clone()
                 .or_else(|| file.control.token.clone())
                 .or_else(|| file.collector.token.clone())
                 // The token from `witness register`, when the control is that collector.
-                .or_else(|| {
-                    saved_credentials()
-                        .filter(|c| c.collector == base.as_str())
-                        .map(|c| c.token)
-                });
+                .or_else(|| saved_token_for(saved_credentials(), &base));
             // The control measures the site itself: allow it several step timeouts.
             Some(
                 ControlClient::new(base, token, timeout * 6 + Duration::from_secs(5))
@@ -556,13 +780,34 @@ pub fn build_engine(args: &RunArgs, file: &FileConfig) -> Result<Engine> {
     Ok(engine)
 }
 
-pub(crate) async fn run(args: RunArgs, file: FileConfig) -> Result<ExitCode> {
-    ensure_consent(&args, &file)?;
-    let targets = collect_targets(&args, &file)?;
+/// Open `--out` for appending before anything is measured: a typo in the path must not
+/// throw a whole run away.
+fn open_out(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot open the --out file {}; nothing was measured. Check that its directory \
+                 exists and is writable",
+                path.display()
+            )
+        })
+}
+
+pub(crate) async fn run(args: RunArgs, file: FileConfig, color: ColorChoice) -> Result<ExitCode> {
+    // Every input is checked before consent is asked and before anything is measured.
+    let targets = collect_targets(&args.select, &file)?;
     let engine = build_engine(&args, &file)?;
+    let mut out_file = match &args.out {
+        Some(p) => Some(open_out(p)?),
+        None => None,
+    };
+    ensure_consent(&args, &file, &targets)?;
     let concurrency = args.concurrency.unwrap_or(file.run.concurrency);
 
-    let show_progress = !args.no_progress && std::io::stderr().is_terminal();
+    let show_progress = !args.no_progress && std::io::stderr().is_terminal() && !dumb_terminal();
     let bar = if show_progress {
         let bar = indicatif::ProgressBar::new(targets.len() as u64);
         bar.set_style(
@@ -571,6 +816,10 @@ pub(crate) async fn run(args: RunArgs, file: FileConfig) -> Result<ExitCode> {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        // The connectivity check comes first and can take a whole step timeout: tick from the
+        // first moment so the volunteer sees it working.
+        bar.set_message("checking connectivity…");
+        bar.enable_steady_tick(Duration::from_millis(200));
         bar
     } else {
         indicatif::ProgressBar::hidden()
@@ -588,39 +837,64 @@ pub(crate) async fn run(args: RunArgs, file: FileConfig) -> Result<ExitCode> {
         .iter()
         .map(serde_json::to_string)
         .collect::<Result<_, _>>()?;
-    if let Some(path) = &args.out {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open --out file {}", path.display()))?;
-        for l in &lines {
-            writeln!(f, "{l}")?;
-        }
-        f.sync_all()?;
-    }
+    let uploading = args.upload || file.collector.upload;
+    // Results first, always: the table (or JSON) is printed before anything that can fail.
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
         for l in &lines {
             writeln!(out, "{l}")?;
         }
+    } else if outcome.connectivity.offline {
+        let kept = if uploading {
+            "The records are spooled for upload (see below)."
+        } else if let Some(p) = &args.out {
+            &format!("The records are in {}.", p.display())
+        } else {
+            "Nothing was kept: run again when the network is back (with --upload they would be \
+             spooled and uploaded later)."
+        };
+        writeln!(
+            out,
+            "{}",
+            report::offline_paragraph(&outcome.measurements, &outcome.connectivity, kept)
+        )?;
     } else {
-        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         write!(
             out,
             "{}",
-            report::summary_table(&outcome.measurements, &outcome.connectivity, color)
+            report::summary_table(
+                &outcome.measurements,
+                &outcome.connectivity,
+                color.enabled(std::io::stdout().is_terminal())
+            )
         )?;
     }
     out.flush()?;
     drop(out);
 
-    if args.upload || file.collector.upload {
-        let code = spool_and_upload(&args.collector, &file, &outcome.measurements).await?;
-        return Ok(code);
+    let mut code = ExitCode::SUCCESS;
+    if let (Some(f), Some(path)) = (out_file.as_mut(), &args.out) {
+        let written = lines
+            .iter()
+            .try_for_each(|l| writeln!(f, "{l}"))
+            .and_then(|_| f.sync_all());
+        if let Err(e) = written {
+            eprintln!(
+                "witness: cannot write the results to {}: {e}",
+                path.display()
+            );
+            code = ExitCode::from(EXIT_FAILURE);
+        }
     }
-    Ok(ExitCode::SUCCESS)
+
+    if uploading {
+        let up = spool_and_upload(&args.collector, &file, &outcome.measurements).await?;
+        if code == ExitCode::SUCCESS {
+            code = up;
+        }
+    }
+    Ok(code)
 }
 
 /// Spool every measurement (durably, first), then try to upload all that waits.
@@ -631,7 +905,13 @@ pub async fn spool_and_upload(
 ) -> Result<ExitCode> {
     let spool = open_spool(args, file)?;
     for m in measurements {
-        spool.push(m)?;
+        if let Err(e) = spool.push(m) {
+            eprintln!(
+                "witness: cannot keep the results in the spool {}: {e}",
+                spool.dir().display()
+            );
+            return Ok(ExitCode::from(EXIT_FAILURE));
+        }
     }
     let Some((url, token)) = collector_target(args, file)? else {
         eprintln!(
@@ -639,7 +919,7 @@ pub async fn spool_and_upload(
             spool.len()?,
             spool.dir().display()
         );
-        return Ok(ExitCode::from(3));
+        return Ok(ExitCode::from(EXIT_UPLOAD));
     };
     let up = crate::upload::Uploader::new(url, token).map_err(anyhow::Error::msg)?;
     match up
@@ -655,10 +935,11 @@ pub async fn spool_and_upload(
         }
         Err(e) => {
             eprintln!(
-                "witness: upload failed: {e}. The measurements are kept in {} and will be uploaded later (`witness upload`).",
+                "witness: upload failed: {e}. The {} measurements are kept in {} and will be uploaded later (`witness upload`).",
+                spool.len().unwrap_or(measurements.len()),
                 spool.dir().display()
             );
-            Ok(ExitCode::from(3))
+            Ok(ExitCode::from(EXIT_UPLOAD))
         }
     }
 }

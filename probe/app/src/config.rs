@@ -196,7 +196,7 @@ pub fn measure_config(
     run: &RunSection,
     net: &NetworkSection,
 ) -> Result<MeasureConfig, ConfigError> {
-    if !(run.timeout_secs > 0.0 && run.timeout_secs <= 300.0) {
+    if !(run.timeout_secs >= 0.1 && run.timeout_secs <= 300.0) {
         return Err(ConfigError::Value {
             what: "timeout".into(),
             message: format!(
@@ -223,7 +223,18 @@ pub fn measure_config(
     }
     let mut extra_cas = Vec::new();
     for f in &net.extra_ca_files {
-        extra_cas.extend(load_ca_file(f)?);
+        let certs = load_ca_file(f).map_err(|e| match e {
+            // Not a config file: say which setting names it.
+            ConfigError::Read { path, source } => ConfigError::Value {
+                what: format!("extra CA file {}", path.display()),
+                message: format!(
+                    "cannot read it ({source}); check the path given to --extra-ca or \
+                     network.extra_ca_files"
+                ),
+            },
+            other => other,
+        })?;
+        extra_cas.extend(certs);
     }
     Ok(MeasureConfig {
         resolver: parse_resolver(&net.resolver)?,

@@ -100,7 +100,7 @@ async fn wait_until(
 
 /// Run the daemon loop.
 pub async fn run(args: DaemonArgs, file: FileConfig) -> Result<ExitCode> {
-    ensure_consent(&args.run, &file)?;
+    ensure_consent(&args.run, &file, &collect_targets(&args.run.select, &file)?)?;
     let valid = args.interval >= 1.0 && args.jitter >= 0.0 && args.upload_retry >= 0.5;
     if !valid {
         anyhow::bail!("--interval must be >= 1 s, --jitter >= 0 s, --upload-retry >= 0.5 s");
@@ -132,7 +132,7 @@ pub async fn run(args: DaemonArgs, file: FileConfig) -> Result<ExitCode> {
     let mut runs = 0u64;
     loop {
         // Targets and engine are rebuilt each run so edited lists and configs take effect.
-        let targets = collect_targets(&args.run, &file)?;
+        let targets = collect_targets(&args.run.select, &file)?;
         let engine = build_engine(&args.run, &file)?;
         let outcome = tokio::select! {
             o = engine.run(targets, concurrency, |_, _, _| {}) => o,

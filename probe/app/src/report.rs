@@ -16,8 +16,8 @@ Witness measures whether websites are blocked on your internet connection.
 
 What it does: for each site on its list it looks the name up, connects, makes a TLS handshake
 and fetches the page, as a browser would, and compares with a measurement from outside your
-network. The list includes sites that your government may consider sensitive (opposition
-news, human rights, circumvention tools, social networks).
+network. The lists include sites that your government may consider sensitive; the categories
+of the lists about to be measured are named below, with how many sites each holds.
 
 Risks: anyone who watches your connection (your ISP, the state) can see that your device
 contacted these sites. In some countries that can draw attention or be treated as an offence.
@@ -25,9 +25,7 @@ Your IP address is never recorded in results nor sent with them, but the traffic
 visible. You can exclude categories (exclude_categories in the config file, or --exclude-category).
 
 If you upload results, they are published as open data with your network (AS number) and
-country, never your IP address.
-
-Do you understand these risks and want to run Witness?";
+country, never your IP address.";
 
 fn paint(s: &str, code: &str, color: bool) -> String {
     if color {
@@ -87,6 +85,22 @@ pub fn summary_table(
     out.push_str(&closing(measurements, connectivity));
     out.push('\n');
     out
+}
+
+/// An offline run in one paragraph: what the connectivity check found, that no site was
+/// measured (every record says `offline`, none `blocked`), and `kept`: what happened to the
+/// records (spooled, written to a file, or nothing), which only the caller knows.
+pub fn offline_paragraph(
+    measurements: &[Measurement],
+    connectivity: &ConnectivitySummary,
+    kept: &str,
+) -> String {
+    format!(
+        "{} None of the {} sites could be measured: each is recorded as offline, never as \
+         blocked. {kept}",
+        connectivity.summary.trim_end(),
+        measurements.len()
+    )
 }
 
 /// Counts per status and per blocking method, and what they mean, in a few sentences.

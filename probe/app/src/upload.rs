@@ -69,16 +69,26 @@ pub struct UploadSummary {
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     /// The collector could not be reached or did not answer in time.
-    #[error("collector unreachable: {0}")]
-    Unreachable(String),
+    #[error("cannot reach the collector at {collector}: {cause}")]
+    Unreachable {
+        /// The collector's base URL, as configured (normalised with [`collector_base`]).
+        collector: String,
+        /// Why, in words: connection refused, the name does not resolve, timed out, ...
+        cause: String,
+    },
     /// The collector refused the request as a whole.
-    #[error("collector answered HTTP {status}: {message}")]
+    #[error("the collector at {collector} answered HTTP {status}: {message}")]
     Refused {
+        /// The collector's base URL.
+        collector: String,
         /// HTTP status.
         status: u16,
         /// Its message.
         message: String,
     },
+    /// The request could not even be built (a local problem, not the collector's).
+    #[error("cannot prepare the upload: {0}")]
+    Local(String),
     /// The spool failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -88,9 +98,9 @@ impl UploadError {
     /// Worth retrying later (outage, overload), as opposed to a configuration problem.
     pub fn is_transient(&self) -> bool {
         match self {
-            UploadError::Unreachable(_) => true,
+            UploadError::Unreachable { .. } => true,
             UploadError::Refused { status, .. } => *status == 429 || *status >= 500,
-            UploadError::Spool(_) => false,
+            UploadError::Spool(_) | UploadError::Local(_) => false,
         }
     }
 }
@@ -104,12 +114,10 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// A client for the collector at `base`.
-    pub fn new(mut base: url::Url, token: Option<String>) -> Result<Self, String> {
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
+    /// A client for the collector at `base` (normalised with [`collector_base`], so
+    /// `https://c.example` and `https://c.example/` are the same collector).
+    pub fn new(base: url::Url, token: Option<String>) -> Result<Self, String> {
+        let base = normalize_base(base);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(10))
@@ -126,7 +134,12 @@ impl Uploader {
     fn endpoint(&self, path: &str) -> Result<url::Url, UploadError> {
         self.base
             .join(path)
-            .map_err(|e| UploadError::Unreachable(format!("bad collector URL: {e}")))
+            .map_err(|e| UploadError::Local(format!("bad collector URL {}: {e}", self.base)))
+    }
+
+    /// The collector's base URL, normalised.
+    pub fn base(&self) -> &url::Url {
+        &self.base
     }
 
     /// Register this probe; `invite` for collectors that require one.
@@ -136,7 +149,7 @@ impl Uploader {
             .client
             .post(self.endpoint("api/v1/register")?)
             .json(&body);
-        exchange(req).await
+        exchange(&self.base, req).await
     }
 
     /// Send one batch of raw JSON records.
@@ -151,10 +164,10 @@ impl Uploader {
         json.push_str("]}");
         let mut gz = GzEncoder::new(Vec::new(), Compression::default());
         gz.write_all(json.as_bytes())
-            .map_err(|e| UploadError::Unreachable(format!("compress: {e}")))?;
+            .map_err(|e| UploadError::Local(format!("compress: {e}")))?;
         let body = gz
             .finish()
-            .map_err(|e| UploadError::Unreachable(format!("compress: {e}")))?;
+            .map_err(|e| UploadError::Local(format!("compress: {e}")))?;
         let mut req = self
             .client
             .post(self.endpoint("api/v1/measurements")?)
@@ -164,7 +177,7 @@ impl Uploader {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        exchange(req).await
+        exchange(&self.base, req).await
     }
 
     /// Upload everything waiting in `spool`, batch by batch, oldest first. Stops at the first
@@ -240,32 +253,31 @@ pub fn jitter(d: Duration) -> Duration {
 
 /// Send `req`, read the answer with a bound, and parse a 2xx answer as `T`.
 async fn exchange<T: serde::de::DeserializeOwned>(
+    base: &url::Url,
     req: reqwest::RequestBuilder,
 ) -> Result<T, UploadError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| UploadError::Unreachable(witness_core::scrub::scrub_ips(&e.to_string())))?;
-    let (status, bytes) = read_capped(resp).await?;
+    let resp = req.send().await.map_err(|e| unreachable(base, &e))?;
+    let (status, bytes) = read_capped(base, resp).await?;
     if !(200..300).contains(&status) {
-        return Err(refused(status, &bytes));
+        return Err(refused(base, status, &bytes));
     }
     serde_json::from_slice(&bytes).map_err(|e| UploadError::Refused {
+        collector: base.to_string(),
         status,
         message: format!("unexpected answer: {e}"),
     })
 }
 
-async fn read_capped(mut resp: reqwest::Response) -> Result<(u16, Vec<u8>), UploadError> {
+async fn read_capped(
+    base: &url::Url,
+    mut resp: reqwest::Response,
+) -> Result<(u16, Vec<u8>), UploadError> {
     let status = resp.status().as_u16();
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| UploadError::Unreachable(witness_core::scrub::scrub_ips(&e.to_string())))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(base, &e))? {
         if body.len() + chunk.len() > MAX_REPLY {
             return Err(UploadError::Refused {
+                collector: base.to_string(),
                 status,
                 message: "answer too large".into(),
             });
@@ -275,10 +287,142 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<(u16, Vec<u8>), Uplo
     Ok((status, body))
 }
 
-fn refused(status: u16, body: &[u8]) -> UploadError {
+fn refused(base: &url::Url, status: u16, body: &[u8]) -> UploadError {
     let text = String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
+    let message = match status {
+        401 | 403 => format!(
+            "{}; the token is missing or not valid for this collector (register with \
+             `witness register --collector {base}`)",
+            text.trim()
+        ),
+        _ => text,
+    };
     UploadError::Refused {
+        collector: base.to_string(),
         status,
-        message: text,
+        message,
+    }
+}
+
+/// An unreachable collector, named as configured, with the cause in words. The cause is taken
+/// from the error chain (refused, DNS, timeout, TLS) and scrubbed of IP addresses, so the
+/// probe's own address never appears; the collector's URL is the one the volunteer typed.
+fn unreachable(base: &url::Url, e: &reqwest::Error) -> UploadError {
+    UploadError::Unreachable {
+        collector: base.to_string(),
+        cause: cause_of(base, e),
+    }
+}
+
+fn cause_of(base: &url::Url, e: &reqwest::Error) -> String {
+    let host = base.host_str().unwrap_or("the collector");
+    let mut chain: Vec<String> = Vec::new();
+    let mut io_kind = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        chain.push(err.to_string());
+        source = err.source();
+    }
+    let all = chain.join(": ").to_ascii_lowercase();
+    if e.is_timeout() || io_kind == Some(std::io::ErrorKind::TimedOut) {
+        return "timed out (no answer; the network or the collector may be down)".into();
+    }
+    if io_kind == Some(std::io::ErrorKind::ConnectionRefused) || all.contains("connection refused")
+    {
+        return "connection refused (nothing listens at that address and port; check the URL, \
+                or the collector is down)"
+            .into();
+    }
+    if all.contains("dns error")
+        || all.contains("failed to lookup address")
+        || all.contains("name or service not known")
+        || all.contains("no address associated")
+    {
+        return format!("the name {host} does not resolve (check the URL, or your DNS)");
+    }
+    if all.contains("certificate") || all.contains("tls") || all.contains("handshake") {
+        let last = chain.last().cloned().unwrap_or_default();
+        return format!(
+            "the TLS handshake failed ({}); is it the right URL, http:// or https://?",
+            witness_core::scrub::scrub_ips(&last)
+        );
+    }
+    if io_kind == Some(std::io::ErrorKind::ConnectionReset) || all.contains("reset") {
+        return "the connection was reset".into();
+    }
+    // The innermost cause, without IP addresses.
+    witness_core::scrub::scrub_ips(chain.last().map(String::as_str).unwrap_or("unknown error"))
+}
+
+/// Normalises a collector base URL: a trailing slash on the path (so that `api/v1/...` joins
+/// under it), no query or fragment. The same function is used wherever a collector URL is read
+/// (register, run, upload, daemon, control), so the saved registration always matches.
+pub fn normalize_base(mut base: url::Url) -> url::Url {
+    if !base.path().ends_with('/') {
+        let p = format!("{}/", base.path());
+        base.set_path(&p);
+    }
+    base.set_query(None);
+    base.set_fragment(None);
+    base
+}
+
+/// Parses and normalises a collector (or control) base URL typed by a volunteer; the error says
+/// what is wrong with it. `what` names the setting, e.g. `--collector`.
+pub fn collector_base(text: &str, what: &str) -> Result<url::Url, String> {
+    let text = text.trim();
+    let parsed = url::Url::parse(text).map_err(|e| {
+        format!(
+            "{what} {text:?} is not a URL ({e}); write it in full, e.g. https://collector.example/"
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "{what} {text:?} must start with https:// (or http:// on a test network)"
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{what} {text:?} has no host name"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "{what} {text:?} contains a user name or password; use --token instead"
+        ));
+    }
+    Ok(normalize_base(parsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collector_urls_normalise_to_one_form() {
+        let forms = [
+            "https://c.example",
+            "https://c.example/",
+            " https://C.Example:443/ ",
+            "https://c.example/?x=1#frag",
+        ];
+        for f in forms {
+            assert_eq!(
+                collector_base(f, "--collector").unwrap().as_str(),
+                "https://c.example/",
+                "{f}"
+            );
+        }
+        assert_eq!(
+            collector_base("http://c.example:8080/witness", "x")
+                .unwrap()
+                .as_str(),
+            "http://c.example:8080/witness/"
+        );
+        for bad in ["c.example", "ftp://c.example/", "https://u:p@c.example/"] {
+            let e = collector_base(bad, "--collector").unwrap_err();
+            assert!(e.contains("--collector") && e.contains(bad), "{e}");
+        }
     }
 }

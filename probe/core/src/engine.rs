@@ -566,7 +566,7 @@ impl Engine {
         let offline = decidable && anchors_ok == 0 && control_ok != Some(true);
         let summary = if offline {
             format!(
-                "No connectivity: none of {anchors_tried} anchor hosts could be reached{}{}. The network looks cut off; results are kept and can be uploaded later.",
+                "No connectivity: none of {anchors_tried} anchor hosts could be reached{}{}. The network looks cut off.",
                 match control_ok {
                     Some(false) => ", the control service did not answer",
                     _ => "",

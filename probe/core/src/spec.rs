@@ -46,9 +46,11 @@ pub fn parse_resolver(s: &str) -> Result<ResolverSpec, ConfigError> {
     }
     parse_addr(s, 53)
         .map(ResolverSpec::Udp)
-        .map_err(|e| ConfigError::Value {
+        .map_err(|_| ConfigError::Value {
             what: format!("resolver {s:?}"),
-            message: e.to_string(),
+            message: "expected `system` (the resolver your system uses) or a resolver's \
+                      IP[:PORT], e.g. 192.168.1.1 or [2001:db8::1]:53"
+                .into(),
         })
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Lists use the Citizen Lab test-list CSV format
 //! (`url,category_code,category_description,date_added,source,notes`), so volunteers and
-//! researchers can reuse lists they already know. The default lists are embedded in the binary
+//! researchers can reuse lists they already know, or are plain text with one URL per line (what
+//! a person writes by hand; `#` starts a comment line). The format is detected from the first
+//! line that is not blank or a comment: the CSV header starts with `url`. The default lists are embedded in the binary
 //! (see `targets/README.md`) so a probe works offline and without extra files.
 //!
 //! Parsing is forgiving per row: a bad row becomes a [`ListError`] naming the file and line, and
@@ -223,6 +225,9 @@ pub fn parse_list(source: &str, mut reader: impl Read) -> (Vec<Target>, Vec<List
         errors.push(err(1, format!("cannot read the list: {e}")));
         return (targets, errors);
     }
+    if is_plain_list(&data) {
+        return parse_plain(source, &data);
+    }
     let mut lines = LineCounter::new(&data);
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -320,6 +325,66 @@ pub fn parse_list(source: &str, mut reader: impl Read) -> (Vec<Target>, Vec<List
     (targets, errors)
 }
 
+/// True when the first line that is not blank or a comment is not a CSV header (which starts
+/// with `url`) and has no comma: a one-URL-per-line list.
+fn is_plain_list(data: &[u8]) -> bool {
+    let data = data.strip_prefix(b"\xef\xbb\xbf").unwrap_or(data);
+    let first = data
+        .split(|&b| b == b'\n')
+        .map(|l| String::from_utf8_lossy(l).trim().to_string())
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    let Some(first) = first else {
+        return false;
+    };
+    let first_field = first
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if first_field == "url" {
+        return false;
+    }
+    // A CSV row without its header has commas; a hand-written URL line has none.
+    !first.contains(',')
+}
+
+/// Parses a one-URL-per-line list: blank lines and `#` comments are skipped; each other line
+/// must be a full http(s) URL, else it is reported with its line number.
+fn parse_plain(source: &str, data: &[u8]) -> (Vec<Target>, Vec<ListError>) {
+    let mut targets = Vec::new();
+    let mut errors = Vec::new();
+    let data = data.strip_prefix(b"\xef\xbb\xbf").unwrap_or(data);
+    for (i, raw) in data.split(|&b| b == b'\n').enumerate() {
+        let line = i as u64 + 1;
+        let Ok(text) = std::str::from_utf8(raw) else {
+            errors.push(ListError {
+                source: source.to_string(),
+                line,
+                problem: "line is not valid UTF-8; save the list as UTF-8".into(),
+            });
+            continue;
+        };
+        let text = text.trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        match Target::from_url(text, source) {
+            Ok(t) => targets.push(t),
+            Err(e) => errors.push(ListError {
+                source: source.to_string(),
+                line,
+                problem: format!(
+                    "{e} (this list has one URL per line; a Citizen Lab CSV list starts with \
+                     the header '{}')",
+                    CITIZENLAB_HEADER.join(",")
+                ),
+            }),
+        }
+    }
+    (targets, errors)
+}
+
 /// Maps byte offsets of CSV records to 1-based physical line numbers.
 struct LineCounter<'a> {
     data: &'a [u8],
@@ -410,7 +475,8 @@ impl Columns {
         if names.first().map(String::as_str) != Some("url") {
             return Err(format!(
                 "not a target list: the first line must be the header '{expected}' \
-                 (Citizen Lab test-list format), found '{}'",
+                 (Citizen Lab test-list format), or the list must have one URL per line; \
+                 found '{}'",
                 fields.join(",")
             ));
         }
@@ -790,6 +856,40 @@ mod tests {
                 ("https://b.example/x", "two")
             ]
         );
+    }
+
+    #[test]
+    fn one_url_per_line_lists_are_detected_and_bad_lines_reported() {
+        let text = "\u{feff}# my list\n\nhttps://a.example/\n  http://b.example/path?x=1,2  \n\
+                    example.org\r\nftp://c.example/\n# done\nhttps://d.example";
+        let (ts, errs) = parse_list("mine.txt", text.as_bytes());
+        let urls: Vec<&str> = ts.iter().map(|t| t.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://a.example/",
+                "http://b.example/path?x=1,2",
+                "https://d.example"
+            ]
+        );
+        assert!(ts.iter().all(|t| t.category_code.is_none()));
+        let lines: Vec<u64> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [5, 6], "{errs:?}");
+        assert!(
+            errs[0].to_string().starts_with("mine.txt:5: "),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0].problem.contains("no scheme"), "{}", errs[0]);
+        assert!(errs[1].problem.contains("ftp"), "{}", errs[1]);
+        // A CSV list is still read as CSV, and a header-less CSV is still refused.
+        let (ts, errs) = parse(&format!("{HEADER}\nhttps://e.example/,NEWS,News,,,\n"));
+        assert_eq!(ts.len(), 1);
+        assert!(errs.is_empty());
+        assert_eq!(ts[0].category_code.as_deref(), Some("NEWS"));
+        let (ts, errs) = parse("site,category\nhttps://e.example/,NEWS\n");
+        assert!(ts.is_empty());
+        assert!(errs[0].problem.contains("one URL per line"), "{errs:?}");
     }
 
     #[test]
