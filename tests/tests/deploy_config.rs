@@ -1095,7 +1095,10 @@ fn install_script_verifies_then_installs_into_destdir_after_consent() {
     fs::write(&bin, bytes).expect("alter");
     let out = install(refused.path(), &[], true);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("does not match"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("does not match"),
+        "{stderr}"
+    );
     assert_eq!(fs::read_dir(refused.path()).expect("dir").count(), 0);
     // Another key's signers file: the signature does not verify.
     let other = tempfile::tempdir().expect("temp dir");
@@ -1110,7 +1113,10 @@ fn install_script_verifies_then_installs_into_destdir_after_consent() {
         .output()
         .expect("run install.sh");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("not a valid signature"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("not a valid signature"),
+        "{stderr}"
+    );
     // The repository's allowed_signers holds no key yet: it says so.
     let out = Command::new("sh")
         .arg(repo("deploy/install.sh"))
@@ -1120,7 +1126,10 @@ fn install_script_verifies_then_installs_into_destdir_after_consent() {
         .output()
         .expect("run install.sh");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("--allowed-signers"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("--allowed-signers"),
+        "{stderr}"
+    );
     // --unsigned, for a binary built from source.
     let out = install(refused.path(), &["--unsigned"], true);
     assert!(out.status.success(), "{out:?}");

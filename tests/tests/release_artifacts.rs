@@ -5,8 +5,8 @@
 //!
 //! Building the artifacts takes minutes, so the tests read them from `WITNESS_RELEASE_DIR`,
 //! made by `deploy/release.sh` (`.ci/run` does that first, with a throwaway key in
-//! `WITNESS_SIGNING_KEY`). Without it they skip loudly; under `WITNESS_REQUIRE_TOOLS=1` (CI)
-//! that is a failure.
+//! `WITNESS_SIGNING_KEY`). Without it they skip loudly; under `WITNESS_REQUIRE_RELEASE=1`
+//! (set by `.ci/run` with the artifacts) that is a failure.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -38,8 +38,8 @@ fn release_dir() -> Option<PathBuf> {
         _ => {
             let msg = "SKIPPED: no release artifacts: run `deploy/release.sh DIR` and set \
                        WITNESS_RELEASE_DIR=DIR (and WITNESS_SIGNING_KEY)";
-            if std::env::var("WITNESS_REQUIRE_TOOLS").as_deref() == Ok("1") {
-                panic!("{msg}, and WITNESS_REQUIRE_TOOLS=1");
+            if std::env::var("WITNESS_REQUIRE_RELEASE").as_deref() == Ok("1") {
+                panic!("{msg}, and WITNESS_REQUIRE_RELEASE=1");
             }
             eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
             None
@@ -282,7 +282,10 @@ fn tarballs_hold_the_binary_docs_units_man_page_and_completions() {
             "completions/_witness",
             "completions/witness.fish",
         ] {
-            assert!(files.contains(want), "{name}.tar.gz lacks {want}: {files:?}");
+            assert!(
+                files.contains(want),
+                "{name}.tar.gz lacks {want}: {files:?}"
+            );
         }
     }
 }
@@ -449,12 +452,11 @@ fn the_amd64_deb_installs_runs_verifies_and_purges_without_trace() {
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
         0o640
     );
-    let conffiles = run_ok(Command::new("dpkg-query").args([
-        "-W",
-        "-f=${Conffiles}",
-        "witness",
-    ]));
-    assert!(conffiles.contains("/etc/witness/config.toml"), "{conffiles}");
+    let conffiles = run_ok(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "witness"]));
+    assert!(
+        conffiles.contains("/etc/witness/config.toml"),
+        "{conffiles}"
+    );
     for f in [
         "/usr/share/man/man1/witness.1.gz",
         "/usr/share/bash-completion/completions/witness",
@@ -599,7 +601,9 @@ fn packaged_units_keep_the_hardening_and_wait_for_consent() {
         let only_packaged: Vec<&String> = packaged.iter().filter(|l| !plain.contains(l)).collect();
         // Only ExecStart differs on the plain side ...
         assert!(
-            only_plain.iter().all(|l| l.starts_with("ExecStart=/usr/local/bin/witness ")),
+            only_plain
+                .iter()
+                .all(|l| l.starts_with("ExecStart=/usr/local/bin/witness ")),
             "{unit}: {only_plain:?}"
         );
         // ... and the packaged side adds the consent condition and file.

@@ -37,7 +37,13 @@ fn lab_run(world: &World, args: &[&str]) -> Command {
         .args(["--lab-public-range", "127.0.0.0/8"])
         .args(["--source-address", &CENSORED_SOURCE.to_string()])
         .args(["--anchor", &anchor_of(world, "fine.test")])
-        .args(["--control-resolver", "none", "--no-control", "--timeout", "3"])
+        .args([
+            "--control-resolver",
+            "none",
+            "--no-control",
+            "--timeout",
+            "3",
+        ])
         .args(args);
     cmd
 }
@@ -106,8 +112,15 @@ fn a_bad_out_path_stops_before_measuring_and_a_good_one_gets_every_record() {
         .output()
         .unwrap();
     let stderr = fails_with(&out, 2);
-    assert!(stderr.contains("--out") && stderr.contains("nothing was measured"), "{stderr}");
-    assert!(out.stdout.is_empty(), "measured anyway: {}", text(&out.stdout));
+    assert!(
+        stderr.contains("--out") && stderr.contains("nothing was measured"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "measured anyway: {}",
+        text(&out.stdout)
+    );
     // No connection reached a site: the run never started.
     assert_eq!(world.https_origin("fine.test").unwrap().connections(), 0);
 
@@ -118,7 +131,10 @@ fn a_bad_out_path_stops_before_measuring_and_a_good_one_gets_every_record() {
         .output()
         .unwrap();
     let table = ok(&out);
-    assert!(table.contains("SITE") && table.contains("fine.test"), "{table}");
+    assert!(
+        table.contains("SITE") && table.contains("fine.test"),
+        "{table}"
+    );
     let records: Vec<Measurement> = std::fs::read_to_string(&good)
         .unwrap()
         .lines()
@@ -140,7 +156,10 @@ fn an_offline_run_is_one_paragraph_that_claims_nothing_was_kept_unless_it_was() 
     assert!(stdout.contains("None of the 3 sites"), "{stdout}");
     assert!(stdout.contains("Nothing was kept"), "{stdout}");
     assert!(!stdout.contains("kept and can be uploaded"), "{stdout}");
-    assert!(!stdout.contains("blocked (") && !stdout.contains("SITE"), "{stdout}");
+    assert!(
+        !stdout.contains("blocked (") && !stdout.contains("SITE"),
+        "{stdout}"
+    );
 
     // With --upload (and no collector) they are spooled, and it says so.
     let spool = home.path().join("spool");
@@ -208,7 +227,12 @@ fn in_terminal(home: &Path, term: &str, extra: &[&str]) -> String {
         .spawn()
         .unwrap();
     let mut shown = Vec::new();
-    child.stdout.take().unwrap().read_to_end(&mut shown).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut shown)
+        .unwrap();
     let status = child.wait().unwrap();
     drop(silent);
     let shown = text(&shown);
@@ -228,17 +252,38 @@ fn the_progress_bar_ticks_through_the_connectivity_check_and_not_on_a_dumb_termi
     let frames = shown.matches("checking connectivity").count();
     assert!(frames >= 4, "{frames} frames:\n{shown:?}");
     assert!(shown.contains("0/1"), "{shown:?}");
-    // The table follows, with colour on a terminal.
-    assert!(shown.contains("SITE") && shown.contains("\u{1b}["), "{shown:?}");
+    // Then the result: the anchor never answered, so the run is offline.
+    assert!(shown.contains("None of the 1 sites"), "{shown:?}");
 
-    // TERM=dumb: no bar, no colour; NO_COLOR-like plain output.
+    // TERM=dumb: no bar, no escape codes at all.
     let shown = in_terminal(home.path(), "dumb", &[]);
     assert!(!shown.contains("checking connectivity"), "{shown:?}");
     assert!(!shown.contains('\u{1b}'), "{shown:?}");
-    assert!(shown.contains("SITE"), "{shown:?}");
-    // --color never on a colour terminal: a bar, but no colour in the table.
-    let shown = in_terminal(home.path(), "xterm", &["--color", "never", "--no-progress"]);
-    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+    assert!(shown.contains("None of the 1 sites"), "{shown:?}");
+}
+
+#[test]
+fn the_table_is_coloured_only_on_a_terminal_that_takes_colour() {
+    let world = fine_world();
+    let list = world.write_list("list.csv").unwrap();
+    let piped = ok(&lab_run(&world, &["--list", list.to_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(
+        piped.contains("accessible") && !piped.contains('\u{1b}'),
+        "{piped:?}"
+    );
+    let forced = ok(&lab_run(&world, &["--list", list.to_str().unwrap()])
+        .args(["--color", "always"])
+        .output()
+        .unwrap());
+    assert!(forced.contains("\u{1b}[32m"), "{forced:?}");
+    // NO_COLOR and --color never win over a terminal; TERM=dumb too (tested above).
+    let plain = ok(&lab_run(&world, &["--list", list.to_str().unwrap()])
+        .args(["--color", "never"])
+        .output()
+        .unwrap());
+    assert!(!plain.contains('\u{1b}'), "{plain:?}");
 }
 
 // ------------------------------------------------------------------------------ colour, logs
@@ -246,27 +291,48 @@ fn the_progress_bar_ticks_through_the_connectivity_check_and_not_on_a_dumb_termi
 #[test]
 fn logs_are_plain_text_on_stderr_unless_colour_is_forced() {
     let home = tempfile::tempdir().unwrap();
-    let run = |extra: &[&str], env: Option<(&str, &str)>| {
-        let mut cmd = offline_run(home.path(), &["--json"]);
-        cmd.args(extra).env("WITNESS_LOG", "debug");
-        if let Some((k, v)) = env {
-            cmd.env(k, v);
-        }
+    // An upload to a port where nothing listens logs its retries (INFO).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let spool = home.path().join("spool");
+    let spool = spool.to_str().unwrap().to_string();
+    let run = |extra: &[&str]| {
+        let mut cmd = offline_run(
+            home.path(),
+            &[
+                "--json",
+                "--upload",
+                "--collector",
+                &collector,
+                "--spool-dir",
+                &spool,
+            ],
+        );
+        cmd.args(extra).env("WITNESS_LOG", "info");
         cmd.output().unwrap()
     };
-    let out = run(&[], None);
-    let stdout = ok(&out);
-    let stderr = text(&out.stderr);
-    assert!(stderr.contains("DEBUG") || stderr.contains("INFO"), "no logs: {stderr}");
+    let out = run(&[]);
+    let stderr = fails_with(&out, 3);
+    assert!(
+        stderr.contains("INFO") && stderr.contains("retrying"),
+        "no logs: {stderr}"
+    );
     assert!(!stderr.contains('\u{1b}'), "ANSI in logs: {stderr:?}");
     // stdout holds only the results.
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
     for line in stdout.lines() {
         serde_json::from_str::<Measurement>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
-    let forced = text(&run(&["--color", "always"], None).stderr);
+    let forced = text(&run(&["--color", "always"]).stderr);
     assert!(forced.contains('\u{1b}'), "--color always: {forced:?}");
-    let out = run(&["--color", "bogus"], None);
-    assert!(fails_with(&out, 2).contains("auto"), "{}", text(&out.stderr));
+    let out = run(&["--color", "bogus"]);
+    assert!(
+        fails_with(&out, 2).contains("auto"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -298,9 +364,15 @@ fn the_collector_logs_plain_text_to_stderr_and_only_its_addresses_to_stdout() {
     let stderr = text(&out.stderr);
     assert!(stdout.contains("listening on"), "{stdout}");
     for line in stdout.lines() {
-        assert!(line.starts_with("witness-collector "), "a log line on stdout: {line}");
+        assert!(
+            line.starts_with("witness-collector "),
+            "a log line on stdout: {line}"
+        );
     }
-    assert!(stderr.contains("DEBUG") || stderr.contains("INFO"), "{stderr}");
+    assert!(
+        stderr.contains("DEBUG") || stderr.contains("INFO"),
+        "{stderr}"
+    );
     assert!(!stderr.contains('\u{1b}'), "ANSI in logs: {stderr:?}");
 }
 
@@ -340,16 +412,25 @@ fn consent_names_every_sensitive_category_of_the_lists_with_counts() {
         .output()
         .unwrap());
     assert!(notice.contains("test 2 sites"), "{notice}");
-    assert!(notice.contains("LGBT") && notice.contains("(1 sites)"), "{notice}");
+    assert!(
+        notice.contains("LGBT") && notice.contains("(1 sites)"),
+        "{notice}"
+    );
     assert!(!notice.contains("ANON"), "{notice}");
 
     // `witness categories` lists every category with its count and sensitivity.
     let table = ok(&witness(home.path()).arg("categories").output().unwrap());
     let anon = table.lines().find(|l| l.starts_with("ANON")).unwrap();
-    assert!(anon.contains(&count("ANON").to_string()) && anon.contains("yes"), "{anon}");
+    assert!(
+        anon.contains(&count("ANON").to_string()) && anon.contains("yes"),
+        "{anon}"
+    );
     let comm = table.lines().find(|l| l.starts_with("COMM")).unwrap();
     assert!(!comm.contains("yes"), "{comm}");
-    assert!(table.contains(&format!("{} sites in all.", all.len())), "{table}");
+    assert!(
+        table.contains(&format!("{} sites in all.", all.len())),
+        "{table}"
+    );
 
     // Without a terminal, accepting needs one; a run without consent measures nothing.
     let out = witness(home.path())
@@ -377,7 +458,11 @@ fn consent_names_every_sensitive_category_of_the_lists_with_counts() {
         .env("WITNESS_CONSENT_FILE", &accepted)
         .output()
         .unwrap();
-    assert!(out.status.success(), "consent file ignored: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "consent file ignored: {}",
+        text(&out.stderr)
+    );
 }
 
 // ------------------------------------------------------------------------------ collector URLs
@@ -405,7 +490,10 @@ fn a_collector_url_without_trailing_slash_registers_runs_and_uploads() {
         let out = cmd.output().unwrap();
         let stderr = text(&out.stderr);
         assert!(out.status.success(), "{url}: {stderr}");
-        assert!(stderr.contains("uploaded 2 measurements"), "{url}: {stderr}");
+        assert!(
+            stderr.contains("uploaded 2 measurements"),
+            "{url}: {stderr}"
+        );
     }
     let out = witness(&home)
         .args(["upload", "--collector", &bare, "--spool-dir"])
@@ -424,10 +512,13 @@ fn upload_errors_name_the_collector_as_typed_and_the_cause() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let typed = format!("http://127.0.0.1:{port}");
-    let out = offline_run(home.path(), &["--upload", "--collector", &typed, "--spool-dir"])
-        .arg(&spool)
-        .output()
-        .unwrap();
+    let out = offline_run(
+        home.path(),
+        &["--upload", "--collector", &typed, "--spool-dir"],
+    )
+    .arg(&spool)
+    .output()
+    .unwrap();
     let stderr = fails_with(&out, 3);
     assert!(stderr.contains(&format!("{typed}/")), "{stderr}");
     assert!(stderr.contains("connection refused"), "{stderr}");
@@ -440,7 +531,10 @@ fn upload_errors_name_the_collector_as_typed_and_the_cause() {
         .output()
         .unwrap();
     let stderr = fails_with(&out, 2);
-    assert!(stderr.contains("--collector") && stderr.contains("https://"), "{stderr}");
+    assert!(
+        stderr.contains("--collector") && stderr.contains("https://"),
+        "{stderr}"
+    );
 }
 
 // ------------------------------------------------------------------------------ messages
@@ -480,11 +574,14 @@ fn error_messages_say_what_is_wrong_once_and_what_to_do() {
     assert!(!stderr.contains("config file"), "{stderr}");
     assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
     for t in ["0.0001", "0", "301", "-1"] {
-        let stderr = run(&["--timeout", t]);
+        let stderr = run(&[&format!("--timeout={t}")]);
         assert!(stderr.contains("0.1 to 300"), "{t}: {stderr}");
     }
     let stderr = run(&["--resolver", "garbage"]);
-    assert!(stderr.contains("`system`") && stderr.contains("garbage"), "{stderr}");
+    assert!(
+        stderr.contains("`system`") && stderr.contains("garbage"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -511,7 +608,10 @@ fn one_url_per_line_lists_run_and_bad_lines_are_reported_with_file_and_line() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(ms.len(), 2);
-    assert!(ms.iter().all(|m| m.verdict.status == Status::Accessible), "{ms:?}");
+    assert!(
+        ms.iter().all(|m| m.verdict.status == Status::Accessible),
+        "{ms:?}"
+    );
 }
 
 // ------------------------------------------------------------------------------ man, completions
@@ -523,7 +623,10 @@ fn completions_and_man_page_come_from_the_command_definitions() {
         .args(["completions", "bash"])
         .output()
         .unwrap());
-    assert!(bash.contains("complete") && bash.contains("--exclude-category"), "{bash}");
+    assert!(
+        bash.contains("complete") && bash.contains("--exclude-category"),
+        "{bash}"
+    );
     for shell in ["zsh", "fish"] {
         let s = ok(&witness(home.path())
             .args(["completions", shell])
@@ -533,7 +636,13 @@ fn completions_and_man_page_come_from_the_command_definitions() {
     }
     let man = ok(&witness(home.path()).arg("man").output().unwrap());
     assert!(man.contains(".TH witness"), "{man}");
-    assert!(man.contains("Exit status") && man.contains("--color"), "{man}");
+    assert!(
+        man.contains("Exit status") && man.contains("\\-\\-color"),
+        "{man}"
+    );
     let help = ok(&witness(home.path()).arg("--help").output().unwrap());
-    assert!(help.contains("Exit status") && help.contains("3  measured"), "{help}");
+    assert!(
+        help.contains("Exit status") && help.contains("3  measured"),
+        "{help}"
+    );
 }

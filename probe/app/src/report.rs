@@ -96,8 +96,8 @@ pub fn offline_paragraph(
     kept: &str,
 ) -> String {
     format!(
-        "{} None of the {} sites could be measured: each is recorded as offline, never as \
-         blocked. {kept}",
+        "{} None of the {} sites could be measured: each is recorded as offline, which says \
+         nothing about censorship. {kept}",
         connectivity.summary.trim_end(),
         measurements.len()
     )
