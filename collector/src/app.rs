@@ -4,7 +4,6 @@
 //! tests bind port 0, pass a fresh store and drive the real server.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +15,11 @@ use tokio::sync::{watch, Notify, Semaphore};
 use crate::aggregate::Params;
 use crate::api;
 use crate::config::Config;
-use crate::control::{self, ControlServiceConfig};
+use crate::control::{self, ControlServiceConfig, ProbeSlots};
 use crate::events::Evaluator;
+use crate::listener::{self, ListenerLimits};
 use crate::metrics::Metrics;
-use crate::ratelimit::{GlobalLimiter, KeyedLimiter};
+use crate::ratelimit::{ClientKeys, GlobalLimiter, KeyedLimiter};
 use crate::store::Store;
 use crate::validate::Limits;
 use crate::webhook::Notifier;
@@ -48,10 +48,18 @@ pub struct Inner {
     pub upload_limiter: KeyedLimiter,
     /// Open registrations, globally.
     pub register_limiter: GlobalLimiter,
+    /// Open registrations per client (keyed by [`ClientKeys`]).
+    pub register_client_limiter: KeyedLimiter,
+    /// Failed invite attempts per client.
+    pub invite_failure_limiter: KeyedLimiter,
+    /// Salted client keys for the per-client buckets.
+    pub client_keys: ClientKeys,
     /// Control requests per probe.
     pub control_limiter: KeyedLimiter,
     /// Concurrent control measurements.
     pub control_slots: Arc<Semaphore>,
+    /// Concurrent control measurements per probe.
+    pub control_probe_slots: ProbeSlots,
     /// How the control measures.
     pub control: ControlServiceConfig,
 }
@@ -101,7 +109,17 @@ impl AppState {
                 config.control.requests_per_minute,
                 config.control.requests_per_minute.clamp(1, 60),
             ),
+            register_client_limiter: KeyedLimiter::per_hour(
+                config.server.register_per_client_per_hour,
+                config.server.register_per_client_per_hour,
+            ),
+            invite_failure_limiter: KeyedLimiter::per_hour(
+                config.server.invite_failures_per_hour,
+                config.server.invite_failures_per_hour,
+            ),
+            client_keys: ClientKeys::default(),
             control_slots: Arc::new(Semaphore::new(config.control.max_concurrency)),
+            control_probe_slots: ProbeSlots::new(config.control.max_per_probe),
             config,
             store,
             metrics,
@@ -116,7 +134,7 @@ impl AppState {
 
 /// The API router; with `with_metrics`, `/metrics` too.
 pub fn router(state: AppState, with_metrics: bool) -> Router {
-    let mut r = api::router(state.config.server.max_body_bytes);
+    let mut r = api::router();
     if with_metrics {
         r = r.merge(api::metrics::router());
     }
@@ -134,7 +152,8 @@ pub async fn serve(
 }
 
 /// Like [`serve`], with `/metrics` on its own listener when one is given (and then not on the
-/// API listener).
+/// API listener). Both listeners run the accept loop of [`listener`]: a connection cap and a
+/// header-read timeout.
 pub async fn serve_with(
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
@@ -161,6 +180,10 @@ pub async fn serve_with(
             stop_rx.clone(),
         )));
     }
+    let limits = ListenerLimits {
+        max_connections: state.config.server.max_connections,
+        header_read_timeout: state.config.server.header_read_timeout.0,
+    };
     let metrics_server = match metrics_listener {
         Some(l) => {
             let mut rx = stop_rx.clone();
@@ -168,24 +191,24 @@ pub async fn serve_with(
                 .merge(api::metrics::router())
                 .fallback(api::not_found)
                 .with_state(state.clone());
-            Some(tokio::spawn(async move {
-                axum::serve(l, metrics_only)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|stop| *stop).await;
-                    })
-                    .await
-            }))
+            Some(tokio::spawn(listener::serve(
+                l,
+                metrics_only,
+                limits,
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                },
+            )))
         }
         None => None,
     };
     let with_metrics = metrics_server.is_none();
-    let app = router(state, with_metrics).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
+    let app = router(state, with_metrics);
+    let result = listener::serve(listener, app, limits, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
     // If the server failed rather than being asked to stop, the sender is gone and the
     // background tasks stop too.
     drop(stop_rx);

@@ -77,8 +77,19 @@ pub struct ServerConfig {
     /// Separate listener for `/metrics`; when set, the API listener does not serve `/metrics`.
     /// Default: none (metrics on the API listener).
     pub metrics_listen: Option<SocketAddr>,
-    /// Largest request body, before and after gzip decompression. Default 8 MiB.
+    /// Largest upload body (`POST /api/v1/measurements`), before and after gzip
+    /// decompression. Other routes have their own small fixed limits (register 4 KiB, control
+    /// 16 KiB). Default 8 MiB.
     pub max_body_bytes: usize,
+    /// Connections open at once on the API listener; further connections are closed at once.
+    /// Default 1024.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, counted from the first read of the
+    /// request (and between requests on a kept-alive connection). Default `10s`.
+    pub header_read_timeout: HumanDuration,
+    /// Time a client has to send a request's body, counted once it is authenticated.
+    /// Default `60s`.
+    pub body_read_timeout: HumanDuration,
     /// `open` or `invite`. Default `open`.
     pub registration: Registration,
     /// Open registrations allowed per hour across all clients (token bucket refill).
@@ -86,6 +97,13 @@ pub struct ServerConfig {
     pub register_per_hour: u32,
     /// Burst of open registrations. Default 10.
     pub register_burst: u32,
+    /// Open registrations per hour from one client (its address, or its /64 for IPv6),
+    /// checked before the global bucket so one client cannot spend it all. The buckets live in
+    /// memory only, keyed by a salted hash. Default 4.
+    pub register_per_client_per_hour: u32,
+    /// Failed invite attempts per hour from one client; when spent, invite registrations from
+    /// it are refused without touching the store. Default 10.
+    pub invite_failures_per_hour: u32,
     /// Request header holding the client's address when a reverse proxy sits in front
     /// (e.g. `X-Real-IP`). Used only for the control service's `your_address`, never stored or
     /// logged. Default: none (the TCP peer address).
@@ -98,9 +116,14 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             metrics_listen: None,
             max_body_bytes: 8 * 1024 * 1024,
+            max_connections: 1024,
+            header_read_timeout: HumanDuration::from_secs(10),
+            body_read_timeout: HumanDuration::from_secs(60),
             registration: Registration::Open,
             register_per_hour: 60,
             register_burst: 10,
+            register_per_client_per_hour: 4,
+            invite_failures_per_hour: 10,
             client_address_header: None,
         }
     }
@@ -253,6 +276,12 @@ pub struct ControlConfig {
     pub extra_ca_files: Vec<PathBuf>,
     /// Control measurements running at once; more get 503. Default 16.
     pub max_concurrency: usize,
+    /// Control measurements one probe may run at once, so one probe cannot fill every slot;
+    /// its further requests wait for one of its own slots (429 after `timeout_secs`).
+    /// Default 4.
+    pub max_per_probe: usize,
+    /// Ports the control connects to; URLs on other ports are refused. Default `[80, 443]`.
+    pub allowed_ports: Vec<u16>,
     /// Limit on one control measurement, seconds. Default 60.
     pub timeout_secs: u64,
     /// Control requests per probe per minute. Default 120.
@@ -274,6 +303,8 @@ impl Default for ControlConfig {
             resolver: "system".to_string(),
             extra_ca_files: Vec::new(),
             max_concurrency: 16,
+            max_per_probe: 4,
+            allowed_ports: vec![80, 443],
             timeout_secs: 60,
             requests_per_minute: 120,
             step_timeout_secs: 10.0,
@@ -355,6 +386,26 @@ impl Config {
         }
         if self.server.register_per_hour == 0 || self.server.register_burst == 0 {
             return bad("server.register_per_hour and register_burst must be positive");
+        }
+        if self.server.register_per_client_per_hour == 0
+            || self.server.invite_failures_per_hour == 0
+        {
+            return bad(
+                "server.register_per_client_per_hour and invite_failures_per_hour must be positive",
+            );
+        }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections must be positive");
+        }
+        if self.server.header_read_timeout.0.is_zero() || self.server.body_read_timeout.0.is_zero()
+        {
+            return bad("server.header_read_timeout and body_read_timeout must be positive");
+        }
+        if self.control.allowed_ports.is_empty() {
+            return bad("control.allowed_ports must list at least one port (default [80, 443])");
+        }
+        if self.control.max_per_probe == 0 {
+            return bad("control.max_per_probe must be positive");
         }
         if self.control.max_concurrency == 0 || self.control.timeout_secs == 0 {
             return bad("control.max_concurrency and timeout_secs must be positive");

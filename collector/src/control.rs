@@ -2,6 +2,12 @@
 //!
 //! The single call into the probe crate is [`run_control`], so the signature lives in one place.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use witness_core::checks::MeasureConfig;
 use witness_core::model::{ControlRequest, ControlResponse};
 
@@ -38,7 +44,69 @@ pub fn service_config(cfg: &ControlConfig) -> Result<ControlServiceConfig, Strin
     Ok(ControlServiceConfig {
         measure,
         allow_private: cfg.allow_private,
+        allowed_ports: cfg.allowed_ports.clone(),
     })
+}
+
+/// Control measurements in flight per probe, so one probe cannot take every slot of
+/// `control.max_concurrency`. A probe over its share waits for one of its own slots (its
+/// requests queue behind each other, not behind other probes'); the global slots are only
+/// taken once it has one.
+#[derive(Debug)]
+pub struct ProbeSlots {
+    per_probe: usize,
+    map: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// One probe's slot; released on drop.
+#[derive(Debug)]
+pub struct ProbeSlot<'a> {
+    key: String,
+    permit: Option<OwnedSemaphorePermit>,
+    slots: &'a ProbeSlots,
+}
+
+impl ProbeSlots {
+    /// At most `per_probe` at once for each key.
+    pub fn new(per_probe: usize) -> Self {
+        ProbeSlots {
+            per_probe,
+            map: Mutex::default(),
+        }
+    }
+
+    /// A slot for `key`, waiting at most `wait` for one; `None` when none came.
+    pub async fn acquire(&self, key: &str, wait: Duration) -> Option<ProbeSlot<'_>> {
+        let sem = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_probe)))
+                .clone()
+        };
+        let permit = tokio::time::timeout(wait, sem.acquire_owned()).await;
+        let slot = ProbeSlot {
+            key: key.to_string(),
+            permit: permit.ok().and_then(Result::ok),
+            slots: self,
+        };
+        // On a timeout the slot is dropped here, which also tidies the map.
+        slot.permit.is_some().then_some(slot)
+    }
+}
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut map = self.slots.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget the probe once nobody holds or waits for its semaphore (the map's own
+        // reference is the only one left).
+        if map
+            .get(&self.key)
+            .is_some_and(|sem| Arc::strong_count(sem) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
 }
 
 /// Measure `req.url` for a probe. Refusals (bad URL, private target) are the client's problem;
@@ -53,6 +121,23 @@ pub async fn run_control(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn probe_slots_cap_each_probe_and_release_on_drop() {
+        let slots = ProbeSlots::new(2);
+        let wait = Duration::from_millis(50);
+        let a1 = slots.acquire("a", wait).await.unwrap();
+        let a2 = slots.acquire("a", wait).await.unwrap();
+        assert!(slots.acquire("a", wait).await.is_none());
+        let b = slots.acquire("b", wait).await.unwrap();
+        drop(a1);
+        assert!(slots.acquire("a", wait).await.is_some());
+        drop((a2, b));
+        assert!(
+            slots.map.lock().unwrap().is_empty(),
+            "idle probes are forgotten"
+        );
+    }
 
     #[test]
     fn default_control_config_builds() {

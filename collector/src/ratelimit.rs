@@ -1,10 +1,44 @@
-//! In-memory token buckets. Nothing here is persisted and keys are never logged; open
-//! registration uses one global bucket (no per-address state at all), uploads and control
-//! requests one bucket per probe id.
+//! In-memory token buckets. Nothing here is persisted and keys are never logged. Uploads and
+//! control requests have one bucket per probe id; open registration and failed invites one
+//! bucket per client ([`ClientKeys`]: a salted hash of the address, never the address) under a
+//! global bucket.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Turns client addresses into bucket keys: SHA-256 of a per-process random salt and the
+/// address (IPv6: its /64, what one subscriber usually gets). The salt lives only in memory
+/// and changes at every start, so the keys cannot be reversed by trying all IPv4 addresses,
+/// and nothing linking a key to an address outlives the process.
+#[derive(Debug)]
+pub struct ClientKeys {
+    salt: [u8; 32],
+}
+
+impl Default for ClientKeys {
+    fn default() -> Self {
+        ClientKeys {
+            salt: rand::random(),
+        }
+    }
+}
+
+impl ClientKeys {
+    /// The key of `ip`.
+    pub fn key(&self, ip: IpAddr) -> String {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => h.update(v4.octets()),
+            IpAddr::V6(v6) => h.update(&v6.octets()[..8]),
+        }
+        hex::encode(&h.finalize()[..12])
+    }
+}
 
 /// One token bucket.
 #[derive(Clone, Debug)]
@@ -71,6 +105,38 @@ impl KeyedLimiter {
         }
     }
 
+    /// Would [`check`](Self::check) succeed? Takes nothing: used to refuse early a client
+    /// whose failures are spent, and [`check`](Self::check) then charges a failure.
+    pub fn peek(&self, key: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut map = match self.buckets.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match map.get_mut(key) {
+            None => Ok(()),
+            Some(b) => {
+                b.refill(now);
+                if b.tokens >= 1.0 {
+                    Ok(())
+                } else {
+                    let mut probe = b.clone();
+                    probe.take(now)
+                }
+            }
+        }
+    }
+
+    /// `burst` at once, `per_hour` sustained, per key.
+    pub fn per_hour(per_hour: u32, burst: u32) -> Self {
+        KeyedLimiter {
+            burst,
+            per_sec: f64::from(per_hour) / 3600.0,
+            max_keys: 100_000,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Take a token for `key`, or say how long to wait.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
@@ -125,6 +191,34 @@ mod tests {
         let wait = b.take(t0).unwrap_err();
         assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
         assert!(b.take(t0 + Duration::from_millis(1100)).is_ok());
+    }
+
+    #[test]
+    fn client_keys_hide_the_address_and_group_ipv6_by_64() {
+        let k = ClientKeys::default();
+        let a = k.key("192.0.2.1".parse().unwrap());
+        assert_eq!(a, k.key("::ffff:192.0.2.1".parse().unwrap()));
+        assert_ne!(a, k.key("192.0.2.2".parse().unwrap()));
+        assert!(!a.contains("192"));
+        assert_eq!(
+            k.key("2001:db8:1:2::1".parse().unwrap()),
+            k.key("2001:db8:1:2:ffff::9".parse().unwrap())
+        );
+        assert_ne!(
+            k.key("2001:db8:1:2::1".parse().unwrap()),
+            k.key("2001:db8:1:3::1".parse().unwrap())
+        );
+        // Another process, another salt.
+        assert_ne!(a, ClientKeys::default().key("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn peek_does_not_take() {
+        let l = KeyedLimiter::per_hour(1, 1);
+        assert!(l.peek("a").is_ok());
+        assert!(l.peek("a").is_ok());
+        assert!(l.check("a").is_ok());
+        assert!(l.peek("a").is_err());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::Deserialize;
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use witness_core::model::{Measurement, Status, SCHEMA_VERSION};
 
 /// Why a record was refused. Closed set: these names are the `reason` label of
@@ -99,6 +100,120 @@ const MAX_TEXT: usize = 4096;
 const MAX_OBSERVATIONS: usize = 256;
 const MAX_RUNTIME_MS: f64 = 86_400_000.0;
 
+/// Check the generic bounds of a raw record without building it: every string (title, header
+/// name or value, evidence line, reason, ...) at most [`MAX_TEXT`] bytes and every list (the
+/// observation lists, headers, answers, certificates, evidence, and the same inside `control`)
+/// at most [`MAX_OBSERVATIONS`] entries. Checked on the raw JSON, so a new field is bounded
+/// the day it is added.
+pub fn check_bounds(raw: &str) -> Result<(), Rejection> {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    Bounded { field: "record" }
+        .deserialize(&mut de)
+        .map_err(|e| {
+            // serde_json appends " at line L column C": useful to the uploader, keep it.
+            Rejection::new(RejectReason::TooLarge, e.to_string())
+        })
+}
+
+/// A visitor that walks any JSON value and fails on a string or list over its bound, naming
+/// the field it is in.
+#[derive(Clone, Copy)]
+struct Bounded<'a> {
+    field: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for Bounded<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Bounded<'_> {
+    fn text<E: serde::de::Error>(self, len: usize) -> Result<(), E> {
+        if len > MAX_TEXT {
+            Err(E::custom(format!(
+                "a string in {} has {len} bytes, the limit is {MAX_TEXT}",
+                self.field
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Bounded<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.text(v.len())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut n = 0usize;
+        while seq.next_element_seed(self)?.is_some() {
+            n += 1;
+            if n > MAX_OBSERVATIONS {
+                return Err(serde::de::Error::custom(format!(
+                    "{} has more than {MAX_OBSERVATIONS} entries",
+                    self.field
+                )));
+            }
+        }
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            self.text::<A::Error>(key.len())?;
+            map.next_value_seed(Bounded { field: &key })?;
+        }
+        Ok(())
+    }
+}
+
+/// Is `host` a hostname in LDH form (letters, digits, hyphens; underscores are tolerated, as
+/// some real hosts have them; internationalised names in their `xn--` A-label form) or an IP
+/// literal? Anything else (brackets, quotes, `=`, `+`, backticks, braces) is refused: it is not
+/// a site, and it would be stored and shown as one.
+pub fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= MAX_DOMAIN
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        // A name of digits and dots only would be an address, and it is not one.
+        && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
 /// Parse one record, then validate it.
 pub fn parse_record(
     raw: &str,
@@ -136,6 +251,7 @@ pub fn parse_record(
     }
     let m: Measurement = serde_json::from_str(raw)
         .map_err(|e| Rejection::new(RejectReason::Malformed, e.to_string()))?;
+    check_bounds(raw)?;
     validate(&m, limits, now)?;
     Ok(m)
 }
@@ -262,6 +378,13 @@ pub fn validate(m: &Measurement, limits: &Limits, now: DateTime<Utc>) -> Result<
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
         .unwrap_or_default();
     let domain = m.domain.trim_start_matches('[').trim_end_matches(']');
+    if !valid_host(domain) {
+        return Err(Rejection::new(
+            InvalidField,
+            "domain must be a hostname (letters, digits, '-', in its xn-- form if \
+             internationalised) or an IP address",
+        ));
+    }
     if host.is_empty() || !host.eq_ignore_ascii_case(domain) {
         return Err(Rejection::new(
             Inconsistent,
@@ -409,6 +532,27 @@ mod tests {
                 Some(RejectReason::TooLarge),
             ),
             (
+                "formula domain",
+                |m, _| {
+                    m.url = "https://=1+2.example/".into();
+                    m.domain = "=1+2.example".into();
+                },
+                Some(RejectReason::InvalidField),
+            ),
+            (
+                "quoted domain",
+                |m, _| {
+                    m.url = "https://a\"b.example/".into();
+                    m.domain = "a\"b.example".into();
+                },
+                Some(RejectReason::InvalidField),
+            ),
+            (
+                "long evidence line",
+                |m, _| m.verdict.reason = "x".repeat(MAX_TEXT + 1),
+                Some(RejectReason::TooLarge),
+            ),
+            (
                 "ipv6 literal",
                 |m, _| {
                     m.url = "http://[2001:db8::1]/".into();
@@ -444,5 +588,92 @@ mod tests {
             Some("abc")
         );
         assert_eq!(salvage_id("[1]"), None);
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "example.org",
+            "xn--80ak6aa92e.com",
+            "a-b.c_d.example",
+            "example.org.",
+            "192.0.2.1",
+            "2001:db8::1",
+            "localhost",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "=1+2.example",
+            "a\"b.example",
+            "[x].example",
+            "a`b.example",
+            "{a}.example",
+            "a'b.example",
+            "-a.example",
+            "a..example",
+            "пример.рф",
+            "1.2.3",
+            &"a".repeat(64),
+            &format!("{}.example", "a.".repeat(130)),
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nested_strings_and_lists_are_bounded() {
+        let now = Utc::now();
+        let l = limits();
+        let base = serde_json::to_value(good(now)).unwrap();
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            (
+                "title",
+                Box::new(|v| {
+                    v["http"] = serde_json::json!([{"title": "t".repeat(MAX_TEXT + 1)}]);
+                }),
+            ),
+            (
+                "headers",
+                Box::new(|v| {
+                    let h: Vec<_> = (0..300)
+                        .map(|i| serde_json::json!([format!("h{i}"), "v"]))
+                        .collect();
+                    v["http"] = serde_json::json!([{"headers": h}]);
+                }),
+            ),
+            (
+                "header value",
+                Box::new(|v| {
+                    v["http"] = serde_json::json!([{"headers": [["a", "v".repeat(MAX_TEXT + 1)]]}]);
+                }),
+            ),
+            (
+                "evidence",
+                Box::new(|v| {
+                    v["verdict"]["evidence"] = serde_json::json!(["e".repeat(MAX_TEXT + 1)]);
+                }),
+            ),
+            (
+                "control.dns",
+                Box::new(|v| {
+                    let d: Vec<_> = (0..300).map(|_| serde_json::json!({})).collect();
+                    v["control"] = serde_json::json!({"dns": d});
+                }),
+            ),
+        ];
+        for (name, edit) in edits {
+            let mut v = base.clone();
+            edit(&mut v);
+            let raw = serde_json::to_string(&v).unwrap();
+            let err = check_bounds(&raw).unwrap_err();
+            assert_eq!(err.reason, RejectReason::TooLarge, "{name}: {err}");
+            // Through the full path too, whatever else is wrong with the edited record.
+            let _ = parse_record(&raw, &l, now);
+        }
+        let ok = serde_json::to_string(&base).unwrap();
+        assert!(check_bounds(&ok).is_ok());
     }
 }

@@ -86,6 +86,21 @@ impl CollectorProcess {
         let _ = self.child.wait();
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory of the process so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// Current resident memory (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
     /// Still running?
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -96,6 +111,22 @@ impl Drop for CollectorProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A `kB` line of `/proc/PID/status`.
+fn proc_status_kib(pid: u32, key: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))?;
+    line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("bad {key} line {line:?}"))
 }
 
 /// A blocking GET of `url`; returns status and body text.

@@ -1,10 +1,9 @@
 //! `POST /api/v1/control`: measure a URL from the collector's vantage point for a probe.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
@@ -12,32 +11,14 @@ use axum::Extension;
 use axum::{Json, Router};
 use witness_core::model::{ControlMeta, ControlReply, ControlRequest};
 
-use super::{authenticate, body_rejection, require_json};
+use super::{authenticate, client_address, require_json};
 use crate::app::AppState;
 use crate::control::{run_control, ControlRefusal};
 use crate::error::ApiError;
 
-/// Largest control request body.
-const MAX_CONTROL_BODY: usize = 16 * 1024;
-
 /// The route.
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/control", post(control))
-}
-
-/// The client's address as seen: the peer, or the configured proxy header. Used only to answer
-/// `your_address`; never stored, never logged.
-fn client_address(
-    state: &AppState,
-    headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-) -> Option<IpAddr> {
-    if let Some(name) = &state.config.server.client_address_header {
-        let v = headers.get(name.as_str())?.to_str().ok()?;
-        // X-Forwarded-For style lists: the first entry is the client.
-        return v.split(',').next()?.trim().parse().ok();
-    }
-    peer.map(|p| p.ip())
 }
 
 /// Run one control measurement.
@@ -45,7 +26,7 @@ pub async fn control(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<ControlReply>, ApiError> {
     let cfg = &state.config.control;
     if !cfg.enabled {
@@ -61,14 +42,21 @@ pub async fn control(
         .check(&key)
         .map_err(ApiError::RateLimited)?;
     require_json(&headers)?;
-    let body = body.map_err(body_rejection)?;
-    if body.len() > MAX_CONTROL_BODY {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "control request larger than {MAX_CONTROL_BODY} bytes"
-        )));
-    }
+    let body = crate::body::read(
+        body,
+        &headers,
+        crate::body::MAX_CONTROL_BODY,
+        state.config.server.body_read_timeout.0,
+    )
+    .await?;
     let req: ControlRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid control request: {e}")))?;
+    let wait = Duration::from_secs(cfg.timeout_secs);
+    let _probe_slot = state
+        .control_probe_slots
+        .acquire(&key, wait)
+        .await
+        .ok_or(ApiError::RateLimited(wait))?;
     let _slot = state
         .control_slots
         .clone()

@@ -5,32 +5,185 @@
 //! deletes `accepted` and `duplicates` from its spool. Uploads are idempotent by record id.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashSet;
+use std::fmt;
 use std::io::Read;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 use witness_core::model::Measurement;
 
-use super::{authenticate, body_rejection, require_json};
+use super::{authenticate, require_json};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::events::Touched;
 use crate::store::MeasurementRecord;
 use crate::validate;
 
-/// The upload body: records are kept raw and parsed one by one.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A parsed upload.
 struct Batch {
     measurements: Vec<Box<RawValue>>,
+}
+
+/// Why a batch could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchError {
+    /// More than `max` records: refused at record `max + 1`, before the rest is even parsed.
+    TooMany(usize),
+    /// Not `{"measurements": [...]}` (serde_json's message).
+    Invalid(String),
+}
+
+/// Parse the upload body `{"measurements": [...]}`, keeping each record raw (they are parsed
+/// one by one, so one bad record does not fail the batch). The count is checked while
+/// parsing: millions of tiny elements cost at most `max + 1` of them, not a vector of
+/// millions.
+pub fn parse_batch(body: &[u8], max: usize) -> Result<Vec<Box<RawValue>>, BatchError> {
+    parse_batch_from(&mut serde_json::Deserializer::from_slice(body), max)
+}
+
+/// Like [`parse_batch`], over a gzip body inflated on the fly: at most `cap` bytes are
+/// inflated (413 beyond), and only the records kept are held, never the inflated body. An
+/// 8 KiB gzip that inflates to four million array elements costs `max + 1` of them.
+pub fn parse_gzip_batch(gz: &[u8], cap: usize, max: usize) -> Result<Vec<Box<RawValue>>, ApiError> {
+    let over = Cell::new(false);
+    let reader = Capped {
+        inner: flate2::read::MultiGzDecoder::new(gz),
+        left: cap,
+        over: &over,
+    };
+    let parsed = parse_batch_from(
+        &mut serde_json::Deserializer::from_reader(std::io::BufReader::new(reader)),
+        max,
+    );
+    if over.get() {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "decompressed body exceeds {cap} bytes"
+        )));
+    }
+    parsed.map_err(batch_error)
+}
+
+/// The API error of a batch that could not be read.
+pub fn batch_error(e: BatchError) -> ApiError {
+    match e {
+        BatchError::TooMany(max) => ApiError::PayloadTooLarge(format!(
+            "more than {max} records in one upload; the limit is {max}"
+        )),
+        BatchError::Invalid(e) => ApiError::BadRequest(format!("invalid upload body: {e}")),
+    }
+}
+
+/// A reader that fails once more than `left` bytes have been read through it.
+struct Capped<'a, R> {
+    inner: R,
+    left: usize,
+    over: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for Capped<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > self.left {
+            self.over.set(true);
+            return Err(std::io::Error::other("decompressed body over the cap"));
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+fn parse_batch_from<'de, R: serde_json::de::Read<'de>>(
+    de: &mut serde_json::Deserializer<R>,
+    max: usize,
+) -> Result<Vec<Box<RawValue>>, BatchError> {
+    let too_many = Cell::new(false);
+    let parsed = BatchSeed {
+        max,
+        too_many: &too_many,
+    }
+    .deserialize(&mut *de)
+    .and_then(|records| de.end().map(|()| records));
+    parsed.map_err(|e| {
+        if too_many.get() {
+            BatchError::TooMany(max)
+        } else {
+            BatchError::Invalid(e.to_string())
+        }
+    })
+}
+
+struct BatchSeed<'a> {
+    max: usize,
+    too_many: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
+    type Value = Vec<Box<RawValue>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BatchSeed<'_> {
+    type Value = Vec<Box<RawValue>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object {\"measurements\": [...]}")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut records = None;
+        while let Some(key) = map.next_key::<Cow<str>>()? {
+            if key != "measurements" {
+                return Err(de::Error::unknown_field(&key, &["measurements"]));
+            }
+            if records.is_some() {
+                return Err(de::Error::duplicate_field("measurements"));
+            }
+            records = Some(map.next_value_seed(RecordsSeed {
+                max: self.max,
+                too_many: self.too_many,
+            })?);
+        }
+        records.ok_or_else(|| de::Error::missing_field("measurements"))
+    }
+}
+
+struct RecordsSeed<'a> {
+    max: usize,
+    too_many: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
+    type Value = Vec<Box<RawValue>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsSeed<'_> {
+    type Value = Vec<Box<RawValue>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of measurement records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+        while let Some(record) = seq.next_element::<Box<RawValue>>()? {
+            if out.len() == self.max {
+                self.too_many.set(true);
+                return Err(de::Error::custom("too many records"));
+            }
+            out.push(record);
+        }
+        Ok(out)
+    }
 }
 
 /// One refused record.
@@ -109,9 +262,11 @@ fn record(m: Measurement, body: &str, now: chrono::DateTime<Utc>) -> Measurement
 pub async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let _timer = state.metrics.ingest_duration.start_timer();
+    // Token, rate limit and headers first: nothing of the body is read for a client that
+    // could not upload anyway.
     let probe_id = authenticate(&state, &headers).await?;
     state
         .upload_limiter
@@ -119,21 +274,22 @@ pub async fn upload(
         .map_err(ApiError::RateLimited)?;
     require_json(&headers)?;
     let gzip = is_gzip(&headers)?;
-    let body = body.map_err(body_rejection)?;
-    let raw: Cow<[u8]> = if gzip {
-        Cow::Owned(gunzip(&body, state.config.server.max_body_bytes)?)
-    } else {
-        Cow::Borrowed(&body)
-    };
-    let batch: Batch = serde_json::from_slice(&raw)
-        .map_err(|e| ApiError::BadRequest(format!("invalid upload body: {e}")))?;
+    let server = &state.config.server;
+    let body = crate::body::read(
+        body,
+        &headers,
+        server.max_body_bytes,
+        server.body_read_timeout.0,
+    )
+    .await?;
     let max = state.config.ingest.max_batch;
-    if batch.measurements.len() > max {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "{} records in one upload; the limit is {max}",
-            batch.measurements.len()
-        )));
-    }
+    let measurements = if gzip {
+        parse_gzip_batch(&body, server.max_body_bytes, max)?
+    } else {
+        parse_batch(&body, max).map_err(batch_error)?
+    };
+    drop(body);
+    let batch = Batch { measurements };
 
     let now = Utc::now();
     let mut rejected = Vec::new();
@@ -202,6 +358,67 @@ mod tests {
     use super::*;
     use flate2::write::GzEncoder;
     use std::io::Write;
+
+    #[test]
+    fn batch_parse_is_bounded_and_strict() {
+        let ok = parse_batch(br#"{"measurements": [{"a": 1}, 2]}"#, 2).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].get(), r#"{"a": 1}"#);
+        assert_eq!(
+            parse_batch(br#"{"measurements": [1, 2, 3]}"#, 2).err(),
+            Some(BatchError::TooMany(2))
+        );
+        // Four million elements are refused after the third.
+        let mut huge = String::from(r#"{"measurements": ["#);
+        huge.push_str(&"0,".repeat(4_000_000));
+        huge.push_str("0]}");
+        assert_eq!(
+            parse_batch(huge.as_bytes(), 2).err(),
+            Some(BatchError::TooMany(2))
+        );
+        for bad in [
+            &br#"{"measurements": [], "x": 1}"#[..],
+            br#"{}"#,
+            br#"{"measurements": [], "measurements": []}"#,
+            br#"[]"#,
+            br#"{"measurements": []} trailing"#,
+        ] {
+            assert!(
+                matches!(parse_batch(bad, 10), Err(BatchError::Invalid(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn gzip_batches_are_capped_and_counted_while_inflating() {
+        let gz = |text: &[u8]| {
+            let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::best());
+            enc.write_all(text).unwrap();
+            enc.finish().unwrap()
+        };
+        let ok = parse_gzip_batch(&gz(br#"{"measurements": [1, {"b": 2}]}"#), 1000, 5).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].get(), r#"{"b": 2}"#);
+        let mut huge = String::from(r#"{"measurements": ["#);
+        huge.push_str(&"0,".repeat(4_000_000));
+        huge.push_str("0]}");
+        let bomb = gz(huge.as_bytes());
+        assert!(bomb.len() < 16 * 1024, "{}", bomb.len());
+        assert!(matches!(
+            parse_gzip_batch(&bomb, 8 << 20, 1000),
+            Err(ApiError::PayloadTooLarge(m)) if m.contains("records")
+        ));
+        assert!(matches!(
+            parse_gzip_batch(&bomb, 1 << 20, 10_000_000),
+            Err(ApiError::PayloadTooLarge(m)) if m.contains("decompressed")
+        ));
+        assert!(matches!(
+            parse_gzip_batch(b"not gzip", 1000, 5),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
 
     #[test]
     fn gunzip_caps_output() {

@@ -8,9 +8,10 @@ pub mod metrics;
 pub mod read;
 pub mod register;
 
-use axum::extract::rejection::BytesRejection;
+use std::net::{IpAddr, SocketAddr};
+
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::routing::post;
 use axum::Router;
 
@@ -18,9 +19,10 @@ use crate::app::AppState;
 use crate::auth;
 use crate::error::ApiError;
 
-/// Every `/api/v1` route, with request bodies capped at `max_body_bytes` (the cap on the wire;
-/// gzip bodies are capped again after decompression).
-pub fn router(max_body_bytes: usize) -> Router<AppState> {
+/// Every `/api/v1` route. The routes that take a body (upload, register, control) read it
+/// themselves after authentication, each with its own limit ([`crate::body`]); any other
+/// extractor that reads a body gets axum's limit, set to the control's small one.
+pub fn router() -> Router<AppState> {
     Router::new()
         .merge(health::router())
         .merge(register::router())
@@ -32,7 +34,7 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
             "/api/v1/measurements",
             post(ingest::upload).get(read::measurements),
         )
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(crate::body::MAX_CONTROL_BODY))
 }
 
 /// JSON 404 for unknown paths.
@@ -60,13 +62,20 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Map a body-reading failure: too large is 413, anything else 400.
-pub fn body_rejection(r: BytesRejection) -> ApiError {
-    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge("request body too large".into())
-    } else {
-        ApiError::BadRequest(format!("cannot read request body: {}", r.body_text()))
+/// The client's address as seen: the peer, or the configured proxy header. Used only for the
+/// control's `your_address` and, salted and hashed, as an in-memory rate-limit key; never
+/// stored, never logged.
+pub fn client_address(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Option<IpAddr> {
+    if let Some(name) = &state.config.server.client_address_header {
+        let v = headers.get(name.as_str())?.to_str().ok()?;
+        // X-Forwarded-For style lists: the first entry is the client.
+        return v.split(',').next()?.trim().parse().ok();
     }
+    peer.map(|p| p.ip())
 }
 
 /// The probe id behind the request's bearer token: 401 when missing, unknown or revoked.

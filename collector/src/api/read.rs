@@ -124,9 +124,11 @@ fn wants_csv(q: &ReadQuery, headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
+/// Every cell goes through [`crate::csvsafe`]: probe-supplied strings never reach a
+/// spreadsheet as formulas.
 fn csv_response<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<Response, ApiError> {
     let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("csv: {e}"));
-    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut w = crate::csvsafe::SafeWriter::new(Vec::new());
     for r in rows {
         w.serialize(r).map_err(|e| internal(&e))?;
     }
@@ -483,11 +485,10 @@ pub async fn export(
 const MEASUREMENT_CSV_HEADER: &str =
     "id,started_at,domain,url,category,asn,country,status,method,reason,software_version\n";
 
+/// One export row, its cells neutralised ([`crate::csvsafe`]).
 fn write_csv_row(out: &mut Vec<u8>, m: &MeasurementRecord) -> Result<(), String> {
-    let mut w = csv::WriterBuilder::new()
-        .has_headers(false)
-        .from_writer(&mut *out);
+    let mut w = crate::csvsafe::SafeWriter::rows_only(&mut *out);
     w.serialize(MeasurementCsv::from(m))
         .map_err(|e| format!("csv: {e}"))?;
-    w.flush().map_err(|e| format!("csv: {e}"))
+    w.into_inner().map(|_| ()).map_err(|e| format!("csv: {e}"))
 }

@@ -1,15 +1,16 @@
 //! `POST /api/v1/register`: a probe gets an id and a token.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use super::{body_rejection, require_json};
+use super::{client_address, require_json};
 use crate::app::AppState;
 use crate::auth;
 use crate::config::Registration;
@@ -40,12 +41,36 @@ pub struct RegisterResponse {
 }
 
 /// Register a probe.
+///
+/// Limits, all in memory: open registrations per client, then globally (so one client cannot
+/// spend the global bucket and lock everyone out); failed invites per client, checked before
+/// the store is touched (a failed invite would otherwise cost a write transaction each).
 pub async fn register(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    let body = body.map_err(body_rejection)?;
+    let client = client_address(
+        &state,
+        &headers,
+        peer.map(|Extension(ConnectInfo(addr))| addr),
+    )
+    .map(|ip| state.client_keys.key(ip))
+    // No address (a proxy header missing): all such clients share one bucket.
+    .unwrap_or_else(|| "unknown".to_string());
+    // Before the body: a client whose invite failures are spent is refused at once.
+    state
+        .invite_failure_limiter
+        .peek(&client)
+        .map_err(ApiError::RateLimited)?;
+    let body = crate::body::read(
+        body,
+        &headers,
+        crate::body::MAX_REGISTER_BODY,
+        state.config.server.body_read_timeout.0,
+    )
+    .await?;
     let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RegisterRequest::default()
     } else {
@@ -60,11 +85,17 @@ pub async fn register(
                 "this collector registers probes by invite only: send {\"invite\": TOKEN}".into(),
             ))
         }
-        // Open registration: one global bucket, no per-client state at all.
-        (Registration::Open, None) => state
-            .register_limiter
-            .check()
-            .map_err(ApiError::RateLimited)?,
+        // Open registration: the client's bucket first, then the global one.
+        (Registration::Open, None) => {
+            state
+                .register_client_limiter
+                .check(&client)
+                .map_err(ApiError::RateLimited)?;
+            state
+                .register_limiter
+                .check()
+                .map_err(ApiError::RateLimited)?
+        }
         _ => {}
     }
     let now = Utc::now();
@@ -80,6 +111,8 @@ pub async fn register(
         .register_probe(&probe, invite_hash.as_deref(), now)
         .await?
     {
+        // Charge the failure; the next attempt past the budget is refused before the store.
+        let _ = state.invite_failure_limiter.check(&client);
         return Err(ApiError::Forbidden(
             "invite token is unknown, revoked, expired or used up".into(),
         ));

@@ -93,6 +93,8 @@ pub fn test_config() -> Config {
     let mut c = Config::default();
     c.ingest.uploads_per_minute = 6000;
     c.ingest.upload_burst = 1000;
+    // Every test probe registers from 127.0.0.1: one client, as far as the limits can tell.
+    c.server.register_per_client_per_hour = 1000;
     c.aggregation.evaluate_interval = HumanDuration::from_secs(0);
     c.webhook.initial_backoff = HumanDuration(Duration::from_millis(50));
     c.webhook.max_backoff = HumanDuration(Duration::from_millis(200));

@@ -12,7 +12,7 @@ use crate::engine::Engine;
 use std::net::IpAddr;
 
 use crate::error::ControlError;
-use crate::model::{ControlReply, ControlRequest, ControlResponse, MAX_CONTROL_ADDRS};
+use crate::model::{ControlReply, ControlRequest, ControlResponse, Software, MAX_CONTROL_ADDRS};
 
 /// Largest control answer accepted: the control is trusted more than a random server, but a
 /// compromised or misconfigured one must not exhaust the probe's memory.
@@ -110,6 +110,10 @@ pub struct ControlServiceConfig {
     /// Allow private, loopback and other bogon targets (labs only). Off by default: the control
     /// service is an open door to the network by design and must not reach inside its own.
     pub allow_private: bool,
+    /// Ports the control connects to (the URL's port, explicit or the scheme's default).
+    /// The collector's default is 80 and 443: anything else turns the control into a port
+    /// scanner for whoever holds a token.
+    pub allowed_ports: Vec<u16>,
 }
 
 /// Why the control service refused a request.
@@ -123,16 +127,33 @@ pub enum ControlRefusal {
         "target {0} is a private or reserved address; the control service does not measure those"
     )]
     PrivateTarget(String),
+    /// The URL's port is not one the control connects to.
+    #[error("port {0} is not measured by this control service (allowed: {1})")]
+    Port(u16, String),
     /// The engine could not be built (configuration problem on the server side).
     #[error("control service misconfigured: {0}")]
     Misconfigured(#[from] crate::error::SetupError),
 }
 
 /// Answer a control request by measuring the URL with the probe's own code.
+///
+/// What a caller cannot make the control do, unless `allow_private` (labs):
+/// - connect to a port outside `allowed_ports`;
+/// - connect to a private or reserved address, whether named in the URL, resolved, or among
+///   the probe's addresses;
+/// - connect anywhere for a name that does not resolve from the control: the probe's
+///   addresses are measured only next to the control's own, so a made-up name cannot point
+///   the control at an address of the caller's choosing (the reply then carries only the DNS
+///   observations: the name's failure is the evidence);
+/// - learn internal addresses: private and reserved addresses are removed from the reply
+///   (DNS answers, connects, handshakes, HTTP hops).
 pub async fn serve_control(
     req: &ControlRequest,
     cfg: &ControlServiceConfig,
 ) -> Result<ControlResponse, ControlRefusal> {
+    if req.url.len() > 2048 {
+        return Err(ControlRefusal::BadUrl("URL longer than 2048 bytes".into()));
+    }
     let url = url::Url::parse(&req.url).map_err(|e| ControlRefusal::BadUrl(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ControlRefusal::BadUrl(format!(
@@ -146,10 +167,13 @@ pub async fn serve_control(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    if req.url.len() > 2048 {
-        return Err(ControlRefusal::BadUrl("URL longer than 2048 bytes".into()));
+    let port = url.port_or_known_default().unwrap_or(80);
+    if !cfg.allow_private && !cfg.allowed_ports.is_empty() && !cfg.allowed_ports.contains(&port) {
+        let allowed: Vec<String> = cfg.allowed_ports.iter().map(u16::to_string).collect();
+        return Err(ControlRefusal::Port(port, allowed.join(", ")));
     }
-    if let Ok(ip) = host.parse::<IpAddr>() {
+    let literal = host.parse::<IpAddr>().ok();
+    if let Some(ip) = literal {
         if !cfg.allow_private && cfg.measure.bogons.is_bogon(ip) {
             return Err(ControlRefusal::PrivateTarget(host));
         }
@@ -162,6 +186,53 @@ pub async fn serve_control(
     let mut engine =
         Engine::new(cfg.measure.clone(), None).map_err(ControlRefusal::Misconfigured)?;
     engine.allow_bogon_targets = cfg.allow_private;
-    // Bogon addresses among the probe's are skipped (and recorded so) by the engine's policy.
-    Ok(engine.control_measure(&url, &req.addrs).await)
+    let public = |ip: &IpAddr| cfg.allow_private || !cfg.measure.bogons.is_bogon(*ip);
+
+    let t0 = std::time::Instant::now();
+    let measured_at = chrono::Utc::now();
+    let (dns, resolved) = engine.resolve(&url, t0).await;
+    let mut addrs: Vec<IpAddr> = resolved.into_iter().filter(public).collect();
+    if !addrs.is_empty() {
+        for ip in req.addrs.iter().filter(|ip| public(ip)) {
+            if !addrs.contains(ip) {
+                addrs.push(*ip);
+            }
+        }
+    }
+    let obs = if addrs.is_empty() {
+        crate::engine::Observations::default()
+    } else {
+        let deadline = tokio::time::Instant::from_std(t0) + cfg.measure.target_deadline;
+        engine.fetch(&url, &addrs, t0, deadline).await
+    };
+    let mut response = ControlResponse {
+        software: Software::default(),
+        measured_at,
+        dns,
+        tcp: obs.tcp,
+        tls: obs.tls,
+        http: obs.http,
+    };
+    if !cfg.allow_private {
+        drop_internal_addresses(&mut response, &public);
+    }
+    Ok(response)
+}
+
+/// Remove every private or reserved address from a reply: the control must not tell a caller
+/// what its own network's names resolve to, nor which internal addresses it refused.
+fn drop_internal_addresses(r: &mut ControlResponse, public: &impl Fn(&IpAddr) -> bool) {
+    for d in &mut r.dns {
+        d.answers.retain(|a| public(&a.addr));
+        for late in &mut d.late_responses {
+            late.answers.retain(public);
+        }
+    }
+    r.tcp.retain(|t| public(&t.addr.ip()));
+    r.tls.retain(|t| public(&t.addr.ip()));
+    for h in &mut r.http {
+        if h.addr.is_some_and(|a| !public(&a.ip())) {
+            h.addr = None;
+        }
+    }
 }

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::checks::{ControlResolverSpec, ResolverSpec};
@@ -124,7 +125,8 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigE
         path: path.to_path_buf(),
         source,
     })?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
+    // rustls-pki-types' own PEM reader (rustls-pemfile is unmaintained).
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
     let certs = certs.map_err(|e| ConfigError::Value {
         what: format!("CA file {}", path.display()),
         message: format!("not valid PEM: {e}"),

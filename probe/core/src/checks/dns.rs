@@ -271,6 +271,17 @@ fn build_query(name: &str, qtype: QueryType) -> Result<(u16, Vec<u8>), Failure> 
     Ok((msg.metadata.id, wire))
 }
 
+/// Decode `buf` as a response to an A query for `example.com` with the id it carries, as the
+/// probe decodes every response: the entry point of the `dns_response` fuzz target. Returns
+/// the response code name and the number of addresses.
+#[doc(hidden)]
+pub fn fuzz_parse_response(buf: &[u8]) -> Option<(String, usize)> {
+    let id = u16::from_be_bytes([*buf.first()?, *buf.get(1)?]);
+    let p = parse_response(buf, id, "example.com", QueryType::A)?;
+    let _ = (p.truncated, &p.cnames);
+    Some((rcode_name(p.rcode), p.addrs().len()))
+}
+
 /// Decode a response; `None` for garbage or a response to another question (which an
 /// attacker or a confused server could send).
 fn parse_response(buf: &[u8], id: u16, name: &str, qtype: QueryType) -> Option<Parsed> {
