@@ -357,6 +357,7 @@ fn measurement(
             anchors_ok: 2,
             anchors_tried: 2,
             summary: "online: 2 of 2 anchors reachable".into(),
+            references: vec![],
         },
         verdict: Verdict {
             status,

@@ -307,6 +307,14 @@ pub fn validate(m: &Measurement, limits: &Limits, now: DateTime<Utc>) -> Result<
     )?;
     too_large("verdict.reason", m.verdict.reason.len(), MAX_TEXT)?;
     too_large(
+        "connectivity.references",
+        m.connectivity.references.len(),
+        MAX_OBSERVATIONS,
+    )?;
+    for r in &m.connectivity.references {
+        too_large("connectivity.references.anchor", r.anchor.len(), MAX_URL)?;
+    }
+    too_large(
         "control_failure",
         m.control_failure.as_ref().map_or(0, String::len),
         MAX_TEXT,

@@ -173,7 +173,13 @@ pub enum Technique {
     HttpHostReset,
     /// htb class of [`THROTTLE_RATE`] for traffic from the site's address.
     Throttle,
+    /// nat redirect of the site's port 443 to a relay that holds the server's first answer
+    /// [`HANDSHAKE_DELAY_MS`]: throttling by handshake latency (the lab has no netem).
+    HandshakeDelay,
 }
+
+/// How long the handshake-delay relay holds the ServerHello.
+pub const HANDSHAKE_DELAY_MS: u64 = 1_600;
 
 /// Everything one ISP does.
 #[derive(Clone, Debug, Default)]
@@ -181,6 +187,9 @@ pub struct Censor {
     pub rules: Vec<(String, Technique)>,
     /// Drop everything to the collector (control and uploads unreachable).
     pub block_collector: bool,
+    /// An htb rate for everything the ISP sends to the client: a slow line (DSL), not
+    /// throttling, since every site and the anchors are slow alike.
+    pub line_rate: Option<&'static str>,
 }
 
 /// The running internet namespace.
@@ -454,6 +463,7 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
     let mut http_proxies =
         vec![json!({"listen": format!("{}:80", proxy_ip(n)), "hosts": hijacked})];
     let mut mitm_proxies = Vec::new();
+    let mut delay_proxies = Vec::new();
     let mut port = 9100;
     for host in rules_for(Technique::HttpBlockpage) {
         let site = internet.ip(host);
@@ -475,6 +485,16 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
         writeln!(nat, "    ip daddr {site} tcp dport 443 redirect to :{port}")?;
         port += 1;
     }
+    for host in rules_for(Technique::HandshakeDelay) {
+        let site = internet.ip(host);
+        delay_proxies.push(json!({
+            "listen": format!("0.0.0.0:{port}"),
+            "upstream": format!("{site}:443"),
+            "delay_ms": HANDSHAKE_DELAY_MS,
+        }));
+        writeln!(nat, "    ip daddr {site} tcp dport 443 redirect to :{port}")?;
+        port += 1;
+    }
     let blockpage_host = format!("blockpage.isp{n}.lab");
     lab.serve(
         &isp,
@@ -485,6 +505,7 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
             ]}],
             "http_proxies": http_proxies,
             "mitm_proxies": mitm_proxies,
+            "delay_proxies": delay_proxies,
         }),
     )?;
 
@@ -646,12 +667,25 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
     }
 
     // Throttling: traffic from the site's address to the clients goes through a slow class.
+    // A slow line: everything else goes through the default class at the line's rate.
     let throttled = rules_for(Technique::Throttle);
-    if !throttled.is_empty() {
-        let tc = |args: &[&str]| lab.exec(&isp, "tc", args).map(drop);
-        tc(&[
+    let tc = |args: &[&str]| lab.exec(&isp, "tc", args).map(drop);
+    if !throttled.is_empty() || censor.line_rate.is_some() {
+        let mut root = vec![
             "qdisc", "add", "dev", &isp_if, "root", "handle", "1:", "htb",
+        ];
+        if censor.line_rate.is_some() {
+            root.extend(["default", "30"]);
+        }
+        tc(&root)?;
+    }
+    if let Some(rate) = censor.line_rate {
+        tc(&[
+            "class", "add", "dev", &isp_if, "parent", "1:", "classid", "1:30", "htb", "rate", rate,
+            "ceil", rate,
         ])?;
+    }
+    if !throttled.is_empty() {
         tc(&[
             "class",
             "add",

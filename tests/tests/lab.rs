@@ -45,6 +45,13 @@ const LARGE_PAGE: usize = 2 * 1024 * 1024;
 /// The throttled page: over the probe's 64 KiB throughput minimum, and read in about 1.3 s at
 /// 1 mbit, well inside the 3 s step timeout.
 const THROTTLED_PAGE: usize = 160 * 1024;
+/// The anchors' reference page: large enough (over the 64 KiB throughput minimum) to measure
+/// the line, small enough to move in about 1 s on the slow line.
+const ANCHOR_PAGE: usize = 256 * 1024;
+/// The slow line's rate: a DSL line, slow for every site alike.
+const SLOW_LINE_RATE: &str = "2mbit";
+/// The fifth network (AS35104, a DSL line): no censor, just slow.
+const ASN_SLOW_LINE: u32 = 35104;
 /// The IDN site as a list writes it.
 const IDN_URL: &str = "https://пример-сайт.lab/";
 
@@ -138,6 +145,9 @@ fn sites() -> Vec<Site> {
         Site::http("http-blockpage.lab"),
         Site::http("http-host-reset.lab"),
         Site::https("throttled.lab").size(THROTTLED_PAGE),
+        Site::https("slow-handshake.lab"),
+        Site::https("anchor.lab").size(ANCHOR_PAGE),
+        Site::https("slow-line.lab").size(THROTTLED_PAGE),
         Site::https("redirect-to-blocked.lab")
             .https_does(redirect(302, "https://tls-sni-reset.lab/")),
         Site::nothing("down-closed.lab"),
@@ -295,6 +305,12 @@ fn scenarios() -> Vec<Scenario> {
             blocked(Method::Throttle).evidence(&["throttle.throughput_bps="]),
         ),
         scenario(
+            "throttle_handshake_latency",
+            "https://slow-handshake.lab/",
+            &[HandshakeDelay],
+            blocked(Method::Throttle).evidence(&["throttle.handshake_ms="]),
+        ),
+        scenario(
             "redirect_to_blocked_site",
             "https://redirect-to-blocked.lab/",
             &[],
@@ -341,7 +357,7 @@ fn scenarios() -> Vec<Scenario> {
 fn other_network() -> (Censor, Vec<(&'static str, &'static str, Expect)>) {
     let censor = Censor {
         rules: vec![("isp2-blocked.lab".to_owned(), TcpBlackhole)],
-        block_collector: false,
+        ..Censor::default()
     };
     let rows = vec![
         (
@@ -417,6 +433,16 @@ fn no_control_network(main: &[Scenario]) -> (Censor, Vec<(&'static str, &'static
             "https://down-expired.lab/",
             Expect::inconclusive(),
         ),
+        (
+            "control_unreachable_throttle_htb",
+            "https://throttled.lab/",
+            Expect::blocked(Method::Throttle).evidence(&["throttle.reference=anchors"]),
+        ),
+        (
+            "control_unreachable_throttle_handshake_latency",
+            "https://slow-handshake.lab/",
+            Expect::blocked(Method::Throttle).evidence(&["throttle.reference=anchors"]),
+        ),
     ];
     let rows: Vec<_> = rows
         .into_iter()
@@ -431,8 +457,77 @@ fn no_control_network(main: &[Scenario]) -> (Censor, Vec<(&'static str, &'static
     let censor = Censor {
         rules,
         block_collector: true,
+        ..Censor::default()
     };
     (censor, rows)
+}
+
+/// Single-URL runs (`witness run --url URL`, no list, so no other site to compare with): the
+/// throttling reference comes from the anchors' transfers and the control. Label (the run and
+/// the scenario), network (1 main, 3 control blocked, 5 a slow DSL line), URL, expectation.
+fn single_url_runs() -> Vec<(&'static str, u8, &'static str, Expect)> {
+    vec![
+        (
+            "single_url_throttle_htb",
+            1,
+            "https://throttled.lab/",
+            Expect::blocked(Method::Throttle).evidence(&[
+                "throttle.throughput_bps=",
+                "throttle.reference=anchors",
+                "throttle.control_throughput_bps=",
+            ]),
+        ),
+        (
+            "single_url_throttle_htb_control_blocked",
+            3,
+            "https://throttled.lab/",
+            Expect::blocked(Method::Throttle)
+                .evidence(&["throttle.throughput_bps=", "throttle.reference=anchors"])
+                .without_control(),
+        ),
+        (
+            "single_url_throttle_handshake_latency",
+            1,
+            "https://slow-handshake.lab/",
+            Expect::blocked(Method::Throttle).evidence(&[
+                "throttle.handshake_ms=",
+                "throttle.reference=anchors",
+                "throttle.control_handshake_ms=",
+            ]),
+        ),
+        (
+            "single_url_throttle_handshake_latency_control_blocked",
+            3,
+            "https://slow-handshake.lab/",
+            Expect::blocked(Method::Throttle)
+                .evidence(&["throttle.handshake_ms=", "throttle.reference=anchors"])
+                .without_control(),
+        ),
+        (
+            "single_url_slow_line_stays_accessible",
+            5,
+            "https://slow-line.lab/",
+            Expect::accessible().check(slow_line_measured),
+        ),
+    ]
+}
+
+/// The slow line was measured as such: the anchors' reference transfer and the page are both
+/// slow (a few hundred kB/s at most), so "everything slow alike" was actually tested.
+fn slow_line_measured(m: &Measurement) -> Option<String> {
+    let slow = |bps: Option<f64>| bps.is_some_and(|b| b < 400_000.0);
+    let reference = m
+        .connectivity
+        .references
+        .iter()
+        .find(|r| r.anchor.starts_with("anchor.lab"));
+    let page = m.http.last().and_then(|h| h.throughput_bps);
+    match reference {
+        Some(r) if slow(r.throughput_bps) && r.body_bytes >= 64 * 1024 && slow(page) => None,
+        _ => Some(format!(
+            "not a slow-line measurement: reference {reference:?}, page at {page:?} B/s"
+        )),
+    }
 }
 
 /// The shutdown network's list.
@@ -450,6 +545,8 @@ struct Probe<'a> {
     config: PathBuf,
     list: PathBuf,
     spool: PathBuf,
+    /// `--url URL` instead of `--list`: a volunteer checking one site.
+    single: Option<String>,
 }
 
 impl<'a> Probe<'a> {
@@ -484,7 +581,21 @@ impl<'a> Probe<'a> {
             home,
             config,
             list,
+            single: None,
         })
+    }
+
+    /// A probe that measures one URL given on the command line.
+    fn single(
+        lab: &Lab,
+        label: &'static str,
+        net: &'a Network,
+        asn: u32,
+        url: &str,
+    ) -> Result<Self> {
+        let mut probe = Self::new(lab, label, net, asn, &[])?;
+        probe.single = Some(url.to_owned());
+        Ok(probe)
     }
 
     /// `witness --config CFG <args>`.
@@ -539,9 +650,11 @@ impl<'a> Probe<'a> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        match &self.single {
+            Some(url) => args.extend(["--url".to_owned(), url.clone()]),
+            None => args.extend(["--list".to_owned(), self.list.display().to_string()]),
+        }
         args.extend([
-            "--list".to_owned(),
-            self.list.display().to_string(),
             "--resolver".to_owned(),
             self.net.resolver().to_string(),
             "--extra-ca".to_owned(),
@@ -549,9 +662,10 @@ impl<'a> Probe<'a> {
             "--control".to_owned(),
             topology::collector_url(),
         ]);
-        // Two reference hosts of the lab internet stand in for the real anchors.
-        for host in ["open.lab", "large-1.lab"] {
-            args.extend(["--anchor".to_owned(), format!("{}:443", internet.ip(host))]);
+        // Two reference hosts of the lab internet stand in for the real anchors, by name as
+        // the real ones are: the probe makes its reference transfers to them.
+        for host in ["open.lab", "anchor.lab"] {
+            args.extend(["--anchor".to_owned(), format!("{host}:443")]);
         }
         args
     }
@@ -619,6 +733,8 @@ struct Results {
     main: HashMap<String, Measurement>,
     other: HashMap<String, Measurement>,
     no_control: HashMap<String, Measurement>,
+    /// The single-URL runs' measurements, by run label.
+    single: HashMap<&'static str, Option<Measurement>>,
     /// The daemon's log, for the report.
     shutdown_log: String,
     events: Vec<Value>,
@@ -673,7 +789,7 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
             .iter()
             .flat_map(|s| s.censor.iter().map(|t| (ascii_host(&s.url), *t)))
             .collect(),
-        block_collector: false,
+        ..Censor::default()
     };
     let (other_censor, other_rows) = other_network();
     let (no_control_censor, no_control_rows) = no_control_network(scenarios);
@@ -681,6 +797,11 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
     let other_net = topology::build_network(lab, &internet, 2, &other_censor)?;
     let no_control_net = topology::build_network(lab, &internet, 3, &no_control_censor)?;
     let shutdown_net = topology::build_network(lab, &internet, 4, &Censor::default())?;
+    let slow_censor = Censor {
+        line_rate: Some(SLOW_LINE_RATE),
+        ..Censor::default()
+    };
+    let slow_net = topology::build_network(lab, &internet, 5, &slow_censor)?;
     topology::start_collector(lab, &internet, &collector)?;
 
     let main_urls: Vec<&str> = scenarios.iter().map(|s| s.url.as_str()).collect();
@@ -702,7 +823,22 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         ASN_SHUTDOWN,
         SHUTDOWN_URLS,
     )?;
+    let singles = single_url_runs();
+    let single_probes = singles
+        .iter()
+        .map(|(label, n, url, _)| {
+            let (net, asn) = match n {
+                1 => (&main_net, ASN_MAIN),
+                3 => (&no_control_net, ASN_NO_CONTROL),
+                _ => (&slow_net, ASN_SLOW_LINE),
+            };
+            Probe::single(lab, label, net, asn, url)
+        })
+        .collect::<Result<Vec<_>>>()?;
     for probe in [&main, &other, &shutdown] {
+        probe.register(lab)?;
+    }
+    for probe in single_probes.iter().filter(|p| p.net.n != 3) {
         probe.register(lab)?;
     }
 
@@ -728,10 +864,14 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         &shutdown.envs(),
     )?;
 
-    let (main_m, other_m, no_control_m, daemon) = std::thread::scope(|s| {
+    let (main_m, other_m, no_control_m, daemon, single_m) = std::thread::scope(|s| {
         let a = s.spawn(|| main.run(lab, &internet, true));
         let b = s.spawn(|| other.run(lab, &internet, true));
         let c = s.spawn(|| no_control.run(lab, &internet, false));
+        let e: Vec<_> = single_probes
+            .iter()
+            .map(|p| s.spawn(|| p.run(lab, &internet, false)))
+            .collect();
         let d = s.spawn(|| -> Result<()> {
             lab.wait_for_output("daemon-as29355", "witness daemon:", Duration::from_secs(90))?;
             topology::restore(lab, &shutdown_net)?;
@@ -744,9 +884,14 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
             h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
         }
-        (join(a), join(b), join(c), join(d))
+        let singles: Vec<_> = e.into_iter().map(join).collect();
+        (join(a), join(b), join(c), join(d), singles)
     });
     let (main_m, other_m, no_control_m) = (main_m?, other_m?, no_control_m?);
+    let mut single = HashMap::new();
+    for ((label, _, url, _), by_url) in singles.iter().zip(single_m) {
+        single.insert(*label, by_url?.remove(*url));
+    }
     daemon?;
 
     // The collector evaluates after each upload; give it a moment to settle.
@@ -773,6 +918,7 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         main: main_m,
         other: other_m,
         no_control: no_control_m,
+        single,
         shutdown_log: lab.log("daemon-as29355"),
         events,
         shutdown_measurements,
@@ -920,6 +1066,14 @@ fn censorship_lab() {
             expect,
             None,
             results.no_control.get(url),
+        ));
+    }
+    for (label, _, _, expect) in single_url_runs() {
+        rows.push(judge::judge(
+            label,
+            expect,
+            None,
+            results.single.get(label).and_then(Option::as_ref),
         ));
     }
     rows.extend(collector_rows(&results));

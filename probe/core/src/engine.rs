@@ -22,8 +22,8 @@ use crate::error::{ControlError, SetupError};
 use crate::failure::Failure;
 use crate::model::{
     resolved_addrs, ConnectivitySummary, ControlResponse, DnsObservation, HttpObservation,
-    Measurement, ProbeNetwork, Software, Status, Step, TcpObservation, TlsObservation, Verdict,
-    SCHEMA_VERSION,
+    Measurement, ProbeNetwork, ReferenceTransfer, Software, Status, Step, TcpObservation,
+    TlsObservation, Verdict, SCHEMA_VERSION,
 };
 use crate::scrub::OwnAddresses;
 use crate::targets::Target;
@@ -107,7 +107,7 @@ impl Engine {
         concurrency: usize,
         progress: impl Fn(usize, usize, &Measurement) + Send + Sync,
     ) -> RunOutcome {
-        let connectivity = self.check_connectivity().await;
+        let mut connectivity = self.check_connectivity().await;
         let total = targets.len();
         let mut measurements: Vec<(usize, Measurement)> = Vec::with_capacity(total);
         if connectivity.offline {
@@ -117,21 +117,31 @@ impl Engine {
                 measurements.push((i, m));
             }
         } else {
-            let mut stream = futures::stream::iter(targets.into_iter().enumerate())
-                .map(|(i, t)| {
-                    let conn = connectivity.clone();
-                    async move { (i, self.measure(&t, conn).await) }
-                })
-                .buffer_unordered(concurrency.max(1));
-            let mut done = 0;
-            while let Some((i, m)) = stream.next().await {
-                done += 1;
-                progress(done, total, &m);
-                measurements.push((i, m));
-            }
+            let conn = &connectivity;
+            let measure_all = async {
+                let mut stream = futures::stream::iter(targets.into_iter().enumerate())
+                    .map(|(i, t)| {
+                        let conn = conn.clone();
+                        async move { (i, self.measure(&t, conn).await) }
+                    })
+                    .buffer_unordered(concurrency.max(1));
+                let mut done = 0;
+                while let Some((i, m)) = stream.next().await {
+                    done += 1;
+                    progress(done, total, &m);
+                    measurements.push((i, m));
+                }
+            };
+            // The line's reference transfers run alongside the targets: they cost the run no
+            // time, and the verdicts are decided once everything is in.
+            let ((), references) = tokio::join!(measure_all, self.reference_transfers());
+            connectivity.references = references;
         }
         measurements.sort_by_key(|(i, _)| *i);
         let mut measurements: Vec<Measurement> = measurements.into_iter().map(|(_, m)| m).collect();
+        for m in &mut measurements {
+            m.connectivity.references = connectivity.references.clone();
+        }
         finalize_verdicts(&mut measurements, connectivity.offline);
         // The control may have told us our public address only after early records were made.
         for m in &mut measurements {
@@ -529,6 +539,45 @@ impl Engine {
         None
     }
 
+    /// One reference transfer per anchor that serves HTTPS on 443 under a name (an address
+    /// has no certificate to handshake for): `GET https://ANCHOR/`, resolved with the network's
+    /// resolver, with the same steps, body cap and deadline as a target. This probe's line
+    /// speed, for throttling.
+    pub async fn reference_transfers(&self) -> Vec<ReferenceTransfer> {
+        let futs = self
+            .anchors
+            .iter()
+            .filter(|(host, port)| *port == 443 && host.parse::<IpAddr>().is_err())
+            .map(|(host, port)| async move {
+                let anchor = format!("{host}:{port}");
+                let Ok(url) = url::Url::parse(&format!("https://{host}/")) else {
+                    return ReferenceTransfer {
+                        anchor,
+                        failure: Some(Failure::unknown("anchor is not a host name")),
+                        ..ReferenceTransfer::default()
+                    };
+                };
+                let t0 = Instant::now();
+                let deadline = tokio::time::Instant::from_std(t0) + self.cfg.target_deadline;
+                let net = dns::query_network(host, &self.cfg, t0).await;
+                let addrs = resolved_addrs(&net);
+                if addrs.is_empty() {
+                    let failure = net
+                        .iter()
+                        .find_map(|o| o.failure.clone())
+                        .unwrap_or(Failure::DnsNoAnswer);
+                    return ReferenceTransfer {
+                        anchor,
+                        failure: Some(failure),
+                        ..ReferenceTransfer::default()
+                    };
+                }
+                let obs = self.fetch(&url, &addrs, t0, deadline).await;
+                reference_from(anchor, &obs)
+            });
+        futures::future::join_all(futs).await
+    }
+
     /// Can this probe reach anything at all? Anchors are tried in parallel, as is the control.
     pub async fn check_connectivity(&self) -> ConnectivitySummary {
         let t0 = Instant::now();
@@ -596,6 +645,7 @@ impl Engine {
             anchors_ok,
             anchors_tried,
             summary,
+            references: Vec::new(),
         }
     }
 
@@ -634,6 +684,33 @@ impl Engine {
             tls: obs.tls,
             http: obs.http,
         }
+    }
+}
+
+/// The figures of one reference transfer: the first completed real handshake, and the final
+/// response's body.
+fn reference_from(anchor: String, obs: &Observations) -> ReferenceTransfer {
+    let handshake_ms = obs
+        .tls
+        .iter()
+        .find(|t| !t.decoy && t.failure.is_none())
+        .map(|t| t.duration_ms);
+    let last = obs.http.iter().max_by_key(|h| h.hop);
+    let done = last.filter(|h| h.failure.is_none() && h.status.is_some());
+    let failure = match done {
+        Some(_) => None,
+        None => last
+            .and_then(|h| h.failure.clone())
+            .or_else(|| obs.tls.iter().find_map(|t| t.failure.clone()))
+            .or_else(|| obs.tcp.iter().find_map(|t| t.failure.clone()))
+            .or_else(|| Some(Failure::unknown("no response"))),
+    };
+    ReferenceTransfer {
+        anchor,
+        handshake_ms,
+        body_bytes: done.map_or(0, |h| h.body_length),
+        throughput_bps: done.and_then(|h| h.throughput_bps),
+        failure,
     }
 }
 

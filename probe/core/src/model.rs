@@ -321,6 +321,27 @@ pub struct ConnectivitySummary {
     pub anchors_tried: u32,
     /// Plain-language summary.
     pub summary: String,
+    /// Reference transfers from the anchors, made during the run: this probe's own line
+    /// speed, against which throttling is judged. Empty when no anchor serves HTTPS on 443.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<ReferenceTransfer>,
+}
+
+/// One reference transfer: `GET https://ANCHOR/` with the same steps as a target, reduced to
+/// the two figures throttling changes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceTransfer {
+    /// The anchor, `HOST:PORT` as configured.
+    pub anchor: String,
+    /// Duration of the completed TLS handshake, milliseconds.
+    pub handshake_ms: Option<f64>,
+    /// Body bytes of the final response (read up to the body cap).
+    pub body_bytes: u64,
+    /// Body throughput of the final response, bytes per second.
+    pub throughput_bps: Option<f64>,
+    /// Why the transfer did not complete, if it did not.
+    pub failure: Option<Failure>,
 }
 
 /// The per-target conclusion.

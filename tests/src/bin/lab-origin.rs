@@ -54,6 +54,20 @@ struct ServeConfig {
     http_proxies: Vec<HttpProxySpec>,
     /// TLS interception proxies.
     mitm_proxies: Vec<MitmProxySpec>,
+    /// Relays that hold the server's first answer (throttling by handshake latency).
+    delay_proxies: Vec<DelayProxySpec>,
+}
+
+/// A relay in front of one redirected address that holds the server's first bytes (the
+/// ServerHello) for `delay_ms`, then relays freely: the handshake takes that much longer, the
+/// transfer does not (Kazakhstan's 2022-23 throttling by SNI showed as multi-second
+/// handshakes).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelayProxySpec {
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    delay_ms: u64,
 }
 
 /// One address serving sites over HTTPS (443) and/or HTTP (80).
@@ -370,6 +384,15 @@ async fn start(config: ServeConfig) -> Result<Servers> {
             mitm_proxy(stream, spec.clone(), forged.clone())
         })));
     }
+    for spec in config.delay_proxies {
+        let listener = TcpListener::bind(spec.listen)
+            .await
+            .with_context(|| format!("delay proxy on {}", spec.listen))?;
+        let spec = Arc::new(spec);
+        tasks.push(tokio::spawn(accept_loop(listener, move |stream| {
+            delay_proxy(stream, spec.clone())
+        })));
+    }
     Ok(Servers {
         _origins: origins,
         _tasks: tasks,
@@ -392,6 +415,24 @@ where
             let _ = timeout(CONNECTION, connection).await;
         });
     }
+}
+
+/// Relays to the upstream, holding the server's first bytes for the configured delay.
+async fn delay_proxy(client: TcpStream, spec: Arc<DelayProxySpec>) -> Result<()> {
+    let server = timeout(STEP, TcpStream::connect(spec.upstream)).await??;
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let delay = Duration::from_millis(spec.delay_ms);
+    let upstream = tokio::io::copy(&mut client_read, &mut server_write);
+    let downstream = async {
+        let mut first = [0u8; 16 * 1024];
+        let n = server_read.read(&mut first).await?;
+        tokio::time::sleep(delay).await;
+        client_write.write_all(&first[..n]).await?;
+        tokio::io::copy(&mut server_read, &mut client_write).await
+    };
+    let _ = tokio::try_join!(upstream, downstream);
+    Ok(())
 }
 
 /// Reads a request head (through the blank line) and whatever came with it.

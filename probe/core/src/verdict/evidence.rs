@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::failure::Failure;
 use crate::model::Step;
 
+use super::throttle::ReferenceSource;
 use super::{join_addrs, short_title};
 
 /// Which resolver a DNS summary line describes.
@@ -169,6 +170,11 @@ pub enum Evidence {
         /// The control's.
         control: Option<String>,
     },
+    /// `throttle.reference=anchors|run|anchors+run`: where the line's reference came from.
+    ThrottleReference(ReferenceSource),
+    /// `throttle.control_handshake_ms=N` or `throttle.control_throughput_bps=N`: the control's
+    /// figure for the same site.
+    ThrottleControl(ThrottleFigure, f64),
     /// `throttle.handshake_ms=N baseline=M` or `throttle.throughput_bps=N baseline=M`.
     Throttle {
         /// Which figure.
@@ -258,6 +264,18 @@ impl fmt::Display for Evidence {
                 short_title(probe.as_deref()),
                 short_title(control.as_deref())
             ),
+            ThrottleReference(source) => f.write_str(match source {
+                ReferenceSource::Anchors => "throttle.reference=anchors",
+                ReferenceSource::Run => "throttle.reference=run",
+                ReferenceSource::Both => "throttle.reference=anchors+run",
+            }),
+            ThrottleControl(figure, value) => {
+                let key = match figure {
+                    ThrottleFigure::HandshakeMs => "throttle.control_handshake_ms",
+                    ThrottleFigure::ThroughputBps => "throttle.control_throughput_bps",
+                };
+                write!(f, "{key}={value:.0}")
+            }
             Throttle {
                 figure,
                 value,
@@ -440,6 +458,26 @@ mod tests {
                     baseline: 3e6,
                 },
                 "throttle.throughput_bps=65536 baseline=3000000",
+            ),
+            (
+                Evidence::ThrottleReference(ReferenceSource::Both),
+                "throttle.reference=anchors+run",
+            ),
+            (
+                Evidence::ThrottleReference(ReferenceSource::Anchors),
+                "throttle.reference=anchors",
+            ),
+            (
+                Evidence::ThrottleReference(ReferenceSource::Run),
+                "throttle.reference=run",
+            ),
+            (
+                Evidence::ThrottleControl(ThrottleFigure::ThroughputBps, 6.67e8),
+                "throttle.control_throughput_bps=667000000",
+            ),
+            (
+                Evidence::ThrottleControl(ThrottleFigure::HandshakeMs, 12.0),
+                "throttle.control_handshake_ms=12",
             ),
         ];
         for (e, want) in cases {
