@@ -179,7 +179,10 @@ pub enum Technique {
 }
 
 /// How long the handshake-delay relay holds the ServerHello.
-pub const HANDSHAKE_DELAY_MS: u64 = 1_600;
+/// Over the probe's 2 s floor for a throttled handshake whatever the machine's load (a relay
+/// adds, never removes, time), under the lab's 5 s step timeout with room for the load's
+/// second.
+pub const HANDSHAKE_DELAY_MS: u64 = 2_600;
 
 /// Everything one ISP does.
 #[derive(Clone, Debug, Default)]
@@ -187,9 +190,6 @@ pub struct Censor {
     pub rules: Vec<(String, Technique)>,
     /// Drop everything to the collector (control and uploads unreachable).
     pub block_collector: bool,
-    /// An htb rate for everything the ISP sends to the client: a slow line (DSL), not
-    /// throttling, since every site and the anchors are slow alike.
-    pub line_rate: Option<&'static str>,
 }
 
 /// The running internet namespace.
@@ -667,45 +667,35 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
     }
 
     // Throttling: traffic from the site's address to the clients goes through a slow class.
-    // A slow line: everything else goes through the default class at the line's rate.
     let throttled = rules_for(Technique::Throttle);
     let tc = |args: &[&str]| lab.exec(&isp, "tc", args).map(drop);
-    if !throttled.is_empty() || censor.line_rate.is_some() {
-        let mut root = vec![
-            "qdisc", "add", "dev", &isp_if, "root", "handle", "1:", "htb",
-        ];
-        if censor.line_rate.is_some() {
-            root.extend(["default", "30"]);
-        }
-        tc(&root)?;
-    }
-    if let Some(rate) = censor.line_rate {
-        tc(&[
-            "class", "add", "dev", &isp_if, "parent", "1:", "classid", "1:30", "htb", "rate", rate,
-            "ceil", rate,
-        ])?;
-    }
     if !throttled.is_empty() {
         tc(&[
-            "class",
-            "add",
-            "dev",
-            &isp_if,
-            "parent",
-            "1:",
-            "classid",
-            "1:20",
-            "htb",
-            "rate",
-            THROTTLE_RATE,
-            "ceil",
-            THROTTLE_RATE,
+            "qdisc", "add", "dev", &isp_if, "root", "handle", "1:", "htb",
         ])?;
-        for host in throttled {
+        // One class per site, so two throttled sites measured at once do not queue behind
+        // each other.
+        for (k, host) in throttled.into_iter().enumerate() {
+            let class = format!("1:{}", 20 + k);
+            tc(&[
+                "class",
+                "add",
+                "dev",
+                &isp_if,
+                "parent",
+                "1:",
+                "classid",
+                &class,
+                "htb",
+                "rate",
+                THROTTLE_RATE,
+                "ceil",
+                THROTTLE_RATE,
+            ])?;
             let src = format!("{}/32", internet.ip(host));
             tc(&[
                 "filter", "add", "dev", &isp_if, "parent", "1:", "protocol", "ip", "prio", "1",
-                "u32", "match", "ip", "src", &src, "flowid", "1:20",
+                "u32", "match", "ip", "src", &src, "flowid", &class,
             ])?;
         }
     }
