@@ -267,11 +267,46 @@ fn get(url: &str) -> Result<()> {
         .and_then(|s| s.parse().ok())
         .context("no status")?;
     let body = &response[split + 4..];
-    print!("{}", String::from_utf8_lossy(body));
+    let chunked = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    print!("{}", String::from_utf8_lossy(&body));
     if !(200..300).contains(&status) {
         bail!("HTTP {status}");
     }
     Ok(())
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (the collector streams its exports).
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("chunk size line without CRLF")?;
+        let line = String::from_utf8_lossy(&rest[..eol]);
+        let size_hex = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16)
+            .with_context(|| format!("bad chunk size {size_hex:?}"))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = rest.get(..size).context("truncated chunk")?;
+        body.extend_from_slice(chunk);
+        rest = rest
+            .get(size + 2..)
+            .context("chunk without trailing CRLF")?;
+    }
 }
 
 fn dns(server: &str, name: &str) -> Result<()> {
