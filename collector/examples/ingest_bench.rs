@@ -358,6 +358,7 @@ fn measurement(
             anchors_tried: 2,
             summary: "online: 2 of 2 anchors reachable".into(),
             references: vec![],
+            control_resolvers: vec![],
         },
         verdict: Verdict {
             status,

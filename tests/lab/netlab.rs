@@ -54,6 +54,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("iptables", "iptables"),
     ("dnsmasq", "dnsmasq-base"),
+    ("unbound", "unbound"),
 ];
 
 /// The tools of [`TOOLS`] that are missing, as "tool (package)".

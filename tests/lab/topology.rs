@@ -5,6 +5,8 @@
 //!  198.18.N.2        198.18.N.1                       origins 198.19.0.0/16 (one address per site)
 //!                    resolver   198.18.1N.53 dnsmasq   honest resolver 198.18.100.53 (dnsmasq)
 //!                    blockpage  198.18.1N.80           collector       198.18.100.10:8080
+//!                                                      encrypted resolver 198.18.100.54 (unbound:
+//!                                                        DoH :443, DoT :853, resolver.lab)
 //!                    hijack proxy 198.18.1N.8
 //!                    nft, iptables string match, htb
 //!                       └──veth── injector N (198.18.1N.53 too: answers the dup'ed queries)
@@ -33,6 +35,17 @@ pub const COLLECTOR: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 10);
 pub const COLLECTOR_PORT: u16 = 8080;
 /// The honest resolver the control uses and the ISPs forward to.
 pub const HONEST_DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 53);
+/// The encrypted resolver (unbound: DoH on 443, DoT on 853), forwarding to the honest one: the
+/// lab's stand-in for a public resolver such as 1.1.1.1.
+pub const ENCRYPTED_DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 54);
+/// The name on the encrypted resolver's certificate (signed by the lab CA).
+pub const ENCRYPTED_DNS_NAME: &str = "resolver.lab";
+
+/// The probe's control resolver chain in the lab: DoH, then DoT, on the encrypted resolver.
+pub fn control_resolver_chain() -> String {
+    format!("doh:{ENCRYPTED_DNS}#{ENCRYPTED_DNS_NAME},dot:{ENCRYPTED_DNS}#{ENCRYPTED_DNS_NAME}")
+}
+
 /// The bogon a lying resolver answers (the Iranian classic); unreachable by construction.
 pub const BOGON: Ipv4Addr = Ipv4Addr::new(10, 10, 34, 34);
 /// Rate of the throttled class (LAB.md: 1 mbit gives ~120 kB/s).
@@ -190,6 +203,10 @@ pub struct Censor {
     pub rules: Vec<(String, Technique)>,
     /// Drop everything to the collector (control and uploads unreachable).
     pub block_collector: bool,
+    /// Reset TLS connections to the encrypted resolver that name it in the SNI (DoH on 443).
+    pub block_doh: bool,
+    /// Drop DNS over TLS to the encrypted resolver (port 853): its handshakes time out.
+    pub block_dot: bool,
 }
 
 /// The running internet namespace.
@@ -311,7 +328,7 @@ pub fn build_internet(lab: &Lab, sites: &[Site]) -> Result<Internet> {
             entry.push(spec);
         }
     }
-    for ip in [COLLECTOR, HONEST_DNS] {
+    for ip in [COLLECTOR, HONEST_DNS, ENCRYPTED_DNS] {
         lab.ip(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
     }
     let ca = lab.path("lab-ca.pem");
@@ -320,10 +337,15 @@ pub fn build_internet(lab: &Lab, sites: &[Site]) -> Result<Internet> {
         .filter(|(_, sites)| !sites.is_empty())
         .map(|(ip, sites)| json!({"ip": ip, "sites": sites}))
         .collect();
+    let (resolver_cert, resolver_key) = (lab.path("resolver.pem"), lab.path("resolver.key"));
     lab.serve(
         &ns,
         "inet-origins",
-        &json!({"ca_out": ca, "origins": origins}),
+        &json!({
+            "ca_out": ca,
+            "certs_out": [{"names": [ENCRYPTED_DNS_NAME], "cert": resolver_cert, "key": resolver_key}],
+            "origins": origins,
+        }),
     )?;
 
     let mut records: Vec<String> = sites
@@ -342,6 +364,7 @@ pub fn build_internet(lab: &Lab, sites: &[Site]) -> Result<Internet> {
         &records,
         check.as_deref().map(|h| (ns.as_str(), h)),
     )?;
+    encrypted_resolver(lab, &ns, &resolver_cert, &resolver_key, check.as_deref())?;
     let in_dns = sites
         .iter()
         .filter(|s| s.in_dns)
@@ -353,6 +376,65 @@ pub fn build_internet(lab: &Lab, sites: &[Site]) -> Result<Internet> {
         in_dns,
         ca,
     })
+}
+
+/// Starts unbound on [`ENCRYPTED_DNS`]: DNS over HTTPS (443, `/dns-query`) and DNS over TLS
+/// (853) with a lab-CA certificate for [`ENCRYPTED_DNS_NAME`], and plain DNS on 53 for the
+/// readiness check. It forwards everything to the honest resolver, so its answers are the
+/// honest ones: an independent DoH/DoT implementation, as a real public resolver would be.
+fn encrypted_resolver(
+    lab: &Lab,
+    ns: &str,
+    cert: &Path,
+    key: &Path,
+    check: Option<&str>,
+) -> Result<()> {
+    let config = format!(
+        r#"server:
+  interface: {ip}@53
+  interface: {ip}@443
+  interface: {ip}@853
+  https-port: 443
+  tls-port: 853
+  tls-service-key: "{key}"
+  tls-service-pem: "{cert}"
+  username: ""
+  chroot: ""
+  directory: "{dir}"
+  pidfile: "{dir}/unbound.pid"
+  use-syslog: no
+  logfile: ""
+  verbosity: 1
+  num-threads: 1
+  do-ip6: no
+  interface-automatic: no
+  access-control: 198.18.0.0/15 allow
+  module-config: "iterator"
+  qname-minimisation: no
+forward-zone:
+  name: "."
+  forward-addr: {HONEST_DNS}
+remote-control:
+  control-enable: no
+"#,
+        ip = ENCRYPTED_DNS,
+        key = key.display(),
+        cert = cert.display(),
+        dir = lab.path("").display(),
+    );
+    let path = lab.path("unbound.conf");
+    std::fs::write(&path, config)?;
+    let argv = vec![
+        "unbound".to_owned(),
+        "-d".to_owned(),
+        "-c".to_owned(),
+        path.display().to_string(),
+    ];
+    lab.spawn(ns, "unbound", &argv, &[])?;
+    if let Some(name) = check {
+        wait_dns(lab, "unbound", ns, ENCRYPTED_DNS, name)?;
+    }
+    Ok(())
 }
 
 /// The DNS wire form of a name, cut to the 16 bytes an nft raw match can compare.
@@ -609,6 +691,9 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
     if censor.block_collector {
         writeln!(filter, "    ip daddr {COLLECTOR} drop")?;
     }
+    if censor.block_dot {
+        writeln!(filter, "    ip daddr {ENCRYPTED_DNS} tcp dport 853 drop")?;
+    }
     lab.nft(
         &isp,
         &format!(
@@ -636,6 +721,24 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
             "bm",
             "--string",
             host,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ])?;
+    }
+    if censor.block_doh {
+        iptables(&[
+            "-d",
+            &ENCRYPTED_DNS.to_string(),
+            "--dport",
+            "443",
+            "-m",
+            "string",
+            "--algo",
+            "bm",
+            "--string",
+            ENCRYPTED_DNS_NAME,
             "-j",
             "REJECT",
             "--reject-with",

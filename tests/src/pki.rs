@@ -147,6 +147,25 @@ impl LabPki {
         self.issue(names, not_before, not_after, &self.ca, Vec::new())
     }
 
+    /// A valid leaf for `names` signed by the lab CA, as PEM (certificate, PKCS#8 key): for
+    /// servers that read files, such as the lab's unbound (DoH, DoT).
+    pub fn leaf_pem(&self, names: &[&str]) -> Result<(String, String)> {
+        let now = OffsetDateTime::now_utc();
+        let first = names.first().context("a leaf needs at least one name")?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, *first);
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(90);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// A leaf for `names` that expired 30 days ago, signed by the lab CA.
     pub fn expired_leaf(&self, names: &[&str]) -> Result<Arc<CertifiedKey>> {
         let now = OffsetDateTime::now_utc();

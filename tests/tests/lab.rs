@@ -36,6 +36,7 @@ use netlab::Lab;
 use topology::{
     expired_cert, forbidden, redirect, Censor, Internet, Network, Site, Technique, LAB_RANGE,
 };
+use witness_core::model::ResolverRole;
 use Technique::*;
 
 /// Step timeout given to every probe (`--timeout`): room for the handshake-delay relay's
@@ -62,6 +63,7 @@ const ASN_MAIN: u32 = 9198;
 const ASN_OTHER: u32 = 21299;
 const ASN_NO_CONTROL: u32 = 41798;
 const ASN_SHUTDOWN: u32 = 29355;
+const ASN_NO_ENCRYPTED_DNS: u32 = 48716;
 
 /// One scenario of the main network (ISP 1): the URL the probe measures, what ISP 1 does to
 /// its host, and the verdict the probe must give.
@@ -354,7 +356,9 @@ fn scenarios() -> Vec<Scenario> {
 fn other_network() -> (Censor, Vec<(&'static str, &'static str, Expect)>) {
     let censor = Censor {
         rules: vec![("isp2-blocked.lab".to_owned(), TcpBlackhole)],
-        block_collector: false,
+        // DoH reset on its SNI: the probe must fall back to DoT.
+        block_doh: true,
+        ..Censor::default()
     };
     let rows = vec![
         (
@@ -449,6 +453,7 @@ fn no_control_network(main: &[Scenario]) -> (Censor, Vec<(&'static str, &'static
     let censor = Censor {
         rules: rules.into_iter().chain(single_url_censor()).collect(),
         block_collector: true,
+        ..Censor::default()
     };
     (censor, rows)
 }
@@ -510,6 +515,123 @@ fn single_url_censor() -> Vec<(String, Technique)> {
     ]
 }
 
+/// The fifth network (AS48716): the censor blocks both encrypted resolvers (DoH reset on its
+/// SNI, DoT's port dropped), so the control service's DNS is the only DNS control; the
+/// verdicts must stay right, and the record must say which resolvers failed and how.
+fn no_encrypted_dns_network(
+    main: &[Scenario],
+) -> (Censor, Vec<(&'static str, &'static str, Expect)>) {
+    let rows = vec![
+        (
+            "encrypted_dns_blocked_accessible_https",
+            "https://open.lab/",
+            Expect::accessible().check(both_encrypted_resolvers_failed),
+        ),
+        (
+            "encrypted_dns_blocked_dns_nxdomain",
+            "https://dns-nxdomain.lab/",
+            Expect::blocked(Method::Dns)
+                .evidence(&["dns.network=nxdomain", "dns.control=1 addrs"])
+                .check(both_encrypted_resolvers_failed),
+        ),
+        (
+            "encrypted_dns_blocked_tls_sni_timeout",
+            "https://tls-sni-timeout.lab/",
+            Expect::blocked(Method::Tls).evidence(&["tls.decoy=ok", "tls.control=ok"]),
+        ),
+    ];
+    let rules = main
+        .iter()
+        .filter(|s| rows.iter().any(|(_, url, _)| *url == s.url))
+        .flat_map(|s| s.censor.iter().map(|t| (ascii_host(&s.url), *t)))
+        .collect();
+    let censor = Censor {
+        rules,
+        block_doh: true,
+        block_dot: true,
+        ..Censor::default()
+    };
+    (censor, rows)
+}
+
+/// The encrypted resolver's answer for the measured host, through `transport`.
+fn control_resolver_answer(m: &Measurement, transport: &str) -> Option<String> {
+    let answered = m.dns.iter().any(|o| {
+        o.role == ResolverRole::Control
+            && o.transport == transport
+            && o.query == m.domain
+            && o.failure.is_none()
+            && !o.answers.is_empty()
+    });
+    (!answered).then(|| {
+        let seen: Vec<String> = m
+            .dns
+            .iter()
+            .filter(|o| o.role == ResolverRole::Control)
+            .map(|o| {
+                format!(
+                    "{} {}",
+                    o.transport,
+                    o.failure.as_ref().map_or("ok", |f| f.name())
+                )
+            })
+            .collect();
+        format!(
+            "no {transport} answer for {}; control resolver queries: {seen:?}",
+            m.domain
+        )
+    })
+}
+
+/// The run's resolver check, as `transport=failure` (`ok` when it answered).
+fn resolver_checks(m: &Measurement) -> Vec<String> {
+    m.connectivity
+        .control_resolvers
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={}",
+                c.transport,
+                c.failure.as_ref().map_or("ok", |f| f.name())
+            )
+        })
+        .collect()
+}
+
+/// Measured through DoH, which works.
+fn through_doh(m: &Measurement) -> Option<String> {
+    let checks = resolver_checks(m);
+    if checks != ["doh=ok", "dot=ok"] {
+        return Some(format!("resolver checks {checks:?}"));
+    }
+    control_resolver_answer(m, "doh")
+}
+
+/// DoH reset on its SNI; measured through DoT.
+fn doh_reset_through_dot(m: &Measurement) -> Option<String> {
+    let checks = resolver_checks(m);
+    if checks != ["doh=connection_reset", "dot=ok"] {
+        return Some(format!("resolver checks {checks:?}"));
+    }
+    control_resolver_answer(m, "dot")
+}
+
+/// Both encrypted resolvers failed, each in the censor's way; no encrypted answer.
+fn both_encrypted_resolvers_failed(m: &Measurement) -> Option<String> {
+    let checks = resolver_checks(m);
+    if checks != ["doh=connection_reset", "dot=dns_timeout"] {
+        return Some(format!("resolver checks {checks:?}"));
+    }
+    if !m
+        .connectivity
+        .summary
+        .contains("no resolver of the chain answered")
+    {
+        return Some(format!("summary: {}", m.connectivity.summary));
+    }
+    None
+}
+
 /// The shutdown network's list.
 const SHUTDOWN_URLS: &[&str] = &[
     "https://open.lab/",
@@ -527,6 +649,8 @@ struct Probe<'a> {
     spool: PathBuf,
     /// `--url URL` instead of `--list`: a volunteer checking one site.
     single: Option<String>,
+    /// `--control-resolver`: the lab's DoH/DoT chain, or `none`.
+    control_resolver: String,
 }
 
 impl<'a> Probe<'a> {
@@ -562,6 +686,7 @@ impl<'a> Probe<'a> {
             config,
             list,
             single: None,
+            control_resolver: "none".to_owned(),
         })
     }
 
@@ -576,6 +701,12 @@ impl<'a> Probe<'a> {
         let mut probe = Self::new(lab, label, net, asn, &[])?;
         probe.single = Some(url.to_owned());
         Ok(probe)
+    }
+
+    /// Measure with the lab's encrypted resolvers (DoH, then DoT) as the control resolver.
+    fn with_encrypted_dns(mut self) -> Self {
+        self.control_resolver = topology::control_resolver_chain();
+        self
     }
 
     /// `witness --config CFG <args>`.
@@ -620,8 +751,6 @@ impl<'a> Probe<'a> {
         let mut args: Vec<String> = [
             "--yes",
             "--no-progress",
-            "--control-resolver",
-            "none",
             "--lab-public-range",
             LAB_RANGE,
             "--timeout",
@@ -635,6 +764,8 @@ impl<'a> Probe<'a> {
             None => args.extend(["--list".to_owned(), self.list.display().to_string()]),
         }
         args.extend([
+            "--control-resolver".to_owned(),
+            self.control_resolver.clone(),
             "--resolver".to_owned(),
             self.net.resolver().to_string(),
             "--extra-ca".to_owned(),
@@ -715,6 +846,7 @@ struct Results {
     no_control: HashMap<String, Measurement>,
     /// The single-URL runs' measurements, by run label.
     single: HashMap<&'static str, Option<Measurement>>,
+    no_encrypted_dns: HashMap<String, Measurement>,
     /// The daemon's log, for the report.
     shutdown_log: String,
     events: Vec<Value>,
@@ -770,21 +902,34 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
             .flat_map(|s| s.censor.iter().map(|t| (ascii_host(&s.url), *t)))
             .chain(single_url_censor())
             .collect(),
-        block_collector: false,
+        ..Censor::default()
     };
     let (other_censor, other_rows) = other_network();
     let (no_control_censor, no_control_rows) = no_control_network(scenarios);
+    let (no_edns_censor, no_edns_rows) = no_encrypted_dns_network(scenarios);
     let main_net = topology::build_network(lab, &internet, 1, &main_censor)?;
     let other_net = topology::build_network(lab, &internet, 2, &other_censor)?;
     let no_control_net = topology::build_network(lab, &internet, 3, &no_control_censor)?;
     let shutdown_net = topology::build_network(lab, &internet, 4, &Censor::default())?;
+    let no_edns_net = topology::build_network(lab, &internet, 5, &no_edns_censor)?;
     topology::start_collector(lab, &internet, &collector)?;
 
     let main_urls: Vec<&str> = scenarios.iter().map(|s| s.url.as_str()).collect();
     let other_urls: Vec<&str> = other_rows.iter().map(|r| r.1).collect();
     let no_control_urls: Vec<&str> = no_control_rows.iter().map(|r| r.1).collect();
-    let main = Probe::new(lab, "probe-as9198", &main_net, ASN_MAIN, &main_urls)?;
-    let other = Probe::new(lab, "probe-as21299", &other_net, ASN_OTHER, &other_urls)?;
+    let no_edns_urls: Vec<&str> = no_edns_rows.iter().map(|r| r.1).collect();
+    let main =
+        Probe::new(lab, "probe-as9198", &main_net, ASN_MAIN, &main_urls)?.with_encrypted_dns();
+    let other =
+        Probe::new(lab, "probe-as21299", &other_net, ASN_OTHER, &other_urls)?.with_encrypted_dns();
+    let no_edns = Probe::new(
+        lab,
+        "probe-as48716",
+        &no_edns_net,
+        ASN_NO_ENCRYPTED_DNS,
+        &no_edns_urls,
+    )?
+    .with_encrypted_dns();
     let no_control = Probe::new(
         lab,
         "probe-as41798",
@@ -839,7 +984,7 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         &shutdown.envs(),
     )?;
 
-    let (main_m, other_m, no_control_m, daemon, single_m) = std::thread::scope(|s| {
+    let (main_m, other_m, no_control_m, no_edns_m, daemon, single_m) = std::thread::scope(|s| {
         let a = s.spawn(|| main.run(lab, &internet, true));
         let b = s.spawn(|| other.run(lab, &internet, true));
         let c = s.spawn(|| no_control.run(lab, &internet, false));
@@ -847,6 +992,7 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
             .iter()
             .map(|p| s.spawn(|| p.run(lab, &internet, false)))
             .collect();
+        let f = s.spawn(|| no_edns.run(lab, &internet, false));
         let d = s.spawn(|| -> Result<()> {
             lab.wait_for_output("daemon-as29355", "witness daemon:", Duration::from_secs(90))?;
             topology::restore(lab, &shutdown_net)?;
@@ -860,9 +1006,9 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
             h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
         }
         let singles: Vec<_> = e.into_iter().map(join).collect();
-        (join(a), join(b), join(c), join(d), singles)
+        (join(a), join(b), join(c), join(f), join(d), singles)
     });
-    let (main_m, other_m, no_control_m) = (main_m?, other_m?, no_control_m?);
+    let (main_m, other_m, no_control_m, no_edns_m) = (main_m?, other_m?, no_control_m?, no_edns_m?);
     let mut single = HashMap::new();
     for ((label, _, url, _), by_url) in singles.iter().zip(single_m) {
         single.insert(*label, by_url?.remove(*url));
@@ -894,6 +1040,7 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         other: other_m,
         no_control: no_control_m,
         single,
+        no_encrypted_dns: no_edns_m,
         shutdown_log: lab.log("daemon-as29355"),
         events,
         shutdown_measurements,
@@ -1007,7 +1154,7 @@ fn censorship_lab() {
     let missing = netlab::missing_tools();
     if !missing.is_empty() {
         let message = format!(
-            "the censorship lab needs {} (apt-get install -y dnsmasq-base nftables iptables iproute2)",
+            "the censorship lab needs {} (apt-get install -y dnsmasq-base unbound nftables iptables iproute2)",
             missing.join(", ")
         );
         if std::env::var("WITNESS_REQUIRE_TOOLS").as_deref() == Ok("1") {
@@ -1051,6 +1198,28 @@ fn censorship_lab() {
             results.single.get(label).and_then(Option::as_ref),
         ));
     }
+    let (_, no_edns_rows) = no_encrypted_dns_network(&scenarios);
+    for (name, url, expect) in no_edns_rows {
+        rows.push(judge::judge(
+            name,
+            expect,
+            None,
+            results.no_encrypted_dns.get(url),
+        ));
+    }
+    // The encrypted resolvers themselves: DoH where nothing blocks it, DoT where DoH is reset.
+    rows.push(judge::judge(
+        "encrypted_dns_doh",
+        Expect::accessible().check(through_doh),
+        None,
+        results.main.get("https://open.lab/"),
+    ));
+    rows.push(judge::judge(
+        "encrypted_dns_doh_reset_falls_back_to_dot",
+        Expect::accessible().check(doh_reset_through_dot),
+        None,
+        results.other.get("https://open.lab/"),
+    ));
     rows.extend(collector_rows(&results));
     drop(lab);
 

@@ -224,7 +224,8 @@ pub struct RunArgs {
     /// The network's resolver: `system` or IP[:PORT].
     #[arg(long, value_name = "IP[:PORT]")]
     pub resolver: Option<String>,
-    /// Encrypted control resolver: doh:IP#NAME, dot:IP#NAME, udp:IP[:PORT] or none.
+    /// Encrypted control resolvers, tried in order, comma-separated: doh:IP#NAME, dot:IP#NAME,
+    /// udp:IP[:PORT], or none.
     #[arg(long, value_name = "SPEC")]
     pub control_resolver: Option<String>,
     /// Control service base URL.

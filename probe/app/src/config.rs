@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use witness_core::checks::MeasureConfig;
 pub use witness_core::spec::{
-    load_ca_file, parse_addr, parse_anchor, parse_control_resolver, parse_resolver, parse_spki_pin,
-    ConfigError,
+    load_ca_file, parse_addr, parse_anchor, parse_control_resolvers, parse_resolver,
+    parse_spki_pin, ConfigError,
 };
 
 /// The example configuration shipped with the probe (all defaults, documented).
@@ -100,8 +100,10 @@ impl Default for RunSection {
 pub struct NetworkSection {
     /// The network's resolver: `system` or `IP[:PORT]` (default `system`).
     pub resolver: String,
-    /// Encrypted control resolver: `doh:IP[:PORT]#NAME`, `dot:IP[:PORT]#NAME`, `udp:IP[:PORT]`
-    /// (labs only) or `none` (default `doh:1.1.1.1#cloudflare-dns.com`).
+    /// Encrypted control resolvers, a fallback chain tried in order, comma-separated:
+    /// `doh:IP[:PORT]#NAME`, `dot:IP[:PORT]#NAME`, `udp:IP[:PORT]` (labs only), or `none`
+    /// (default `doh:1.1.1.1#cloudflare-dns.com,dot:9.9.9.9#dns.quad9.net`). When none of them
+    /// answers, the control service's DNS is the only DNS control.
     pub control_resolver: String,
     /// Bind outgoing sockets to this local address (default: any).
     pub source_address: Option<IpAddr>,
@@ -124,7 +126,7 @@ impl Default for NetworkSection {
     fn default() -> Self {
         NetworkSection {
             resolver: "system".into(),
-            control_resolver: "doh:1.1.1.1#cloudflare-dns.com".into(),
+            control_resolver: "doh:1.1.1.1#cloudflare-dns.com,dot:9.9.9.9#dns.quad9.net".into(),
             source_address: None,
             extra_ca_files: vec![],
             lab_public_ranges: vec![],
@@ -238,7 +240,7 @@ pub fn measure_config(
     }
     Ok(MeasureConfig {
         resolver: parse_resolver(&net.resolver)?,
-        control_resolver: parse_control_resolver(&net.control_resolver)?,
+        control_resolvers: parse_control_resolvers(&net.control_resolver)?,
         timeout: Duration::from_secs_f64(run.timeout_secs),
         dns_linger: Duration::from_millis(run.dns_linger_ms.min(5000)),
         body_cap: run.body_cap_bytes,

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use uuid::Uuid;
 
-use crate::checks::dns::{self, ms_since, ControlResolver};
+use crate::checks::dns::{self, ms_since, ControlResolvers, FirstResponse};
 use crate::checks::http::{self, Exchange};
 use crate::checks::tls::TlsContext;
 use crate::checks::{tcp, MeasureConfig, CONTROL_GRACE};
@@ -22,10 +22,11 @@ use crate::error::{ControlError, SetupError};
 use crate::failure::Failure;
 use crate::model::{
     resolved_addrs, ConnectivitySummary, ControlResponse, DnsObservation, HttpObservation,
-    Measurement, ProbeNetwork, ReferenceTransfer, Software, Status, Step, TcpObservation,
-    TlsObservation, Verdict, SCHEMA_VERSION,
+    Measurement, ProbeNetwork, ReferenceTransfer, ResolverCheck, Software, Status, Step,
+    TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,
 };
 use crate::scrub::OwnAddresses;
+use crate::slots::{self, Slots};
 use crate::targets::Target;
 use crate::verdict::{self, RunContext};
 
@@ -51,7 +52,7 @@ pub struct Engine {
     /// Step configuration.
     pub cfg: Arc<MeasureConfig>,
     tls: TlsContext,
-    control_resolver: Option<ControlResolver>,
+    control_resolvers: ControlResolvers,
     control: Option<ControlClient>,
     /// The probe's own addresses, scrubbed from records.
     pub own: Arc<OwnAddresses>,
@@ -77,14 +78,11 @@ impl Engine {
     /// Build an engine; fails only on configuration errors (e.g. an unusable control resolver).
     pub fn new(cfg: MeasureConfig, control: Option<ControlClient>) -> Result<Self, SetupError> {
         let tls = TlsContext::new(&cfg)?;
-        let control_resolver = match &cfg.control_resolver {
-            Some(spec) => Some(ControlResolver::new(spec, &cfg)?),
-            None => None,
-        };
+        let control_resolvers = ControlResolvers::new(&cfg.control_resolvers, &cfg)?;
         Ok(Engine {
             cfg: Arc::new(cfg),
             tls,
-            control_resolver,
+            control_resolvers,
             control,
             own: Arc::new(OwnAddresses::default()),
             probe: ProbeNetwork::default(),
@@ -118,13 +116,17 @@ impl Engine {
             }
         } else {
             let conn = &connectivity;
+            // `concurrency` targets work at once; targets waiting out a stall give their slot
+            // away, up to `in_flight` targets in all (see `slots`).
+            let slots = Slots::new(concurrency);
             let measure_all = async {
                 let mut stream = futures::stream::iter(targets.into_iter().enumerate())
                     .map(|(i, t)| {
                         let conn = conn.clone();
-                        async move { (i, self.measure(&t, conn).await) }
+                        let slots = &slots;
+                        async move { (i, slots.run(self.measure(&t, conn)).await) }
                     })
-                    .buffer_unordered(concurrency.max(1));
+                    .buffer_unordered(slots::in_flight(concurrency));
                 let mut done = 0;
                 while let Some((i, m)) = stream.next().await {
                     done += 1;
@@ -155,24 +157,40 @@ impl Engine {
 
     /// Measure one target, with the control asked concurrently. The verdict is left to
     /// [`finalize_verdicts`], which decides once per target when the run's baseline is known.
+    ///
+    /// Connecting starts with the network resolver's first answer, while its query keeps
+    /// listening for an injected second one (the linger) and the encrypted resolver and the
+    /// control service answer: those only wait, so they overlap the fetch instead of preceding
+    /// it.
     pub async fn measure(&self, target: &Target, connectivity: ConnectivitySummary) -> Measurement {
         let started_at = Utc::now();
         let t0 = Instant::now();
         let deadline = tokio::time::Instant::from_std(t0) + self.cfg.target_deadline;
-        // Resolve first, so the control can connect to the very addresses we got.
-        let (dns_obs, addrs) = self.resolve(&target.parsed, t0).await;
-        let control_fut = async {
-            let c = self.control.as_ref()?;
-            let answer =
-                tokio::time::timeout_at(deadline + CONTROL_GRACE, c.measure(&target.url, &addrs))
-                    .await;
-            Some(answer.unwrap_or(Err(ControlError::Deadline)))
+        let url = &target.parsed;
+        let main = async {
+            let (first, addrs) = slots::waiting(self.resolve_first(url, t0)).await;
+            let fetch = async {
+                let out = self.fetch(url, &addrs, t0, deadline).await;
+                slots::done();
+                out
+            };
+            // The control connects to the very addresses we got.
+            let control = async {
+                let c = self.control.as_ref()?;
+                let answer = tokio::time::timeout_at(
+                    deadline + CONTROL_GRACE,
+                    c.measure(&target.url, &addrs),
+                )
+                .await;
+                Some(answer.unwrap_or(Err(ControlError::Deadline)))
+            };
+            let linger = futures::future::join_all(first.into_iter().map(FirstResponse::linger));
+            tokio::join!(fetch, control, linger)
         };
-        let (mut obs, control) = tokio::join!(
-            self.fetch(&target.parsed, &addrs, t0, deadline),
-            control_fut
-        );
-        obs.dns = dns_obs;
+        let ((mut obs, control, net_dns), ctl_dns) =
+            tokio::join!(main, self.query_control_resolvers(url, t0));
+        obs.dns = net_dns;
+        obs.dns.extend(ctl_dns);
         let mut probe = self.probe.clone();
         let (control, control_failure) = match control {
             None => (None, None),
@@ -211,40 +229,68 @@ impl Engine {
         }
     }
 
-    /// Resolve the URL's host with the network resolver (and the control resolver, recorded
-    /// alongside); returns the observations and the network resolver's addresses.
-    pub async fn resolve(&self, url: &url::Url, t0: Instant) -> (Vec<DnsObservation>, Vec<IpAddr>) {
+    /// The network resolver's first responses for the URL's host, and their addresses (an IP
+    /// literal resolves to itself, with no query).
+    pub async fn resolve_first(
+        &self,
+        url: &url::Url,
+        t0: Instant,
+    ) -> (Vec<FirstResponse>, Vec<IpAddr>) {
         let Some(host) = url_host(url) else {
             return (vec![], vec![]);
         };
         if let Ok(ip) = host.parse::<IpAddr>() {
             return (vec![], vec![ip]);
         }
-        let control_fut = async {
-            match &self.control_resolver {
-                Some(r) => Some(r.query(&host, &self.cfg, t0).await),
-                None => None,
+        let first = dns::query_network_first(&host, &self.cfg, t0).await;
+        let observed: Vec<DnsObservation> = first.iter().map(|f| f.observation().clone()).collect();
+        let addrs = resolved_addrs(&observed);
+        (first, addrs)
+    }
+
+    /// The encrypted control resolvers' answers for the URL's host (none for an IP literal).
+    async fn query_control_resolvers(&self, url: &url::Url, t0: Instant) -> Vec<DnsObservation> {
+        match url_host(url) {
+            Some(host) if host.parse::<IpAddr>().is_err() && !self.control_resolvers.is_empty() => {
+                self.control_resolvers.query(&host, &self.cfg, t0).await
             }
+            _ => vec![],
+        }
+    }
+
+    /// Resolve the URL's host with the network resolver, lingering for injected answers, and
+    /// with the control resolvers, recorded alongside; returns the observations and the
+    /// network resolver's addresses.
+    pub async fn resolve(&self, url: &url::Url, t0: Instant) -> (Vec<DnsObservation>, Vec<IpAddr>) {
+        let network = async {
+            let (first, addrs) = self.resolve_first(url, t0).await;
+            let obs = futures::future::join_all(first.into_iter().map(FirstResponse::linger)).await;
+            (obs, addrs)
         };
-        let (net, ctl) = tokio::join!(dns::query_network(&host, &self.cfg, t0), control_fut);
-        let addrs = resolved_addrs(&net);
-        let mut all = net;
+        let ((mut all, addrs), ctl) = tokio::join!(network, self.query_control_resolvers(url, t0));
         all.extend(ctl);
         (all, addrs)
     }
 
     /// Run DNS, TCP, TLS and HTTP (with redirects) for one URL, connecting to the resolved
-    /// addresses plus `extra` (the probe's addresses, when the control measures).
+    /// addresses plus `extra` (the probe's addresses, when the control measures). Connecting
+    /// starts with the first DNS answer; the linger overlaps the fetch.
     pub async fn observe(&self, url: &url::Url, extra: &[IpAddr], t0: Instant) -> Observations {
-        let (dns_obs, mut addrs) = self.resolve(url, t0).await;
-        for ip in extra {
-            if !addrs.contains(ip) {
-                addrs.push(*ip);
-            }
-        }
         let deadline = tokio::time::Instant::from_std(t0) + self.cfg.target_deadline;
-        let mut out = self.fetch(url, &addrs, t0, deadline).await;
-        out.dns = dns_obs;
+        let main = async {
+            let (first, mut addrs) = self.resolve_first(url, t0).await;
+            for ip in extra {
+                if !addrs.contains(ip) {
+                    addrs.push(*ip);
+                }
+            }
+            let linger = futures::future::join_all(first.into_iter().map(FirstResponse::linger));
+            tokio::join!(self.fetch(url, &addrs, t0, deadline), linger)
+        };
+        let ((mut out, net_dns), ctl_dns) =
+            tokio::join!(main, self.query_control_resolvers(url, t0));
+        out.dns = net_dns;
+        out.dns.extend(ctl_dns);
         out
     }
 
@@ -431,7 +477,13 @@ impl Engine {
         } else if let Ok(ip) = host.parse::<IpAddr>() {
             ip
         } else {
-            let net = dns::query_network(&host, &self.cfg, t0).await;
+            // The hop's address only: its DNS is not recorded, so no linger to wait out.
+            let net: Vec<DnsObservation> =
+                slots::waiting(dns::query_network_first(&host, &self.cfg, t0))
+                    .await
+                    .iter()
+                    .map(|f| f.observation().clone())
+                    .collect();
             match resolved_addrs(&net).first() {
                 Some(ip) => *ip,
                 None => {
@@ -502,7 +554,7 @@ impl Engine {
             record(&|s| s.tcp.push(obs.clone()));
             return None;
         }
-        let (obs, stream) = tcp::connect(addr, &self.cfg, t0).await;
+        let (obs, stream) = slots::waiting(tcp::connect(addr, &self.cfg, t0)).await;
         record(&|s| s.tcp.push(obs.clone()));
         let stream = stream?;
         if let Ok(local) = stream.local_addr() {
@@ -511,10 +563,8 @@ impl Engine {
         if !https {
             return Some((addr, Conn::Plain(stream), false));
         }
-        let (tls_obs, tls) = self
-            .tls
-            .handshake(stream, addr, host, false, &self.cfg, t0)
-            .await;
+        let (tls_obs, tls) =
+            slots::waiting(self.tls.handshake(stream, addr, host, false, &self.cfg, t0)).await;
         let interrupted = tls_obs
             .failure
             .as_ref()
@@ -526,13 +576,18 @@ impl Engine {
             return Some((addr, Conn::Tls(Box::new(tls)), verified));
         }
         if interrupted && !host.eq_ignore_ascii_case(&self.cfg.decoy_sni) {
-            let (obs, stream) = tcp::connect(addr, &self.cfg, t0).await;
+            let (obs, stream) = slots::waiting(tcp::connect(addr, &self.cfg, t0)).await;
             record(&|s| s.tcp.push(obs.clone()));
             if let Some(stream) = stream {
-                let (decoy, _) = self
-                    .tls
-                    .handshake(stream, addr, &self.cfg.decoy_sni, true, &self.cfg, t0)
-                    .await;
+                let (decoy, _) = slots::waiting(self.tls.handshake(
+                    stream,
+                    addr,
+                    &self.cfg.decoy_sni,
+                    true,
+                    &self.cfg,
+                    t0,
+                ))
+                .await;
                 record(&|s| s.tls.push(decoy.clone()));
             }
         }
@@ -585,7 +640,11 @@ impl Engine {
             let (resolved, ips) = if let Ok(ip) = host.parse::<IpAddr>() {
                 (true, vec![ip])
             } else {
-                let net = dns::query_network(host, &self.cfg, t0).await;
+                let net: Vec<DnsObservation> = dns::query_network_first(host, &self.cfg, t0)
+                    .await
+                    .iter()
+                    .map(|f| f.observation().clone())
+                    .collect();
                 let ips = resolved_addrs(&net);
                 let answered = net.iter().any(|o| o.rcode.is_some());
                 (answered, ips)
@@ -606,14 +665,17 @@ impl Engine {
                 None => None,
             }
         };
-        let (anchors, control_ok) =
-            tokio::join!(futures::future::join_all(anchor_futs), control_fut);
+        let (anchors, control_ok, control_resolvers) = tokio::join!(
+            futures::future::join_all(anchor_futs),
+            control_fut,
+            self.control_resolvers.check(&self.cfg)
+        );
         let anchors_tried = anchors.len() as u32;
         let anchors_ok = anchors.iter().filter(|(_, r)| *r).count() as u32;
         let resolver_ok = (!anchors.is_empty()).then(|| anchors.iter().any(|(d, _)| *d));
         let decidable = anchors_tried > 0 || control_ok.is_some();
         let offline = decidable && anchors_ok == 0 && control_ok != Some(true);
-        let summary = if offline {
+        let mut summary = if offline {
             format!(
                 "No connectivity: none of {anchors_tried} anchor hosts could be reached{}{}. The network looks cut off.",
                 match control_ok {
@@ -638,6 +700,12 @@ impl Engine {
                 }
             )
         };
+        if !offline {
+            if let Some(text) = resolver_chain_summary(&control_resolvers) {
+                summary.push(' ');
+                summary.push_str(&text);
+            }
+        }
         ConnectivitySummary {
             offline,
             resolver_ok,
@@ -646,6 +714,7 @@ impl Engine {
             anchors_tried,
             summary,
             references: Vec::new(),
+            control_resolvers,
         }
     }
 
@@ -734,6 +803,38 @@ fn deadline_hop(
     obs.failed_step = Some(step);
     obs.failure = Some(Failure::DeadlineExceeded);
     obs
+}
+
+/// What the encrypted resolver check found, in a sentence; `None` when the first resolver of
+/// the chain works (nothing worth saying) or there is none.
+fn resolver_chain_summary(checks: &[ResolverCheck]) -> Option<String> {
+    let first_ok = checks.iter().position(|c| c.failure.is_none());
+    if first_ok == Some(0) || checks.is_empty() {
+        return None;
+    }
+    let failed: Vec<String> = checks
+        .iter()
+        .take(first_ok.unwrap_or(checks.len()))
+        .map(|c| {
+            format!(
+                "{} ({})",
+                c.label(),
+                c.failure.as_ref().map_or("failed", |f| f.name())
+            )
+        })
+        .collect();
+    Some(match first_ok {
+        Some(i) => format!(
+            "Encrypted DNS: {} failed from this network; using {}.",
+            failed.join(", "),
+            checks[i].label()
+        ),
+        None => format!(
+            "Encrypted DNS: no resolver of the chain answered from this network ({}); the \
+             control service's DNS is the only DNS control.",
+            failed.join(", ")
+        ),
+    })
 }
 
 /// The URL's host without IPv6 brackets.

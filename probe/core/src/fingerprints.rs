@@ -12,12 +12,16 @@
 //!   Censored Planet file covers both today (`cp.d_corp_kz_ps`, `cp.f_gen_ru_8_satellite`), and
 //!   its names win because they come first.
 //!
-//! All patterns are compiled once into two [`RegexSet`]s (blockpage and false positive), so a
-//! body is scanned once per set instead of once per pattern.
+//! All patterns are compiled once into two sets (blockpage and false positive), so a body is
+//! scanned once per set instead of once per pattern. Nearly every signature is plain text: those
+//! go into one Aho-Corasick automaton (a contiguous NFA, about 1 MiB), and only the few real
+//! regular expressions into a [`RegexSet`]. One `RegexSet` of all 600+ signatures cost about
+//! 40 MiB of memory, most of the probe's footprint.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::LazyLock;
 
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex::bytes::{RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 
@@ -248,73 +252,161 @@ struct CpSignature {
     pattern: String,
 }
 
-/// A compiled set of named patterns; `names[i]` belongs to pattern `i` of `set`.
+/// A compiled set of named patterns: the plain-text ones in an Aho-Corasick automaton, the
+/// others in a [`RegexSet`]. `names[i]` belongs to signature `i`, whichever holds it.
 #[derive(Debug)]
 struct Signatures {
+    /// The plain-text signatures; pattern `k` is signature `literal_ids[k]`.
+    literals: Option<AhoCorasick>,
+    literal_ids: Vec<usize>,
+    /// The regular expressions; pattern `k` is signature `regex_ids[k]`.
     set: RegexSet,
+    regex_ids: Vec<usize>,
     names: Vec<String>,
 }
 
 impl Signatures {
-    /// Compiles `(name, regex)` pairs into one set, skipping (with a warning) any pattern the
-    /// regex crate rejects, so one bad upstream pattern cannot disable matching.
+    /// Compiles `(name, regex)` pairs, skipping (with a warning) any pattern the regex crate
+    /// rejects, so one bad upstream pattern cannot disable matching.
     fn compile(kind: &str, entries: Vec<(String, String)>) -> Signatures {
-        let build = |entries: &[(String, String)]| {
-            RegexSetBuilder::new(entries.iter().map(|(_, p)| p))
-                .size_limit(SET_SIZE_LIMIT)
-                .dfa_size_limit(SET_DFA_SIZE_LIMIT)
-                .build()
-        };
-        if let Ok(set) = build(&entries) {
-            let names = entries.into_iter().map(|(n, _)| n).collect();
-            return Signatures { set, names };
-        }
-        // Find the culprits one by one; only on this slow path.
-        let compiles = |pattern: &str| {
-            RegexBuilder::new(pattern)
-                .size_limit(PATTERN_SIZE_LIMIT)
-                .build()
-                .map(|_| ())
-        };
-        let kept: Vec<(String, String)> = entries
-            .into_iter()
-            .filter(|(name, pattern)| match compiles(pattern) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(signature = %name, "skipping {kind} signature: {e}");
-                    false
+        let mut literal_texts = Vec::new();
+        let mut literal_ids = Vec::new();
+        let mut regexes: Vec<(String, String)> = Vec::new();
+        let mut regex_ids = Vec::new();
+        let mut names = Vec::new();
+        for (name, pattern) in entries {
+            match plain_text(&pattern) {
+                Some(text) if !text.is_empty() => {
+                    literal_ids.push(names.len());
+                    literal_texts.push(text);
                 }
-            })
-            .collect();
-        match build(&kept) {
-            Ok(set) => Signatures {
-                set,
-                names: kept.into_iter().map(|(n, _)| n).collect(),
-            },
-            Err(e) => {
-                tracing::warn!("all {kind} signatures disabled, the set does not compile: {e}");
-                Signatures {
-                    set: RegexSet::empty(),
-                    names: Vec::new(),
+                _ => {
+                    regex_ids.push(names.len());
+                    regexes.push((name.clone(), pattern));
+                }
+            }
+            names.push(name);
+        }
+        let literals = if literal_texts.is_empty() {
+            None
+        } else {
+            match AhoCorasick::builder()
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
+                .match_kind(MatchKind::Standard)
+                .build(&literal_texts)
+            {
+                Ok(ac) => Some(ac),
+                Err(e) => {
+                    tracing::warn!("{kind} text signatures disabled: {e}");
+                    None
+                }
+            }
+        };
+        let (set, regex_ids) = compile_regexes(kind, regexes, regex_ids);
+        Signatures {
+            literals,
+            literal_ids,
+            set,
+            regex_ids,
+            names,
+        }
+    }
+
+    /// Name of the first (lowest-index) signature matching any haystack.
+    fn first_match(&self, haystacks: &[&[u8]]) -> Option<&str> {
+        let mut best: Option<usize> = None;
+        let mut consider = |i: usize| best = Some(best.map_or(i, |b| b.min(i)));
+        for h in haystacks {
+            if let Some(ac) = &self.literals {
+                for m in ac.find_overlapping_iter(*h) {
+                    if let Some(&i) = self.literal_ids.get(m.pattern().as_usize()) {
+                        consider(i);
+                    }
+                }
+            }
+            if let Some(k) = self.set.matches(h).iter().next() {
+                if let Some(&i) = self.regex_ids.get(k) {
+                    consider(i);
                 }
             }
         }
+        best.and_then(|i| self.names.get(i)).map(String::as_str)
     }
 
-    /// Name of the first (lowest-index) pattern matching any haystack.
-    fn first_match(&self, haystacks: &[&[u8]]) -> Option<&str> {
-        haystacks
-            .iter()
-            .filter_map(|h| self.set.matches(h).iter().next())
-            .min()
-            .and_then(|i| self.names.get(i))
-            .map(String::as_str)
-    }
-
-    /// True when any pattern matches any haystack.
+    /// True when any signature matches any haystack.
     fn any_match(&self, haystacks: &[&[u8]]) -> bool {
-        haystacks.iter().any(|h| self.set.is_match(h))
+        haystacks.iter().any(|h| {
+            self.literals.as_ref().is_some_and(|ac| ac.is_match(*h)) || self.set.is_match(h)
+        })
     }
+}
+
+/// One `RegexSet` of the patterns that are real regular expressions; a pattern that does not
+/// compile is left out with a warning. Returns the set and the signature index of each of its
+/// patterns.
+fn compile_regexes(
+    kind: &str,
+    entries: Vec<(String, String)>,
+    ids: Vec<usize>,
+) -> (RegexSet, Vec<usize>) {
+    let build = |entries: &[(String, String)]| {
+        RegexSetBuilder::new(entries.iter().map(|(_, p)| p))
+            .size_limit(SET_SIZE_LIMIT)
+            .dfa_size_limit(SET_DFA_SIZE_LIMIT)
+            .build()
+    };
+    if let Ok(set) = build(&entries) {
+        return (set, ids);
+    }
+    // Find the culprits one by one; only on this slow path.
+    let compiles = |pattern: &str| {
+        RegexBuilder::new(pattern)
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .build()
+            .map(|_| ())
+    };
+    let (kept, kept_ids): (Vec<(String, String)>, Vec<usize>) = entries
+        .into_iter()
+        .zip(ids)
+        .filter(|((name, pattern), _)| match compiles(pattern) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(signature = %name, "skipping {kind} signature: {e}");
+                false
+            }
+        })
+        .unzip();
+    match build(&kept) {
+        Ok(set) => (set, kept_ids),
+        Err(e) => {
+            tracing::warn!("all {kind} regex signatures disabled, the set does not compile: {e}");
+            (RegexSet::empty(), Vec::new())
+        }
+    }
+}
+
+/// The text a pattern matches when it is plain text (letters, spaces, and metacharacters only
+/// when escaped, such as `fortinet\.net`); `None` for a real regular expression.
+fn plain_text(pattern: &str) -> Option<String> {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let next = chars.next()?;
+                // `\.` is a literal dot; `\w`, `\d`, `\b`, `\n`... are not plain text.
+                if next.is_ascii_alphanumeric() || next.is_whitespace() {
+                    return None;
+                }
+                out.push(next);
+            }
+            '.' | '^' | '$' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' => {
+                return None
+            }
+            other => out.push(other),
+        }
+    }
+    Some(out)
 }
 
 /// Escapes each `{` outside a character class that does not open a counted repetition
@@ -511,10 +603,62 @@ mod tests {
             fp().blockpage.names.len(),
             cp_blockpage + OONI_HTTP.len() + KZ_HTTP.len()
         );
-        assert_eq!(fp().blockpage.set.len(), fp().blockpage.names.len());
+        for sigs in [&fp().blockpage, &fp().false_positive] {
+            assert_eq!(sigs.usable_names().len(), sigs.names.len());
+        }
         assert_eq!(fp().false_positive.names.len(), cp_fp);
         assert_eq!(OONI_HTTP.len(), 29);
         assert_eq!(OONI_DNS.len(), 20);
+    }
+
+    impl Signatures {
+        /// Names of the signatures that compiled, in signature order.
+        fn usable_names(&self) -> Vec<&str> {
+            let mut ids: Vec<usize> = self
+                .literal_ids
+                .iter()
+                .chain(&self.regex_ids)
+                .copied()
+                .collect();
+            ids.sort_unstable();
+            ids.into_iter().map(|i| self.names[i].as_str()).collect()
+        }
+    }
+
+    #[test]
+    fn plain_text_signatures_are_recognised() {
+        assert_eq!(
+            plain_text(r"fortinet\.net").as_deref(),
+            Some("fortinet.net")
+        );
+        assert_eq!(
+            plain_text("Доступ ограничен").as_deref(),
+            Some("Доступ ограничен")
+        );
+        assert_eq!(plain_text(r"a\(b\)").as_deref(), Some("a(b)"));
+        for regex in [
+            r"a.b",
+            r"\d+",
+            r"(?m)^Server: x",
+            r"a|b",
+            r"x{2}",
+            r"\bword",
+            "tail\\",
+        ] {
+            assert_eq!(plain_text(regex), None, "{regex}");
+        }
+        // Nearly every bundled signature is plain text: the point of the split.
+        let fp = fp();
+        assert!(
+            fp.blockpage.literal_ids.len() > 500,
+            "{}",
+            fp.blockpage.literal_ids.len()
+        );
+        assert!(
+            fp.blockpage.regex_ids.len() < 50,
+            "{}",
+            fp.blockpage.regex_ids.len()
+        );
     }
 
     #[test]
@@ -556,8 +700,10 @@ mod tests {
                 ("also_good".into(), "x+y".into()),
             ],
         );
-        assert_eq!(s.names, ["good", "also_good"]);
+        assert_eq!(s.usable_names(), ["good", "also_good"]);
         assert_eq!(s.first_match(&[b"--xxy--"]), Some("also_good"));
+        assert_eq!(s.first_match(&[b"--abc--"]), Some("good"));
+        assert_eq!(s.first_match(&[b"(unclosed"]), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - [`model`]: the measurement format shared with the control service and the collector;
 //! - [`failure`]: the closed failure taxonomy;
 //! - [`checks`]: one module per step (DNS, TCP, TLS, HTTP), each recording observations;
-//! - [`engine`]: runs the steps for many targets concurrently;
+//! - [`engine`]: runs the steps for many targets concurrently ([`slots`]: how many at once);
 //! - [`verdict`]: the pure function from observations to a verdict;
 //! - [`targets`], [`fingerprints`], [`bogon`]: inputs and reference data;
 //! - [`spec`]: the string forms of settings, shared by the app and the collector;
@@ -25,6 +25,7 @@ pub mod failure;
 pub mod fingerprints;
 pub mod model;
 pub mod scrub;
+pub mod slots;
 pub mod spec;
 pub mod targets;
 pub mod verdict;

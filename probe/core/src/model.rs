@@ -325,6 +325,12 @@ pub struct ConnectivitySummary {
     /// speed, against which throttling is judged. Empty when no anchor serves HTTPS on 443.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<ReferenceTransfer>,
+    /// The encrypted control resolvers (DoH, DoT) as checked at the start of the run, in the
+    /// order of the fallback chain: which answered, and how the others failed. A resolver that
+    /// fails on a network where the anchors answer is evidence about the network (a censor
+    /// blocking encrypted DNS), not about any site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_resolvers: Vec<ResolverCheck>,
 }
 
 /// One reference transfer: `GET https://ANCHOR/` with the same steps as a target, reduced to
@@ -342,6 +348,28 @@ pub struct ReferenceTransfer {
     pub throughput_bps: Option<f64>,
     /// Why the transfer did not complete, if it did not.
     pub failure: Option<Failure>,
+}
+
+/// One encrypted control resolver as checked at the start of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverCheck {
+    /// `doh`, `dot` or `udp`.
+    pub transport: String,
+    /// The resolver as configured: `NAME@IP:PORT` (never the probe's address).
+    pub resolver: String,
+    /// How long the check took, milliseconds.
+    pub duration_ms: f64,
+    /// Why it could not be used (`connection_reset`, `dns_timeout`, ...); `None` when it
+    /// answered (any DNS answer counts, NXDOMAIN included: the transport works).
+    pub failure: Option<Failure>,
+}
+
+impl ResolverCheck {
+    /// `doh:NAME@IP:PORT`: how evidence and summaries name the resolver.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.transport, self.resolver)
+    }
 }
 
 /// The per-target conclusion.

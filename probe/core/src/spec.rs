@@ -55,7 +55,42 @@ pub fn parse_resolver(s: &str) -> Result<ResolverSpec, ConfigError> {
         })
 }
 
-/// Parse the control resolver syntax (see [`NetworkSection::control_resolver`]).
+/// Parse the control resolver chain: comma-separated `doh:IP[:PORT]#NAME`,
+/// `dot:IP[:PORT]#NAME` or `udp:IP[:PORT]` (labs), tried in order; `none` (or empty) for no
+/// encrypted resolver.
+pub fn parse_control_resolvers(s: &str) -> Result<Vec<ControlResolverSpec>, ConfigError> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("none") || s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut chain = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let spec = parse_control_resolver(part)?.ok_or_else(|| ConfigError::Value {
+            what: format!("control resolver {s:?}"),
+            message: "`none` cannot be part of a chain; use it alone".into(),
+        })?;
+        if chain.contains(&spec) {
+            return Err(ConfigError::Value {
+                what: format!("control resolver {s:?}"),
+                message: format!("{part:?} is listed twice"),
+            });
+        }
+        chain.push(spec);
+    }
+    if chain.len() > MAX_CONTROL_RESOLVERS {
+        return Err(ConfigError::Value {
+            what: format!("control resolver {s:?}"),
+            message: format!("at most {MAX_CONTROL_RESOLVERS} resolvers in the chain"),
+        });
+    }
+    Ok(chain)
+}
+
+/// Most resolvers in the control resolver chain: each costs a check at the start of a run.
+pub const MAX_CONTROL_RESOLVERS: usize = 4;
+
+/// Parse one control resolver (see [`parse_control_resolvers`] for the chain).
 pub fn parse_control_resolver(s: &str) -> Result<Option<ControlResolverSpec>, ConfigError> {
     let err = |message: String| ConfigError::Value {
         what: format!("control resolver {s:?}"),
@@ -190,6 +225,35 @@ mod tests {
         assert_eq!(parse_control_resolver("none").unwrap(), None);
         assert!(parse_control_resolver("doh:1.1.1.1").is_err());
         assert!(parse_control_resolver("tcp:1.1.1.1").is_err());
+    }
+
+    #[test]
+    fn control_resolver_chain() {
+        let chain =
+            parse_control_resolvers("doh:1.1.1.1#cloudflare-dns.com, dot:9.9.9.9#dns.quad9.net")
+                .unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[0].transport(), "doh");
+        assert_eq!(chain[1].label(), "dns.quad9.net@9.9.9.9:853");
+        assert!(parse_control_resolvers("none").unwrap().is_empty());
+        assert!(parse_control_resolvers("").unwrap().is_empty());
+        let err = parse_control_resolvers("doh:1.1.1.1#a,none")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be part of a chain"), "{err}");
+        let err = parse_control_resolvers("dot:9.9.9.9#q,dot:9.9.9.9#q")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listed twice"), "{err}");
+        let err = parse_control_resolvers("dot:9.9.9.9#q,dot:1.2.3.4")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing #NAME"), "{err}");
+        let five = (1..=5)
+            .map(|i| format!("udp:10.0.0.{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(parse_control_resolvers(&five).is_err());
     }
 
     #[test]

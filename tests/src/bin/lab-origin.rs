@@ -48,6 +48,9 @@ const MAX_HEAD: usize = 64 * 1024;
 struct ServeConfig {
     /// Write this process's lab CA here (PEM): the CA that signs the origins' certificates.
     ca_out: Option<PathBuf>,
+    /// Write certificates and keys signed by that CA here (PEM), for servers that are not
+    /// `lab-origin` (the encrypted resolver).
+    certs_out: Vec<CertOut>,
     /// Web servers.
     origins: Vec<OriginSpec>,
     /// Transparent HTTP proxies.
@@ -68,6 +71,15 @@ struct DelayProxySpec {
     listen: SocketAddr,
     upstream: SocketAddr,
     delay_ms: u64,
+}
+
+/// A certificate for `names`, written as PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertOut {
+    names: Vec<String>,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 /// One address serving sites over HTTPS (443) and/or HTTP (80).
@@ -353,6 +365,12 @@ async fn start(config: ServeConfig) -> Result<Servers> {
     let pki = LabPki::new()?;
     if let Some(path) = &config.ca_out {
         pki.write_ca_pem(path)?;
+    }
+    for out in &config.certs_out {
+        let names: Vec<&str> = out.names.iter().map(String::as_str).collect();
+        let (cert, key) = pki.leaf_pem(&names)?;
+        std::fs::write(&out.cert, cert).with_context(|| format!("writing {:?}", out.cert))?;
+        std::fs::write(&out.key, key).with_context(|| format!("writing {:?}", out.key))?;
     }
     let mut origins = Vec::new();
     for spec in &config.origins {

@@ -7,6 +7,7 @@
 //! answer, SERVFAIL) are kept apart from transport failures (timeout, garbage).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::TokioResolver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -21,7 +23,9 @@ use tokio::net::{TcpStream, UdpSocket};
 use super::{ControlResolverSpec, MeasureConfig, ResolverSpec};
 use crate::error::SetupError;
 use crate::failure::Failure;
-use crate::model::{DnsAnswer, DnsObservation, LateDnsResponse, QueryType, ResolverRole};
+use crate::model::{
+    DnsAnswer, DnsObservation, LateDnsResponse, QueryType, ResolverCheck, ResolverRole,
+};
 
 /// Largest DNS message we accept (UDP with EDNS, or one TCP message).
 const MAX_DNS_MESSAGE: usize = 4096;
@@ -53,8 +57,21 @@ pub fn system_nameserver(resolv_conf: &str) -> Option<SocketAddr> {
     })
 }
 
-/// Query the network resolver for `name` (A, and AAAA when IPv6 is on).
+/// Query the network resolver for `name` (A, and AAAA when IPv6 is on), lingering after the
+/// first responses for injected ones.
 pub async fn query_network(name: &str, cfg: &MeasureConfig, t0: Instant) -> Vec<DnsObservation> {
+    let first = query_network_first(name, cfg, t0).await;
+    futures::future::join_all(first.into_iter().map(FirstResponse::linger)).await
+}
+
+/// Query the network resolver for `name` up to the first response of each query type: the
+/// caller can start connecting to those addresses while [`FirstResponse::linger`] keeps
+/// listening for an injected second answer.
+pub async fn query_network_first(
+    name: &str,
+    cfg: &MeasureConfig,
+    t0: Instant,
+) -> Vec<FirstResponse> {
     let types: &[QueryType] = if cfg.ipv6 {
         &[QueryType::A, QueryType::AAAA]
     } else {
@@ -67,13 +84,13 @@ pub async fn query_network(name: &str, cfg: &MeasureConfig, t0: Instant) -> Vec<
                 let mut obs =
                     observation(ResolverRole::Network, "udp", "none".into(), name, *qt, t0);
                 obs.failure = Some(Failure::NetworkOffline);
-                obs
+                FirstResponse::done(obs)
             })
             .collect();
     };
     let futs = types
         .iter()
-        .map(|qt| query_udp(server, name, *qt, ResolverRole::Network, cfg, t0));
+        .map(|qt| query_udp_first(server, name, *qt, ResolverRole::Network, cfg, t0));
     futures::future::join_all(futs).await
 }
 
@@ -86,52 +103,130 @@ pub async fn query_udp(
     cfg: &MeasureConfig,
     t0: Instant,
 ) -> DnsObservation {
+    query_udp_first(server, name, qtype, role, cfg, t0)
+        .await
+        .linger()
+        .await
+}
+
+/// A query whose first response (or failure) is known; it may still be listening for late,
+/// differing responses until the linger ends.
+#[derive(Debug)]
+pub struct FirstResponse {
+    obs: DnsObservation,
+    linger: Option<Linger>,
+}
+
+/// What lingering needs: the socket, the question, the first answer to compare with.
+#[derive(Debug)]
+struct Linger {
+    sock: UdpSocket,
+    server: SocketAddr,
+    id: u16,
+    qtype: QueryType,
+    first_at: Instant,
+    first_rcode: ResponseCode,
+    first_addrs: Vec<IpAddr>,
+    until: Instant,
+}
+
+impl FirstResponse {
+    fn done(obs: DnsObservation) -> Self {
+        FirstResponse { obs, linger: None }
+    }
+
+    /// The observation as of the first response: answers, rcode, failure.
+    pub fn observation(&self) -> &DnsObservation {
+        &self.obs
+    }
+
+    /// Keep listening until the linger ends; the observation with the late responses that
+    /// differ from the first. Returns at once when there is nothing to wait for.
+    pub async fn linger(self) -> DnsObservation {
+        let FirstResponse { mut obs, linger } = self;
+        let Some(l) = linger else {
+            return obs;
+        };
+        let mut buf = vec![0u8; MAX_DNS_MESSAGE];
+        loop {
+            let now = Instant::now();
+            if now >= l.until {
+                break;
+            }
+            let (n, from) =
+                match tokio::time::timeout(l.until - now, l.sock.recv_from(&mut buf)).await {
+                    Ok(Ok(x)) => x,
+                    // The linger ended, or the socket failed after the first answer: done.
+                    Err(_) | Ok(Err(_)) => break,
+                };
+            if from.ip() != l.server.ip() {
+                continue;
+            }
+            let Some(parsed) = parse_response(&buf[..n], l.id, &obs.query, l.qtype) else {
+                continue;
+            };
+            if obs.late_responses.len() < MAX_LATE_RESPONSES
+                && (parsed.rcode != l.first_rcode || parsed.addrs() != l.first_addrs)
+            {
+                obs.late_responses.push(LateDnsResponse {
+                    after_ms: ms_since(l.first_at),
+                    rcode: rcode_name(parsed.rcode),
+                    answers: parsed.addrs(),
+                });
+            }
+        }
+        obs
+    }
+}
+
+/// Send one UDP query and wait for its first response (TCP on truncation), bounded by the
+/// step timeout.
+async fn query_udp_first(
+    server: SocketAddr,
+    name: &str,
+    qtype: QueryType,
+    role: ResolverRole,
+    cfg: &MeasureConfig,
+    t0: Instant,
+) -> FirstResponse {
     let mut obs = observation(role, "udp", server.to_string(), name, qtype, t0);
     let start = Instant::now();
     let (id, wire) = match build_query(name, qtype) {
         Ok(q) => q,
         Err(f) => {
             obs.failure = Some(f);
-            return obs;
+            return FirstResponse::done(obs);
         }
     };
     let sock = match bind_udp(server, cfg.source_address).await {
         Ok(s) => s,
         Err(e) => {
             obs.failure = Some(Failure::from_io(&e));
-            return obs;
+            return FirstResponse::done(obs);
         }
     };
     if let Err(e) = sock.send_to(&wire, server).await {
         obs.failure = Some(Failure::from_io(&e));
         obs.duration_ms = ms_since(start);
-        return obs;
+        return FirstResponse::done(obs);
     }
 
     let mut buf = vec![0u8; MAX_DNS_MESSAGE];
     let deadline = start + cfg.timeout;
-    let mut first: Option<(Instant, Parsed)> = None;
     let mut saw_garbage = false;
-    loop {
-        let until = match &first {
-            Some((t, _)) => *t + cfg.dns_linger,
-            None => deadline,
-        };
+    let first = loop {
         let now = Instant::now();
-        if now >= until {
-            break;
+        if now >= deadline {
+            break None;
         }
-        let recv = tokio::time::timeout(until - now, sock.recv_from(&mut buf)).await;
+        let recv = tokio::time::timeout(deadline - now, sock.recv_from(&mut buf)).await;
         let (n, from) = match recv {
-            Err(_) => break,
+            Err(_) => break None,
             Ok(Err(e)) => {
                 // ICMP port unreachable surfaces as ECONNREFUSED on a connected/unconnected socket.
-                if first.is_none() {
-                    obs.failure = Some(Failure::from_io(&e));
-                    obs.duration_ms = ms_since(start);
-                    return obs;
-                }
-                break;
+                obs.failure = Some(Failure::from_io(&e));
+                obs.duration_ms = ms_since(start);
+                return FirstResponse::done(obs);
             }
             Ok(Ok(x)) => x,
         };
@@ -142,57 +237,52 @@ pub async fn query_udp(
             saw_garbage = true;
             continue;
         };
-        match &first {
-            None => {
-                if parsed.truncated {
-                    // Retry over TCP, bounded by the remaining time.
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    obs.transport = "udp+tcp".into();
-                    match tokio::time::timeout(
-                        remaining,
-                        query_tcp(server, &wire, id, name, qtype, cfg.source_address),
-                    )
-                    .await
-                    {
-                        Ok(Ok(p)) => first = Some((Instant::now(), p)),
-                        Ok(Err(f)) => {
-                            obs.failure = Some(f);
-                            obs.duration_ms = ms_since(start);
-                            return obs;
-                        }
-                        Err(_) => break,
-                    }
-                } else {
-                    first = Some((Instant::now(), parsed));
-                }
+        if !parsed.truncated {
+            break Some(parsed);
+        }
+        // Retry over TCP, bounded by the remaining time.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        obs.transport = "udp+tcp".into();
+        match tokio::time::timeout(
+            remaining,
+            query_tcp(server, &wire, id, name, qtype, cfg.source_address),
+        )
+        .await
+        {
+            Ok(Ok(p)) => break Some(p),
+            Ok(Err(f)) => {
+                obs.failure = Some(f);
                 obs.duration_ms = ms_since(start);
+                return FirstResponse::done(obs);
             }
-            Some((t, p)) => {
-                if obs.late_responses.len() < MAX_LATE_RESPONSES
-                    && (parsed.rcode != p.rcode || parsed.addrs() != p.addrs())
-                {
-                    obs.late_responses.push(LateDnsResponse {
-                        after_ms: ms_since(*t),
-                        rcode: rcode_name(parsed.rcode),
-                        answers: parsed.addrs(),
-                    });
-                }
-            }
+            Err(_) => break None,
         }
+    };
+    obs.duration_ms = ms_since(start);
+    let Some(parsed) = first else {
+        obs.failure = Some(if saw_garbage {
+            Failure::DnsBadResponse
+        } else {
+            Failure::DnsTimeout
+        });
+        return FirstResponse::done(obs);
+    };
+    let first_at = Instant::now();
+    let linger = Linger {
+        sock,
+        server,
+        id,
+        qtype,
+        first_at,
+        first_rcode: parsed.rcode,
+        first_addrs: parsed.addrs(),
+        until: first_at + cfg.dns_linger,
+    };
+    fill_from_parsed(&mut obs, parsed, cfg);
+    FirstResponse {
+        obs,
+        linger: Some(linger),
     }
-
-    match first {
-        None => {
-            obs.duration_ms = ms_since(start);
-            obs.failure = Some(if saw_garbage {
-                Failure::DnsBadResponse
-            } else {
-                Failure::DnsTimeout
-            });
-        }
-        Some((_, p)) => fill_from_parsed(&mut obs, p, cfg),
-    }
-    obs
 }
 
 fn fill_from_parsed(obs: &mut DnsObservation, p: Parsed, cfg: &MeasureConfig) {
@@ -357,12 +447,18 @@ async fn query_tcp(
     parse_response(&buf, id, name, qtype).ok_or(Failure::DnsBadResponse)
 }
 
-/// The encrypted control resolver, built once per run.
+/// One encrypted control resolver, built once per run.
 #[derive(Clone)]
 pub struct ControlResolver {
     resolver: Arc<TokioResolver>,
     transport: &'static str,
     label: String,
+    /// The name asked when checking that the resolver works at all.
+    check_name: String,
+    /// Address, TLS name and client config of a DoH/DoT resolver, to find out by our own
+    /// connect and handshake how it fails when the resolver library only says "no
+    /// connections available".
+    endpoint: Option<(SocketAddr, String, Arc<rustls::ClientConfig>)>,
 }
 
 impl std::fmt::Debug for ControlResolver {
@@ -374,28 +470,38 @@ impl std::fmt::Debug for ControlResolver {
 impl ControlResolver {
     /// Build the resolver for `spec`, trusting the Mozilla roots plus the extra CAs.
     pub fn new(spec: &ControlResolverSpec, cfg: &MeasureConfig) -> Result<Self, SetupError> {
-        let (ns, transport, label) = match spec {
+        let (ns, check_name) = match spec {
             ControlResolverSpec::Doh { addr, tls_name } => {
                 let mut ns = NameServerConfig::https(addr.ip(), Arc::from(tls_name.as_str()), None);
                 for c in &mut ns.connections {
                     c.port = addr.port();
                 }
-                (ns, "doh", format!("{tls_name}@{addr}"))
+                (ns, tls_name.clone())
             }
             ControlResolverSpec::Dot { addr, tls_name } => {
                 let mut ns = NameServerConfig::tls(addr.ip(), Arc::from(tls_name.as_str()));
                 for c in &mut ns.connections {
                     c.port = addr.port();
                 }
-                (ns, "dot", format!("{tls_name}@{addr}"))
+                (ns, tls_name.clone())
             }
             ControlResolverSpec::Udp(addr) => {
                 let mut ns = NameServerConfig::udp(addr.ip());
                 for c in &mut ns.connections {
                     c.port = addr.port();
                 }
-                (ns, "udp", addr.to_string())
+                (ns, "example.com".to_string())
             }
+        };
+        let transport = spec.transport();
+        let endpoint = match spec {
+            ControlResolverSpec::Doh { addr, tls_name }
+            | ControlResolverSpec::Dot { addr, tls_name } => Some((
+                *addr,
+                tls_name.clone(),
+                Arc::new(super::tls::verifying_client_config(cfg)?),
+            )),
+            ControlResolverSpec::Udp(_) => None,
         };
         let config = ResolverConfig::from_name_servers(vec![ns]);
         let mut opts = ResolverOpts::default();
@@ -410,17 +516,29 @@ impl ControlResolver {
             builder = builder.with_tls_config(super::tls::verifying_client_config(cfg)?);
         }
         let resolver = builder.build().map_err(|e| SetupError::ControlResolver {
-            resolver: label.clone(),
+            resolver: spec.label(),
             message: e.to_string(),
         })?;
         Ok(ControlResolver {
             resolver: Arc::new(resolver),
             transport,
-            label,
+            label: spec.label(),
+            check_name,
+            endpoint,
         })
     }
 
-    /// Resolve `name` (A records) through the control resolver.
+    /// `doh`, `dot` or `udp`.
+    pub fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    /// `NAME@IP:PORT`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Resolve `name` (A records) through this resolver.
     pub async fn query(&self, name: &str, cfg: &MeasureConfig, t0: Instant) -> DnsObservation {
         let mut obs = observation(
             ResolverRole::Control,
@@ -460,24 +578,150 @@ impl ControlResolver {
                     obs.failure = Some(Failure::DnsNoAnswer);
                 }
             }
+            Ok(Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords {
+                response_code, ..
+            })))) => {
+                // An answer without addresses: NXDOMAIN, NOERROR with no A record, SERVFAIL.
+                obs.rcode = Some(rcode_name(response_code));
+                obs.failure = failure_for(response_code, true);
+            }
             Ok(Err(e)) => {
-                if e.is_nx_domain() {
-                    obs.rcode = Some("NXDOMAIN".into());
-                    obs.failure = Some(Failure::DnsNxdomain);
-                } else if e.is_no_records_found() {
-                    obs.rcode = Some("NOERROR".into());
-                    obs.failure = Some(Failure::DnsNoAnswer);
-                } else {
-                    let text = e.to_string();
-                    obs.failure = Some(if text.contains("timed out") || text.contains("timeout") {
-                        Failure::DnsTimeout
-                    } else {
-                        Failure::unknown(text)
-                    });
-                }
+                let failure = resolver_failure(&e);
+                obs.failure = Some(match failure {
+                    Failure::Unknown(_) => self.diagnose(cfg).await.unwrap_or(failure),
+                    known => known,
+                });
             }
         }
         obs
+    }
+
+    /// Connect and handshake with the resolver ourselves, to name a failure that the resolver
+    /// library reports without its cause: a reset (SNI filtering), a timeout (a dropped port),
+    /// a refused connection, a forged certificate. `None` when both work (the cause is
+    /// elsewhere) or for a plain UDP resolver.
+    async fn diagnose(&self, cfg: &MeasureConfig) -> Option<Failure> {
+        let (addr, name, tls) = self.endpoint.as_ref()?;
+        let stream = match tokio::time::timeout(
+            cfg.timeout,
+            super::tcp::connect_socket(*addr, cfg.source_address),
+        )
+        .await
+        {
+            Err(_) => return Some(Failure::GenericTimeout),
+            Ok(Err(e)) => return Some(Failure::from_io(&e)),
+            Ok(Ok(s)) => s,
+        };
+        let server_name = rustls_pki_types::ServerName::try_from(name.clone()).ok()?;
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        match tokio::time::timeout(cfg.timeout, connector.connect(server_name, stream)).await {
+            Err(_) => Some(Failure::GenericTimeout),
+            Ok(Err(e)) => Some(Failure::from_io(&e)),
+            Ok(Ok(_)) => None,
+        }
+    }
+
+    /// Does this resolver answer at all from here? Any DNS answer counts (NXDOMAIN too): the
+    /// transport works. The failure says how it could not be reached.
+    pub async fn check(&self, cfg: &MeasureConfig) -> ResolverCheck {
+        let obs = self.query(&self.check_name, cfg, Instant::now()).await;
+        ResolverCheck {
+            transport: self.transport.to_string(),
+            resolver: self.label.clone(),
+            duration_ms: obs.duration_ms,
+            failure: match obs.rcode {
+                Some(_) => None,
+                None => Some(obs.failure.unwrap_or(Failure::DnsNoAnswer)),
+            },
+        }
+    }
+}
+
+/// Classify a transport failure of an encrypted resolver in the closed taxonomy: the censor's
+/// techniques (reset on the SNI, a dropped port, a forged certificate) must come out by name.
+fn resolver_failure(e: &NetError) -> Failure {
+    match e {
+        NetError::Io(io) => Failure::from_io(io),
+        NetError::Timeout => Failure::DnsTimeout,
+        other => {
+            let text = other.to_string();
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("timed out") || lower.contains("timeout") {
+                Failure::DnsTimeout
+            } else if lower.contains("reset") {
+                Failure::ConnectionReset
+            } else if lower.contains("refused") {
+                Failure::ConnectionRefused
+            } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+                Failure::SslUnknownAuthority
+            } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+                Failure::SslInvalidHostname
+            } else if lower.contains("eof") || lower.contains("end of file") {
+                Failure::Eof
+            } else {
+                Failure::unknown(text)
+            }
+        }
+    }
+}
+
+/// The encrypted control resolvers as a fallback chain (DoH, then DoT): the run's check finds
+/// the first that works, targets use it, and a resolver that stops working mid-run hands over
+/// to the next. When none works, the control service's own DNS is the only control left.
+#[derive(Clone, Debug)]
+pub struct ControlResolvers {
+    chain: Vec<ControlResolver>,
+    /// Index of the first resolver believed to work (`chain.len()`: none).
+    active: Arc<AtomicUsize>,
+}
+
+impl ControlResolvers {
+    /// Build every resolver of the chain.
+    pub fn new(specs: &[ControlResolverSpec], cfg: &MeasureConfig) -> Result<Self, SetupError> {
+        let chain = specs
+            .iter()
+            .map(|s| ControlResolver::new(s, cfg))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ControlResolvers {
+            chain,
+            active: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// No encrypted resolver configured.
+    pub fn is_empty(&self) -> bool {
+        self.chain.is_empty()
+    }
+
+    /// Check every resolver of the chain at once (so a blocked one costs one timeout, not one
+    /// per resolver), and use the first that works from now on.
+    pub async fn check(&self, cfg: &MeasureConfig) -> Vec<ResolverCheck> {
+        let checks = futures::future::join_all(self.chain.iter().map(|r| r.check(cfg))).await;
+        let first_ok = checks
+            .iter()
+            .position(|c| c.failure.is_none())
+            .unwrap_or(self.chain.len());
+        self.active.store(first_ok, Ordering::Relaxed);
+        checks
+    }
+
+    /// Resolve `name` through the first working resolver; on a transport failure (no DNS
+    /// answer at all), record it and try the next one. Every attempt is recorded.
+    pub async fn query(&self, name: &str, cfg: &MeasureConfig, t0: Instant) -> Vec<DnsObservation> {
+        let mut out = Vec::new();
+        let mut i = self.active.load(Ordering::Relaxed);
+        while let Some(r) = self.chain.get(i) {
+            let obs = r.query(name, cfg, t0).await;
+            let answered = obs.rcode.is_some();
+            out.push(obs);
+            if answered {
+                break;
+            }
+            i += 1;
+            // Later targets start with the next resolver.
+            self.active.fetch_max(i, Ordering::Relaxed);
+        }
+        out
     }
 }
 

@@ -57,13 +57,34 @@ pub const DEFAULT_TARGET_DEADLINE: Duration = Duration::from_secs(30);
 /// control measures the site too, from further away).
 pub const CONTROL_GRACE: Duration = Duration::from_secs(5);
 
+impl ControlResolverSpec {
+    /// `doh`, `dot` or `udp`.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            ControlResolverSpec::Doh { .. } => "doh",
+            ControlResolverSpec::Dot { .. } => "dot",
+            ControlResolverSpec::Udp(_) => "udp",
+        }
+    }
+
+    /// `NAME@IP:PORT` (or `IP:PORT` for UDP): how records name the resolver.
+    pub fn label(&self) -> String {
+        match self {
+            ControlResolverSpec::Doh { addr, tls_name }
+            | ControlResolverSpec::Dot { addr, tls_name } => format!("{tls_name}@{addr}"),
+            ControlResolverSpec::Udp(addr) => addr.to_string(),
+        }
+    }
+}
+
 /// Everything the measurement steps need to know; built from the layered configuration.
 #[derive(Clone, Debug)]
 pub struct MeasureConfig {
     /// The network's resolver.
     pub resolver: ResolverSpec,
-    /// The encrypted control resolver, if any.
-    pub control_resolver: Option<ControlResolverSpec>,
+    /// The encrypted control resolvers, a fallback chain in order (DoH, then DoT): the first
+    /// that works is used; none means no encrypted resolver.
+    pub control_resolvers: Vec<ControlResolverSpec>,
     /// Timeout of each step (DNS query, connect, handshake, HTTP exchange).
     pub timeout: Duration,
     /// How long to keep listening for a second, injected DNS response after the first.
@@ -94,7 +115,7 @@ impl Default for MeasureConfig {
     fn default() -> Self {
         MeasureConfig {
             resolver: ResolverSpec::System,
-            control_resolver: None,
+            control_resolvers: Vec::new(),
             timeout: Duration::from_secs(10),
             dns_linger: Duration::from_millis(300),
             body_cap: 512 * 1024,
