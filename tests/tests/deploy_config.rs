@@ -19,8 +19,15 @@ use witness_tests::dashboards::{
     DASHBOARDS,
 };
 
-/// The uid of the provisioned Prometheus data source that every panel must use.
+/// The uid of the provisioned Prometheus data source (the shipped provisioning files).
 const DATASOURCE_UID: &str = "witness-prometheus";
+
+/// What every panel, target, annotation and query variable of a dashboard refers to: its
+/// data-source variable, never a fixed uid (so the dashboards import into any Grafana).
+const DATASOURCE_REF: &str = "${datasource}";
+
+/// The import input the data-source variable defaults to (`__inputs`).
+const DATASOURCE_INPUT: &str = "DS_PROMETHEUS";
 
 /// The collector's metrics (`collector/src/metrics.rs`) with their labels.
 const COLLECTOR_METRICS: &[(&str, &[&str])] = &[
@@ -38,6 +45,7 @@ const COLLECTOR_METRICS: &[(&str, &[&str])] = &[
     ("witness_ingest_duration_seconds", &[]),
     ("witness_records_rejected_total", &["reason"]),
     ("witness_webhook_failures_total", &[]),
+    ("witness_build_info", &["version"]),
 ];
 
 /// The collector's only histogram: queried through its `_bucket`, `_sum` and `_count` series.
@@ -444,6 +452,52 @@ fn every_alert_is_documented_labelled_and_unit_tested_both_ways() {
     }
 }
 
+/// GitHub-style anchor of a Markdown heading: lower case, spaces to `-`, punctuation dropped.
+fn heading_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_url_into_the_operations_guide() {
+    let manifest = read("Cargo.toml");
+    let repository = yaml_values(&manifest.replace(" = ", ": "), "repository")
+        .pop()
+        .expect("workspace repository");
+    let base = format!("{repository}/blob/main/docs/operations.md#");
+    let anchors: BTreeSet<String> = read("docs/operations.md")
+        .lines()
+        .filter_map(|l| {
+            l.trim_start_matches('#')
+                .strip_prefix(' ')
+                .filter(|_| l.starts_with('#'))
+        })
+        .map(heading_anchor)
+        .collect();
+    let blocks = alert_blocks();
+    assert!(blocks.len() >= 8);
+    for (name, body) in &blocks {
+        let urls = yaml_values(body, "runbook_url");
+        assert_eq!(urls.len(), 1, "{name}: runbook_url {urls:?}");
+        let anchor = urls[0]
+            .strip_prefix(&base)
+            .unwrap_or_else(|| panic!("{name}: runbook_url {} is not under {base}", urls[0]));
+        assert_eq!(anchor, heading_anchor(name), "{name}: runbook anchor");
+        assert!(
+            anchors.contains(anchor),
+            "{name}: docs/operations.md has no heading with anchor #{anchor}"
+        );
+    }
+}
+
 #[test]
 fn rules_use_only_known_metrics() {
     let recording = recording_rule_names();
@@ -785,17 +839,59 @@ fn docker_compose_config() {
     let Some(compose) = tool("docker-compose", "docker-compose") else {
         return;
     };
+    // No default Grafana password: without one, compose refuses and says which variable.
+    let refused = Command::new(&compose)
+        .arg("-f")
+        .arg(repo("deploy/compose/docker-compose.yml"))
+        .arg("config")
+        .env_remove("GRAFANA_ADMIN_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker-compose");
+    assert!(
+        !refused.status.success(),
+        "compose accepted a missing GRAFANA_ADMIN_PASSWORD"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("set GRAFANA_ADMIN_PASSWORD"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let (out, _) = run_ok(
-        Command::new(compose)
+        Command::new(&compose)
             .arg("-f")
             .arg(repo("deploy/compose/docker-compose.yml"))
             .arg("config")
-            .env_remove("GRAFANA_ADMIN_PASSWORD"),
+            .env("GRAFANA_ADMIN_PASSWORD", "a-test-password"),
     );
-    for service in ["collector:", "prometheus:", "alertmanager:", "grafana:"] {
+    assert!(
+        out.contains("GF_SECURITY_ADMIN_PASSWORD: a-test-password"),
+        "{out}"
+    );
+    // The current Compose format: no `version:` key.
+    assert!(
+        !read("deploy/compose/docker-compose.yml")
+            .lines()
+            .any(|l| l.starts_with("version:")),
+        "obsolete `version:` key"
+    );
+    // Every service has a healthcheck; Prometheus and Grafana wait for healthy dependencies.
+    let services = ["collector", "prometheus", "alertmanager", "grafana"];
+    for service in services {
+        let block = service_block(&out, service);
         assert!(
-            out.contains(&format!("  {service}\n")),
-            "no service {service}:\n{out}"
+            block.contains("    healthcheck:\n"),
+            "{service}: no healthcheck:\n{block}"
+        );
+        assert!(
+            block.contains("      test:\n"),
+            "{service}: healthcheck without test"
+        );
+    }
+    for service in ["prometheus", "grafana"] {
+        assert!(
+            service_block(&out, service).contains("condition: service_healthy"),
+            "{service} does not wait for healthy dependencies"
         );
     }
     // `config` resolves bind mounts to absolute host paths but does not check them.
@@ -814,6 +910,25 @@ fn docker_compose_config() {
         mounts >= 6,
         "expected the configs to be bind-mounted:\n{out}"
     );
+}
+
+/// The lines of one service in `docker-compose config` output (services at two spaces).
+fn service_block(config: &str, service: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in config.lines() {
+        if line.starts_with("  ") && !line.starts_with("   ") {
+            inside = line.trim_end() == format!("  {service}:");
+        } else if !line.starts_with(' ') {
+            inside = false;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(!out.is_empty(), "no service {service}:\n{config}");
+    out
 }
 
 #[test]
@@ -864,7 +979,7 @@ fn compose_collector_config_is_accepted_by_the_collector() {
         Command::new(&bin)
             .arg("--config")
             .arg(&good)
-            .args(["token", "list"]),
+            .arg("check-config"),
     );
     let bad = dir.path().join("bad.toml");
     fs::write(
@@ -875,7 +990,7 @@ fn compose_collector_config_is_accepted_by_the_collector() {
     let out = Command::new(&bin)
         .arg("--config")
         .arg(&bad)
-        .args(["token", "list"])
+        .arg("check-config")
         .output()
         .expect("run collector");
     assert!(!out.status.success(), "an unknown key was accepted");
@@ -1165,7 +1280,7 @@ fn label_values_parts(query: &str) -> (String, String) {
 }
 
 #[test]
-fn dashboards_are_valid_and_use_the_provisioned_datasource() {
+fn dashboards_are_valid_and_every_panel_uses_the_datasource_variable() {
     let mut uids = BTreeSet::new();
     let mut titles = BTreeSet::new();
     // No other JSON file lies around unchecked.
@@ -1201,7 +1316,29 @@ fn dashboards_are_valid_and_use_the_provisioned_datasource() {
             "{file}: schemaVersion {schema}"
         );
 
-        let uses_ours = |v: &Value| v["uid"] == DATASOURCE_UID && v["type"] == "prometheus";
+        // Importable: Grafana asks for this input and puts the chosen data source in the
+        // variable; provisioned, the variable falls back to the default data source (the
+        // shipped provisioning makes ours the default).
+        let inputs = dash["__inputs"].as_array().expect("__inputs");
+        assert_eq!(inputs.len(), 1, "{file}: __inputs");
+        assert_eq!(inputs[0]["name"], DATASOURCE_INPUT, "{file}");
+        assert_eq!(inputs[0]["type"], "datasource", "{file}");
+        assert_eq!(inputs[0]["pluginId"], "prometheus", "{file}");
+        let var = &dash["templating"]["list"][0];
+        assert_eq!(var["name"], "datasource", "{file}: first variable");
+        assert_eq!(var["type"], "datasource", "{file}");
+        assert_eq!(var["query"], "prometheus", "{file}");
+        assert_eq!(
+            var["current"]["value"],
+            format!("${{{DATASOURCE_INPUT}}}"),
+            "{file}: the variable defaults to the import input"
+        );
+        let text = fs::read_to_string(repo(file)).expect("dashboard");
+        assert!(
+            !text.contains(DATASOURCE_UID),
+            "{file}: names the data source uid {DATASOURCE_UID} instead of ${{datasource}}"
+        );
+        let uses_ours = |v: &Value| v["uid"] == DATASOURCE_REF && v["type"] == "prometheus";
         let mut ids = BTreeSet::new();
         let mut panels: Vec<&Value> = dash["panels"].as_array().expect("panels").iter().collect();
         while let Some(panel) = panels.pop() {
@@ -1243,11 +1380,43 @@ fn dashboards_are_valid_and_use_the_provisioned_datasource() {
                 );
             }
         }
+        let mut datasources = 0;
         for var in dash["templating"]["list"].as_array().expect("templating") {
-            if var["type"] == "query" {
-                assert!(uses_ours(&var["datasource"]), "{file}: variable datasource");
+            match var["type"].as_str() {
+                Some("query") => {
+                    assert!(uses_ours(&var["datasource"]), "{file}: variable datasource")
+                }
+                Some("datasource") => datasources += 1,
+                other => panic!("{file}: variable of type {other:?}"),
             }
         }
+        assert_eq!(datasources, 1, "{file}: one data-source variable");
+        // Every datasource object anywhere (rows, library panels...) is ours or Grafana's own.
+        let mut stack = vec![&dash];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::Object(o) => {
+                    if let Some(ds) = o.get("datasource").filter(|d| d.is_object()) {
+                        assert!(
+                            uses_ours(ds)
+                                || ds["uid"] == "-- Grafana --"
+                                || ds["type"] == "grafana",
+                            "{file}: datasource {ds}"
+                        );
+                    }
+                    stack.extend(o.values());
+                }
+                Value::Array(a) => stack.extend(a),
+                _ => {}
+            }
+        }
+    }
+    // Provisioned dashboards take the default data source: the shipped one must be it.
+    for f in [
+        "dashboards/provisioning/datasources/witness.yaml",
+        "deploy/compose/grafana-datasource.yaml",
+    ] {
+        assert_eq!(yaml_values(&read(f), "isDefault"), ["true"], "{f}");
     }
 }
 
@@ -1259,6 +1428,7 @@ fn dashboard_variables_are_defined_and_queries_use_only_known_metrics() {
             .as_array()
             .expect("templating")
             .iter()
+            .filter(|v| v["type"] != "datasource")
             .collect();
         let names: Vec<&str> = vars
             .iter()
@@ -1326,6 +1496,9 @@ fn dashboard_queries_are_valid_promql() {
     for (file, dash) in load_dashboards() {
         all.extend(dashboard_queries(file, &dash));
         for var in dash["templating"]["list"].as_array().expect("templating") {
+            if var["type"] == "datasource" {
+                continue;
+            }
             let (selector, _) = label_values_parts(&variable_query(var));
             all.push((format!("{file}: variable {}", var["name"]), selector));
         }
