@@ -167,6 +167,7 @@ pub async fn serve_with(
         let notifier = Notifier::new(
             state.store.clone(),
             state.config.webhook.clone(),
+            state.config.public_url(),
             state.metrics.clone(),
             state.webhook_wake.clone(),
         )?;

@@ -239,9 +239,16 @@ pub struct WebhookConfig {
     pub initial_backoff: HumanDuration,
     /// Longest delay between retries. Default `1h`.
     pub max_backoff: HumanDuration,
-    /// Alertmanager format only: re-send open events this often so Alertmanager keeps them
-    /// firing (set its `resolve_timeout` above this). `0s` disables. Default `30m`.
+    /// Alertmanager format only: re-send open events this often. Each open event is sent with
+    /// `endsAt` three intervals ahead, so Alertmanager keeps it firing between re-sends
+    /// whatever its `resolve_timeout`; an ended event is sent with its end, which resolves it
+    /// at once. `0s` disables re-sending (open events are then sent without `endsAt`, and
+    /// Alertmanager's `resolve_timeout` ends them). Default `30m`.
     pub resend_interval: HumanDuration,
+    /// Base URL at which people reach this collector's pages (e.g. `https://witness.example/`):
+    /// alerts pushed to Alertmanager link there (`generatorURL`: the site's page, or the status
+    /// page for a shutdown). Default: `http://` + `[server] listen` + `/`.
+    pub public_url: Option<String>,
 }
 
 impl Default for WebhookConfig {
@@ -254,6 +261,7 @@ impl Default for WebhookConfig {
             initial_backoff: HumanDuration::from_secs(5),
             max_backoff: HumanDuration::from_secs(3600),
             resend_interval: HumanDuration::from_secs(30 * 60),
+            public_url: None,
         }
     }
 }
@@ -426,7 +434,32 @@ impl Config {
                 }
             }
         }
+        if let Some(u) = &self.webhook.public_url {
+            match url::Url::parse(u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "webhook.public_url: {u:?} is not an http(s) URL"
+                    )))
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The base URL of this collector's pages, ending in `/`: `[webhook] public_url`, or the
+    /// API listener's address.
+    pub fn public_url(&self) -> String {
+        let base = self
+            .webhook
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/", self.server.listen));
+        if base.ends_with('/') {
+            base
+        } else {
+            format!("{base}/")
+        }
     }
 }
 

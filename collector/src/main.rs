@@ -1,11 +1,13 @@
 //! `witness-collector`: thin wrapper over the library (flags, config, serve).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use witness_collector::config::HumanDuration;
-use witness_collector::{app, store, tokens, Config};
+use witness_collector::store::Backend;
+use witness_collector::{admin, app, store, tokens, Config};
 
 #[derive(Parser)]
 #[command(name = "witness-collector", version, about = "Witness collector")]
@@ -21,7 +23,11 @@ struct Cli {
 enum Command {
     /// Run the collector.
     Serve,
-    /// Manage invite and probe tokens.
+    /// Check the configuration (without starting anything) and say what it means.
+    CheckConfig,
+    /// Print the example configuration: every setting with its default, commented.
+    ExampleConfig,
+    /// Manage invite and probe tokens (in the existing store of --config).
     Token {
         #[command(subcommand)]
         action: TokenAction,
@@ -51,8 +57,20 @@ enum TokenAction {
     },
 }
 
+/// Errors are one human line (the cause chain, `: `-separated), never a backtrace: they are
+/// the operator's to read, whatever RUST_BACKTRACE says.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("witness-collector: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     // Logs on stderr (stdout carries the listening addresses), plain text unless stderr is a
     // terminal that takes colour: journald and log files get no escape codes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -66,12 +84,51 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(ansi)
         .init();
     let cli = Cli::parse();
+    if let Command::ExampleConfig = cli.command {
+        print!("{}", admin::EXAMPLE_CONFIG);
+        return Ok(());
+    }
     let config = Config::load(cli.config.as_deref())?;
+    if let Command::CheckConfig = cli.command {
+        print!("{}", admin::describe(&config, cli.config.as_deref()));
+        for w in admin::store_warnings(&config.store.url) {
+            println!("warning: {w}");
+        }
+        println!("configuration OK");
+        return Ok(());
+    }
+    if let Command::Token { .. } = cli.command {
+        admin::require_existing_store(&config, cli.config.as_deref())?;
+        eprintln!(
+            "store: {} (config: {})",
+            store::redacted(&config.store.url),
+            admin::config_source(cli.config.as_deref())
+        );
+    }
     let store = store::open(&config.store)
         .await
         .with_context(|| format!("opening the store {}", store::redacted(&config.store.url)))?;
     match cli.command {
+        Command::CheckConfig | Command::ExampleConfig => Ok(()),
         Command::Serve => {
+            for w in admin::store_warnings(&config.store.url) {
+                tracing::warn!("{w}");
+            }
+            if matches!(Backend::of(&config.store.url), Ok(Backend::Postgres)) {
+                // What sslmode=prefer (the default) ended up with, said once at start.
+                match admin::pg_connection_encrypted(&config.store.url).await {
+                    Ok(true) => tracing::info!("store connection to PostgreSQL is encrypted (TLS)"),
+                    Ok(false) => tracing::warn!(
+                        sslmode =
+                            admin::pg_sslmode(&config.store.url).unwrap_or_else(|| "prefer".into()),
+                        "store connection to PostgreSQL is NOT encrypted: set \
+                         ?sslmode=verify-full&sslrootcert=CA.pem to require TLS"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not tell whether the store connection is encrypted")
+                    }
+                }
+            }
             let listener = tokio::net::TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("binding {}", config.server.listen))?;

@@ -44,7 +44,36 @@ pub const RECORDS_REJECTED_TOTAL: &str = "witness_records_rejected_total";
 /// Failed webhook delivery attempts.
 pub const WEBHOOK_FAILURES_TOTAL: &str = "witness_webhook_failures_total";
 
-/// Every metric name, for tests and documentation.
+/// Always 1, labelled with the collector's version: `{version}`.
+pub const BUILD_INFO: &str = "witness_build_info";
+
+/// The standard process metrics (Linux), from the prometheus crate's process collector.
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+/// Resident memory of the collector process.
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+/// Virtual memory of the collector process.
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
+/// Open file descriptors (sockets and the store's files included).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// The file descriptor limit.
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// Start time of the process, seconds since the epoch.
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+/// OS threads of the collector process.
+pub const PROCESS_THREADS: &str = "process_threads";
+
+/// The process metrics served on Linux.
+pub const PROCESS: &[&str] = &[
+    PROCESS_CPU_SECONDS_TOTAL,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_VIRTUAL_MEMORY_BYTES,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    PROCESS_START_TIME_SECONDS,
+    PROCESS_THREADS,
+];
+
+/// Every `witness_` metric name, for tests and documentation.
 pub const ALL: &[&str] = &[
     MEASUREMENTS_RECEIVED_TOTAL,
     SITE_BLOCKED_RATIO,
@@ -54,6 +83,7 @@ pub const ALL: &[&str] = &[
     INGEST_DURATION_SECONDS,
     RECORDS_REJECTED_TOTAL,
     WEBHOOK_FAILURES_TOTAL,
+    BUILD_INFO,
 ];
 
 const UNKNOWN: &str = "unknown";
@@ -100,6 +130,23 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C
         tracing::error!(error = %e, "metric registration failed");
     }
     c
+}
+
+/// `witness_build_info` and, on Linux, the process metrics.
+fn register_build_and_process(r: &Registry) -> prometheus::Result<()> {
+    let build = register(
+        r,
+        IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Always 1: the collector's version."),
+            &["version"],
+        )?,
+    );
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(())
 }
 
 impl Metrics {
@@ -172,6 +219,7 @@ impl Metrics {
             &r,
             IntCounter::new(WEBHOOK_FAILURES_TOTAL, "Failed webhook delivery attempts.")?,
         );
+        register_build_and_process(&r)?;
         // Closed label sets start at zero, so rates and alerts work before the first event.
         for t in Transition::ALL {
             events.with_label_values(&[t.as_str()]);

@@ -62,10 +62,45 @@ fn summary(e: &Event) -> String {
     }
 }
 
-/// One alert in Alertmanager's format. An event that has ended carries `endsAt`, which makes
-/// it resolved, whatever transition announced it (a late `new_block` must not re-fire an event
-/// that already ended).
-pub fn alertmanager_alert(e: &Event) -> Value {
+/// What an alert says beyond its event.
+#[derive(Clone, Debug)]
+pub struct AlertOptions {
+    /// How long Alertmanager should keep an open event firing without hearing of it again:
+    /// three re-send intervals (`None` when re-sending is off: no `endsAt`, and Alertmanager's
+    /// `resolve_timeout` applies).
+    pub hold: Option<Duration>,
+    /// Base URL of the collector's pages, ending in `/` (`generatorURL`).
+    pub public_url: String,
+}
+
+impl AlertOptions {
+    /// Options for `cfg`, linking to `public_url`.
+    pub fn new(cfg: &WebhookConfig, public_url: String) -> AlertOptions {
+        let resend = cfg.resend_interval.0;
+        AlertOptions {
+            hold: (!resend.is_zero()).then(|| resend.saturating_mul(3)),
+            public_url,
+        }
+    }
+}
+
+/// The page an alert links to: the site's page for a block, the status page for a shutdown.
+fn generator_url(e: &Event, base: &str) -> String {
+    match (&e.kind, &e.domain) {
+        (EventKind::NewBlock, Some(domain)) => format!(
+            "{base}sites/{}",
+            url::form_urlencoded::byte_serialize(domain.as_bytes()).collect::<String>()
+        ),
+        _ => format!("{base}status"),
+    }
+}
+
+/// One alert in Alertmanager's format. An event that has ended carries its end as `endsAt`,
+/// which resolves it at once, whatever transition announced it (a late `new_block` must not
+/// re-fire an event that already ended). An open event carries `endsAt` = `now` + `hold`: it
+/// stays firing until then even if Alertmanager's `resolve_timeout` is shorter, and every
+/// re-send pushes that further.
+pub fn alertmanager_alert(e: &Event, opts: &AlertOptions, now: DateTime<Utc>) -> Value {
     let mut labels = serde_json::Map::new();
     labels.insert("alertname".into(), alertname(e.kind).into());
     labels.insert("kind".into(), e.kind.as_str().into());
@@ -101,17 +136,29 @@ pub fn alertmanager_alert(e: &Event) -> Value {
         "labels": labels,
         "annotations": annotations,
         "startsAt": e.started_at.to_rfc3339(),
+        "generatorURL": generator_url(e, &opts.public_url),
     });
-    if let (Some(end), Some(obj)) = (e.ended_at, alert.as_object_mut()) {
+    let ends = match (e.ended_at, opts.hold) {
+        (Some(end), _) => Some(end),
+        (None, Some(hold)) => Some(now + TimeDelta::from_std(hold).unwrap_or(TimeDelta::days(1))),
+        (None, None) => None,
+    };
+    if let (Some(end), Some(obj)) = (ends, alert.as_object_mut()) {
         obj.insert("endsAt".into(), end.to_rfc3339().into());
     }
     alert
 }
 
-/// The body POSTed for one notification.
-pub fn payload(format: WebhookFormat, event: &Event, transition: Transition) -> Value {
+/// The body POSTed for one notification, at `now`.
+pub fn payload(
+    format: WebhookFormat,
+    event: &Event,
+    transition: Transition,
+    opts: &AlertOptions,
+    now: DateTime<Utc>,
+) -> Value {
     match format {
-        WebhookFormat::Alertmanager => Value::Array(vec![alertmanager_alert(event)]),
+        WebhookFormat::Alertmanager => Value::Array(vec![alertmanager_alert(event, opts, now)]),
         WebhookFormat::Generic => json!({ "transition": transition.as_str(), "event": event }),
     }
 }
@@ -121,15 +168,17 @@ pub struct Notifier {
     store: Arc<dyn Store>,
     client: reqwest::Client,
     cfg: WebhookConfig,
+    alert: AlertOptions,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
 }
 
 impl Notifier {
-    /// A worker for `cfg`, woken early through `wake`.
+    /// A worker for `cfg`, woken early through `wake`; its alerts link to `public_url`.
     pub fn new(
         store: Arc<dyn Store>,
         cfg: WebhookConfig,
+        public_url: String,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Result<Self, reqwest::Error> {
@@ -140,6 +189,7 @@ impl Notifier {
         Ok(Notifier {
             store,
             client,
+            alert: AlertOptions::new(&cfg, public_url),
             cfg,
             metrics,
             wake,
@@ -208,7 +258,13 @@ impl Notifier {
     }
 
     async fn deliver(&self, note: Notification) -> StoreResult<()> {
-        let body = payload(self.cfg.format, &note.event, note.transition);
+        let body = payload(
+            self.cfg.format,
+            &note.event,
+            note.transition,
+            &self.alert,
+            Utc::now(),
+        );
         match self.post(&note.url, &body).await {
             Ok(()) => self.store.notification_delivered(note.id, Utc::now()).await,
             Err(error) => {
@@ -238,8 +294,8 @@ impl Notifier {
         }
     }
 
-    /// Alertmanager forgets an alert that is not re-sent within its `resolve_timeout`: re-send
-    /// every open event (best effort; failures are counted, not retried).
+    /// Re-send every open event with a fresh `endsAt`, so Alertmanager keeps it firing (best
+    /// effort; failures are counted, not retried).
     async fn resend_open(&self) -> StoreResult<()> {
         let open = self
             .store
@@ -252,7 +308,12 @@ impl Notifier {
         if open.is_empty() {
             return Ok(());
         }
-        let body = Value::Array(open.iter().map(alertmanager_alert).collect());
+        let now = Utc::now();
+        let body = Value::Array(
+            open.iter()
+                .map(|e| alertmanager_alert(e, &self.alert, now))
+                .collect(),
+        );
         for url in &self.cfg.urls {
             if let Err(error) = self.post(url, &body).await {
                 self.metrics.webhook_failed();
@@ -293,12 +354,21 @@ mod tests {
         }
     }
 
+    fn opts() -> AlertOptions {
+        AlertOptions::new(&WebhookConfig::default(), "https://witness.example/".into())
+    }
+
     #[test]
     fn alertmanager_shape() {
+        let now = DateTime::parse_from_rfc3339("2024-01-05T11:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let v = payload(
             WebhookFormat::Alertmanager,
             &event(false),
             Transition::NewBlock,
+            &opts(),
+            now,
         );
         let a = &v[0];
         assert_eq!(a["labels"]["alertname"], "WitnessSiteBlocked");
@@ -306,18 +376,51 @@ mod tests {
         assert_eq!(a["labels"]["asn"], "9198");
         assert_eq!(a["labels"]["method"], "tls");
         assert_eq!(a["startsAt"], "2024-01-05T10:30:00+00:00");
-        assert!(a.get("endsAt").is_none());
+        // Open: held three re-send intervals (30m) ahead of now, not resolved by
+        // Alertmanager's resolve_timeout in between.
+        assert_eq!(a["endsAt"], "2024-01-05T12:30:00+00:00");
+        assert_eq!(
+            a["generatorURL"],
+            "https://witness.example/sites/example.org"
+        );
         assert!(a["annotations"]["summary"]
             .as_str()
             .unwrap()
             .contains("3 of 3 probes"));
+        let ended = event(true);
+        let later = now + TimeDelta::hours(5);
         let v = payload(
             WebhookFormat::Alertmanager,
-            &event(true),
+            &ended,
             Transition::Unblock,
+            &opts(),
+            later,
         );
+        // Ended: its own end, which resolves it at once.
         assert_eq!(v[0]["endsAt"], "2024-01-05T12:30:00+00:00");
-        let g = payload(WebhookFormat::Generic, &event(true), Transition::Unblock);
+        // Re-sending off: no endsAt for an open event.
+        let off = AlertOptions::new(
+            &WebhookConfig {
+                resend_interval: HumanDuration::from_secs(0),
+                ..WebhookConfig::default()
+            },
+            "http://127.0.0.1:8080/".into(),
+        );
+        let v = payload(
+            WebhookFormat::Alertmanager,
+            &event(false),
+            Transition::NewBlock,
+            &off,
+            now,
+        );
+        assert!(v[0].get("endsAt").is_none());
+        let g = payload(
+            WebhookFormat::Generic,
+            &ended,
+            Transition::Unblock,
+            &opts(),
+            later,
+        );
         assert_eq!(g["transition"], "unblock");
         assert_eq!(g["event"]["kind"], "new_block");
     }

@@ -85,6 +85,30 @@ async fn every_metric_is_exposed_with_bounded_labels(db: Db) {
         "{}{{asn=\"9198\",country=\"KZ\",method=\"throttle\",status=\"blocked\"}} 2",
         metrics::MEASUREMENTS_RECEIVED_TOTAL
     )));
+    // The version, and the process metrics (Linux) with live values.
+    assert!(
+        text.contains(&format!(
+            "{}{{version=\"{}\"}} 1",
+            metrics::BUILD_INFO,
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    for name in metrics::PROCESS {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{text}"
+        );
+    }
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample of {name}"))
+    };
+    assert!(value(metrics::PROCESS_RESIDENT_MEMORY_BYTES) > 1_000_000.0);
+    assert!(value(metrics::PROCESS_OPEN_FDS) >= 3.0);
+    assert!(value(metrics::PROCESS_START_TIME_SECONDS) > 1.7e9);
     // Never a probe id, URL path or address.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         for forbidden in ["probe_id", "127.0.0.1", "https://", "url="] {

@@ -216,7 +216,82 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// TLS files of a server started by [`PgServer::start_tls`].
+#[derive(Debug)]
+pub struct PgTls {
+    _dir: tempfile::TempDir,
+    /// The CA that signed the server's certificate (for `sslrootcert`).
+    pub ca_pem: PathBuf,
+    /// A CA that signed nothing the server has: connections verifying against it must fail.
+    pub other_ca_pem: PathBuf,
+}
+
+/// A CA, PEM, and its issuer for signing.
+fn test_ca(name: &str) -> Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>> {
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(rcgen::CertifiedIssuer::self_signed(
+        params,
+        rcgen::KeyPair::generate()?,
+    )?)
+}
+
 impl PgServer {
+    /// Like [`PgServer::start`], with `ssl = on` and a server certificate for `127.0.0.1` and
+    /// `localhost` signed by a fresh test CA. Plain (non-TLS) connections are still accepted:
+    /// what a client gets is up to its `sslmode`.
+    pub fn start_tls(mut options: PgOptions) -> Result<(PgServer, PgTls)> {
+        let dir = server_dir()?;
+        let ca = test_ca("Witness test PostgreSQL CA")?;
+        let other = test_ca("Witness test other CA")?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca)?;
+        let write = |name: &str, text: &str, mode: u32| -> Result<PathBuf> {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {name}"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            if running_as_root() {
+                let mut chown = Command::new("chown");
+                chown.arg("postgres:postgres").arg(&path);
+                run(chown, "chown of a TLS file")?;
+            }
+            Ok(path)
+        };
+        let crt = write("server.crt", &cert.pem(), 0o644)?;
+        // PostgreSQL refuses a key that others can read.
+        let key_file = write("server.key", &key.serialize_pem(), 0o600)?;
+        let ca_pem = write("ca.pem", &ca.pem(), 0o644)?;
+        let other_ca_pem = write("other-ca.pem", &other.pem(), 0o644)?;
+        options.settings.extend([
+            ("ssl".to_string(), "on".to_string()),
+            ("ssl_cert_file".to_string(), crt.display().to_string()),
+            ("ssl_key_file".to_string(), key_file.display().to_string()),
+        ]);
+        let server = PgServer::start(options)?;
+        Ok((
+            server,
+            PgTls {
+                _dir: dir,
+                ca_pem,
+                other_ca_pem,
+            },
+        ))
+    }
+
     /// Whether PostgreSQL is installed; `false` after a loud message (a panic under
     /// `WITNESS_REQUIRE_TOOLS`).
     pub fn available(what: &str) -> bool {

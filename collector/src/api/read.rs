@@ -124,17 +124,74 @@ fn wants_csv(q: &ReadQuery, headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
-/// Every cell goes through [`crate::csvsafe`]: probe-supplied strings never reach a
-/// spreadsheet as formulas.
-fn csv_response<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<Response, ApiError> {
+/// Rows as CSV with a header row; `header` (the rows' field names, in order) is written when
+/// there is no row, so an empty export still says what its columns are. Every cell goes
+/// through [`crate::csvsafe`]: probe-supplied strings never reach a spreadsheet as formulas.
+fn csv_response<T: Serialize>(
+    header: &[&str],
+    rows: impl IntoIterator<Item = T>,
+) -> Result<Response, ApiError> {
     let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("csv: {e}"));
     let mut w = crate::csvsafe::SafeWriter::new(Vec::new());
+    let mut any = false;
     for r in rows {
         w.serialize(r).map_err(|e| internal(&e))?;
+        any = true;
     }
-    let bytes = w.into_inner().map_err(|e| internal(&e))?;
+    let mut bytes = w.into_inner().map_err(|e| internal(&e))?;
+    if !any {
+        // Plain identifiers: nothing to quote or neutralise.
+        bytes = format!("{}\n", header.join(",")).into_bytes();
+    }
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], bytes).into_response())
 }
+
+/// Columns of `/status` CSV.
+const STATUS_CSV: &[&str] = &[
+    "domain",
+    "asn",
+    "country",
+    "category",
+    "status",
+    "method",
+    "probes",
+    "blocked_probes",
+    "accessible_probes",
+    "blocked_share",
+    "last_measured",
+];
+
+/// Columns of `/sites/{domain}/history` CSV ([`crate::store::HistoryRow`]).
+const HISTORY_CSV: &[&str] = &[
+    "hour",
+    "asn",
+    "country",
+    "status",
+    "method",
+    "measurements",
+    "probes",
+];
+
+/// Columns of `/probes` CSV ([`crate::store::ProbeNetworkRow`]).
+const PROBES_CSV: &[&str] = &["asn", "country", "probes", "measurements", "last_seen"];
+
+/// Columns of `/events` CSV.
+const EVENTS_CSV: &[&str] = &[
+    "id",
+    "kind",
+    "domain",
+    "asn",
+    "country",
+    "category",
+    "method",
+    "started_at",
+    "ended_at",
+    "probes",
+    "probes_considered",
+    "measurements",
+    "share",
+    "rule",
+];
 
 /// CSV row of `/status`.
 #[derive(Serialize)]
@@ -172,19 +229,22 @@ pub async fn status(
         readmodel::site_statuses(state.store.as_ref(), &f, state.params.min_share, now).await?;
     sites.truncate(f.limit as usize);
     if wants_csv(&q, &headers)? {
-        return csv_response(sites.iter().map(|s| StatusCsv {
-            domain: &s.domain,
-            asn: s.asn,
-            country: s.country.as_deref(),
-            category: s.category.as_deref(),
-            status: s.status,
-            method: s.method,
-            probes: s.probes,
-            blocked_probes: s.blocked_probes,
-            accessible_probes: s.accessible_probes,
-            blocked_share: s.blocked_share,
-            last_measured: s.last_measured,
-        }));
+        return csv_response(
+            STATUS_CSV,
+            sites.iter().map(|s| StatusCsv {
+                domain: &s.domain,
+                asn: s.asn,
+                country: s.country.as_deref(),
+                category: s.category.as_deref(),
+                status: s.status,
+                method: s.method,
+                probes: s.probes,
+                blocked_probes: s.blocked_probes,
+                accessible_probes: s.accessible_probes,
+                blocked_share: s.blocked_share,
+                last_measured: s.last_measured,
+            }),
+        );
     }
     Ok(Json(json!({ "since": since, "until": until, "sites": sites })).into_response())
 }
@@ -207,7 +267,7 @@ pub async fn history(
     f.until = Some(until);
     let rows = state.store.history(&domain, &f).await?;
     if wants_csv(&q, &headers)? {
-        return csv_response(rows);
+        return csv_response(HISTORY_CSV, rows);
     }
     Ok(Json(json!({ "domain": domain, "history": rows })).into_response())
 }
@@ -262,7 +322,7 @@ pub async fn events(
     let f = filter(&q, 100)?;
     let events = state.store.events(&f).await?;
     if wants_csv(&q, &headers)? {
-        return csv_response(events.iter().map(EventCsv::from));
+        return csv_response(EVENTS_CSV, events.iter().map(EventCsv::from));
     }
     Ok(Json(json!({ "events": events })).into_response())
 }
@@ -282,7 +342,7 @@ pub async fn probes(
     f.until = Some(until);
     let rows = state.store.probe_networks(&f).await?;
     if wants_csv(&q, &headers)? {
-        return csv_response(rows);
+        return csv_response(PROBES_CSV, rows);
     }
     Ok(Json(json!({ "since": since, "until": until, "networks": rows })).into_response())
 }
@@ -491,4 +551,95 @@ fn write_csv_row(out: &mut Vec<u8>, m: &MeasurementRecord) -> Result<(), String>
     w.serialize(MeasurementCsv::from(m))
         .map_err(|e| format!("csv: {e}"))?;
     w.into_inner().map(|_| ()).map_err(|e| format!("csv: {e}"))
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::*;
+    use crate::store::HistoryRow;
+
+    /// The header row a serialized row gets, to keep the empty-export headers in step.
+    fn header_of<T: Serialize>(row: T) -> Vec<String> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.serialize(row).unwrap();
+        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        let first = text.lines().next().unwrap().to_string();
+        first.split(',').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn empty_csv_headers_match_the_rows() {
+        let t = Utc::now();
+        assert_eq!(
+            header_of(StatusCsv {
+                domain: "a.example",
+                asn: 1,
+                country: None,
+                category: None,
+                status: Status::Accessible,
+                method: None,
+                probes: 1,
+                blocked_probes: 0,
+                accessible_probes: 1,
+                blocked_share: Some(0.0),
+                last_measured: t,
+            }),
+            STATUS_CSV
+        );
+        assert_eq!(
+            header_of(HistoryRow {
+                hour: t,
+                asn: Some(1),
+                country: None,
+                status: Status::Accessible,
+                method: None,
+                measurements: 1,
+                probes: 1,
+            }),
+            HISTORY_CSV
+        );
+        let e = Event {
+            id: "e".into(),
+            kind: EventKind::NewBlock,
+            domain: None,
+            asn: 1,
+            country: None,
+            category: None,
+            method: None,
+            started_at: t,
+            ended_at: None,
+            evidence: Default::default(),
+            end_evidence: None,
+        };
+        assert_eq!(header_of(EventCsv::from(&e)), EVENTS_CSV);
+        assert_eq!(
+            header_of(crate::store::ProbeNetworkRow {
+                asn: Some(1),
+                country: None,
+                probes: 1,
+                measurements: 1,
+                last_seen: t,
+            }),
+            PROBES_CSV
+        );
+        assert_eq!(
+            header_of(MeasurementCsv {
+                id: "x".into(),
+                started_at: t,
+                domain: "a.example",
+                url: "https://a.example/",
+                category: None,
+                asn: None,
+                country: None,
+                status: Status::Accessible,
+                method: None,
+                reason: "",
+                software_version: "",
+            }),
+            MEASUREMENT_CSV_HEADER
+                .trim_end()
+                .split(',')
+                .collect::<Vec<_>>()
+        );
+    }
 }

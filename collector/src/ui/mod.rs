@@ -218,6 +218,14 @@ async fn status_page(
         state.store.events(&events_filter),
         state.store.events(&shutdowns_filter),
     )?;
+    // Offline verdicts say nothing about a site and have no status row: a network that
+    // uploaded in the window but has no row had only offline verdicts.
+    let measured: BTreeSet<u32> = all.iter().map(|s| s.asn).collect();
+    let offline_networks: BTreeSet<u32> = networks
+        .iter()
+        .filter_map(|n| n.asn)
+        .filter(|a| !measured.contains(a))
+        .collect();
     let mut countries: BTreeSet<String> = all.iter().filter_map(|s| s.country.clone()).collect();
     countries.extend(country.clone());
     let mut categories: BTreeSet<String> = all.iter().filter_map(|s| s.category.clone()).collect();
@@ -238,6 +246,7 @@ async fn status_page(
         networks,
         events,
         shutdowns,
+        offline_networks,
     };
     Ok(page(StatusCode::OK, render::status_page(&view)))
 }

@@ -290,6 +290,9 @@ pub struct StatusView {
     pub events: Vec<Event>,
     /// Open shutdown events.
     pub shutdowns: Vec<Event>,
+    /// Networks that uploaded in the window but whose every verdict was `offline` (with too
+    /// few probes for a shutdown event, or before one opens).
+    pub offline_networks: BTreeSet<u32>,
 }
 
 /// A column of the matrix.
@@ -710,6 +713,9 @@ pub fn status_page(view: &StatusView) -> String {
             let down = n
                 .asn
                 .is_some_and(|a| view.shutdowns.iter().any(|e| e.asn == a));
+            // No shutdown event (one probe is below min_probes), but every verdict on the
+            // network was "offline": it is not online.
+            let offline = n.asn.is_some_and(|a| view.offline_networks.contains(&a));
             let _ = write!(
                 s,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -722,6 +728,8 @@ pub fn status_page(view: &StatusView) -> String {
                 time(n.last_seen),
                 if down {
                     "<strong>shutdown</strong>"
+                } else if offline {
+                    "<strong>offline</strong>"
                 } else {
                     "online"
                 },
@@ -1009,6 +1017,7 @@ mod tests {
             networks: vec![],
             events: vec![],
             shutdowns: vec![],
+            offline_networks: BTreeSet::new(),
         }
     }
 
