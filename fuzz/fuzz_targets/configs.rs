@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = witness_collector::Config::parse(text);
-        let _ = witness::config::FileConfig::parse(text, std::path::Path::new("fuzz.toml"));
+        let _ = witness_app::config::FileConfig::parse(text, std::path::Path::new("fuzz.toml"));
     }
 });
