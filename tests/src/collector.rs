@@ -25,11 +25,13 @@ pub struct CollectorProcess {
 impl CollectorProcess {
     /// Start a collector whose store lives in `dir`. `sections` is appended to a config that
     /// sets `[server] listen` (port 0) and `[store] url`; it may hold any other section.
+    /// Every test probe registers from 127.0.0.1, where the field has one volunteer per
+    /// address, so the per-client registration limit is raised (hostile.rs tests the limit).
     pub fn start(dir: &Path, sections: &str) -> Result<Self> {
         let db = dir.join("collector.db");
         let config = dir.join("collector.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}\"\n\n{sections}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nregister_per_client_per_hour = 1000\n\n[store]\nurl = \"sqlite://{}\"\n\n{sections}\n",
             db.display()
         );
         std::fs::write(&config, text).context("writing the collector config")?;
