@@ -205,6 +205,7 @@ fn http(domain: &str, addr: SocketAddr, ok: bool) -> HttpObservation {
         throughput_bps: Some(1_074_905.0),
         blockpage: None,
         location: None,
+        role: Default::default(),
     }
 }
 

@@ -182,6 +182,9 @@ pub enum Technique {
     Mitm,
     /// nat redirect of the site's port 80 to a transparent proxy answering a blockpage.
     HttpBlockpage,
+    /// nat redirect of the site's port 80 to a transparent proxy that replaces the page with a
+    /// 200 notice no blockpage signature knows (the site's HTTPS is left alone).
+    HttpNotice,
     /// iptables string match on `Host: host`, `REJECT --reject-with tcp-reset`.
     HttpHostReset,
     /// htb class of [`THROTTLE_RATE`] for traffic from the site's address.
@@ -553,6 +556,16 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
             "listen": format!("0.0.0.0:{port}"),
             "upstream": format!("{site}:80"),
             "block_hosts": [host],
+        }));
+        writeln!(nat, "    ip daddr {site} tcp dport 80 redirect to :{port}")?;
+        port += 1;
+    }
+    for host in rules_for(Technique::HttpNotice) {
+        let site = internet.ip(host);
+        http_proxies.push(json!({
+            "listen": format!("0.0.0.0:{port}"),
+            "upstream": format!("{site}:80"),
+            "notice_hosts": [host],
         }));
         writeln!(nat, "    ip daddr {site} tcp dport 80 redirect to :{port}")?;
         port += 1;

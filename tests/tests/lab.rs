@@ -147,6 +147,7 @@ fn sites() -> Vec<Site> {
         Site::https("mitm-neighbour.lab").hosted_with("mitm-state-ca.lab"),
         Site::http("http-blockpage.lab"),
         Site::http("http-host-reset.lab"),
+        Site::both("http-notice.lab"),
         Site::https("throttled.lab").size(THROTTLED_PAGE),
         Site::https("slow-handshake.lab"),
         Site::https("throttled-single.lab").size(SINGLE_THROTTLED_PAGE),
@@ -300,8 +301,23 @@ fn scenarios() -> Vec<Scenario> {
             "http_host_reset",
             "http://http-host-reset.lab/",
             &[HttpHostReset],
-            blocked(Method::Http)
-                .evidence(&["http.hop0.failure=connection_reset@http", "http.control=ok"]),
+            blocked(Method::Http).evidence(&[
+                "http.hop0.failure=connection_reset@http",
+                "http.decoy_host=ok@",
+                "http.control=ok",
+            ]),
+        ),
+        scenario(
+            "http_notice_replaced_https_untouched",
+            "http://http-notice.lab/",
+            &[HttpNotice],
+            blocked(Method::Http).evidence(&["http.https_witness=different_page status=200"]),
+        ),
+        scenario(
+            "accessible_http_site_with_https",
+            "http://open.lab/",
+            &[],
+            accessible,
         ),
         scenario(
             "throttle_htb_1mbit",
@@ -313,8 +329,11 @@ fn scenarios() -> Vec<Scenario> {
             "redirect_to_blocked_site",
             "https://redirect-to-blocked.lab/",
             &[],
-            blocked(Method::Tls)
-                .evidence(&["http.hop1.failure=connection_reset@tls", "http.control=ok"]),
+            blocked(Method::Tls).evidence(&[
+                "http.hop1.failure=connection_reset@tls",
+                "http.control=ok",
+                "tls.decoy=ok@",
+            ]),
         ),
         scenario(
             "down_nothing_listening",
@@ -427,7 +446,32 @@ fn no_control_network(main: &[Scenario]) -> (Censor, Vec<(&'static str, &'static
         (
             "control_unreachable_http_host_reset",
             "http://http-host-reset.lab/",
-            Expect::inconclusive(),
+            Expect::blocked(Method::Http).evidence(&[
+                "http.hop0.failure=connection_reset@http",
+                "http.decoy_host=ok@",
+            ]),
+        ),
+        (
+            "control_unreachable_http_notice_replaced",
+            "http://http-notice.lab/",
+            Expect::blocked(Method::Http)
+                .evidence(&["http.https_witness=different_page status=200"]),
+        ),
+        (
+            "control_unreachable_accessible_http_site_with_https",
+            "http://open.lab/",
+            Expect::accessible().evidence(&["http.https_witness=same_page"]),
+        ),
+        (
+            "control_unreachable_tls_sni_reset",
+            "https://tls-sni-reset.lab/",
+            Expect::blocked(Method::Tls).evidence(&["tls.decoy=ok"]),
+        ),
+        (
+            "control_unreachable_redirect_to_blocked_site",
+            "https://redirect-to-blocked.lab/",
+            Expect::blocked(Method::Tls)
+                .evidence(&["http.hop1.failure=connection_reset@tls", "tls.decoy=ok@"]),
         ),
         (
             "control_unreachable_expired_certificate",

@@ -22,7 +22,7 @@ use crate::error::{ControlError, SetupError};
 use crate::failure::Failure;
 use crate::model::{
     resolved_addrs, ConnectivitySummary, ControlResponse, DnsObservation, HttpObservation,
-    Measurement, ProbeNetwork, ReferenceTransfer, ResolverCheck, Software, Status, Step,
+    HttpRole, Measurement, ProbeNetwork, ReferenceTransfer, ResolverCheck, Software, Status, Step,
     TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,
 };
 use crate::scrub::OwnAddresses;
@@ -185,12 +185,23 @@ impl Engine {
                 Some(answer.unwrap_or(Err(ControlError::Deadline)))
             };
             let linger = futures::future::join_all(first.into_iter().map(FirstResponse::linger));
-            tokio::join!(fetch, control, linger)
+            let (obs, control, linger) = tokio::join!(fetch, control, linger);
+            (obs, control, linger, addrs)
         };
-        let ((mut obs, control, net_dns), ctl_dns) =
+        let ((mut obs, control, net_dns, addrs), ctl_dns) =
             tokio::join!(main, self.query_control_resolvers(url, t0));
         obs.dns = net_dns;
         obs.dns.extend(ctl_dns);
+        let control_http = match &control {
+            Some(Ok(reply)) => reply.control.http.as_slice(),
+            _ => &[],
+        };
+        let extra = self
+            .local_evidence(url, &addrs, &obs, control_http, t0, deadline)
+            .await;
+        obs.tcp.extend(extra.tcp);
+        obs.tls.extend(extra.tls);
+        obs.http.extend(extra.http);
         let mut probe = self.probe.clone();
         let (control, control_failure) = match control {
             None => (None, None),
@@ -226,6 +237,139 @@ impl Engine {
             control_failure,
             connectivity,
             verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
+        }
+    }
+
+    /// Extra exchanges the probe makes as local evidence about what it saw, so that a block can
+    /// be proved without the control (and a site's own doing told from a censor's):
+    /// - a cleartext request that was reset, closed or left unanswered is sent again to the same
+    ///   address with a neutral `Host:` (the decoy name): the HTTP twin of the decoy handshake;
+    /// - an `http://` page that the control did not confirm (no control, no page, or another
+    ///   page), or a cleartext redirect that could not be followed, is fetched again over HTTPS
+    ///   from the same addresses: a page that arrives over TLS verified for the site's own name
+    ///   comes from the site.
+    ///
+    /// Everything stays within the target's deadline; the HTTP exchanges carry their
+    /// [`HttpRole`], so they are never mistaken for the page.
+    async fn local_evidence(
+        &self,
+        url: &url::Url,
+        addrs: &[IpAddr],
+        obs: &Observations,
+        control_http: &[HttpObservation],
+        t0: Instant,
+        deadline: tokio::time::Instant,
+    ) -> Observations {
+        let mut out = Observations::default();
+        let cut = obs.http.iter().find(|h| {
+            h.failed_step == Some(Step::Http)
+                && matches!(
+                    h.failure,
+                    Some(Failure::ConnectionReset | Failure::Eof | Failure::GenericTimeout)
+                )
+                && h.url.starts_with("http://")
+        });
+        if let Some((h, addr)) = cut.and_then(|h| Some((h, h.addr?))) {
+            if let Ok(real) = url::Url::parse(&h.url) {
+                let mut decoy = real.clone();
+                let differs = !real
+                    .host_str()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(&self.cfg.decoy_sni));
+                if differs && decoy.set_host(Some(&self.cfg.decoy_sni)).is_ok() {
+                    let steps = Mutex::new(Steps::default());
+                    let fetched = tokio::time::timeout_at(
+                        deadline,
+                        self.decoy_host(&decoy, addr, h.hop, t0, &steps),
+                    )
+                    .await;
+                    steps
+                        .into_inner()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .drain_into(&mut out);
+                    let mut d = fetched.unwrap_or_else(|_| {
+                        deadline_hop(h.hop, decoy.as_str(), Some(addr), Step::Http, t0)
+                    });
+                    d.role = HttpRole::DecoyHost;
+                    out.http.push(d);
+                }
+            }
+        }
+
+        if url.scheme() == "http" && self.https_witness_wanted(obs, control_http) {
+            let mut https = url.clone();
+            if https.set_scheme("https").is_ok() && https.set_port(None).is_ok() {
+                let witness = self.fetch(&https, addrs, t0, deadline).await;
+                out.tcp.extend(witness.tcp);
+                out.tls.extend(witness.tls);
+                out.http.extend(witness.http.into_iter().map(|mut h| {
+                    h.role = HttpRole::HttpsWitness;
+                    h
+                }));
+            }
+        }
+        out
+    }
+
+    /// Whether an `http://` target's page needs the site's own HTTPS page as a witness: its
+    /// last hop is a cleartext page the control did not confirm, or a cleartext redirect that
+    /// could not be followed. A known blockpage needs no witness.
+    fn https_witness_wanted(&self, obs: &Observations, control_http: &[HttpObservation]) -> bool {
+        let Some(last) = obs.http.iter().max_by_key(|h| h.hop) else {
+            return false;
+        };
+        if obs.http.iter().any(|h| h.blockpage.is_some()) {
+            return false;
+        }
+        if let Some(f) = &last.failure {
+            let cleartext_before = obs
+                .http
+                .iter()
+                .any(|h| h.hop < last.hop && h.url.starts_with("http://"));
+            return cleartext_before
+                && matches!(
+                    f,
+                    Failure::HttpTooManyRedirects | Failure::HttpInvalidRedirect
+                );
+        }
+        if last.status.is_none() || !last.url.starts_with("http://") {
+            return false;
+        }
+        let ctl_final = control_http
+            .iter()
+            .max_by_key(|h| h.hop)
+            .filter(|h| h.failure.is_none() && h.status.is_some());
+        !ctl_final.is_some_and(|c| verdict::pages_similar(last, c))
+    }
+
+    /// The decoy-Host request: a fresh connection to `addr`, and the same GET with the decoy
+    /// name in `Host:`.
+    async fn decoy_host(
+        &self,
+        decoy: &url::Url,
+        addr: SocketAddr,
+        hop: u32,
+        t0: Instant,
+        steps: &Mutex<Steps>,
+    ) -> HttpObservation {
+        let (tcp_obs, stream) = tcp::connect(addr, &self.cfg, t0).await;
+        let failure = tcp_obs.failure.clone();
+        steps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tcp
+            .push(tcp_obs);
+        match stream {
+            Some(s) => {
+                http::get(s, decoy, addr, hop, &self.cfg, &self.own, t0)
+                    .await
+                    .obs
+            }
+            None => {
+                let mut obs = http::empty_observation(hop, decoy.as_str(), Some(addr), t0);
+                obs.failed_step = Some(Step::Tcp);
+                obs.failure = failure.or_else(|| Some(Failure::unknown("no connection")));
+                obs
+            }
         }
     }
 
@@ -424,11 +568,19 @@ impl Engine {
             }
             visited.push(next.to_string());
             let reached = Mutex::new(Step::Dns);
+            let steps = Mutex::new(Steps::default());
             let fetched = tokio::time::timeout_at(
                 deadline,
-                self.hop(&next, hop, first_host, first_addrs, t0, &reached),
+                self.hop(&next, hop, first_host, first_addrs, t0, &reached, &steps),
             )
             .await;
+            // The hop's own DNS, connects and handshakes (its decoy handshake included) are
+            // observations like the target's: a redirect into a blocked site carries the same
+            // evidence as that site measured directly.
+            steps
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain_into(out);
             current = match fetched {
                 Ok(obs) => obs,
                 Err(_) => {
@@ -443,7 +595,9 @@ impl Engine {
     }
 
     /// One redirect hop: resolve (unless same host), connect, handshake, GET. `reached` follows
-    /// the step under way, for the record when the target's deadline cuts the hop.
+    /// the step under way, for the record when the target's deadline cuts the hop; `steps`
+    /// receives the hop's DNS, TCP and TLS observations as they are made.
+    #[allow(clippy::too_many_arguments)]
     async fn hop(
         &self,
         url: &url::Url,
@@ -452,6 +606,7 @@ impl Engine {
         first_addrs: &[SocketAddr],
         t0: Instant,
         reached: &Mutex<Step>,
+        steps: &Mutex<Steps>,
     ) -> HttpObservation {
         let start = Instant::now();
         let mut obs = http::empty_observation(hop, url.as_str(), None, t0);
@@ -477,13 +632,18 @@ impl Engine {
         } else if let Ok(ip) = host.parse::<IpAddr>() {
             ip
         } else {
-            // The hop's address only: its DNS is not recorded, so no linger to wait out.
+            // The hop's first answers are recorded: a redirect host is measured like a target.
             let net: Vec<DnsObservation> =
                 slots::waiting(dns::query_network_first(&host, &self.cfg, t0))
                     .await
                     .iter()
                     .map(|f| f.observation().clone())
                     .collect();
+            steps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .dns
+                .extend(net.iter().cloned());
             match resolved_addrs(&net).first() {
                 Some(ip) => *ip,
                 None => {
@@ -498,24 +658,25 @@ impl Engine {
         let addr = SocketAddr::new(ip, port);
         obs.addr = Some(addr);
         reach(Step::Tcp);
-        let steps = Mutex::new(Steps::default());
         let conn = self
-            .connect_and_handshake(addr, &host, https, t0, &steps)
+            .connect_and_handshake(addr, &host, https, t0, steps)
             .await;
-        let steps = steps.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (first_tcp_failure, first_tls) = {
+            let s = steps.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                s.tcp.first().and_then(|t| t.failure.clone()),
+                s.tls.first().cloned(),
+            )
+        };
         let Some((_, conn, _)) = conn else {
-            if let Some(f) = steps.tls.first().and_then(|t| t.failure.clone()) {
+            if let Some(f) = first_tls.as_ref().and_then(|t| t.failure.clone()) {
                 return fail(obs, Step::Tls, f);
             }
-            let f = steps
-                .tcp
-                .first()
-                .and_then(|t| t.failure.clone())
-                .unwrap_or_else(|| Failure::unknown("no connection"));
+            let f = first_tcp_failure.unwrap_or_else(|| Failure::unknown("no connection"));
             return fail(obs, Step::Tcp, f);
         };
         // A hop's certificate must verify: a redirect into an interceptor is a TLS failure.
-        if let Some(t) = steps.tls.first() {
+        if let Some(t) = &first_tls {
             if let Some(f) = &t.verification_failure {
                 return fail(obs, Step::Tls, f.clone());
             }
@@ -783,11 +944,22 @@ fn reference_from(anchor: String, obs: &Observations) -> ReferenceTransfer {
     }
 }
 
-/// The TCP and TLS observations of one connect-and-handshake phase, as they complete.
+/// The DNS, TCP and TLS observations of one connect-and-handshake phase (or one redirect
+/// hop), as they complete.
 #[derive(Default)]
 struct Steps {
+    dns: Vec<DnsObservation>,
     tcp: Vec<TcpObservation>,
     tls: Vec<TlsObservation>,
+}
+
+impl Steps {
+    /// Move everything recorded into `out`.
+    fn drain_into(self, out: &mut Observations) {
+        out.dns.extend(self.dns);
+        out.tcp.extend(self.tcp);
+        out.tls.extend(self.tls);
+    }
 }
 
 /// The record of a hop (or the first exchange) that the target's deadline cut, at the step it

@@ -303,6 +303,34 @@ pub struct HttpObservation {
     pub blockpage: Option<String>,
     /// The redirect target, for 3xx responses.
     pub location: Option<String>,
+    /// Why this exchange was made: the page itself (the default, omitted from the JSON), or an
+    /// extra exchange the probe made as local evidence about it.
+    #[serde(default, skip_serializing_if = "HttpRole::is_page")]
+    pub role: HttpRole,
+}
+
+/// Why an HTTP exchange was made. Only [`HttpRole::Page`] exchanges are the page the user would
+/// see; the others are evidence the probe gathered about it, on the same network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpRole {
+    /// The target URL and its redirect hops.
+    #[default]
+    Page,
+    /// The same request to the same address with a neutral `Host:` (the decoy name), made when
+    /// a cleartext request was cut: the HTTP twin of the decoy TLS handshake.
+    DecoyHost,
+    /// The same site fetched over HTTPS (same host and path), with its redirects, made when an
+    /// `http://` page could not be confirmed by the control: a page that arrives over TLS
+    /// verified for the site's own name comes from the site.
+    HttpsWitness,
+}
+
+impl HttpRole {
+    /// Whether this is the page itself (the JSON omits the field then).
+    pub fn is_page(&self) -> bool {
+        *self == HttpRole::Page
+    }
 }
 
 /// Run-level connectivity: can this probe reach anything at all?

@@ -173,7 +173,14 @@ struct HttpProxySpec {
     /// Hosts that get the blockpage instead of the site.
     #[serde(default)]
     block_hosts: Vec<String>,
+    /// Hosts whose page is replaced by a censor's notice that no blockpage signature knows: a
+    /// 200 of its own, only the page itself differs.
+    #[serde(default)]
+    notice_hosts: Vec<String>,
 }
+
+/// The censor's unsigned notice (see [`HttpProxySpec::notice_hosts`]).
+const NOTICE_TITLE: &str = "Service notice";
 
 /// A TLS interception proxy in front of one redirected address.
 #[derive(Debug, Deserialize)]
@@ -539,6 +546,19 @@ async fn http_proxy(mut client: TcpStream, spec: Arc<HttpProxySpec>) -> Result<(
             false,
         )
         .await?;
+        let _ = client.shutdown().await;
+        return Ok(());
+    }
+    if spec
+        .notice_hosts
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(&host))
+    {
+        let page = Page::html(
+            NOTICE_TITLE,
+            "This page is temporarily unavailable on this network.",
+        );
+        witness_tests::http::write_response(&mut client, 200, &[], &page.body, false).await?;
         let _ = client.shutdown().await;
         return Ok(());
     }

@@ -68,6 +68,7 @@ pub fn empty_observation(
         throughput_bps: None,
         blockpage: None,
         location: None,
+        role: Default::default(),
     }
 }
 

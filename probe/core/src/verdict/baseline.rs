@@ -49,7 +49,12 @@ pub fn plainly_loaded(m: &Measurement) -> bool {
             && h.url.starts_with("https://")
             && url_host(&h.url).is_some_and(|host| super::same_site(&host, &domain))
     };
-    verified && page_ok(last) && m.http.iter().all(|h| h.blockpage.is_none())
+    verified
+        && page_ok(last)
+        && m.http
+            .iter()
+            .filter(|h| h.role.is_page())
+            .all(|h| h.blockpage.is_none())
 }
 
 /// The speed samples of one run: each plainly loaded site's median handshake and, for a large

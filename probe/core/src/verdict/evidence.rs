@@ -42,6 +42,25 @@ pub enum DecoyResult {
     Failed(&'static str),
 }
 
+/// What the site's own HTTPS page (fetched as a witness for its cleartext page) showed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpsWitnessResult {
+    /// A page fetched over TLS verified for the site's own name, the same as the cleartext one.
+    SamePage,
+    /// A page fetched over TLS verified for the site's own name, not the cleartext one.
+    DifferentPage {
+        /// Its status.
+        status: u16,
+        /// Its body length.
+        body_length: u64,
+        /// Its title.
+        title: Option<String>,
+    },
+    /// No verified page: the fetch failed with this failure at this step, or its certificate
+    /// did not verify (`unverified`).
+    Unavailable(&'static str, Option<Step>),
+}
+
 /// What the control's TLS handshakes showed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ControlTlsEvidence {
@@ -150,6 +169,12 @@ pub enum Evidence {
         /// At which step.
         step: Step,
     },
+    /// `http.decoy_host=ok@ADDR` or `http.decoy_host=NAME@ADDR`: the same request to the same
+    /// address with a neutral `Host:` (`blockpage` when it was answered with one).
+    HttpDecoyHost(DecoyResult, SocketAddr),
+    /// `http.https_witness=same_page`, `http.https_witness=different_page status=N length=N
+    /// title="…"`, or `http.https_witness=NAME@STEP` / `=unverified`.
+    HttpsWitness(HttpsWitnessResult),
     /// `http.control=ok`.
     HttpControlOk,
     /// `http.control=deadline_exceeded`: the control ran out of its deadline too.
@@ -251,6 +276,29 @@ impl fmt::Display for Evidence {
             ServerSideRefusal => f.write_str("server_side_refusal"),
             HopFailure { hop, failure, step } => {
                 write!(f, "http.hop{hop}.failure={}@{step}", failure.name())
+            }
+            HttpDecoyHost(DecoyResult::Ok, addr) => write!(f, "http.decoy_host=ok@{addr}"),
+            HttpDecoyHost(DecoyResult::Failed(name), addr) => {
+                write!(f, "http.decoy_host={name}@{addr}")
+            }
+            HttpsWitness(HttpsWitnessResult::SamePage) => {
+                f.write_str("http.https_witness=same_page")
+            }
+            HttpsWitness(HttpsWitnessResult::DifferentPage {
+                status,
+                body_length,
+                title,
+            }) => write!(
+                f,
+                "http.https_witness=different_page status={status} length={body_length} \
+                 title=\"{}\"",
+                short_title(title.as_deref())
+            ),
+            HttpsWitness(HttpsWitnessResult::Unavailable(name, Some(step))) => {
+                write!(f, "http.https_witness={name}@{step}")
+            }
+            HttpsWitness(HttpsWitnessResult::Unavailable(name, None)) => {
+                write!(f, "http.https_witness={name}")
             }
             HttpControlOk => f.write_str("http.control=ok"),
             HttpControlDeadline => f.write_str("http.control=deadline_exceeded"),
@@ -419,6 +467,37 @@ mod tests {
                     step: Step::Http,
                 },
                 "http.hop0.failure=connection_reset@http",
+            ),
+            (
+                Evidence::HttpDecoyHost(DecoyResult::Ok, sa("198.18.0.10:80")),
+                "http.decoy_host=ok@198.18.0.10:80",
+            ),
+            (
+                Evidence::HttpDecoyHost(DecoyResult::Failed("connection_reset"), a),
+                "http.decoy_host=connection_reset@198.18.0.10:443",
+            ),
+            (
+                Evidence::HttpsWitness(HttpsWitnessResult::SamePage),
+                "http.https_witness=same_page",
+            ),
+            (
+                Evidence::HttpsWitness(HttpsWitnessResult::DifferentPage {
+                    status: 200,
+                    body_length: 5120,
+                    title: Some("News".into()),
+                }),
+                "http.https_witness=different_page status=200 length=5120 title=\"News\"",
+            ),
+            (
+                Evidence::HttpsWitness(HttpsWitnessResult::Unavailable(
+                    "connection_refused",
+                    Some(Step::Tcp),
+                )),
+                "http.https_witness=connection_refused@tcp",
+            ),
+            (
+                Evidence::HttpsWitness(HttpsWitnessResult::Unavailable("unverified", None)),
+                "http.https_witness=unverified",
             ),
             (Evidence::HttpControlOk, "http.control=ok"),
             (

@@ -10,7 +10,7 @@ use crate::model::{
 };
 
 use super::dns::{injected_answers, injected_evidence};
-use super::evidence::DecoyResult;
+use super::evidence::{DecoyResult, HttpsWitnessResult};
 use super::tls::completed;
 use super::{
     final_response, fmt_bytes, join_addrs, norm_host, same_site, short_title, url_host, Evidence,
@@ -157,10 +157,15 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
         ));
     }
 
-    match ctl_final {
-        Some(c) if pages_similar(last, c) => Outcome::accessible(format!(
+    if ctl_final.is_some_and(|c| pages_similar(last, c)) {
+        return Outcome::accessible(format!(
             "{domain} loaded and the page matches the control's"
-        )),
+        ));
+    }
+    if let Some(outcome) = https_witness(f, last, ctl_final, ev) {
+        return outcome;
+    }
+    match ctl_final {
         Some(c) => {
             push_page_comparison(last, c, ev);
             Outcome::blocked(
@@ -203,7 +208,16 @@ fn hop_failure(f: &Facts, h: &HttpObservation, ev: &mut Vec<Evidence>) -> Outcom
     if failure == Failure::DeadlineExceeded {
         return deadline_exceeded(f, h, step, ev);
     }
+    let decoy_host = (step == Step::Http)
+        .then(|| decoy_host_result(f, h))
+        .flatten();
+    if let Some((result, addr)) = &decoy_host {
+        ev.push(Evidence::HttpDecoyHost(result.clone(), *addr));
+    }
     let what = hop_failure_phrase(f, h, step, &failure);
+    if let Some(outcome) = site_own_redirect_failure(f, h, &failure, &what, ev) {
+        return outcome;
+    }
     let ctl_final = f.control.and_then(|c| final_response(&c.http));
     if ctl_final.is_some() {
         ev.push(Evidence::HttpControlOk);
@@ -218,6 +232,14 @@ fn hop_failure(f: &Facts, h: &HttpObservation, ev: &mut Vec<Evidence>) -> Outcom
     }
     if let Some((method, why)) = local_evidence(f, h, step, &failure, ev) {
         return Outcome::blocked(method, format!("{what}, and {why}"));
+    }
+    if let Some((DecoyResult::Ok, _)) = &decoy_host {
+        if failure == Failure::GenericTimeout {
+            return Outcome::inconclusive(format!(
+                "{what}; the same request with another Host header was answered, but a request \
+                 that only times out can also be a slow site, so this proves no block"
+            ));
+        }
     }
     match (f.control, ctl_step) {
         (None, _) => Outcome::inconclusive(format!(
@@ -405,6 +427,17 @@ fn local_evidence(
             format!("its certificate was issued by {ca}, the state's interception authority"),
         ));
     }
+    let host_cut = matches!(failure, Failure::ConnectionReset | Failure::Eof);
+    if step == Step::Http && host_cut {
+        if let Some((DecoyResult::Ok, _)) = decoy_host_result(f, h) {
+            return Some((
+                Method::Http,
+                "the same request to the same server with another Host header was answered: \
+                 Host filtering"
+                    .to_string(),
+            ));
+        }
+    }
     if step == Step::Tls && failure.is_interruption() {
         let cut: Vec<SocketAddr> = tls
             .iter()
@@ -426,6 +459,139 @@ fn local_evidence(
         }
     }
     None
+}
+
+/// How the decoy-Host request to the failing hop's address ended: answered (`Ok`), answered
+/// with a blockpage, or failed. `None` when none was made.
+fn decoy_host_result(f: &Facts, h: &HttpObservation) -> Option<(DecoyResult, SocketAddr)> {
+    let addr = h.addr?;
+    let d = f.decoy_hosts.iter().find(|d| d.addr == Some(addr))?;
+    let result = match (&d.failure, d.status, &d.blockpage) {
+        (Some(x), _, _) => DecoyResult::Failed(x.name()),
+        (None, Some(_), Some(_)) => DecoyResult::Failed("blockpage"),
+        (None, Some(_), None) => DecoyResult::Ok,
+        (None, None, _) => DecoyResult::Failed("no_response"),
+    };
+    Some((result, addr))
+}
+
+/// The site's own page over HTTPS, when the probe fetched it as a witness: `Ok` with the final
+/// page when every hop was fetched over TLS verified for its host (and the chain stayed on the
+/// site, or was trusted hop by hop), otherwise why there is none. `None` when none was fetched.
+fn witness_page<'a>(f: &Facts<'a>) -> Option<Result<&'a HttpObservation, HttpsWitnessResult>> {
+    let last = *f.witness.last()?;
+    if let Some(h) = f.witness.iter().find(|h| h.failure.is_some()) {
+        let name = h.failure.as_ref().map(Failure::name).unwrap_or("failed");
+        return Some(Err(HttpsWitnessResult::Unavailable(name, h.failed_step)));
+    }
+    let mut trusted = true;
+    for (i, h) in f.witness.iter().enumerate() {
+        let on_site = url_host(&h.url).is_some_and(|host| same_site(&host, &f.domain));
+        trusted = hop_verified(f.m, h) && (i == 0 || trusted || on_site);
+        if !trusted {
+            return Some(Err(HttpsWitnessResult::Unavailable("unverified", None)));
+        }
+    }
+    if last.status.is_none() {
+        return Some(Err(HttpsWitnessResult::Unavailable("no_response", None)));
+    }
+    Some(Ok(last))
+}
+
+/// A cleartext page the control could not confirm, judged by the site's own HTTPS page: the
+/// same page means the cleartext one is the site's own (even when it differs from the
+/// control's: a challenge or geo-block of the site's own doing); a different page means the
+/// cleartext one was changed on the way. `None` (after citing why) when no verified HTTPS page
+/// was had.
+fn https_witness(
+    f: &Facts,
+    last: &HttpObservation,
+    ctl_final: Option<&HttpObservation>,
+    ev: &mut Vec<Evidence>,
+) -> Option<Outcome> {
+    let domain = &f.domain;
+    let w = match witness_page(f)? {
+        Ok(w) => w,
+        Err(why) => {
+            ev.push(Evidence::HttpsWitness(why));
+            return None;
+        }
+    };
+    if pages_similar(last, w) {
+        ev.push(Evidence::HttpsWitness(HttpsWitnessResult::SamePage));
+        if let Some(c) = ctl_final {
+            ev.push(Evidence::ServerSideRefusal);
+            push_page_comparison(last, c, ev);
+            return Some(Outcome::accessible(format!(
+                "the cleartext page of {domain} differs from the control's but is the same as the \
+                 site's own page over verified HTTPS: the site itself serves it to this network, \
+                 not network censorship"
+            )));
+        }
+        return Some(Outcome::accessible(format!(
+            "{domain} loaded, and the cleartext page is the same as the site's own page over \
+             verified HTTPS"
+        )));
+    }
+    ev.push(Evidence::HttpsWitness(HttpsWitnessResult::DifferentPage {
+        status: w.status.unwrap_or_default(),
+        body_length: w.body_length,
+        title: w.title.clone(),
+    }));
+    if let Some(c) = ctl_final {
+        push_page_comparison(last, c, ev);
+    }
+    Some(Outcome::blocked(
+        Method::Http,
+        format!(
+            "the cleartext page of {domain} differs from the site's own page over verified HTTPS, \
+             so it was changed on the way: {}",
+            page_difference(last, w)
+        ),
+    ))
+}
+
+/// A redirect that cannot be followed (a loop, an unusable address) is the site's own doing
+/// when the site's own HTTPS shows it as well: the redirects before it came over TLS verified
+/// for the site, either on the page's own chain or on the witness's.
+fn site_own_redirect_failure(
+    f: &Facts,
+    h: &HttpObservation,
+    failure: &Failure,
+    what: &str,
+    ev: &mut Vec<Evidence>,
+) -> Option<Outcome> {
+    if !matches!(
+        failure,
+        Failure::HttpTooManyRedirects | Failure::HttpInvalidRedirect
+    ) {
+        return None;
+    }
+    let before: Vec<&&HttpObservation> = f.hops.iter().filter(|x| x.hop < h.hop).collect();
+    let chain_verified = !before.is_empty() && before.iter().all(|x| hop_verified(f.m, x));
+    let witness_same = f
+        .witness
+        .iter()
+        .any(|w| w.failure.as_ref() == Some(failure))
+        && f.witness
+            .iter()
+            .filter(|w| w.failure.is_none())
+            .all(|w| hop_verified(f.m, w))
+        && f.witness.iter().any(|w| w.failure.is_none());
+    if !(chain_verified || witness_same) {
+        return None;
+    }
+    if witness_same {
+        ev.push(Evidence::HttpsWitness(HttpsWitnessResult::Unavailable(
+            failure.name(),
+            Some(Step::Http),
+        )));
+    }
+    ev.push(Evidence::ServerSideRefusal);
+    Some(Outcome::accessible(format!(
+        "{what}, but the redirects came from the site itself over verified HTTPS: the site's own \
+         broken redirect, not network censorship"
+    )))
 }
 
 /// Whether a hop was fetched over a TLS connection whose chain verified for the hop's host.
@@ -509,6 +675,19 @@ pub(super) mod tests {
         deadline_redirect_chain Plain => Inconclusive;
         deadline_redirect_chain_no_control Plain => Inconclusive;
         deadline_everywhere Plain => Down;
+        http_host_reset_decoy_ok Plain => Blocked / Http;
+        http_host_reset_decoy_ok_no_control Plain => Blocked / Http;
+        http_host_timeout_decoy_ok_no_control Plain => Inconclusive;
+        http_host_reset_decoy_reset_no_control Plain => Inconclusive;
+        http_notice_no_control_https_witness Plain => Blocked / Http;
+        http_notice_https_witness Plain => Blocked / Http;
+        http_no_control_https_witness_same Plain => Accessible;
+        http_notice_no_control_https_unverified Plain => Accessible;
+        http_notice_no_control_https_refused Plain => Accessible;
+        http_challenge_from_site_itself Plain => Accessible;
+        https_redirect_loop_verified Plain => Accessible;
+        http_redirect_loop_https_witness_same Plain => Accessible;
+        redirect_to_sni_blocked_no_control Plain => Blocked / Tls;
     };
 
     #[test]
@@ -541,6 +720,48 @@ pub(super) mod tests {
             v.evidence
                 .iter()
                 .any(|e| e.starts_with("http.body_length=")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn local_evidence_is_cited() {
+        let v = verdict_of(http_host_reset_decoy_ok_no_control, Ctx::Plain);
+        assert!(cites(&v, "http.decoy_host=ok@198.18.0.10:80"), "{v:?}");
+        assert!(v.reason.contains("Host filtering"), "{}", v.reason);
+        let v = verdict_of(http_host_reset_decoy_ok, Ctx::Plain);
+        assert!(cites(&v, "http.decoy_host=ok@198.18.0.10:80"), "{v:?}");
+        assert!(cites(&v, "http.control=ok"), "{v:?}");
+        let v = verdict_of(http_host_reset_decoy_reset_no_control, Ctx::Plain);
+        assert!(
+            cites(&v, "http.decoy_host=connection_reset@198.18.0.10:80"),
+            "{v:?}"
+        );
+        let v = verdict_of(http_notice_no_control_https_witness, Ctx::Plain);
+        assert!(
+            v.evidence
+                .iter()
+                .any(|e| e.starts_with("http.https_witness=different_page status=200")),
+            "{v:?}"
+        );
+        assert!(v.reason.contains("changed on the way"), "{}", v.reason);
+        let v = verdict_of(http_no_control_https_witness_same, Ctx::Plain);
+        assert!(cites(&v, "http.https_witness=same_page"), "{v:?}");
+        let v = verdict_of(http_challenge_from_site_itself, Ctx::Plain);
+        assert!(cites(&v, "http.https_witness=same_page"), "{v:?}");
+        assert!(cites(&v, "server_side_refusal"), "{v:?}");
+        let v = verdict_of(http_notice_no_control_https_unverified, Ctx::Plain);
+        assert!(cites(&v, "http.https_witness=unverified"), "{v:?}");
+        let v = verdict_of(http_notice_no_control_https_refused, Ctx::Plain);
+        assert!(
+            cites(&v, "http.https_witness=connection_refused@tcp"),
+            "{v:?}"
+        );
+        let v = verdict_of(redirect_to_sni_blocked_no_control, Ctx::Plain);
+        assert!(cites(&v, "tls.decoy=ok@198.18.7.7:443"), "{v:?}");
+        let v = verdict_of(http_redirect_loop_https_witness_same, Ctx::Plain);
+        assert!(
+            cites(&v, "http.https_witness=http_too_many_redirects@http"),
             "{v:?}"
         );
     }

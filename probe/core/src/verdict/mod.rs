@@ -18,8 +18,8 @@ use std::net::IpAddr;
 
 use crate::failure::Failure;
 use crate::model::{
-    ControlResponse, DnsObservation, HttpObservation, Measurement, Method, ResolverRole, Status,
-    Step, TcpObservation, TlsObservation, Verdict,
+    ControlResponse, DnsObservation, HttpObservation, HttpRole, Measurement, Method, ResolverRole,
+    Status, Step, TcpObservation, TlsObservation, Verdict,
 };
 
 pub mod baseline;
@@ -124,8 +124,12 @@ struct Facts<'a> {
     decoys: Vec<&'a TlsObservation>,
     /// The control's non-decoy handshakes with the target's name.
     ctl_tls: Vec<&'a TlsObservation>,
-    /// HTTP hops in hop order.
+    /// HTTP hops of the page itself, in hop order.
     hops: Vec<&'a HttpObservation>,
+    /// Decoy-Host requests ([`HttpRole::DecoyHost`]).
+    decoy_hosts: Vec<&'a HttpObservation>,
+    /// The site's own HTTPS page and its redirects ([`HttpRole::HttpsWitness`]), in hop order.
+    witness: Vec<&'a HttpObservation>,
 }
 impl<'a> Facts<'a> {
     fn new(m: &'a Measurement) -> Self {
@@ -168,8 +172,14 @@ impl<'a> Facts<'a> {
         let ctl_tls = control
             .map(|c| c.tls.iter().filter(real_tls).collect())
             .unwrap_or_default();
-        let mut hops: Vec<_> = m.http.iter().collect();
-        hops.sort_by_key(|h| h.hop);
+        let role = |r: HttpRole| {
+            let mut hops: Vec<_> = m.http.iter().filter(|h| h.role == r).collect();
+            hops.sort_by_key(|h| h.hop);
+            hops
+        };
+        let hops = role(HttpRole::Page);
+        let decoy_hosts = role(HttpRole::DecoyHost);
+        let witness = role(HttpRole::HttpsWitness);
         Facts {
             m,
             domain,
@@ -185,6 +195,8 @@ impl<'a> Facts<'a> {
             decoys,
             ctl_tls,
             hops,
+            decoy_hosts,
+            witness,
         }
     }
 
@@ -246,9 +258,10 @@ impl Outcome {
 // ---------------------------------------------------------------------------------------------
 // Small pure helpers shared by the stages.
 
-/// The last hop, when it got a response: the page the user would see.
+/// The last hop of the page itself, when it got a response: the page the user would see.
 fn final_response(http: &[HttpObservation]) -> Option<&HttpObservation> {
     http.iter()
+        .filter(|h| h.role == HttpRole::Page)
         .max_by_key(|h| h.hop)
         .filter(|h| h.failure.is_none() && h.status.is_some())
 }

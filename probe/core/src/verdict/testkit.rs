@@ -200,6 +200,7 @@ pub(super) fn page(
         throughput_bps: Some(len as f64 / 0.02),
         blockpage: None,
         location: None,
+        role: Default::default(),
     }
 }
 
@@ -811,4 +812,165 @@ pub(super) fn all_cases() -> Vec<Case> {
         super::throttle::tests::CASES,
     ]
     .concat()
+}
+
+// ---- local evidence: decoy Host, the site's own HTTPS, redirect hops as targets ----------
+
+/// An exchange made as local evidence, with its role.
+pub(super) fn with_role(mut h: HttpObservation, role: HttpRole) -> HttpObservation {
+    h.role = role;
+    h
+}
+
+/// The neutral-Host request to the site's address was answered (the lab origin's 404 for a
+/// name it does not serve).
+pub(super) fn decoy_host_ok() -> HttpObservation {
+    with_role(
+        page(0, "http://example.com/", sa(IP, 80), 404, 120, "Not Found"),
+        HttpRole::DecoyHost,
+    )
+}
+
+/// A `Host:`-matching censor resets the request; the neutral-Host request is answered.
+pub(super) fn http_host_reset_decoy_ok() -> Measurement {
+    let mut m = http_reset_after_request();
+    m.tcp.push(tcp(sa(IP, 80), None));
+    m.http.push(decoy_host_ok());
+    m
+}
+
+pub(super) fn http_host_reset_decoy_ok_no_control() -> Measurement {
+    let mut m = http_host_reset_decoy_ok();
+    no_control(&mut m);
+    m
+}
+
+/// The real Host times out and the neutral one is answered: a slow site looks the same, so
+/// no proof.
+pub(super) fn http_host_timeout_decoy_ok_no_control() -> Measurement {
+    let mut m = http_host_reset_decoy_ok_no_control();
+    m.http[0].failure = Some(Failure::GenericTimeout);
+    m
+}
+
+/// Every request to the address is reset, whatever the Host: nothing tells a block from a
+/// broken server.
+pub(super) fn http_host_reset_decoy_reset_no_control() -> Measurement {
+    let mut m = http_host_reset_decoy_ok_no_control();
+    m.http[1] = with_role(
+        hop_fail(
+            0,
+            "http://example.com/",
+            Some(sa(IP, 80)),
+            Step::Http,
+            Failure::ConnectionReset,
+        ),
+        HttpRole::DecoyHost,
+    );
+    m
+}
+
+/// The site's own page over verified HTTPS, recorded as the witness for its cleartext page.
+pub(super) fn with_https_witness(mut m: Measurement, title: &str, len: u64) -> Measurement {
+    m.tcp.push(tcp(sa(IP, 443), None));
+    m.tls.push(tls_ok(sa(IP, 443), 40.0));
+    m.http.push(with_role(
+        page(0, HTTPS, sa(IP, 443), 200, len, title),
+        HttpRole::HttpsWitness,
+    ));
+    m
+}
+
+/// The censor replaced the cleartext page with a 200 notice no signature knows; no control,
+/// but the site's own HTTPS page is untouched.
+pub(super) fn http_notice_no_control_https_witness() -> Measurement {
+    let mut m = http_page_differs();
+    no_control(&mut m);
+    with_https_witness(m, "Site news", 50_000)
+}
+
+/// The same notice, with the control up: the control and the witness both disagree with it.
+pub(super) fn http_notice_https_witness() -> Measurement {
+    with_https_witness(http_page_differs(), "Site news", 50_000)
+}
+
+/// No control, and the cleartext page is the site's own page over verified HTTPS.
+pub(super) fn http_no_control_https_witness_same() -> Measurement {
+    with_https_witness(http_no_control(), "Site news", 49_000)
+}
+
+/// The witness's certificate does not verify: it witnesses nothing.
+pub(super) fn http_notice_no_control_https_unverified() -> Measurement {
+    let mut m = http_notice_no_control_https_witness();
+    let last = m.tls.len() - 1;
+    m.tls[last] = tls_unverified(sa(IP, 443), Failure::SslUnknownAuthority, None);
+    m
+}
+
+/// The witness could not be fetched (no HTTPS on the site): no more than before.
+pub(super) fn http_notice_no_control_https_refused() -> Measurement {
+    let mut m = http_page_differs();
+    no_control(&mut m);
+    m.tcp
+        .push(tcp(sa(IP, 443), Some(Failure::ConnectionRefused)));
+    m.http.push(with_role(
+        hop_fail(0, HTTPS, None, Step::Tcp, Failure::ConnectionRefused),
+        HttpRole::HttpsWitness,
+    ));
+    m
+}
+
+/// The site shows this network a challenge page (the control gets the real page), and shows
+/// it over verified HTTPS too: the site's own doing.
+pub(super) fn http_challenge_from_site_itself() -> Measurement {
+    let mut m = accessible_http();
+    m.http = vec![page(0, HTTP, sa(IP, 80), 403, 3_000, "Just a moment...")];
+    let mut m = with_https_witness(m, "Just a moment...", 3_100);
+    let last = m.http.len() - 1;
+    m.http[last].status = Some(403);
+    m
+}
+
+/// An https chain that loops for this network only, every hop over verified TLS: the site's
+/// own broken redirect.
+pub(super) fn https_redirect_loop_verified() -> Measurement {
+    let mut m = accessible_https();
+    let a = "https://site.kz/a";
+    m.http = vec![
+        redirect(0, HTTPS, sa(IP, 443), a),
+        redirect(1, a, sa(IP, 443), HTTPS),
+        hop_fail(2, HTTPS, None, Step::Http, Failure::HttpTooManyRedirects),
+    ];
+    m
+}
+
+/// A cleartext chain that loops for this network only, and loops the same way over verified
+/// HTTPS.
+pub(super) fn http_redirect_loop_https_witness_same() -> Measurement {
+    let mut m = too_many_redirects_probe_only();
+    let a = "https://site.kz/a";
+    m.tcp.push(tcp(sa(IP, 443), None));
+    m.tls.push(tls_ok(sa(IP, 443), 40.0));
+    for h in [
+        redirect(0, HTTPS, sa(IP, 443), a),
+        redirect(1, a, sa(IP, 443), HTTPS),
+        hop_fail(2, HTTPS, None, Step::Http, Failure::HttpTooManyRedirects),
+    ] {
+        m.http.push(with_role(h, HttpRole::HttpsWitness));
+    }
+    m
+}
+
+/// A redirect into a site whose handshake is reset by SNI, no control: the hop's own
+/// handshakes are recorded, and its decoy handshake went through.
+pub(super) fn redirect_to_sni_blocked_no_control() -> Measurement {
+    let mut m = redirect_to_blocked_site_no_control();
+    m.tcp.push(tcp(sa(OTHER_IP, 443), None));
+    m.tcp.push(tcp(sa(OTHER_IP, 443), None));
+    m.tls.push(TlsObservation {
+        server_name: "video.example".into(),
+        ..tls_fail(sa(OTHER_IP, 443), Failure::ConnectionReset)
+    });
+    m.tls.push(decoy(sa(OTHER_IP, 443), true));
+    m
 }
