@@ -327,6 +327,7 @@ async fn documented_field_bounds_are_enforced() {
         throughput_bps: None,
         blockpage: None,
         location: None,
+        role: Default::default(),
     })
     .unwrap();
     long_title["http"] = json!([obs.clone()]);
