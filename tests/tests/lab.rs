@@ -329,11 +329,8 @@ fn scenarios() -> Vec<Scenario> {
             "redirect_to_blocked_site",
             "https://redirect-to-blocked.lab/",
             &[],
-            blocked(Method::Tls).evidence(&[
-                "http.hop1.failure=connection_reset@tls",
-                "http.control=ok",
-                "tls.decoy=ok@",
-            ]),
+            blocked(Method::Tls)
+                .evidence(&["http.hop1.failure=connection_reset@tls", "http.control=ok"]),
         ),
         scenario(
             "down_nothing_listening",
