@@ -43,7 +43,9 @@ pub fn danger_accept_any_connector() -> TlsConnector {
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(danger::AcceptAnyCert))
+        .with_custom_certificate_verifier(Arc::new(
+            witness_core::checks::tls::RecordingVerifier::new(provider()),
+        ))
         .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
 }
@@ -102,64 +104,4 @@ pub async fn dns_query(
         responses.push(buf[..len].to_vec());
     }
     Ok(responses)
-}
-
-/// Certificate verification switched off, for tests that must look at untrusted chains.
-pub mod danger {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-
-    use crate::pki::provider;
-
-    /// Accepts every certificate; still checks handshake signatures.
-    #[derive(Debug)]
-    pub struct AcceptAnyCert;
-
-    impl ServerCertVerifier for AcceptAnyCert {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &provider().signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &provider().signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
 }

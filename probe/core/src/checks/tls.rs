@@ -114,9 +114,7 @@ impl TlsContext {
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(danger::RecordingVerifier {
-                provider: provider(),
-            }))
+            .with_custom_certificate_verifier(Arc::new(RecordingVerifier::new(provider())))
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         // Every handshake is a fresh measurement: no resumption that would skip the certificate.
@@ -296,14 +294,26 @@ pub fn describe(der: &CertificateDer<'_>) -> CertificateInfo {
     }
 }
 
+pub use danger::RecordingVerifier;
+
 /// The verifier that accepts any chain so it can be recorded. Dangerous by design; only used
-/// for measurement connections, never for uploads or the control client.
+/// for measurement connections (and by the test suites to inspect untrusted chains), never for
+/// uploads or the control client.
 mod danger {
     use super::*;
 
+    /// Accepts every certificate chain (the measurement verifies it afterwards with
+    /// [`TlsContext::verify`]); still checks the handshake signatures with `provider`.
     #[derive(Debug)]
-    pub(super) struct RecordingVerifier {
-        pub(super) provider: Arc<CryptoProvider>,
+    pub struct RecordingVerifier {
+        provider: Arc<CryptoProvider>,
+    }
+
+    impl RecordingVerifier {
+        /// A verifier whose handshake signatures are checked with `provider`'s algorithms.
+        pub fn new(provider: Arc<CryptoProvider>) -> Self {
+            RecordingVerifier { provider }
+        }
     }
 
     impl ServerCertVerifier for RecordingVerifier {
