@@ -7,7 +7,7 @@
 //!                    blockpage  198.18.1N.80           collector       198.18.100.10:8080
 //!                                                      encrypted resolver 198.18.100.54 (unbound:
 //!                                                        DoH :443, DoT :853, resolver.lab)
-//!                    hijack proxy 198.18.1N.8
+//!                    hijack proxy 198.18.1N.8 (relays by Host, or answers a notice)
 //!                    nft, iptables string match, htb
 //!                       └──veth── injector N (198.18.1N.53 too: answers the dup'ed queries)
 //! ```
@@ -164,6 +164,9 @@ pub enum Technique {
     DnsToBlockpage,
     /// dnsmasq `--address=/host/<ISP transparent proxy>`, which relays the real site.
     DnsToProxy,
+    /// dnsmasq `--address=/host/<ISP transparent proxy>`, which answers the host with a 200
+    /// notice of its own (no blockpage signature knows it) instead of relaying.
+    DnsToNotice,
     /// nft raw payload match on the query name at the resolver: dropped.
     DnsDrop,
     /// nft `dup` of the query to an injector that answers first with the blockpage host.
@@ -519,6 +522,7 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
         (Technique::DnsBogon, BOGON),
         (Technique::DnsToBlockpage, blockpage_ip(n)),
         (Technique::DnsToProxy, proxy_ip(n)),
+        (Technique::DnsToNotice, proxy_ip(n)),
     ] {
         for host in rules_for(technique) {
             options.push(format!("--address=/{host}/{ip}"));
@@ -545,8 +549,11 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
         .into_iter()
         .map(|h| (h.to_owned(), SocketAddr::new(internet.ip(h).into(), 80)))
         .collect();
-    let mut http_proxies =
-        vec![json!({"listen": format!("{}:80", proxy_ip(n)), "hosts": hijacked})];
+    let mut http_proxies = vec![json!({
+        "listen": format!("{}:80", proxy_ip(n)),
+        "hosts": hijacked,
+        "notice_hosts": rules_for(Technique::DnsToNotice),
+    })];
     let mut mitm_proxies = Vec::new();
     let mut delay_proxies = Vec::new();
     let mut port = 9100;

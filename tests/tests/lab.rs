@@ -137,6 +137,7 @@ fn sites() -> Vec<Site> {
         Site::https("dnsdrop.lab"),
         Site::https("dnsinject.lab"),
         Site::http("dns-hijack.lab"),
+        Site::http("dns-notice.lab"),
         Site::https("tcp-blackhole.lab"),
         Site::https("tcp-rst.lab"),
         Site::both("tcp-port443.lab"),
@@ -227,7 +228,20 @@ fn scenarios() -> Vec<Scenario> {
             "dns_hijack_transparent_proxy",
             "http://dns-hijack.lab/",
             &[DnsToProxy],
-            accessible.evidence(&["dns.consistent=same_page"]),
+            accessible.evidence(&[
+                "dns.consistent=same_page",
+                "dns.redirected=network:198.18.11.8",
+                "dns.control_address_page=same_page",
+            ]),
+        ),
+        scenario(
+            "dns_to_notice",
+            "http://dns-notice.lab/",
+            &[DnsToNotice],
+            blocked(Method::Dns).evidence(&[
+                "dns.inconsistent=network:198.18.11.8",
+                "dns.control_address_page=different_page status=200",
+            ]),
         ),
         scenario(
             "tcp_blackhole",
@@ -390,7 +404,8 @@ fn other_network() -> (Censor, Vec<(&'static str, &'static str, Expect)>) {
         (
             "as21299_tcp_blackhole",
             "https://isp2-blocked.lab/",
-            Expect::blocked(Method::Tcp),
+            Expect::blocked(Method::Tcp)
+                .evidence(&["dns.control_resolver.failed=connection_reset@doh:resolver.lab@"]),
         ),
     ];
     (censor, rows)
@@ -485,10 +500,15 @@ fn no_control_network(main: &[Scenario]) -> (Censor, Vec<(&'static str, &'static
         .into_iter()
         .map(|(name, url, expect)| (name, url, expect.without_control()))
         .collect();
-    // The same techniques as on the main network, for these hosts.
+    // The same techniques as on the main network, for these hosts and for those of the probe
+    // with an encrypted resolver on this network.
+    let edns_rows = no_control_edns_rows();
     let rules: Vec<(String, Technique)> = main
         .iter()
-        .filter(|s| rows.iter().any(|(_, url, _)| *url == s.url))
+        .filter(|s| {
+            rows.iter().any(|(_, url, _)| *url == s.url)
+                || edns_rows.iter().any(|(_, url, _)| *url == s.url)
+        })
         .flat_map(|s| s.censor.iter().map(|t| (ascii_host(&s.url), *t)))
         .collect();
     let censor = Censor {
@@ -497,6 +517,32 @@ fn no_control_network(main: &[Scenario]) -> (Censor, Vec<(&'static str, &'static
         ..Censor::default()
     };
     (censor, rows)
+}
+
+/// A second probe on the third network (the control blocked) that has the encrypted resolver:
+/// two DNS answers, two fetches, proven without the control.
+fn no_control_edns_rows() -> Vec<(&'static str, &'static str, Expect)> {
+    vec![
+        (
+            "control_unreachable_dns_hijack_transparent_proxy",
+            "http://dns-hijack.lab/",
+            Expect::accessible().evidence(&[
+                "dns.redirected=network:198.18.13.8",
+                "dns.control_address_page=same_page",
+            ]),
+        ),
+        (
+            "control_unreachable_dns_to_notice",
+            "http://dns-notice.lab/",
+            Expect::blocked(Method::Dns).evidence(&[
+                "dns.inconsistent=network:198.18.13.8",
+                "dns.control_address_page=different_page status=200",
+            ]),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, url, expect)| (name, url, expect.without_control()))
+    .collect()
 }
 
 /// Single-URL runs (`witness run --url URL`, no list, so no other site to compare with): the
@@ -572,7 +618,12 @@ fn no_encrypted_dns_network(
             "encrypted_dns_blocked_dns_nxdomain",
             "https://dns-nxdomain.lab/",
             Expect::blocked(Method::Dns)
-                .evidence(&["dns.network=nxdomain", "dns.control=1 addrs"])
+                .evidence(&[
+                    "dns.network=nxdomain",
+                    "dns.control=1 addrs",
+                    "dns.control_resolver.failed=connection_reset@doh:resolver.lab@",
+                    "dns.control_resolver.failed=dns_timeout@dot:resolver.lab@",
+                ])
                 .check(both_encrypted_resolvers_failed),
         ),
         (
@@ -885,6 +936,8 @@ struct Results {
     main: HashMap<String, Measurement>,
     other: HashMap<String, Measurement>,
     no_control: HashMap<String, Measurement>,
+    /// The third network's probe with the encrypted resolver.
+    no_control_edns: HashMap<String, Measurement>,
     /// The single-URL runs' measurements, by run label.
     single: HashMap<&'static str, Option<Measurement>>,
     no_encrypted_dns: HashMap<String, Measurement>,
@@ -985,6 +1038,15 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         ASN_SHUTDOWN,
         SHUTDOWN_URLS,
     )?;
+    let no_control_edns_urls: Vec<&str> = no_control_edns_rows().iter().map(|r| r.1).collect();
+    let no_control_edns = Probe::new(
+        lab,
+        "probe-as41798-edns",
+        &no_control_net,
+        ASN_NO_CONTROL,
+        &no_control_edns_urls,
+    )?
+    .with_encrypted_dns();
     let singles = single_url_runs();
     let single_probes = singles
         .iter()
@@ -1025,31 +1087,42 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         &shutdown.envs(),
     )?;
 
-    let (main_m, other_m, no_control_m, no_edns_m, daemon, single_m) = std::thread::scope(|s| {
-        let a = s.spawn(|| main.run(lab, &internet, true));
-        let b = s.spawn(|| other.run(lab, &internet, true));
-        let c = s.spawn(|| no_control.run(lab, &internet, false));
-        let e: Vec<_> = single_probes
-            .iter()
-            .map(|p| s.spawn(|| p.run(lab, &internet, false)))
-            .collect();
-        let f = s.spawn(|| no_edns.run(lab, &internet, false));
-        let d = s.spawn(|| -> Result<()> {
-            lab.wait_for_output("daemon-as29355", "witness daemon:", Duration::from_secs(90))?;
-            topology::restore(lab, &shutdown_net)?;
-            let status = lab.wait_exit("daemon-as29355", Duration::from_secs(120))?;
-            if !status.success() {
-                bail!("witness daemon failed ({status})");
+    let (main_m, other_m, no_control_m, no_control_edns_m, no_edns_m, daemon, single_m) =
+        std::thread::scope(|s| {
+            let a = s.spawn(|| main.run(lab, &internet, true));
+            let b = s.spawn(|| other.run(lab, &internet, true));
+            let c = s.spawn(|| no_control.run(lab, &internet, false));
+            let g = s.spawn(|| no_control_edns.run(lab, &internet, false));
+            let e: Vec<_> = single_probes
+                .iter()
+                .map(|p| s.spawn(|| p.run(lab, &internet, false)))
+                .collect();
+            let f = s.spawn(|| no_edns.run(lab, &internet, false));
+            let d = s.spawn(|| -> Result<()> {
+                lab.wait_for_output("daemon-as29355", "witness daemon:", Duration::from_secs(90))?;
+                topology::restore(lab, &shutdown_net)?;
+                let status = lab.wait_exit("daemon-as29355", Duration::from_secs(120))?;
+                if !status.success() {
+                    bail!("witness daemon failed ({status})");
+                }
+                Ok(())
+            });
+            fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
             }
-            Ok(())
+            let singles: Vec<_> = e.into_iter().map(join).collect();
+            (
+                join(a),
+                join(b),
+                join(c),
+                join(g),
+                join(f),
+                join(d),
+                singles,
+            )
         });
-        fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
-            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-        }
-        let singles: Vec<_> = e.into_iter().map(join).collect();
-        (join(a), join(b), join(c), join(f), join(d), singles)
-    });
     let (main_m, other_m, no_control_m, no_edns_m) = (main_m?, other_m?, no_control_m?, no_edns_m?);
+    let no_control_edns_m = no_control_edns_m?;
     let mut single = HashMap::new();
     for ((label, _, url, _), by_url) in singles.iter().zip(single_m) {
         single.insert(*label, by_url?.remove(*url));
@@ -1080,6 +1153,7 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         main: main_m,
         other: other_m,
         no_control: no_control_m,
+        no_control_edns: no_control_edns_m,
         single,
         no_encrypted_dns: no_edns_m,
         shutdown_log: lab.log("daemon-as29355"),
@@ -1229,6 +1303,14 @@ fn censorship_lab() {
             expect,
             None,
             results.no_control.get(url),
+        ));
+    }
+    for (name, url, expect) in no_control_edns_rows() {
+        rows.push(judge::judge(
+            name,
+            expect,
+            None,
+            results.no_control_edns.get(url),
         ));
     }
     for (label, _, _, expect) in single_url_runs() {

@@ -22,8 +22,8 @@ use crate::error::{ControlError, SetupError};
 use crate::failure::Failure;
 use crate::model::{
     resolved_addrs, ConnectivitySummary, ControlResponse, DnsObservation, HttpObservation,
-    HttpRole, Measurement, ProbeNetwork, ReferenceTransfer, ResolverCheck, Software, Status, Step,
-    TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,
+    HttpRole, Measurement, ProbeNetwork, ReferenceTransfer, ResolverCheck, ResolverRole, Software,
+    Status, Step, TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,
 };
 use crate::scrub::OwnAddresses;
 use crate::slots::{self, Slots};
@@ -196,12 +196,15 @@ impl Engine {
             Some(Ok(reply)) => reply.control.http.as_slice(),
             _ => &[],
         };
-        let extra = self
-            .local_evidence(url, &addrs, &obs, control_http, t0, deadline)
-            .await;
-        obs.tcp.extend(extra.tcp);
-        obs.tls.extend(extra.tls);
-        obs.http.extend(extra.http);
+        let (extra, second) = tokio::join!(
+            self.local_evidence(url, &addrs, &obs, control_http, t0, deadline),
+            self.control_address_fetch(url, &addrs, &obs, t0, deadline)
+        );
+        for more in [extra, second] {
+            obs.tcp.extend(more.tcp);
+            obs.tls.extend(more.tls);
+            obs.http.extend(more.http);
+        }
         let mut probe = self.probe.clone();
         let (control, control_failure) = match control {
             None => (None, None),
@@ -308,6 +311,88 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Two DNS answers, two fetches: when the network resolver's addresses have none in common
+    /// with the encrypted control resolver's, the same URL is fetched again from the encrypted
+    /// resolver's addresses, so the verdict can compare the page the network's answer led to
+    /// with the page the name really leads to (a transparent proxy relaying the real page is
+    /// not a block; another page is). Not made when a handshake to a network address verified
+    /// for the name (a CDN answering per vantage point: the address is proven), or when the
+    /// network's answer is a bogon (no page to compare). The exchanges carry
+    /// [`HttpRole::ControlAddress`]; everything stays within the target's deadline.
+    async fn control_address_fetch(
+        &self,
+        url: &url::Url,
+        net_addrs: &[IpAddr],
+        obs: &Observations,
+        t0: Instant,
+        deadline: tokio::time::Instant,
+    ) -> Observations {
+        let host = url_host(url).unwrap_or_default();
+        let for_target = |o: &&DnsObservation| {
+            o.query
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(host.trim_end_matches('.'))
+        };
+        let network: Vec<DnsObservation> = obs
+            .dns
+            .iter()
+            .filter(|o| o.role == ResolverRole::Network)
+            .filter(for_target)
+            .cloned()
+            .collect();
+        let control: Vec<DnsObservation> = obs
+            .dns
+            .iter()
+            .filter(|o| o.role == ResolverRole::Control)
+            .filter(for_target)
+            .cloned()
+            .collect();
+        let ctl_addrs = resolved_addrs(&control);
+        let bogon = network.iter().flat_map(|o| &o.answers).any(|a| a.bogon);
+        let proven = obs
+            .tls
+            .iter()
+            .any(|t| !t.decoy && t.verified() && net_addrs.contains(&t.addr.ip()));
+        if net_addrs.is_empty()
+            || ctl_addrs.is_empty()
+            || net_addrs.iter().any(|a| ctl_addrs.contains(a))
+            || bogon
+            || proven
+        {
+            return Observations::default();
+        }
+        let mut second = self.fetch(url, &ctl_addrs, t0, deadline).await;
+        if second.http.is_empty() {
+            // No connection at all: say where it stopped, so the verdict knows this fetch was
+            // made and how it failed.
+            let tls = second
+                .tls
+                .iter()
+                .find(|t| !t.decoy)
+                .and_then(|t| t.failure.clone());
+            let (step, failure) = match tls {
+                Some(f) => (Step::Tls, f),
+                None => (
+                    Step::Tcp,
+                    second
+                        .tcp
+                        .iter()
+                        .find_map(|t| t.failure.clone())
+                        .unwrap_or_else(|| Failure::unknown("no connection")),
+                ),
+            };
+            let mut obs = http::empty_observation(0, url.as_str(), None, t0);
+            obs.failed_step = Some(step);
+            obs.failure = Some(failure);
+            second.http.push(obs);
+        }
+        for h in &mut second.http {
+            h.role = HttpRole::ControlAddress;
+        }
+        second.dns.clear();
+        second
     }
 
     /// Whether an `http://` target's page needs the site's own HTTPS page as a witness: its

@@ -324,6 +324,11 @@ pub enum HttpRole {
     /// `http://` page could not be confirmed by the control: a page that arrives over TLS
     /// verified for the site's own name comes from the site.
     HttpsWitness,
+    /// The same URL fetched from the encrypted control resolver's addresses, made when the
+    /// network resolver's addresses had none in common with them (and no verified handshake
+    /// proved the network's addresses): the page the name really leads to, to compare with the
+    /// page the network's answer led to. Its redirects carry the same role.
+    ControlAddress,
 }
 
 impl HttpRole {

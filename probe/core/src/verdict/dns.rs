@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::failure::Failure;
-use crate::model::{DnsObservation, LateDnsResponse, Method, QueryType};
+use crate::model::{DnsObservation, HttpObservation, LateDnsResponse, Method, QueryType, Step};
 
-use super::evidence::{DnsResult, DnsSource};
+use super::evidence::{DnsResult, DnsSource, HttpsWitnessResult};
 use super::http::pages_similar;
 use super::{final_response, join_addrs, Evidence, Facts, Outcome, MAX_EVIDENCE_ADDRS};
 
@@ -24,6 +24,16 @@ enum DnsConsistency {
     /// No address in common, but (cleartext) the page fetched from a network address matches
     /// the control's: a transparent proxy relaying the real content is not a block.
     ProvenByPage,
+    /// No address in common, but the page fetched from a network address matches the page
+    /// fetched from the encrypted resolver's addresses: the same, without the control.
+    ProvenBySecondFetch,
+    /// No address in common, and the fetch from the encrypted resolver's addresses failed at
+    /// the same step, the same way, as the fetch from the network's: the addresses are not
+    /// what fails, so the later stages judge.
+    NotTheCause(Step, Failure),
+    /// No address in common; the network's address served a page, but neither the control nor
+    /// the encrypted resolver's address gave one to compare it with.
+    Unproven,
     /// No address in common and no proof: the answers are forged.
     Inconsistent,
 }
@@ -44,24 +54,102 @@ fn dns_consistency(f: &Facts) -> DnsConsistency {
     {
         return DnsConsistency::ProvenByTls(t.addr);
     }
+    let from_network_addr = f
+        .hops
+        .first()
+        .and_then(|h| h.addr)
+        .is_some_and(|a| f.net_addrs.contains(&a.ip()));
+    // The page the network's answer led to: never a known blockpage.
+    let network_page = final_response(&f.m.http).filter(|p| {
+        from_network_addr && p.blockpage.is_none() && f.hops.iter().all(|h| h.blockpage.is_none())
+    });
+    let ctl_page = f.control.and_then(|c| final_response(&c.http));
     if !f.https {
-        let from_network_addr = f
-            .hops
-            .first()
-            .and_then(|h| h.addr)
-            .is_some_and(|a| f.net_addrs.contains(&a.ip()));
-        let same_page = match (
-            final_response(&f.m.http),
-            f.control.and_then(|c| final_response(&c.http)),
-        ) {
-            (Some(p), Some(c)) => p.blockpage.is_none() && pages_similar(p, c),
-            _ => false,
-        };
-        if from_network_addr && same_page {
-            return DnsConsistency::ProvenByPage;
+        if let (Some(p), Some(c)) = (network_page, ctl_page) {
+            if pages_similar(p, c) {
+                return DnsConsistency::ProvenByPage;
+            }
         }
     }
-    DnsConsistency::Inconsistent
+    match second_page(f) {
+        Some(Ok(q)) => match network_page {
+            Some(p) if pages_similar(p, q) => DnsConsistency::ProvenBySecondFetch,
+            _ => DnsConsistency::Inconsistent,
+        },
+        Some(Err((step, failure))) => {
+            if network_failure(f).is_some_and(|(s, x)| s == step && x == failure) {
+                DnsConsistency::NotTheCause(step, failure)
+            } else if network_page.is_some() && ctl_page.is_none() {
+                DnsConsistency::Unproven
+            } else {
+                DnsConsistency::Inconsistent
+            }
+        }
+        None => DnsConsistency::Inconsistent,
+    }
+}
+
+/// The final page fetched from the encrypted resolver's addresses, or where that fetch stopped
+/// (step and failure). `None` when no such fetch was made.
+fn second_page<'a>(f: &Facts<'a>) -> Option<Result<&'a HttpObservation, (Step, Failure)>> {
+    let last = *f.second.last()?;
+    if let Some(h) = f.second.iter().find(|h| h.failure.is_some()) {
+        let failure = h.failure.clone().unwrap_or_else(|| Failure::unknown(""));
+        return Some(Err((h.failed_step.unwrap_or(Step::Http), failure)));
+    }
+    match last.status {
+        Some(_) => Some(Ok(last)),
+        None => Some(Err((Step::Http, Failure::unknown("no response")))),
+    }
+}
+
+/// Where fetching the page from the network's addresses stopped: the first failed hop, or
+/// (no exchange at all) the connects or handshakes that all failed.
+fn network_failure(f: &Facts) -> Option<(Step, Failure)> {
+    if let Some(h) = f.hops.iter().find(|h| h.failure.is_some()) {
+        let failure = h.failure.clone()?;
+        return Some((h.failed_step.unwrap_or(Step::Http), failure));
+    }
+    if !f.hops.is_empty() {
+        return None;
+    }
+    let tcp: Vec<_> =
+        f.m.tcp
+            .iter()
+            .filter(|t| f.net_addrs.contains(&t.addr.ip()))
+            .collect();
+    if !tcp.is_empty() && tcp.iter().all(|t| t.failure.is_some()) {
+        return Some((Step::Tcp, tcp[0].failure.clone()?));
+    }
+    let tls: Vec<_> = f
+        .tls
+        .iter()
+        .filter(|t| f.net_addrs.contains(&t.addr.ip()))
+        .collect();
+    tls.iter()
+        .find_map(|t| t.failure.clone())
+        .map(|x| (Step::Tls, x))
+}
+
+/// What the fetch from the encrypted resolver's addresses showed, as evidence.
+fn second_fetch_evidence(f: &Facts) -> Option<Evidence> {
+    let result = match second_page(f)? {
+        Ok(q) => {
+            let same = final_response(&f.m.http)
+                .is_some_and(|p| p.blockpage.is_none() && pages_similar(p, q));
+            if same {
+                HttpsWitnessResult::SamePage
+            } else {
+                HttpsWitnessResult::DifferentPage {
+                    status: q.status.unwrap_or_default(),
+                    body_length: q.body_length,
+                    title: q.title.clone(),
+                }
+            }
+        }
+        Err((step, failure)) => HttpsWitnessResult::Unavailable(failure.name(), Some(step)),
+    };
+    Some(Evidence::DnsControlAddressPage(result))
 }
 
 pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
@@ -75,6 +163,15 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
     }
     if !f.doh_dns.is_empty() {
         ev.push(dns_summary(DnsSource::ControlResolver, &f.doh_dns));
+    }
+    // Encrypted resolvers this network blocked: the DNS comparison below rests on the rest.
+    for c in &f.m.connectivity.control_resolvers {
+        if let Some(x) = &c.failure {
+            ev.push(Evidence::ControlResolverFailed {
+                failure: x.name(),
+                resolver: c.label(),
+            });
+        }
     }
     let domain = &f.domain;
 
@@ -140,6 +237,10 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
         ));
     }
 
+    let redirected = Evidence::DnsRedirected {
+        network: f.net_addrs.clone(),
+        control: f.ctl_addrs.clone(),
+    };
     match dns_consistency(f) {
         DnsConsistency::Unknown | DnsConsistency::Common => None,
         DnsConsistency::ProvenByTls(addr) => {
@@ -147,14 +248,42 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
             None
         }
         DnsConsistency::ProvenByPage => {
+            // The redirection stays on record: the name was sent elsewhere, the page relayed.
+            ev.push(redirected);
             ev.push(Evidence::DnsConsistentByPage);
+            ev.extend(second_fetch_evidence(f));
             None
+        }
+        DnsConsistency::ProvenBySecondFetch => {
+            ev.push(redirected);
+            ev.push(Evidence::DnsConsistentByPage);
+            ev.extend(second_fetch_evidence(f));
+            None
+        }
+        DnsConsistency::NotTheCause(..) => {
+            // Both addresses fail alike: an innocent difference (a CDN), and the failure is
+            // for the later stages to judge.
+            ev.push(redirected);
+            ev.extend(second_fetch_evidence(f));
+            None
+        }
+        DnsConsistency::Unproven => {
+            ev.push(redirected);
+            ev.extend(second_fetch_evidence(f));
+            Some(Outcome::inconclusive(format!(
+                "the network's resolver points {domain} at {} instead of {}, and a page came \
+                 from there, but the other addresses could not be fetched and the control gave \
+                 no page, so nothing shows whether it is the real one",
+                join_addrs(&f.net_addrs),
+                join_addrs(&f.ctl_addrs)
+            )))
         }
         DnsConsistency::Inconsistent => {
             ev.push(Evidence::DnsInconsistent {
                 network: f.net_addrs.clone(),
                 control: f.ctl_addrs.clone(),
             });
+            ev.extend(second_fetch_evidence(f));
             let blockpage = f.hops.iter().find_map(|h| h.blockpage.as_deref());
             if let Some(bp) = blockpage {
                 ev.push(Evidence::Blockpage(bp.to_string()));
@@ -164,9 +293,17 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
                     ev.push(Evidence::InterceptionCa(ca.clone()));
                 }
             }
-            let tail = match blockpage {
-                Some(bp) => format!("which serves the blockpage {bp}"),
-                None => "and nothing shows that it serves the real site".to_string(),
+            let network_page = final_response(&f.m.http);
+            let tail = match (blockpage, second_page(f)) {
+                (Some(bp), _) => format!("which serves the blockpage {bp}"),
+                (None, Some(Ok(_))) if network_page.is_some() => {
+                    "which serves another page than the encrypted resolver's address does"
+                        .to_string()
+                }
+                (None, Some(Ok(_))) => {
+                    "which fails where the encrypted resolver's address serves the page".to_string()
+                }
+                _ => "and nothing shows that it serves the real site".to_string(),
             };
             Some(Outcome::blocked(
                 Method::Dns,
@@ -351,6 +488,14 @@ pub(super) mod tests {
         dns_inconsistent_failing Plain => Blocked / Dns;
         dns_inconsistent_blockpage Plain => Blocked / Dns;
         dns_hijack_transparent_proxy Plain => Accessible;
+        dns_relay_no_control_same_page Plain => Accessible;
+        dns_relay_same_page Plain => Accessible;
+        dns_notice_no_control Plain => Blocked / Dns;
+        dns_notice Plain => Blocked / Dns;
+        dns_sinkhole_no_control Plain => Blocked / Dns;
+        dns_cdn_other_address_unreachable_no_control Plain => Inconclusive;
+        dns_cdn_sni_blocked_everywhere_no_control Plain => Blocked / Tls;
+        dns_nxdomain_doh_blocked Plain => Blocked / Dns;
     };
 
     #[test]
@@ -384,5 +529,81 @@ pub(super) mod tests {
         );
         let v = verdict_of(dns_hijack_transparent_proxy, Ctx::Plain);
         assert!(cites(&v, "dns.consistent=same_page"), "{v:?}");
+        assert!(
+            cites(&v, "dns.redirected=network:198.18.9.9 control:198.18.0.10"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn two_answers_two_fetches() {
+        // The relay: the same page from both addresses, the redirection on record.
+        for build in [dns_relay_no_control_same_page, dns_relay_same_page] {
+            let v = verdict_of(build, Ctx::Plain);
+            assert!(cites(&v, "dns.control_address_page=same_page"), "{v:?}");
+            assert!(cites(
+                &v,
+                "dns.redirected=network:198.18.9.9 control:198.18.0.10"
+            ));
+        }
+        // Another page: DNS tampering, with what the real address served.
+        let v = verdict_of(dns_notice_no_control, Ctx::Plain);
+        assert!(
+            cites(
+                &v,
+                "dns.control_address_page=different_page status=200 length=50000 \
+                 title=\"Site news\""
+            ),
+            "{v:?}"
+        );
+        assert!(cites(
+            &v,
+            "dns.inconsistent=network:198.18.9.9 control:198.18.0.10"
+        ));
+        assert!(v.reason.contains("another page"), "{}", v.reason);
+        let v = verdict_of(dns_sinkhole_no_control, Ctx::Plain);
+        assert!(v.reason.contains("fails where"), "{}", v.reason);
+        // An innocent difference stays innocent: nothing to compare is inconclusive, and a
+        // failure that happens at every address is judged by its own stage.
+        let v = verdict_of(dns_cdn_other_address_unreachable_no_control, Ctx::Plain);
+        assert!(
+            cites(&v, "dns.control_address_page=generic_timeout@tcp"),
+            "{v:?}"
+        );
+        let v = verdict_of(dns_cdn_sni_blocked_everywhere_no_control, Ctx::Plain);
+        assert!(
+            cites(&v, "dns.control_address_page=generic_timeout@tls"),
+            "{v:?}"
+        );
+        assert!(cites(&v, "tls.decoy=ok@198.18.5.5:443"), "{v:?}");
+        assert!(
+            !v.evidence.iter().any(|e| e.contains("198.18.0.10:443")),
+            "the second fetch's handshakes are not the target's: {v:?}"
+        );
+    }
+
+    #[test]
+    fn blocked_control_resolvers_are_named() {
+        let v = verdict_of(dns_nxdomain_doh_blocked, Ctx::Plain);
+        assert!(
+            cites(
+                &v,
+                "dns.control_resolver.failed=connection_reset@doh:resolver.lab@198.18.100.54:443"
+            ),
+            "{v:?}"
+        );
+        assert!(
+            !v.evidence
+                .iter()
+                .any(|e| e.contains("failed=") && e.contains("dot:")),
+            "the working resolver is not named: {v:?}"
+        );
+        let v = verdict_of(dns_nxdomain_with_control, Ctx::Plain);
+        assert!(
+            !v.evidence
+                .iter()
+                .any(|e| e.starts_with("dns.control_resolver.failed")),
+            "{v:?}"
+        );
     }
 }

@@ -101,6 +101,15 @@ pub enum Evidence {
     ResolverDead,
     /// `dns.network=…`, `dns.control=…`, `dns.control_resolver=…`.
     Dns(DnsSource, DnsResult),
+    /// `dns.control_resolver.failed=NAME@TRANSPORT:RESOLVER`: an encrypted control resolver
+    /// of the chain failed the run's check from this network (a censor blocking encrypted DNS;
+    /// the DNS comparison then rests on the next resolver, or on the control service alone).
+    ControlResolverFailed {
+        /// How it failed (`connection_reset`, `dns_timeout`, ...).
+        failure: &'static str,
+        /// The resolver as labelled: `doh:NAME@IP:PORT`.
+        resolver: String,
+    },
     /// `dns.injected=first:… late:… +Nms`: two different answers to one query.
     DnsInjected {
         /// The first answer, as text.
@@ -118,6 +127,19 @@ pub enum Evidence {
     DnsConsistentByTls(SocketAddr),
     /// `dns.consistent=same_page`.
     DnsConsistentByPage,
+    /// `dns.redirected=network:… control:…`: the network resolver's addresses differ from the
+    /// control's, yet the verdict does not call it tampering (the same page came from both, or
+    /// both failed alike); kept on record.
+    DnsRedirected {
+        /// The network resolver's addresses.
+        network: Vec<IpAddr>,
+        /// The control's addresses.
+        control: Vec<IpAddr>,
+    },
+    /// `dns.control_address_page=same_page`, `=different_page status=N length=N title="…"` or
+    /// `=NAME@STEP`: the page fetched from the encrypted resolver's addresses
+    /// ([`crate::model::HttpRole::ControlAddress`]), against the one from the network's.
+    DnsControlAddressPage(HttpsWitnessResult),
     /// `dns.inconsistent=network:… control:…`.
     DnsInconsistent {
         /// The network resolver's addresses.
@@ -230,6 +252,9 @@ impl fmt::Display for Evidence {
                     DnsResult::Failed(name) => write!(f, "{key}={name}"),
                 }
             }
+            ControlResolverFailed { failure, resolver } => {
+                write!(f, "dns.control_resolver.failed={failure}@{resolver}")
+            }
             DnsInjected {
                 first,
                 late,
@@ -245,6 +270,16 @@ impl fmt::Display for Evidence {
                 join_addrs(network),
                 join_addrs(control)
             ),
+            DnsRedirected { network, control } => write!(
+                f,
+                "dns.redirected=network:{} control:{}",
+                join_addrs(network),
+                join_addrs(control)
+            ),
+            DnsControlAddressPage(result) => {
+                f.write_str("dns.control_address_page=")?;
+                page_result(f, result)
+            }
             TcpNoIpv6Route => f.write_str("tcp.ipv6=no_route"),
             TcpFailure(x, addr) => write!(f, "tcp.failure={}@{addr}", x.name()),
             TcpControl(true) => f.write_str("tcp.control=ok"),
@@ -281,24 +316,9 @@ impl fmt::Display for Evidence {
             HttpDecoyHost(DecoyResult::Failed(name), addr) => {
                 write!(f, "http.decoy_host={name}@{addr}")
             }
-            HttpsWitness(HttpsWitnessResult::SamePage) => {
-                f.write_str("http.https_witness=same_page")
-            }
-            HttpsWitness(HttpsWitnessResult::DifferentPage {
-                status,
-                body_length,
-                title,
-            }) => write!(
-                f,
-                "http.https_witness=different_page status={status} length={body_length} \
-                 title=\"{}\"",
-                short_title(title.as_deref())
-            ),
-            HttpsWitness(HttpsWitnessResult::Unavailable(name, Some(step))) => {
-                write!(f, "http.https_witness={name}@{step}")
-            }
-            HttpsWitness(HttpsWitnessResult::Unavailable(name, None)) => {
-                write!(f, "http.https_witness={name}")
+            HttpsWitness(result) => {
+                f.write_str("http.https_witness=")?;
+                page_result(f, result)
             }
             HttpControlOk => f.write_str("http.control=ok"),
             HttpControlDeadline => f.write_str("http.control=deadline_exceeded"),
@@ -339,6 +359,25 @@ impl fmt::Display for Evidence {
     }
 }
 
+/// The value of a page comparison line: `same_page`, `different_page status=N length=N
+/// title="…"`, `NAME@STEP` or `NAME`.
+fn page_result(f: &mut fmt::Formatter<'_>, result: &HttpsWitnessResult) -> fmt::Result {
+    match result {
+        HttpsWitnessResult::SamePage => f.write_str("same_page"),
+        HttpsWitnessResult::DifferentPage {
+            status,
+            body_length,
+            title,
+        } => write!(
+            f,
+            "different_page status={status} length={body_length} title=\"{}\"",
+            short_title(title.as_deref())
+        ),
+        HttpsWitnessResult::Unavailable(name, Some(step)) => write!(f, "{name}@{step}"),
+        HttpsWitnessResult::Unavailable(name, None) => f.write_str(name),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +412,13 @@ mod tests {
                 "dns.control_resolver=1 addrs",
             ),
             (
+                Evidence::ControlResolverFailed {
+                    failure: "connection_reset",
+                    resolver: "doh:resolver.lab@198.18.100.54:443".into(),
+                },
+                "dns.control_resolver.failed=connection_reset@doh:resolver.lab@198.18.100.54:443",
+            ),
+            (
                 Evidence::DnsInjected {
                     first: "10.0.0.1".into(),
                     late: "198.18.0.10".into(),
@@ -396,6 +442,33 @@ mod tests {
                     control: vec![a.ip()],
                 },
                 "dns.inconsistent=network:10.10.34.34 control:198.18.0.10",
+            ),
+            (
+                Evidence::DnsRedirected {
+                    network: vec![ip],
+                    control: vec![a.ip()],
+                },
+                "dns.redirected=network:10.10.34.34 control:198.18.0.10",
+            ),
+            (
+                Evidence::DnsControlAddressPage(HttpsWitnessResult::SamePage),
+                "dns.control_address_page=same_page",
+            ),
+            (
+                Evidence::DnsControlAddressPage(HttpsWitnessResult::DifferentPage {
+                    status: 200,
+                    body_length: 900,
+                    title: Some("Site news".into()),
+                }),
+                "dns.control_address_page=different_page status=200 length=900 \
+                 title=\"Site news\"",
+            ),
+            (
+                Evidence::DnsControlAddressPage(HttpsWitnessResult::Unavailable(
+                    "generic_timeout",
+                    Some(Step::Tls),
+                )),
+                "dns.control_address_page=generic_timeout@tls",
             ),
             (Evidence::TcpNoIpv6Route, "tcp.ipv6=no_route"),
             (

@@ -130,6 +130,12 @@ struct Facts<'a> {
     decoy_hosts: Vec<&'a HttpObservation>,
     /// The site's own HTTPS page and its redirects ([`HttpRole::HttpsWitness`]), in hop order.
     witness: Vec<&'a HttpObservation>,
+    /// The page fetched from the encrypted resolver's addresses ([`HttpRole::ControlAddress`]),
+    /// in hop order: made only when the network's addresses had none in common with them.
+    second: Vec<&'a HttpObservation>,
+    /// The addresses that second fetch connected to (the control's, not the network's): their
+    /// connects and handshakes are not the target's.
+    second_ips: Vec<IpAddr>,
 }
 impl<'a> Facts<'a> {
     fn new(m: &'a Measurement) -> Self {
@@ -167,16 +173,31 @@ impl<'a> Facts<'a> {
         let net_addrs = addrs_of(&net_dns);
         let ctl_addrs = addrs_of(&svc_dns.iter().chain(&doh_dns).copied().collect::<Vec<_>>());
         let real_tls = |t: &&TlsObservation| !t.decoy && norm_host(&t.server_name) == domain;
-        let tls = m.tls.iter().filter(real_tls).collect();
-        let decoys = m.tls.iter().filter(|t| t.decoy).collect();
-        let ctl_tls = control
-            .map(|c| c.tls.iter().filter(real_tls).collect())
-            .unwrap_or_default();
         let role = |r: HttpRole| {
             let mut hops: Vec<_> = m.http.iter().filter(|h| h.role == r).collect();
             hops.sort_by_key(|h| h.hop);
             hops
         };
+        let second = role(HttpRole::ControlAddress);
+        let second_ips: Vec<IpAddr> = if second.is_empty() {
+            Vec::new()
+        } else {
+            ctl_addrs
+                .iter()
+                .filter(|a| !net_addrs.contains(a))
+                .copied()
+                .collect()
+        };
+        let tls = m
+            .tls
+            .iter()
+            .filter(real_tls)
+            .filter(|t| !second_ips.contains(&t.addr.ip()))
+            .collect();
+        let decoys = m.tls.iter().filter(|t| t.decoy).collect();
+        let ctl_tls = control
+            .map(|c| c.tls.iter().filter(real_tls).collect())
+            .unwrap_or_default();
         let hops = role(HttpRole::Page);
         let decoy_hosts = role(HttpRole::DecoyHost);
         let witness = role(HttpRole::HttpsWitness);
@@ -197,6 +218,8 @@ impl<'a> Facts<'a> {
             hops,
             decoy_hosts,
             witness,
+            second,
+            second_ips,
         }
     }
 

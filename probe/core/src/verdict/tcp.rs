@@ -16,6 +16,7 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
     let (no_v6_route, tried): (Vec<&TcpObservation>, Vec<&TcpObservation>) = f
         .target_tcp(&f.m.tcp)
         .into_iter()
+        .filter(|t| !f.second_ips.contains(&t.addr.ip()))
         .partition(|t| t.addr.is_ipv6() && t.failure == Some(Failure::NetworkUnreachable));
     if !no_v6_route.is_empty() {
         ev.push(Evidence::TcpNoIpv6Route);

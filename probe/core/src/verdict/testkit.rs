@@ -974,3 +974,133 @@ pub(super) fn redirect_to_sni_blocked_no_control() -> Measurement {
     m.tls.push(decoy(sa(OTHER_IP, 443), true));
     m
 }
+
+// ---- two DNS answers, two fetches ----------------------------------------------------------
+
+/// The page fetched again from the encrypted resolver's address (the site's real one).
+pub(super) fn with_control_address_page(
+    mut m: Measurement,
+    url: &str,
+    port: u16,
+    title: &str,
+    len: u64,
+) -> Measurement {
+    m.tcp.push(tcp(sa(IP, port), None));
+    if port == 443 {
+        m.tls.push(tls_ok(sa(IP, 443), 40.0));
+    }
+    m.http.push(with_role(
+        page(0, url, sa(IP, port), 200, len, title),
+        HttpRole::ControlAddress,
+    ));
+    m
+}
+
+/// DNS sent the name to a transparent proxy that relays the real page; no control, but the
+/// page fetched from the encrypted resolver's address is the same.
+pub(super) fn dns_relay_no_control_same_page() -> Measurement {
+    let mut m = dns_hijack_transparent_proxy();
+    no_control(&mut m);
+    with_control_address_page(m, HTTP, 80, "Site news", 50_000)
+}
+
+/// The same relay with the control up: the control's page and the second fetch agree.
+pub(super) fn dns_relay_same_page() -> Measurement {
+    with_control_address_page(
+        dns_hijack_transparent_proxy(),
+        HTTP,
+        80,
+        "Site news",
+        50_000,
+    )
+}
+
+/// DNS sent the name to a box that answers a 200 notice no signature knows; no control, and
+/// the encrypted resolver's address serves the real page.
+pub(super) fn dns_notice_no_control() -> Measurement {
+    let mut m = dns_relay_no_control_same_page();
+    m.http[0] = page(0, HTTP, sa(BOX_IP, 80), 200, 1_200, "Service notice");
+    m
+}
+
+/// The same notice with the control up.
+pub(super) fn dns_notice() -> Measurement {
+    let mut m = dns_relay_same_page();
+    m.http[0] = page(0, HTTP, sa(BOX_IP, 80), 200, 1_200, "Service notice");
+    m
+}
+
+/// The network's answer is a sinkhole that refuses connections; no control, and the encrypted
+/// resolver's address serves the page.
+pub(super) fn dns_sinkhole_no_control() -> Measurement {
+    let mut m = dns_notice_no_control();
+    m.tcp[0] = tcp(sa(BOX_IP, 80), Some(Failure::ConnectionRefused));
+    m.http.remove(0);
+    m
+}
+
+/// A CDN gives this network another address, which serves the page; the encrypted resolver's
+/// address cannot be reached from here, and there is no control: nothing to compare with.
+pub(super) fn dns_cdn_other_address_unreachable_no_control() -> Measurement {
+    let mut m = accessible_http();
+    m.dns[0] = dns_ok(Network, SITE, &[CDN_IP]);
+    m.tcp = vec![
+        tcp(sa(CDN_IP, 80), None),
+        tcp(sa(IP, 80), Some(Failure::GenericTimeout)),
+    ];
+    m.http = vec![
+        page(0, HTTP, sa(CDN_IP, 80), 200, 49_000, "Site news"),
+        with_role(
+            hop_fail(0, HTTP, None, Step::Tcp, Failure::GenericTimeout),
+            HttpRole::ControlAddress,
+        ),
+    ];
+    no_control(&mut m);
+    m
+}
+
+/// A CDN gives this network another address, and the site's name is cut by SNI at every
+/// address (the encrypted resolver's too), no control: the addresses are not what fails, so
+/// the decoy handshake decides (`tls`), never `dns`.
+pub(super) fn dns_cdn_sni_blocked_everywhere_no_control() -> Measurement {
+    let mut m = accessible_https();
+    m.dns[0] = dns_ok(Network, SITE, &[CDN_IP]);
+    m.tcp = vec![
+        tcp(sa(CDN_IP, 443), None),
+        tcp(sa(CDN_IP, 443), None),
+        tcp(sa(IP, 443), None),
+        tcp(sa(IP, 443), None),
+    ];
+    m.tls = vec![
+        tls_fail(sa(CDN_IP, 443), Failure::GenericTimeout),
+        decoy(sa(CDN_IP, 443), true),
+        tls_fail(sa(IP, 443), Failure::GenericTimeout),
+        decoy(sa(IP, 443), true),
+    ];
+    m.http = vec![with_role(
+        hop_fail(0, HTTPS, None, Step::Tls, Failure::GenericTimeout),
+        HttpRole::ControlAddress,
+    )];
+    no_control(&mut m);
+    m
+}
+
+/// An encrypted resolver network: DoH reset by the censor, DoT answered.
+pub(super) fn dns_nxdomain_doh_blocked() -> Measurement {
+    let mut m = dns_nxdomain_with_control();
+    m.connectivity.control_resolvers = vec![
+        crate::model::ResolverCheck {
+            transport: "doh".into(),
+            resolver: "resolver.lab@198.18.100.54:443".into(),
+            duration_ms: 3.0,
+            failure: Some(Failure::ConnectionReset),
+        },
+        crate::model::ResolverCheck {
+            transport: "dot".into(),
+            resolver: "resolver.lab@198.18.100.54:853".into(),
+            duration_ms: 9.0,
+            failure: None,
+        },
+    ];
+    m
+}
