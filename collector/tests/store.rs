@@ -1212,3 +1212,356 @@ async fn block_activity_prefilter(db: Db) {
 }
 
 both_stores!(export_pages_are_capped_in_bytes, block_activity_prefilter);
+
+/// A value bound into the statements of an old schema: times as that schema stored them.
+enum Old<'a> {
+    Time(DateTime<Utc>),
+    Text(&'a str),
+    Int(i64),
+}
+
+/// A database at an older schema version, written to with that version's time format
+/// (SQLite: milliseconds; PostgreSQL: `timestamptz`).
+enum OldDb {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl OldDb {
+    /// Create the database of `url` with migrations `1..=version` (as shipped).
+    async fn create(db: Db, url: &str, version: u32) -> OldDb {
+        let dir = tempfile::tempdir().unwrap();
+        let name = match db {
+            Db::Sqlite => "sqlite",
+            Db::Postgres => "postgres",
+        };
+        let src = format!("{}/migrations/{name}", env!("CARGO_MANIFEST_DIR"));
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let file = entry.unwrap().file_name().into_string().unwrap();
+            let v: u32 = file[..4].parse().unwrap();
+            if v <= version {
+                std::fs::copy(format!("{src}/{file}"), dir.path().join(&file)).unwrap();
+            }
+        }
+        let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+        let old = match db {
+            Db::Sqlite => OldDb::Sqlite(
+                sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+                    .await
+                    .unwrap(),
+            ),
+            Db::Postgres => OldDb::Postgres(sqlx::PgPool::connect(url).await.unwrap()),
+        };
+        match &old {
+            OldDb::Sqlite(p) => migrator.run(p).await.unwrap(),
+            OldDb::Postgres(p) => migrator.run(p).await.unwrap(),
+        }
+        old
+    }
+
+    /// Run one statement written with `?` parameters.
+    async fn exec(&self, sql: &str, values: &[Old<'_>]) {
+        match self {
+            OldDb::Sqlite(pool) => {
+                let mut q = sqlx::query(sql);
+                for v in values {
+                    q = match v {
+                        Old::Time(t) => q.bind(t.timestamp_millis()),
+                        Old::Text(s) => q.bind(*s),
+                        Old::Int(i) => q.bind(*i),
+                    };
+                }
+                q.execute(pool).await.unwrap();
+            }
+            OldDb::Postgres(pool) => {
+                let mut numbered = String::new();
+                let mut n = 0;
+                for c in sql.chars() {
+                    if c == '?' {
+                        n += 1;
+                        numbered.push_str(&format!("${n}"));
+                    } else {
+                        numbered.push(c);
+                    }
+                }
+                let mut q = sqlx::query(&numbered);
+                for v in values {
+                    q = match v {
+                        Old::Time(t) => q.bind(*t),
+                        Old::Text(s) => q.bind(*s),
+                        Old::Int(i) => q.bind(*i),
+                    };
+                }
+                q.execute(pool).await.unwrap();
+            }
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            OldDb::Sqlite(p) => p.close().await,
+            OldDb::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// A database created by the previous schema (v3: SQLite in milliseconds, PostgreSQL in
+/// `timestamptz`) migrates to microseconds without losing or moving anything: every time reads
+/// back exactly as stored (PostgreSQL's to the microsecond), the compare-and-set of events
+/// still matches the stored decision time, the outbox row is still due, the read model still
+/// answers, and on PostgreSQL the month partitions are attached to the new table and take new
+/// rows.
+async fn times_survive_the_move_to_microseconds(db: Db) {
+    let (url, _guard) = common::fresh_store(db);
+    let old = OldDb::create(db, &url, 3).await;
+    let exact = |s: &str| {
+        let t = DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        match db {
+            // v3 on SQLite kept milliseconds.
+            Db::Sqlite => DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap(),
+            Db::Postgres => t,
+        }
+    };
+    let created = exact("2024-01-02T03:04:05.678901Z");
+    let expires = exact("2030-06-01T00:00:00.000001Z");
+    let seen = exact("2024-02-01T00:10:00.5Z");
+    let m1_at = exact("2024-01-31T23:59:59.123456Z");
+    let m2_at = exact("2024-02-01T00:00:00.000999Z");
+    let received = exact("2024-02-01T00:05:00.25Z");
+    let decided = exact("2024-02-01T00:06:00.654321Z");
+    let due = exact("2024-02-01T00:06:01.1Z");
+    let (m1, m2) = (
+        "00000000-0000-7000-8000-0000000000a1",
+        "00000000-0000-7000-8000-0000000000a2",
+    );
+    if let OldDb::Postgres(_) = &old {
+        for (name, from, to) in [
+            ("measurements_p202401", "2024-01-01", "2024-02-01"),
+            ("measurements_p202402", "2024-02-01", "2024-03-01"),
+        ] {
+            old.exec(
+                &format!(
+                    "CREATE TABLE {name} PARTITION OF measurements \
+                     FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')"
+                ),
+                &[],
+            )
+            .await;
+        }
+    }
+    old.exec(
+        "INSERT INTO invites (id, token_hash, max_uses, created_at, expires_at) \
+         VALUES ('inv1', 'hash-inv1', 5, ?, ?)",
+        &[Old::Time(created), Old::Time(expires)],
+    )
+    .await;
+    old.exec(
+        "INSERT INTO probes (id, token_hash, invite_id, created_at, last_seen_at) \
+         VALUES ('p1', 'hash-p1', 'inv1', ?, ?)",
+        &[Old::Time(created), Old::Time(seen)],
+    )
+    .await;
+    let uuid = match db {
+        Db::Sqlite => "?",
+        Db::Postgres => "CAST(? AS uuid)",
+    };
+    for (id, at, domain, status, method) in [
+        (m1, m1_at, "a.test", "blocked", "tls"),
+        (m2, m2_at, "b.test", "blocked", "dns"),
+    ] {
+        old.exec(
+            &format!(
+                "INSERT INTO measurements (id, probe_id, received_at, started_at, domain, url, \
+                 category, asn, country, status, method, reason, software_version, body) \
+                 VALUES ({uuid}, 'p1', ?, ?, ?, '', 'NEWS', 9198, 'KZ', ?, ?, '', '', '{{}}')"
+            ),
+            &[
+                Old::Text(id),
+                Old::Time(received),
+                Old::Time(at),
+                Old::Text(domain),
+                Old::Text(status),
+                Old::Text(method),
+            ],
+        )
+        .await;
+        if db == Db::Postgres {
+            old.exec(
+                "INSERT INTO measurement_ids (id, started_at) VALUES (CAST(? AS uuid), ?)",
+                &[Old::Text(id), Old::Time(at)],
+            )
+            .await;
+        }
+        // The read model as v3's ingest kept it.
+        old.exec(
+            "INSERT INTO latest_verdicts (domain, asn, probe_id, started_at, measurement_id, \
+             status, method, category, country) VALUES (?, 9198, 'p1', ?, ?, ?, ?, 'NEWS', 'KZ')",
+            &[
+                Old::Text(domain),
+                Old::Time(at),
+                Old::Text(id),
+                Old::Text(status),
+                Old::Text(method),
+            ],
+        )
+        .await;
+        old.exec(
+            "INSERT INTO blocked_methods (domain, asn, method, last_at) VALUES (?, 9198, ?, ?)",
+            &[Old::Text(domain), Old::Text(method), Old::Time(at)],
+        )
+        .await;
+    }
+    old.exec(
+        "INSERT INTO events (id, kind, domain, asn, method, country, category, started_at, \
+         open_decided_at, evidence, created_at) \
+         VALUES ('e1', 'new_block', 'a.test', 9198, 'tls', 'KZ', 'NEWS', ?, ?, ?, ?)",
+        &[
+            Old::Time(m1_at),
+            Old::Time(decided),
+            Old::Text(&serde_json::to_string(&Evidence::default()).unwrap()),
+            Old::Time(decided),
+        ],
+    )
+    .await;
+    old.exec(
+        "INSERT INTO outbox (event_id, transition, url, created_at, attempts, next_attempt_at) \
+         VALUES ('e1', 'new_block', 'http://127.0.0.1:9/hook', ?, ?, ?)",
+        &[Old::Time(decided), Old::Int(1), Old::Time(due)],
+    )
+    .await;
+    old.close().await;
+
+    let s = open_url(&url).await;
+    let tokens = s.list_tokens().await.unwrap();
+    let invite = tokens.iter().find(|t| t.id == "inv1").unwrap();
+    assert_eq!(
+        (invite.created_at, invite.expires_at),
+        (created, Some(expires))
+    );
+    let probe = tokens.iter().find(|t| t.id == "p1").unwrap();
+    assert_eq!(
+        (probe.created_at, probe.last_seen_at),
+        (created, Some(seen))
+    );
+    let all = Filter {
+        limit: 100,
+        ..Filter::default()
+    };
+    let got: Vec<_> = s
+        .measurements(&all)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.id.to_string(), m.started_at, m.received_at))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (m1.to_string(), m1_at, received),
+            (m2.to_string(), m2_at, received)
+        ]
+    );
+    // The read model and the event state, to the microsecond.
+    let since = m1_at - TimeDelta::hours(1);
+    let latest = s
+        .latest_groups(&Filter {
+            since: Some(since),
+            domain: Some("a.test".into()),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].last_measured, m1_at);
+    assert_eq!(
+        s.blocked_methods_seen(m2_at).await.unwrap(),
+        vec![("b.test".to_string(), 9198, Method::Dns)]
+    );
+    let states = s
+        .event_states(EventKind::NewBlock, Some("a.test"), 9198)
+        .await
+        .unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(
+        (states[0].open_since, states[0].floor),
+        (Some(m1_at), Some(decided))
+    );
+    assert_eq!(
+        s.events(&all).await.unwrap()[0].started_at,
+        m1_at,
+        "event start"
+    );
+    // The outbox row is due exactly from its old time on.
+    assert!(s
+        .claim_notifications(due - TimeDelta::microseconds(1), due, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let claimed = s
+        .claim_notifications(due, due + TimeDelta::minutes(1), 10)
+        .await
+        .unwrap();
+    assert_eq!((claimed.len(), claimed[0].attempts), (1, 1));
+    // The compare-and-set matches the migrated decision time.
+    let closed = s
+        .close_event(
+            &CloseEvent {
+                key: key_of("a.test"),
+                ended_at: m2_at,
+                decided_at: due,
+                floor: Some(decided),
+                evidence: Evidence::default(),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(closed.map(|e| e.ended_at), Some(Some(m2_at)));
+    // New rows land in the converted months, in order with the old ones.
+    let m3_at = exact("2024-01-15T12:00:00.000007Z");
+    let mut m3 = verdict("a.test", 9198, m3_at, Status::Accessible, None);
+    m3.received_at = Utc::now();
+    assert_eq!(
+        s.insert_measurements("p1", Utc::now(), &[m3.clone()])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    let order: Vec<_> = s
+        .measurements(&all)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.started_at)
+        .collect();
+    assert_eq!(order, vec![m3_at, m1_at, m2_at]);
+    if db == Db::Postgres {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let january: i64 = sqlx::query_scalar("SELECT count(*) FROM measurements_p202401")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(january, 2, "m1 and m3 are in January's partition");
+        let attached: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'measurements'::regclass ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(attached.starts_with(&[
+            "measurements_p202401".to_string(),
+            "measurements_p202402".to_string()
+        ]));
+        pool.close().await;
+    }
+}
+
+fn key_of(domain: &str) -> EventKey {
+    EventKey {
+        domain: Some(domain.into()),
+        ..key()
+    }
+}
+
+both_stores!(times_survive_the_move_to_microseconds);

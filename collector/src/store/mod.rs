@@ -10,6 +10,7 @@
 //! change they announce.
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::borrow::Cow;
