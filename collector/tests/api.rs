@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{TimeDelta, Timelike, Utc};
 use common::{measurement, spawn_on, test_config, Db};
 use serde_json::{json, Value};
 use witness_collector::config::Registration;
@@ -279,9 +279,13 @@ async fn read_api_json_and_csv(db: Db) {
     let app = spawn_on(db, test_config()).await;
     let (_, t1) = app.register().await;
     let (_, t2) = app.register().await;
-    let now = Utc::now();
+    // Both uploads in one hour of the history, whatever the time of day.
+    let mut base = Utc::now() - TimeDelta::minutes(10);
+    if base.minute() >= 58 {
+        base -= TimeDelta::minutes(3);
+    }
     for (i, t) in [&t1, &t2].into_iter().enumerate() {
-        let at = now - TimeDelta::minutes(10 - i as i64);
+        let at = base + TimeDelta::minutes(i as i64);
         app.upload(
             t,
             &[
