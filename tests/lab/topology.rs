@@ -195,7 +195,20 @@ pub enum Technique {
     /// nat redirect of the site's port 443 to a relay that holds the server's first answer
     /// [`HANDSHAKE_DELAY_MS`]: throttling by handshake latency (the lab has no netem).
     HandshakeDelay,
+    /// Not censorship, the line itself: nat redirect of the site's port 443 to a relay that
+    /// paces everything the server sends to [`SLOW_LINE_BPS`] (a slow DSL line; applied to
+    /// every site the network's probe measures, its anchors included).
+    SlowLine,
+    /// A throttled site on that slow line: paced to [`SLOW_LINE_THROTTLED_BPS`].
+    ThrottledOnSlowLine,
 }
+
+/// The slow line's rate, bytes per second (1.6 Mbit/s: a slow DSL line), per connection; under
+/// the probe's 256 KiB/s ceiling for throttling, so only the line's reference keeps its sites
+/// `accessible`.
+pub const SLOW_LINE_BPS: u64 = 200_000;
+/// A throttled site on the slow line: an eighth of the line, under its fifth.
+pub const SLOW_LINE_THROTTLED_BPS: u64 = 25_000;
 
 /// How long the handshake-delay relay holds the ServerHello.
 /// Over the probe's 2 s floor for a throttled handshake whatever the machine's load (a relay
@@ -596,6 +609,21 @@ pub fn build_network(lab: &Lab, internet: &Internet, n: u8, censor: &Censor) -> 
         }));
         writeln!(nat, "    ip daddr {site} tcp dport 443 redirect to :{port}")?;
         port += 1;
+    }
+    for (technique, rate) in [
+        (Technique::SlowLine, SLOW_LINE_BPS),
+        (Technique::ThrottledOnSlowLine, SLOW_LINE_THROTTLED_BPS),
+    ] {
+        for host in rules_for(technique) {
+            let site = internet.ip(host);
+            delay_proxies.push(json!({
+                "listen": format!("0.0.0.0:{port}"),
+                "upstream": format!("{site}:443"),
+                "rate_bps": rate,
+            }));
+            writeln!(nat, "    ip daddr {site} tcp dport 443 redirect to :{port}")?;
+            port += 1;
+        }
     }
     let blockpage_host = format!("blockpage.isp{n}.lab");
     lab.serve(

@@ -6,11 +6,14 @@
 //! Needs root and `ip netns`; without them it skips, loudly. In CI (root,
 //! `WITNESS_REQUIRE_TOOLS=1`) a missing tool is a failure.
 //!
-//! Four client networks run at once, each behind its own ISP:
+//! Six client networks run at once, each behind its own ISP:
 //! - AS9198 (ISP 1): every technique, with the control; most scenarios, one probe run.
 //! - AS21299 (ISP 2): another censor, so the collector must raise a block for one network only.
-//! - AS41798 (ISP 3): the censor also blocks the collector: no control, no upload.
+//! - AS41798 (ISP 3): the censor also blocks the collector: no control, no upload (one probe
+//!   without an encrypted resolver, one with it).
 //! - AS29355 (ISP 4): a shutdown; `witness daemon` spools, then uploads once the link is back.
+//! - AS48716 (ISP 5): DoH and DoT blocked.
+//! - AS64512 (ISP 6): no censor, a slow line; one site on it throttled.
 
 #[path = "../lab/judge.rs"]
 mod judge;
@@ -54,6 +57,9 @@ const ANCHOR_PAGE: usize = 256 * 1024;
 /// packets averages out to the class's rate (a 160 KiB page came through at twice it), read in
 /// about 3 s at 1 mbit, inside the 5 s step timeout.
 const SINGLE_THROTTLED_PAGE: usize = 384 * 1024;
+/// The throttled site on the slow line: over the probe's 64 KiB throughput minimum, read in
+/// about 2.7 s at the throttled rate, inside the 5 s step timeout.
+const SLOW_LINE_THROTTLED_PAGE: usize = 66 * 1024;
 /// The IDN site as a list writes it.
 const IDN_URL: &str = "https://пример-сайт.lab/";
 
@@ -64,6 +70,8 @@ const ASN_OTHER: u32 = 21299;
 const ASN_NO_CONTROL: u32 = 41798;
 const ASN_SHUTDOWN: u32 = 29355;
 const ASN_NO_ENCRYPTED_DNS: u32 = 48716;
+/// The slow line's network: a private-use AS number (no real network is meant).
+const ASN_SLOW_LINE: u32 = 64512;
 
 /// One scenario of the main network (ISP 1): the URL the probe measures, what ISP 1 does to
 /// its host, and the verdict the probe must give.
@@ -153,6 +161,7 @@ fn sites() -> Vec<Site> {
         Site::https("slow-handshake.lab"),
         Site::https("throttled-single.lab").size(SINGLE_THROTTLED_PAGE),
         Site::https("throttled-list.lab").size(SINGLE_THROTTLED_PAGE),
+        Site::https("slow-line-throttled.lab").size(SLOW_LINE_THROTTLED_PAGE),
         Site::https("anchor.lab").size(ANCHOR_PAGE),
         Site::https("anchor-2.lab").size(ANCHOR_PAGE),
         Site::https("redirect-to-blocked.lab")
@@ -646,6 +655,74 @@ fn no_encrypted_dns_network(
     (censor, rows)
 }
 
+/// The sixth network (a private AS): a slow line, not a censor. Every connection to the sites
+/// its probe measures, the anchors included, is paced to 200 kB/s by a userspace relay in the
+/// ISP (a slow DSL line), and one site on that line to 25 kB/s (throttled). The probe measures
+/// the two sites in one short list (no run baseline: the anchors are the reference), with the
+/// control up, whose fetches are fast.
+fn slow_line_network() -> (Censor, Vec<(&'static str, &'static str, Expect)>) {
+    let censor = Censor {
+        rules: vec![
+            ("anchor.lab".to_owned(), SlowLine),
+            ("anchor-2.lab".to_owned(), SlowLine),
+            ("large-1.lab".to_owned(), SlowLine),
+            ("slow-line-throttled.lab".to_owned(), ThrottledOnSlowLine),
+        ],
+        ..Censor::default()
+    };
+    let rows = vec![
+        (
+            "slow_line_stays_accessible",
+            "https://large-1.lab/",
+            Expect::accessible().check(slow_line_really_slow),
+        ),
+        (
+            "slow_line_throttled_site",
+            "https://slow-line-throttled.lab/",
+            Expect::blocked(Method::Throttle).evidence(&[
+                "throttle.throughput_bps=",
+                "throttle.reference=anchors",
+                "throttle.control_throughput_bps=",
+            ]),
+        ),
+    ];
+    (censor, rows)
+}
+
+/// The slow line really was slow: the page and the anchors' transfers came under the probe's
+/// 256 KiB/s throttling ceiling (so only the line's reference kept the page `accessible`), while
+/// the control fetched it fast.
+fn slow_line_really_slow(m: &Measurement) -> Option<String> {
+    let ceiling = witness_core::verdict::THROTTLE_MAX_THROUGHPUT_BPS;
+    let page = m
+        .http
+        .iter()
+        .filter(|h| h.role.is_page())
+        .max_by_key(|h| h.hop)
+        .and_then(|h| h.throughput_bps);
+    let refs: Vec<Option<f64>> = m
+        .connectivity
+        .references
+        .iter()
+        .map(|r| r.throughput_bps)
+        .collect();
+    let control = m
+        .control
+        .as_ref()
+        .and_then(|c| c.http.iter().max_by_key(|h| h.hop))
+        .and_then(|h| h.throughput_bps);
+    let slow = |v: Option<f64>| v.is_some_and(|v| v < ceiling);
+    let ok = slow(page)
+        && refs.len() == 2
+        && refs.iter().all(|r| slow(*r))
+        && control.is_some_and(|c| c > 5.0 * ceiling);
+    (!ok).then(|| {
+        format!(
+            "page {page:?} B/s, anchors {refs:?} B/s, control {control:?} B/s (ceiling {ceiling})"
+        )
+    })
+}
+
 /// The encrypted resolver's answer for the measured host, through `transport`.
 fn control_resolver_answer(m: &Measurement, transport: &str) -> Option<String> {
     let answered = m.dns.iter().any(|o| {
@@ -938,6 +1015,8 @@ struct Results {
     no_control: HashMap<String, Measurement>,
     /// The third network's probe with the encrypted resolver.
     no_control_edns: HashMap<String, Measurement>,
+    /// The slow line's probe.
+    slow_line: HashMap<String, Measurement>,
     /// The single-URL runs' measurements, by run label.
     single: HashMap<&'static str, Option<Measurement>>,
     no_encrypted_dns: HashMap<String, Measurement>,
@@ -985,7 +1064,7 @@ fn event_text(e: &Value) -> String {
     )
 }
 
-/// Builds the lab, runs the four probes at once, and collects what they and the collector saw.
+/// Builds the lab, runs the probes at once, and collects what they and the collector saw.
 fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
     let (witness, collector) = (witness_bin(), collector_bin());
     assert!(witness.exists() && collector.exists());
@@ -1006,6 +1085,8 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
     let no_control_net = topology::build_network(lab, &internet, 3, &no_control_censor)?;
     let shutdown_net = topology::build_network(lab, &internet, 4, &Censor::default())?;
     let no_edns_net = topology::build_network(lab, &internet, 5, &no_edns_censor)?;
+    let (slow_line_censor, slow_line_rows) = slow_line_network();
+    let slow_line_net = topology::build_network(lab, &internet, 6, &slow_line_censor)?;
     topology::start_collector(lab, &internet, &collector)?;
 
     let main_urls: Vec<&str> = scenarios.iter().map(|s| s.url.as_str()).collect();
@@ -1047,6 +1128,14 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         &no_control_edns_urls,
     )?
     .with_encrypted_dns();
+    let slow_line_urls: Vec<&str> = slow_line_rows.iter().map(|r| r.1).collect();
+    let slow_line = Probe::new(
+        lab,
+        "probe-as64512",
+        &slow_line_net,
+        ASN_SLOW_LINE,
+        &slow_line_urls,
+    )?;
     let singles = single_url_runs();
     let single_probes = singles
         .iter()
@@ -1087,12 +1176,13 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         &shutdown.envs(),
     )?;
 
-    let (main_m, other_m, no_control_m, no_control_edns_m, no_edns_m, daemon, single_m) =
+    let (main_m, other_m, no_control_m, no_control_edns_m, no_edns_m, slow_m, daemon, single_m) =
         std::thread::scope(|s| {
             let a = s.spawn(|| main.run(lab, &internet, true));
             let b = s.spawn(|| other.run(lab, &internet, true));
             let c = s.spawn(|| no_control.run(lab, &internet, false));
             let g = s.spawn(|| no_control_edns.run(lab, &internet, false));
+            let h = s.spawn(|| slow_line.run(lab, &internet, false));
             let e: Vec<_> = single_probes
                 .iter()
                 .map(|p| s.spawn(|| p.run(lab, &internet, false)))
@@ -1117,12 +1207,14 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
                 join(c),
                 join(g),
                 join(f),
+                join(h),
                 join(d),
                 singles,
             )
         });
     let (main_m, other_m, no_control_m, no_edns_m) = (main_m?, other_m?, no_control_m?, no_edns_m?);
     let no_control_edns_m = no_control_edns_m?;
+    let slow_m = slow_m?;
     let mut single = HashMap::new();
     for ((label, _, url, _), by_url) in singles.iter().zip(single_m) {
         single.insert(*label, by_url?.remove(*url));
@@ -1154,6 +1246,7 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
         other: other_m,
         no_control: no_control_m,
         no_control_edns: no_control_edns_m,
+        slow_line: slow_m,
         single,
         no_encrypted_dns: no_edns_m,
         shutdown_log: lab.log("daemon-as29355"),
@@ -1312,6 +1405,10 @@ fn censorship_lab() {
             None,
             results.no_control_edns.get(url),
         ));
+    }
+    let (_, slow_line_rows) = slow_line_network();
+    for (name, url, expect) in slow_line_rows {
+        rows.push(judge::judge(name, expect, None, results.slow_line.get(url)));
     }
     for (label, _, _, expect) in single_url_runs() {
         rows.push(judge::judge(

@@ -64,13 +64,48 @@ struct ServeConfig {
 /// A relay in front of one redirected address that holds the server's first bytes (the
 /// ServerHello) for `delay_ms`, then relays freely: the handshake takes that much longer, the
 /// transfer does not (Kazakhstan's 2022-23 throttling by SNI showed as multi-second
-/// handshakes).
+/// handshakes). With `rate_bps`, everything the server sends is paced to that many bytes per
+/// second instead (each connection on its own): a slow line, or a throttled site on one (htb
+/// on the lab's veth pairs shapes 64 KiB GSO packets too coarsely to be trusted).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DelayProxySpec {
     listen: SocketAddr,
     upstream: SocketAddr,
+    #[serde(default)]
     delay_ms: u64,
+    #[serde(default)]
+    rate_bps: Option<u64>,
+}
+
+/// Bytes one paced write carries: a twentieth of a second's worth.
+const PACE_SLICES_PER_SEC: u64 = 20;
+
+/// Copies `from` to `to` at no more than `rate` bytes per second on average: after each slice,
+/// waits until the bytes sent so far are due.
+async fn paced_copy<R, W>(from: &mut R, to: &mut W, rate: u64) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let rate = rate.max(1);
+    let slice = usize::try_from(rate / PACE_SLICES_PER_SEC)
+        .unwrap_or(1)
+        .clamp(1, 64 * 1024);
+    let mut buf = vec![0u8; slice];
+    let start = tokio::time::Instant::now();
+    let mut sent: u64 = 0;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(sent);
+        }
+        to.write_all(&buf[..n]).await?;
+        sent += n as u64;
+        let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+        tokio::time::sleep_until(due).await;
+    }
 }
 
 /// A certificate for `names`, written as PEM files.
@@ -485,6 +520,9 @@ async fn delay_proxy(client: TcpStream, spec: Arc<DelayProxySpec>) -> Result<()>
     let delay = Duration::from_millis(spec.delay_ms);
     let upstream = tokio::io::copy(&mut client_read, &mut server_write);
     let downstream = async {
+        if let Some(rate) = spec.rate_bps {
+            return paced_copy(&mut server_read, &mut client_write, rate).await;
+        }
         let mut first = [0u8; 16 * 1024];
         let n = server_read.read(&mut first).await?;
         tokio::time::sleep(delay).await;
