@@ -199,13 +199,14 @@ fn the_x86_64_probe_measures_from_an_empty_root_with_nothing_but_itself() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(inside, ["ca.pem", "witness"].map(String::from).into());
-    // chroot as root; an unprivileged user namespace otherwise.
+    // chroot as root; an unprivileged user namespace otherwise. By absolute path: the child's
+    // environment is cleared, PATH included, and chroot lives in /usr/sbin.
     let mut cmd = if nix_is_root() {
-        let mut c = Command::new("chroot");
+        let mut c = Command::new(sbin_tool("chroot"));
         c.arg(root.path());
         c
     } else {
-        let mut c = Command::new("unshare");
+        let mut c = Command::new(sbin_tool("unshare"));
         c.arg("-r").arg(format!("--root={}", root.path().display()));
         c
     };
@@ -215,6 +216,15 @@ fn the_x86_64_probe_measures_from_an_empty_root_with_nothing_but_itself() {
         .env("HOME", "/");
     let out = cmd.stdin(Stdio::null()).output().unwrap();
     one_accessible(&out, "empty root");
+}
+
+/// The absolute path of a util-linux/coreutils tool, also where only root's PATH has it.
+fn sbin_tool(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not found in /usr/sbin, /usr/bin, /sbin or /bin"))
 }
 
 fn nix_is_root() -> bool {
