@@ -357,6 +357,7 @@ fn measurement(
             http: vec![http(&domain, addr, true)],
         }),
         control_failure: None,
+        path: None,
         connectivity: ConnectivitySummary {
             offline: false,
             resolver_ok: Some(true),

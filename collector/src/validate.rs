@@ -5,11 +5,12 @@
 //! human-readable detail (returned to the probe, never logged with anything identifying).
 
 use std::fmt;
+use std::net::IpAddr;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use witness_core::model::{Measurement, Status, SCHEMA_VERSION};
+use witness_core::model::{Measurement, PathObservation, Status, SCHEMA_VERSION};
 
 /// Why a record was refused. Closed set: these names are the `reason` label of
 /// `witness_records_rejected_total`.
@@ -409,6 +410,9 @@ pub fn validate(m: &Measurement, limits: &Limits, now: DateTime<Utc>) -> Result<
             ),
         ));
     }
+    if let Some(p) = &m.path {
+        validate_path(p, m.verdict.status)?;
+    }
     if m.connectivity.offline && m.verdict.status != Status::Offline {
         return Err(Rejection::new(
             Inconsistent,
@@ -421,10 +425,135 @@ pub fn validate(m: &Measurement, limits: &Limits, now: DateTime<Utc>) -> Result<
     Ok(())
 }
 
+/// An address a correct probe never records as a router: private, shared (CGNAT), loopback,
+/// link-local or unspecified. Such an address could identify the volunteer's own network.
+fn private_router(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        IpAddr::V6(v6) => {
+            let seg0 = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (seg0 & 0xfe00) == 0xfc00
+                || (seg0 & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| private_router(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// The `path` observation: only on a blocked verdict, TTLs within bounds and in order, a hop
+/// named or a reason why not (never both), finite times, no private router address.
+fn validate_path(p: &PathObservation, status: Status) -> Result<(), Rejection> {
+    use RejectReason::*;
+    let max = witness_core::checks::path::MAX_TTL_LIMIT;
+    if status != Status::Blocked {
+        return Err(Rejection::new(
+            Inconsistent,
+            format!("path is set but verdict.status is {status}; only blocks are localised"),
+        ));
+    }
+    too_large("path.hops", p.hops.len(), usize::from(max))?;
+    if p.max_ttl > max {
+        return Err(Rejection::new(
+            InvalidField,
+            format!("path.max_ttl {} is over {max}", p.max_ttl),
+        ));
+    }
+    match (p.censor_hop, p.unlocated) {
+        (Some(n), None) if n >= 1 && n <= p.max_ttl => {}
+        (Some(n), None) => {
+            return Err(Rejection::new(
+                InvalidField,
+                format!(
+                    "path.censor_hop {n} is not within 1..=max_ttl ({})",
+                    p.max_ttl
+                ),
+            ))
+        }
+        (None, Some(_)) => {}
+        _ => {
+            return Err(Rejection::new(
+                Inconsistent,
+                "path must have exactly one of censor_hop and unlocated",
+            ))
+        }
+    }
+    let mut last = 0u8;
+    for h in &p.hops {
+        if h.ttl <= last || h.ttl > p.max_ttl || p.censor_hop.is_some_and(|n| h.ttl > n) {
+            return Err(Rejection::new(
+                InvalidField,
+                "path.hops must have increasing TTLs within 1..=max_ttl, none past censor_hop",
+            ));
+        }
+        last = h.ttl;
+        if h.asn == Some(0) {
+            return Err(Rejection::new(InvalidField, "path.hops asn 0 is reserved"));
+        }
+        if h.addr.is_some_and(private_router) {
+            return Err(Rejection::new(
+                InvalidField,
+                format!(
+                    "path.hops TTL {} has a private router address; the probe never records \
+                     those (upgrade the probe)",
+                    h.ttl
+                ),
+            ));
+        }
+    }
+    for (what, v) in [("path.t_ms", p.t_ms), ("path.duration_ms", p.duration_ms)] {
+        if !(v.is_finite() && (0.0..=MAX_RUNTIME_MS).contains(&v)) {
+            return Err(Rejection::new(
+                InvalidField,
+                format!("{what} must be between 0 and one day"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use witness_core::model::{ConnectivitySummary, Method, ProbeNetwork, Software, Verdict};
+    use witness_core::model::{
+        ConnectivitySummary, HopReply, Method, PathAction, PathHop, PathTrigger, PathUnlocated,
+        ProbeNetwork, Software, Verdict,
+    };
+
+    fn hop(ttl: u8, addr: Option<&str>) -> PathHop {
+        PathHop {
+            ttl,
+            reply: HopReply::TimeExceeded,
+            addr: addr.map(|a| a.parse().unwrap()),
+            asn: None,
+        }
+    }
+
+    /// A blocked verdict with a localisation.
+    fn set_path(m: &mut Measurement, hop_n: Option<u8>, why: Option<PathUnlocated>) {
+        m.verdict = Verdict::new(Status::Blocked, Some(Method::Tcp), "reset");
+        m.path = Some(PathObservation {
+            trigger: PathTrigger::Syn,
+            addr: "198.51.100.7:443".parse().unwrap(),
+            action: PathAction::Reset,
+            censor_hop: hop_n,
+            unlocated: why,
+            hops: vec![hop(1, None), hop(2, None), hop(3, Some("95.56.0.1"))],
+            max_ttl: 16,
+            probes: 16,
+            t_ms: 10.0,
+            duration_ms: 20.0,
+        });
+    }
 
     fn limits() -> Limits {
         Limits {
@@ -454,6 +583,7 @@ mod tests {
             http: vec![],
             control: None,
             control_failure: None,
+            path: None,
             connectivity: ConnectivitySummary::default(),
             verdict: Verdict::new(
                 Status::Blocked,
@@ -469,6 +599,63 @@ mod tests {
         type Edit = fn(&mut Measurement, DateTime<Utc>);
         let cases: &[(&str, Edit, Option<RejectReason>)] = &[
             ("good", |_, _| {}, None),
+            ("path located", |m, _| set_path(m, Some(3), None), None),
+            (
+                "path on an accessible verdict",
+                |m, _| {
+                    set_path(m, Some(3), None);
+                    m.verdict = Verdict::new(Status::Accessible, None, "fine");
+                },
+                Some(RejectReason::Inconsistent),
+            ),
+            (
+                "path hop and reason both",
+                |m, _| set_path(m, Some(3), Some(PathUnlocated::NoIcmp)),
+                Some(RejectReason::Inconsistent),
+            ),
+            (
+                "path hop past max_ttl",
+                |m, _| set_path(m, Some(17), None),
+                Some(RejectReason::InvalidField),
+            ),
+            (
+                "path hop 0",
+                |m, _| set_path(m, Some(0), None),
+                Some(RejectReason::InvalidField),
+            ),
+            (
+                "path hops out of order",
+                |m, _| {
+                    set_path(m, Some(3), None);
+                    m.path.as_mut().unwrap().hops.swap(0, 1);
+                },
+                Some(RejectReason::InvalidField),
+            ),
+            (
+                "path too many hops",
+                |m, _| {
+                    set_path(m, None, Some(PathUnlocated::BeyondMaxTtl));
+                    let p = m.path.as_mut().unwrap();
+                    p.hops = (0..=255u8).map(|t| hop(t, None)).collect();
+                },
+                Some(RejectReason::TooLarge),
+            ),
+            (
+                "path private router",
+                |m, _| {
+                    set_path(m, Some(3), None);
+                    m.path.as_mut().unwrap().hops[0].addr = Some("192.168.1.1".parse().unwrap());
+                },
+                Some(RejectReason::InvalidField),
+            ),
+            (
+                "path NaN duration",
+                |m, _| {
+                    set_path(m, Some(3), None);
+                    m.path.as_mut().unwrap().duration_ms = f64::NAN;
+                },
+                Some(RejectReason::InvalidField),
+            ),
             (
                 "schema",
                 |m, _| m.schema_version = 99,

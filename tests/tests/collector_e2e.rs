@@ -184,6 +184,7 @@ fn synthetic(n: usize) -> Vec<String> {
                 http: vec![],
                 control: None,
                 control_failure: None,
+                path: None,
                 connectivity: ConnectivitySummary::default(),
                 verdict: Verdict::new(Status::Accessible, None, "synthetic"),
             };

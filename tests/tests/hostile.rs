@@ -78,6 +78,7 @@ fn measurement(domain: &str, reason: &str) -> Measurement {
         http: vec![],
         control: None,
         control_failure: None,
+        path: None,
         connectivity: ConnectivitySummary::default(),
         verdict: Verdict::new(Status::Blocked, Some(Method::Tls), reason),
     }

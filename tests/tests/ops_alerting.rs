@@ -59,6 +59,7 @@ fn measurement(domain: &str, status: Status, method: Option<Method>, at: DateTim
         http: vec![],
         control: None,
         control_failure: None,
+        path: None,
         connectivity: ConnectivitySummary::default(),
         verdict: Verdict::new(status, method, "ops test"),
     })

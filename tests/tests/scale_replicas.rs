@@ -79,6 +79,7 @@ fn run_batch(asn: u32, probe: usize, at: DateTime<Utc>) -> Vec<Measurement> {
                 http: vec![],
                 control: None,
                 control_failure: None,
+                path: None,
                 connectivity: ConnectivitySummary::default(),
                 verdict: Verdict::new(status, method, "scale test"),
             }

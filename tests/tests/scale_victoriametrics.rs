@@ -256,6 +256,7 @@ fn measurement(domain: &str, asn: u32, status: Status, method: Option<Method>) -
         http: vec![],
         control: None,
         control_failure: None,
+        path: None,
         connectivity: ConnectivitySummary {
             offline: status == Status::Offline,
             ..ConnectivitySummary::default()

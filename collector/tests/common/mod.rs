@@ -228,6 +228,7 @@ pub fn measurement(
         http: vec![],
         control: None,
         control_failure: None,
+        path: None,
         connectivity: ConnectivitySummary {
             offline: status == Status::Offline,
             ..ConnectivitySummary::default()

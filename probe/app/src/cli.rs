@@ -251,6 +251,9 @@ pub struct RunArgs {
     /// Total time one target may take, seconds (DNS to the last redirect hop).
     #[arg(long, value_name = "SECS")]
     pub deadline: Option<f64>,
+    /// Do not localise blocked targets to a network hop (path.enabled = false).
+    #[arg(long)]
+    pub no_path: bool,
     /// Extra trusted CA certificates, PEM (repeatable).
     #[arg(long = "extra-ca", value_name = "FILE")]
     pub extra_ca: Vec<PathBuf>,
@@ -731,7 +734,12 @@ pub fn build_engine(args: &RunArgs, file: &FileConfig) -> Result<Engine> {
             run.concurrency
         );
     }
-    let cfg = config::measure_config(&run, &net)?;
+    let mut cfg = config::measure_config(&run, &net)?;
+    let mut path = file.path.clone();
+    if args.no_path {
+        path.enabled = false;
+    }
+    cfg.path = config::path_config(&path)?;
     let timeout = cfg.timeout;
 
     let control_url = if args.no_control {

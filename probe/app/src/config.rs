@@ -36,6 +36,90 @@ pub struct FileConfig {
     pub control: ControlSection,
     /// Uploading to a collector.
     pub collector: CollectorSection,
+    /// Localising blocks to a network hop.
+    pub path: PathSection,
+}
+
+/// `[path]`: where the censor sits. For each blocked target the probe repeats the exchange
+/// that was blocked with TTL 1, 2, … and records the first hop at which the block appears.
+/// Bounded per target and per run; it never changes a verdict.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathSection {
+    /// Localise blocked targets (default true; `--no-path` turns it off for one run).
+    pub enabled: bool,
+    /// Largest TTL tried (default 16, at most 64).
+    pub max_ttl: u8,
+    /// How long each TTL's exchange waits for an answer, seconds (default 2, 0.1 to 30).
+    pub probe_timeout_secs: f64,
+    /// Most blocked targets localised per run (default 20).
+    pub max_targets: usize,
+    /// Total time the localisations of one run may take, seconds (default 60, at most 3600).
+    pub run_budget_secs: f64,
+    /// The first hops whose router address is never recorded, only that they answered: your
+    /// own router and your line (default 2).
+    pub private_hops: u8,
+}
+
+impl Default for PathSection {
+    fn default() -> Self {
+        let d = witness_core::checks::path::PathConfig::default();
+        PathSection {
+            enabled: d.enabled,
+            max_ttl: d.max_ttl,
+            probe_timeout_secs: d.probe_timeout.as_secs_f64(),
+            max_targets: d.max_targets,
+            run_budget_secs: d.run_budget.as_secs_f64(),
+            private_hops: d.private_hops,
+        }
+    }
+}
+
+/// The localisation's settings, checked.
+pub fn path_config(p: &PathSection) -> Result<witness_core::checks::path::PathConfig, ConfigError> {
+    use witness_core::checks::path::{PathConfig, MAX_TTL_LIMIT};
+    let bad = |what: &str, message: String| ConfigError::Value {
+        what: format!("path.{what}"),
+        message,
+    };
+    if p.max_ttl == 0 || p.max_ttl > MAX_TTL_LIMIT {
+        return Err(bad(
+            "max_ttl",
+            format!("{} is out of range; use 1 to {MAX_TTL_LIMIT}", p.max_ttl),
+        ));
+    }
+    if !(p.probe_timeout_secs >= 0.1 && p.probe_timeout_secs <= 30.0) {
+        return Err(bad(
+            "probe_timeout_secs",
+            format!(
+                "{} s is out of range; use 0.1 to 30 seconds",
+                p.probe_timeout_secs
+            ),
+        ));
+    }
+    if !(p.run_budget_secs >= 0.0 && p.run_budget_secs <= 3600.0) {
+        return Err(bad(
+            "run_budget_secs",
+            format!(
+                "{} s is out of range; use 0 to 3600 seconds",
+                p.run_budget_secs
+            ),
+        ));
+    }
+    if p.max_targets > 10_000 {
+        return Err(bad(
+            "max_targets",
+            format!("{} is out of range; use 0 to 10000", p.max_targets),
+        ));
+    }
+    Ok(PathConfig {
+        enabled: p.enabled && p.max_targets > 0,
+        max_ttl: p.max_ttl,
+        probe_timeout: Duration::from_secs_f64(p.probe_timeout_secs),
+        max_targets: p.max_targets,
+        run_budget: Duration::from_secs_f64(p.run_budget_secs),
+        private_hops: p.private_hops,
+    })
 }
 
 /// `[probe]`: facts about the network the probe runs on.
@@ -260,6 +344,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn path_defaults_and_ranges() {
+        let p = PathSection::default();
+        let c = path_config(&p).unwrap();
+        assert_eq!(c, witness_core::checks::path::PathConfig::default());
+        for (edit, key) in [
+            (
+                PathSection {
+                    max_ttl: 0,
+                    ..p.clone()
+                },
+                "path.max_ttl",
+            ),
+            (
+                PathSection {
+                    max_ttl: 65,
+                    ..p.clone()
+                },
+                "path.max_ttl",
+            ),
+            (
+                PathSection {
+                    probe_timeout_secs: f64::NAN,
+                    ..p.clone()
+                },
+                "path.probe_timeout_secs",
+            ),
+            (
+                PathSection {
+                    run_budget_secs: -1.0,
+                    ..p.clone()
+                },
+                "path.run_budget_secs",
+            ),
+        ] {
+            let err = path_config(&edit).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let off = path_config(&PathSection {
+            enabled: false,
+            ..p.clone()
+        })
+        .unwrap();
+        assert!(!off.enabled);
+        let none = path_config(&PathSection {
+            max_targets: 0,
+            ..p
+        })
+        .unwrap();
+        assert!(!none.enabled);
+    }
+
+    #[test]
     fn example_equals_defaults() {
         let parsed = FileConfig::parse(EXAMPLE, Path::new("witness.example.toml")).unwrap();
         assert_eq!(parsed, FileConfig::default());
@@ -275,6 +411,7 @@ mod tests {
             "[network]",
             "[control]",
             "[collector]",
+            "[path]",
         ];
         for section in sections {
             let text = if section.is_empty() {

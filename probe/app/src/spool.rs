@@ -236,6 +236,7 @@ mod tests {
             http: vec![],
             control: None,
             control_failure: None,
+            path: None,
             connectivity: ConnectivitySummary::default(),
             verdict: Verdict::new(Status::Offline, None, "test"),
         }

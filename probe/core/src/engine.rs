@@ -16,13 +16,14 @@ use uuid::Uuid;
 use crate::checks::dns::{self, ms_since, ControlResolvers, FirstResponse};
 use crate::checks::http::{self, Exchange};
 use crate::checks::tls::TlsContext;
-use crate::checks::{tcp, MeasureConfig, CONTROL_GRACE};
+use crate::checks::{path, tcp, MeasureConfig, CONTROL_GRACE};
 use crate::control::ControlClient;
 use crate::error::{ControlError, SetupError};
 use crate::failure::Failure;
 use crate::model::{
     resolved_addrs, ConnectivitySummary, ControlResponse, DnsObservation, HttpObservation,
-    HttpRole, Measurement, ProbeNetwork, ReferenceTransfer, ResolverCheck, ResolverRole, Software,
+    HttpRole, Measurement, PathUnlocated, ProbeNetwork, ReferenceTransfer, ResolverCheck,
+    ResolverRole, Software,
     Status, Step, TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,
 };
 use crate::scrub::OwnAddresses;
@@ -32,6 +33,9 @@ use crate::verdict::{self, RunContext};
 
 /// Most addresses of one name measured: a CDN can return dozens.
 const MAX_ADDRS: usize = 4;
+
+/// Blocked targets localised at once: each sends `2 × max_ttl` connections.
+const PATH_CONCURRENCY: usize = 2;
 
 /// The observations of one target, without verdict: what both the probe and the control make.
 #[derive(Clone, Debug, Default)]
@@ -145,6 +149,9 @@ impl Engine {
             m.connectivity.references = connectivity.references.clone();
         }
         finalize_verdicts(&mut measurements, connectivity.offline);
+        if self.cfg.path.enabled && !connectivity.offline {
+            self.localise_blocks(&mut measurements).await;
+        }
         // The control may have told us our public address only after early records were made.
         for m in &mut measurements {
             scrub_measurement(m, &self.own);
@@ -152,6 +159,68 @@ impl Engine {
         RunOutcome {
             connectivity,
             measurements,
+        }
+    }
+
+    /// Localise the blocked targets of a finished run to a network hop (see
+    /// [`crate::checks::path`]): at most `path.max_targets` of them, two at a time, all within
+    /// `path.run_budget`, each within its own bound. Adds the `path` observation and the
+    /// `path.censor_hop` evidence line; the verdict itself is never changed. A localisation
+    /// cut by the run's budget is recorded as such.
+    pub async fn localise_blocks(&self, measurements: &mut [Measurement]) {
+        let pc = &self.cfg.path;
+        let plans: Vec<(usize, path::Plan)> = measurements
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| Some((i, path::plan(m)?)))
+            .take(pc.max_targets)
+            .collect();
+        if plans.is_empty() {
+            return;
+        }
+        let ctx = path::ProbeContext::new(&self.cfg, &self.tls, &self.own);
+        let t0 = Instant::now();
+        let run_deadline = tokio::time::Instant::from_std(t0) + pc.run_budget;
+        let results = Mutex::new(Vec::new());
+        let all = futures::stream::iter(plans.iter()).for_each_concurrent(
+            PATH_CONCURRENCY,
+            |(i, plan)| {
+                let ctx = &ctx;
+                let results = &results;
+                async move {
+                    let start = Instant::now();
+                    let obs = match tokio::time::timeout(
+                        pc.per_target(),
+                        path::localise(plan, ctx, start),
+                    )
+                    .await
+                    {
+                        Ok(o) => o,
+                        Err(_) => {
+                            path::unlocated(plan, PathUnlocated::Budget, 0.0, ms_since(start))
+                        }
+                    };
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((*i, obs));
+                }
+            },
+        );
+        let _ = tokio::time::timeout_at(run_deadline, all).await;
+        let mut done = results.into_inner().unwrap_or_else(|e| e.into_inner());
+        for (i, plan) in &plans {
+            if !done.iter().any(|(j, _)| j == i) {
+                done.push((*i, path::unlocated(plan, PathUnlocated::Budget, 0.0, 0.0)));
+            }
+        }
+        for (i, mut obs) in done {
+            let m = &mut measurements[i];
+            // Times relative to the measurement's start, like every other observation.
+            let since_start = (Utc::now() - m.started_at).num_milliseconds().max(0) as f64;
+            obs.t_ms = (since_start - obs.duration_ms).max(0.0);
+            m.path = Some(obs);
+            verdict::add_path_evidence(m);
         }
     }
 
@@ -238,6 +307,7 @@ impl Engine {
             http: obs.http,
             control,
             control_failure,
+            path: None,
             connectivity,
             verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
         }
@@ -981,6 +1051,7 @@ impl Engine {
             http: vec![],
             control: None,
             control_failure: Some("not attempted: no connectivity".into()),
+            path: None,
             connectivity: connectivity.clone(),
             verdict: Verdict::new(Status::Offline, None, "not analysed yet"),
         }

@@ -87,6 +87,11 @@ pub struct Measurement {
     pub control_failure: Option<String>,
     /// The run-level connectivity check this measurement belongs to.
     pub connectivity: ConnectivitySummary,
+    /// Where on the network path the block happens: the triggering exchange repeated with
+    /// increasing TTL. Only for blocked targets, made after the verdict, never changing it;
+    /// absent when not attempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathObservation>,
     /// The verdict computed from all of the above.
     pub verdict: Verdict,
 }
@@ -335,6 +340,135 @@ impl HttpRole {
     /// Whether this is the page itself (the JSON omits the field then).
     pub fn is_page(&self) -> bool {
         *self == HttpRole::Page
+    }
+}
+
+/// Which exchange the localisation repeats with increasing TTL: the one that triggered the
+/// block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathTrigger {
+    /// The TCP SYN (IP blocking).
+    Syn,
+    /// The TLS ClientHello after a normal handshake at full TTL (SNI filtering, interception).
+    ClientHello,
+    /// The HTTP request after a normal handshake at full TTL (`Host:` filtering, blockpages).
+    Request,
+}
+
+/// What the censor does to the triggering exchange, as the verdict saw it: what the
+/// localisation looks for at each TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathAction {
+    /// A TCP reset (or a refused connect).
+    Reset,
+    /// The connection closed without a reset (an injected FIN).
+    Close,
+    /// Nothing comes back: the packet is dropped, and no ICMP time-exceeded follows.
+    Silence,
+    /// The blockpage (the same page as the blocked exchange got).
+    Blockpage,
+    /// The forged certificate (the same leaf as the blocked handshake got).
+    ForgedCertificate,
+}
+
+/// What came back for one TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HopReply {
+    /// An ICMP time-exceeded: a router at this hop, before the censor.
+    TimeExceeded,
+    /// Another ICMP error (destination unreachable).
+    Unreachable,
+    /// A TCP reset.
+    Reset,
+    /// The connection closed without a reset.
+    Close,
+    /// Nothing within the probe timeout.
+    Silence,
+    /// The censor's own answer (its blockpage or forged certificate).
+    Censor,
+    /// A normal answer: the exchange got through at this TTL.
+    Answered,
+    /// Another local error.
+    Error,
+}
+
+/// One hop of a localisation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathHop {
+    /// The TTL (hop limit) the triggering exchange was sent with: 1 is the first router.
+    pub ttl: u8,
+    /// What came back for the triggering exchange.
+    pub reply: HopReply,
+    /// The router that answered a TCP SYN sent with this TTL (its ICMP time-exceeded), when it
+    /// is public and past the private hops (see `docs/measurement-format.md`); else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<IpAddr>,
+    /// The router's autonomous system, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+}
+
+/// Why a localisation named no hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathUnlocated {
+    /// The censor's action did not appear at any TTL probed.
+    NoActionSeen,
+    /// The exchange got through at a lower TTL than the censor's action: not a block on this
+    /// path (or the path changed).
+    AnsweredFirst,
+    /// Routers still answered at the largest TTL probed.
+    BeyondMaxTtl,
+    /// Silence everywhere: no router sent an ICMP time-exceeded, so silence cannot be placed.
+    NoIcmp,
+    /// The exchange at full TTL could not be repeated (the connect failed).
+    NotRepeatable,
+    /// The localisation ran out of its time budget.
+    Budget,
+}
+
+/// Where on the network path a block happens: the exchange that triggered it, repeated with
+/// TTL 1, 2, … `max_ttl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathObservation {
+    /// The exchange repeated.
+    pub trigger: PathTrigger,
+    /// The target address it was sent to.
+    pub addr: SocketAddr,
+    /// What was looked for.
+    pub action: PathAction,
+    /// The first TTL at which the censor's action appears ("censor at hop N"); `None` when no
+    /// hop could be named (`unlocated` says why).
+    pub censor_hop: Option<u8>,
+    /// Why no hop was named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlocated: Option<PathUnlocated>,
+    /// The hops up to the censor (all TTLs probed when none was named), in TTL order.
+    pub hops: Vec<PathHop>,
+    /// The largest TTL probed.
+    pub max_ttl: u8,
+    /// Packets-carrying exchanges made (connects and triggers).
+    pub probes: u32,
+    /// Start, milliseconds since the start of the measurement.
+    pub t_ms: f64,
+    /// How long the localisation took, milliseconds.
+    pub duration_ms: f64,
+}
+
+impl PathObservation {
+    /// The autonomous system of the censor's hop (or of the last router before it), when known.
+    pub fn censor_asn(&self) -> Option<u32> {
+        let n = self.censor_hop?;
+        self.hops
+            .iter()
+            .rev()
+            .filter(|h| h.ttl <= n)
+            .find_map(|h| h.asn)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod path;
 pub mod tcp;
 pub mod tls;
 
@@ -109,6 +110,8 @@ pub struct MeasureConfig {
     pub decoy_sni: String,
     /// Whether to query AAAA records and measure IPv6 addresses.
     pub ipv6: bool,
+    /// Localising blocks to a network hop (see [`path`]).
+    pub path: path::PathConfig,
 }
 
 impl Default for MeasureConfig {
@@ -127,6 +130,7 @@ impl Default for MeasureConfig {
             source_address: None,
             decoy_sni: "example.com".to_string(),
             ipv6: true,
+            path: path::PathConfig::default(),
         }
     }
 }

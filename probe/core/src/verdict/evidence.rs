@@ -222,6 +222,14 @@ pub enum Evidence {
     /// `throttle.control_handshake_ms=N` or `throttle.control_throughput_bps=N`: the control's
     /// figure for the same site.
     ThrottleControl(ThrottleFigure, f64),
+    /// `path.censor_hop=N` (with ` asn=ASN` when known): the censor at hop N, from the
+    /// localisation (the triggering exchange repeated with increasing TTL).
+    CensorAtHop {
+        /// The first TTL at which the censor's action appears.
+        hop: u8,
+        /// The autonomous system of that hop, when known.
+        asn: Option<u32>,
+    },
     /// `throttle.handshake_ms=N baseline=M` or `throttle.throughput_bps=N baseline=M`.
     Throttle {
         /// Which figure.
@@ -309,6 +317,11 @@ impl fmt::Display for Evidence {
                 control: None,
             } => write!(f, "http.status={status}"),
             ServerSideRefusal => f.write_str("server_side_refusal"),
+            CensorAtHop { hop, asn: None } => write!(f, "path.censor_hop={hop}"),
+            CensorAtHop {
+                hop,
+                asn: Some(asn),
+            } => write!(f, "path.censor_hop={hop} asn={asn}"),
             HopFailure { hop, failure, step } => {
                 write!(f, "http.hop{hop}.failure={}@{step}", failure.name())
             }

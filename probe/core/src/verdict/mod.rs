@@ -78,11 +78,38 @@ pub fn decide(m: &Measurement, ctx: &RunContext) -> Verdict {
             outcome = throttled;
         }
     }
+    if outcome.status == Status::Blocked {
+        if let Some(e) = path_evidence(m) {
+            ev.push(e);
+        }
+    }
     Verdict {
         status: outcome.status,
         method: outcome.method,
         reason: outcome.reason,
         evidence: evidence_lines(ev),
+    }
+}
+
+/// `censor at hop N`, when the record's localisation named a hop.
+fn path_evidence(m: &Measurement) -> Option<Evidence> {
+    let p = m.path.as_ref()?;
+    Some(Evidence::CensorAtHop {
+        hop: p.censor_hop?,
+        asn: p.censor_asn(),
+    })
+}
+
+/// Add the localisation's evidence line to a decided blocked verdict, as [`decide`] would cite
+/// it: the localisation runs after the verdict and never changes anything else.
+pub fn add_path_evidence(m: &mut Measurement) {
+    if m.verdict.status != Status::Blocked {
+        return;
+    }
+    if let Some(line) = path_evidence(m).map(|e| e.to_string()) {
+        if !m.verdict.evidence.contains(&line) {
+            m.verdict.evidence.push(line);
+        }
     }
 }
 
@@ -410,6 +437,49 @@ mod tests {
         let want = decide(&m, &RunContext::default());
         m.verdict = Verdict::new(Status::Accessible, None, "stale");
         assert_eq!(decide(&m, &RunContext::default()), want);
+    }
+
+    #[test]
+    fn the_censor_hop_is_cited_and_changes_nothing_else() {
+        use crate::model::{PathAction, PathObservation, PathTrigger};
+        let mut m = tcp_blocked();
+        let before = decide(&m, &RunContext::default());
+        assert_eq!(before.status, Status::Blocked);
+        let mut path = PathObservation {
+            trigger: PathTrigger::Syn,
+            addr: "198.51.100.7:443".parse().unwrap(),
+            action: PathAction::Reset,
+            censor_hop: Some(3),
+            unlocated: None,
+            hops: vec![],
+            max_ttl: 16,
+            probes: 16,
+            t_ms: 0.0,
+            duration_ms: 0.0,
+        };
+        m.path = Some(path.clone());
+        let after = decide(&m, &RunContext::default());
+        assert_eq!((after.status, after.method), (before.status, before.method));
+        assert_eq!(after.reason, before.reason);
+        assert_eq!(after.evidence.last().unwrap(), "path.censor_hop=3");
+        assert_eq!(
+            after.evidence[..after.evidence.len() - 1],
+            before.evidence[..]
+        );
+        // The engine's late addition reads the same, once.
+        m.verdict = before.clone();
+        add_path_evidence(&mut m);
+        add_path_evidence(&mut m);
+        assert_eq!(m.verdict, after);
+        // No hop named: no line. Not blocked: no line.
+        path.censor_hop = None;
+        m.path = Some(path);
+        assert_eq!(decide(&m, &RunContext::default()), before);
+        let mut ok = accessible_https();
+        ok.path = m.path.clone();
+        ok.path.as_mut().unwrap().censor_hop = Some(2);
+        let v = decide(&ok, &RunContext::default());
+        assert!(!v.evidence.iter().any(|l| l.starts_with("path.")), "{v:?}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub(super) fn blank(url: &str) -> Measurement {
         http: vec![],
         control: None,
         control_failure: None,
+        path: None,
         connectivity: ConnectivitySummary::default(),
         verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
     }
