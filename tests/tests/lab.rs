@@ -820,6 +820,9 @@ struct Probe<'a> {
     single: Option<String>,
     /// `--control-resolver`: the lab's DoH/DoT chain, or `none`.
     control_resolver: String,
+    /// Localise blocks to a hop (off, `--no-path`, except in the hop lab: the main lab is
+    /// about verdicts, and its run time stays what it was).
+    path: bool,
 }
 
 impl<'a> Probe<'a> {
@@ -856,6 +859,7 @@ impl<'a> Probe<'a> {
             list,
             single: None,
             control_resolver: "none".to_owned(),
+            path: false,
         })
     }
 
@@ -928,6 +932,9 @@ impl<'a> Probe<'a> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if !self.path {
+            args.push("--no-path".to_owned());
+        }
         match &self.single {
             Some(url) => args.extend(["--url".to_owned(), url.clone()]),
             None => args.extend(["--list".to_owned(), self.list.display().to_string()]),

@@ -100,7 +100,8 @@ pub struct Plan {
     pub url: Option<String>,
     /// What the censor did.
     pub action: PathAction,
-    /// The blocked exchange's body hash (blockpage) or forged leaf hash (certificate).
+    /// The blocked exchange's body hash (blockpage), or the issuer of its forged certificate
+    /// (an interceptor may forge a new leaf for every connection, from the same CA).
     pub fingerprint: Option<String>,
     /// The blockpage signature it matched, if any.
     pub blockpage: Option<String>,
@@ -171,7 +172,7 @@ pub fn plan(m: &Measurement) -> Option<Plan> {
                     PathAction::ForgedCertificate,
                 );
                 p.server_name = Some(t.server_name.clone());
-                p.fingerprint = Some(t.peer_certificates.first()?.sha256.clone());
+                p.fingerprint = Some(t.peer_certificates.first()?.issuer.clone());
                 Some(p)
             }),
         Method::Http => m
@@ -487,10 +488,11 @@ async fn data_probe(plan: &Plan, ttl: u8, ctx: &ProbeContext<'_>) -> Option<HopR
                 .await;
             match &obs.failure {
                 None => {
-                    let leaf = obs.peer_certificates.first().map(|c| c.sha256.as_str());
+                    let issuer = obs.peer_certificates.first().map(|c| c.issuer.as_str());
                     if plan.action == PathAction::ForgedCertificate
-                        && leaf.is_some()
-                        && leaf == plan.fingerprint.as_deref()
+                        && obs.verification_failure.is_some()
+                        && issuer.is_some()
+                        && issuer == plan.fingerprint.as_deref()
                     {
                         HopReply::Censor
                     } else {
