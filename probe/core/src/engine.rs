@@ -23,8 +23,7 @@ use crate::failure::Failure;
 use crate::model::{
     resolved_addrs, ConnectivitySummary, ControlResponse, DnsObservation, HttpObservation,
     HttpRole, Measurement, PathUnlocated, ProbeNetwork, ReferenceTransfer, ResolverCheck,
-    ResolverRole, Software,
-    Status, Step, TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,
+    ResolverRole, Software, Status, Step, TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,
 };
 use crate::scrub::OwnAddresses;
 use crate::slots::{self, Slots};
