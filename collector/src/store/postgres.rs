@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "microseconds",
         include_str!("../../migrations/postgres/0004_microseconds.sql"),
     ),
+    (
+        5,
+        "series index",
+        include_str!("../../migrations/postgres/0005_series_index.sql"),
+    ),
 ];
 
 /// Advisory lock (transaction level) serialising partition creation across collectors.

@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "microseconds",
         include_str!("../../migrations/sqlite/0004_microseconds.sql"),
     ),
+    (
+        5,
+        "series index",
+        include_str!("../../migrations/sqlite/0005_series_index.sql"),
+    ),
 ];
 
 /// SQLite implementation of [`super::Store`].
