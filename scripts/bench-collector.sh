@@ -8,6 +8,12 @@
 #   scripts/bench-collector.sh --preload 1000000    # ingest with a full window
 #   RENDER_LEVELS=100000,1000000,10000000 MEASUREMENTS=2000 scripts/bench-collector.sh
 #                                                   # /metrics render time at each level
+#   RENDER_LEVELS=100000,1000000,10000000 MEASUREMENTS=30000 \
+#     scripts/bench-collector.sh --full-window 1000000
+#                                                   # the numbers of docs/scaling.md: fresh
+#                                                   # ingest, store bulk rate, ingest with a
+#                                                   # full window (ratio), render at each level
+#   STORES=postgres scripts/bench-collector.sh ...  # one store only
 #
 # Every run also bulk-loads 20 000 measurements through the store alone after the HTTP ingest
 # and prints the HTTP rate as a share of that ("store bulk load"). The render levels are filled
@@ -30,7 +36,7 @@ bench=target/release/examples/ingest_bench
 : > "$out"
 
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), $(uname -sr)"
-for store in sqlite postgres; do
+for store in ${STORES:-sqlite postgres}; do
   echo
   echo "== $store"
   args=(--store "$store" --measurements "$measurements" --clients "$clients" "$@")

@@ -862,7 +862,7 @@ async fn main() -> Result<()> {
                 max_connections: 100,
                 settings: vec![
                     ("shared_buffers".into(), "1GB".into()),
-                    ("max_wal_size".into(), "4GB".into()),
+                    ("max_wal_size".into(), "1GB".into()),
                 ],
             })
             .context("starting a temporary PostgreSQL (is postgresql-15 installed?)")?;
@@ -1012,40 +1012,48 @@ async fn main() -> Result<()> {
     // bodies).
     let size = db_size(args.store, &url, sqlite_path.as_deref()).await?;
 
-    // Ingest again with a full window: the same workload size, after a bulk fill.
+    // Ingest again with a full window (the same workload size, after a bulk fill): once the
+    // render levels reach --full-window, or after them.
     let mut full_window = None;
-    if args.full_window > 0 {
-        let before = rows_of(&url, args.store, "measurements").await? as usize;
-        if args.full_window > before {
-            let t = Instant::now();
-            bulk_fill(args.store, &url, &fleet, &args, before, args.full_window).await?;
+    let full_window_phase = |generator: &mut Generator| {
+        let (client, base, url, fleet, args) = (&client, &base, &url, &fleet, &args);
+        let uploads = make_uploads(args, generator, fleet).0;
+        async move {
+            let before = rows_of(url, args.store, "measurements").await? as usize;
+            if args.full_window > before {
+                let t = Instant::now();
+                bulk_fill(args.store, url, fleet, args, before, args.full_window).await?;
+                eprintln!(
+                    "bulk fill: {} rows in {:.1?}",
+                    args.full_window - before,
+                    t.elapsed()
+                );
+            }
+            let in_window = rows_of(url, args.store, "measurements").await?;
+            let (l, a, e) = ingest(client, base, uploads, args.clients).await?;
+            let full_rate = a as f64 / e.as_secs_f64();
             eprintln!(
-                "bulk fill: {} rows in {:.1?}",
-                args.full_window - before,
-                t.elapsed()
+                "full window: {a} measurements over HTTP with {in_window} in the window: {full_rate:.0}/s, {:.0}% of the fresh rate",
+                full_rate / rate * 100.0
             );
+            Ok::<_, anyhow::Error>(json!({
+                "measurements_in_window": in_window,
+                "measurements": a,
+                "measurements_per_second": full_rate,
+                "ratio_to_fresh": full_rate / rate,
+                "latency_ms": { "p50": ms(percentile(&l, 0.5)), "p99": ms(percentile(&l, 0.99)) },
+            }))
         }
-        let in_window = rows_of(&url, args.store, "measurements").await?;
-        let (uploads, _) = make_uploads(&args, &mut generator, &fleet);
-        let (l, a, e) = ingest(&client, &base, uploads, args.clients).await?;
-        let full_rate = a as f64 / e.as_secs_f64();
-        eprintln!(
-            "full window: {a} measurements over HTTP with {in_window} in the window: {full_rate:.0}/s, {:.0}% of the fresh rate",
-            full_rate / rate * 100.0
-        );
-        full_window = Some(json!({
-            "measurements_in_window": in_window,
-            "measurements": a,
-            "measurements_per_second": full_rate,
-            "ratio_to_fresh": full_rate / rate,
-            "latency_ms": { "p50": ms(percentile(&l, 0.5)), "p99": ms(percentile(&l, 0.99)) },
-        }));
-    }
+    };
 
     // /metrics at larger windows, filled by bulk SQL.
     let mut levels = Vec::new();
     let mut filled = rows_of(&url, args.store, "measurements").await? as usize;
     for &level in &args.render_levels {
+        if args.full_window > 0 && full_window.is_none() && level > args.full_window {
+            full_window = Some(full_window_phase(&mut generator).await?);
+            filled = rows_of(&url, args.store, "measurements").await? as usize;
+        }
         if level > filled {
             let t = Instant::now();
             bulk_fill(args.store, &url, &fleet, &args, filled, level).await?;
@@ -1088,6 +1096,14 @@ async fn main() -> Result<()> {
             "series": series,
             "render_ms": { "p50": ms(percentile(&times, 0.5)), "max": ms(percentile(&times, 1.0)) },
         }));
+        if args.full_window > 0 && full_window.is_none() && level >= args.full_window {
+            full_window = Some(full_window_phase(&mut generator).await?);
+            filled = rows_of(&url, args.store, "measurements").await? as usize;
+        }
+    }
+
+    if args.full_window > 0 && full_window.is_none() {
+        full_window = Some(full_window_phase(&mut generator).await?);
     }
 
     let _ = stop.send(());
