@@ -28,18 +28,19 @@ export RUSTFLAGS="-Cpasses=sancov-module \
   --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 # An explicit --target keeps RUSTFLAGS off build scripts and proc macros (as cargo-fuzz does).
 HOST=$(rustc -vV | sed -n 's/^host: //p')
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 start=$(date +%s)
 cargo build --release --locked --bins --target "$HOST"
 echo "fuzz build: $(( $(date +%s) - start ))s"
 
 for t in "${TARGETS[@]}"; do
   corpus="corpus/$t"
-  work="target/corpus/$t"   # new inputs found this run: not committed
+  work="$TARGET_DIR/corpus/$t"   # new inputs found this run: not committed
   mkdir -p "$work" "artifacts/$t"
   echo "== fuzzing $t for ${SECONDS_PER_TARGET}s"
-  log="target/fuzz-$t.log"
+  log="$TARGET_DIR/fuzz-$t.log"
   status=0
-  ./target/"$HOST"/release/"$t" "$work" "$corpus" \
+  "$TARGET_DIR/$HOST/release/$t" "$work" "$corpus" \
     -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=512 \
     -max_len=65536 -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1 || status=$?
   grep -E "^stat::(number_of_executed_units|peak_rss_mb)|^INFO: seed corpus" "$log" || true
