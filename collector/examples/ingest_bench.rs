@@ -518,6 +518,8 @@ async fn preload(
                     reason: m.verdict.reason,
                     software_version: m.software.version,
                     body,
+                    censor_hop: None,
+                    censor_asn: None,
                 }
             })
             .collect();

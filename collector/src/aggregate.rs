@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeDelta, Utc};
 use witness_core::model::{Method, Status};
 
-pub use crate::model::{EventKind, Evidence, Obs, Presence, Transition};
+pub use crate::model::{CensorPlace, EventKind, Evidence, Obs, Presence, Transition};
 
 /// Most evaluation times per key and batch, so a huge back-fill cannot stall ingestion.
 pub const MAX_ANCHORS: usize = 256;
@@ -163,6 +163,7 @@ pub fn block_step(
                 .iter()
                 .flat_map(|s| s.iter().map(|o| o.id.as_str())),
         ),
+        ..Evidence::default()
     };
     let run_start = |s: &&[&Obs]| s.first().map(|o| o.at);
     match open_since {
@@ -189,6 +190,144 @@ pub fn block_step(
             })
         }
     }
+}
+
+/// Probes whose latest blocked verdicts name one censor place: the input of
+/// [`agreed_place`], built from a series ([`place_votes`]) or read from the read model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PlaceVote {
+    /// The place named.
+    pub place: CensorPlace,
+    /// Probes whose latest verdict names it.
+    pub probes: u64,
+    /// The longest run of consecutive verdicts of one of these probes naming it.
+    pub run: u64,
+}
+
+/// The censor place the located blocked probes of one site and network agree on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AgreedPlace {
+    /// Where.
+    pub place: CensorPlace,
+    /// Probes that name it.
+    pub agreeing: u64,
+    /// Probes whose latest verdict is blocked and located (the denominator of the share).
+    pub located: u64,
+    /// `probes` or `single_probe`, as in [`Evidence::rule`].
+    pub rule: &'static str,
+}
+
+/// Where the censor of one site on one network sits, by the agreement rule of the block events
+/// applied to the blocked probes that located it: the place most of them name (a tie names
+/// none), agreed when at least `min_probes` name it and they are at least `min_share` of the
+/// located probes; or, with `single` (the network has one probe), when that probe's last
+/// `min_measurements` verdicts name it. Probes that are blocked but did not locate the censor
+/// neither agree nor disagree.
+pub fn agreed_place(votes: &[PlaceVote], single: bool, p: &Params) -> Option<AgreedPlace> {
+    let mut by_place: BTreeMap<CensorPlace, (u64, u64)> = BTreeMap::new();
+    for v in votes.iter().filter(|v| v.probes > 0) {
+        let e = by_place.entry(v.place).or_default();
+        e.0 += v.probes;
+        e.1 = e.1.max(v.run);
+    }
+    let located: u64 = by_place.values().map(|(n, _)| n).sum();
+    let top = by_place.values().map(|(n, _)| *n).max()?;
+    let mut best = by_place.iter().filter(|(_, (n, _))| *n == top);
+    let (&place, &(agreeing, run)) = best.next()?;
+    if best.next().is_some() {
+        return None;
+    }
+    let single = single && p.min_probes > 1 && located == 1;
+    let holds = if single {
+        run >= p.min_measurements as u64
+    } else {
+        agreeing >= p.min_probes as u64 && agreeing as f64 / located as f64 >= p.min_share
+    };
+    holds.then_some(AgreedPlace {
+        place,
+        agreeing,
+        located,
+        rule: if single { "single_probe" } else { "probes" },
+    })
+}
+
+/// The votes of a series at `anchor`: per probe, its latest conclusive measurement in the
+/// window, when blocked (any method) and located, with the run of its consecutive conclusive
+/// measurements naming the same place.
+pub fn place_votes(series: &[Obs], anchor: DateTime<Utc>, window: TimeDelta) -> Vec<PlaceVote> {
+    let place = |o: &Obs| {
+        (o.status == Status::Blocked)
+            .then_some(o.censor_hop)
+            .flatten()
+            .map(|hop| CensorPlace {
+                hop,
+                asn: o.censor_asn,
+            })
+    };
+    window_by_probe(series, anchor, window)
+        .values()
+        .filter_map(|v| {
+            let here = place(*v.last()?)?;
+            let run = streak(v, |o| place(o) == Some(here)).len() as u64;
+            Some(PlaceVote {
+                place: here,
+                probes: 1,
+                run,
+            })
+        })
+        .collect()
+}
+
+/// A censor place agreed at one evaluation time, with when it began and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlaceFinding {
+    /// The place and how many agree.
+    pub agreed: AgreedPlace,
+    /// Start of the agreeing probes' runs naming it (the measurements' own times).
+    pub started_at: DateTime<Utc>,
+    /// Why: the agreeing probes, their runs and some of their measurements (`censor` set).
+    pub evidence: Evidence,
+}
+
+/// Where the located blocked probes of one site on one network agree the censor sits at
+/// `anchor` ([`place_votes`] then [`agreed_place`]; the single-probe rule as in [`block_step`]:
+/// `asn_probes` at most one).
+pub fn place_step(
+    series: &[Obs],
+    anchor: DateTime<Utc>,
+    asn_probes: usize,
+    p: &Params,
+) -> Option<PlaceFinding> {
+    let votes = place_votes(series, anchor, p.window);
+    let agreed = agreed_place(&votes, asn_probes <= 1, p)?;
+    let names = |o: &Obs| {
+        o.status == Status::Blocked
+            && o.censor_hop == Some(agreed.place.hop)
+            && o.censor_asn == agreed.place.asn
+    };
+    let per_probe = window_by_probe(series, anchor, p.window);
+    let runs: Vec<&[&Obs]> = per_probe
+        .values()
+        .map(|v| streak(v, names))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let started_at = runs.iter().filter_map(|s| s.first().map(|o| o.at)).min()?;
+    let evidence = Evidence {
+        probes: usize::try_from(agreed.agreeing).unwrap_or(usize::MAX),
+        probes_considered: usize::try_from(agreed.located).unwrap_or(usize::MAX),
+        measurements: runs.iter().map(|s| s.len() as u64).sum(),
+        method: None,
+        share: agreed.agreeing as f64 / agreed.located as f64,
+        rule: agreed.rule.to_string(),
+        sample_ids: sample_ids(runs.iter().flat_map(|s| s.iter().map(|o| o.id.as_str()))),
+        censor: Some(agreed.place),
+        previous_censor: None,
+    };
+    Some(PlaceFinding {
+        agreed,
+        started_at,
+        evidence,
+    })
 }
 
 /// Evaluate the shutdown rule for one network at one time.
@@ -237,6 +376,7 @@ pub fn shutdown_step(
                 .iter()
                 .flat_map(|s| s.iter().map(|r| r.sample_id.as_str())),
         ),
+        ..Evidence::default()
     };
     let run_start = |s: &&[&Presence]| s.first().map(|r| r.first_at);
     match open_since {
@@ -360,6 +500,8 @@ mod tests {
                     at: t(*min),
                     status,
                     method,
+                    censor_hop: None,
+                    censor_asn: None,
                 }
             })
             .collect()
@@ -713,5 +855,198 @@ mod tests {
         let many = anchors((0..10_000).map(t));
         assert!(many.len() <= MAX_ANCHORS + 1);
         assert_eq!(many.last(), Some(&t(9_999)));
+    }
+    fn at(hop: u8, asn: Option<u32>) -> CensorPlace {
+        CensorPlace { hop, asn }
+    }
+
+    #[test]
+    fn agreed_place_table() {
+        let p = Params::default();
+        let v = |hop, asn, probes, run| PlaceVote {
+            place: at(hop, asn),
+            probes,
+            run,
+        };
+        // (name, votes, single, expected (hop, asn, agreeing, located))
+        type Case = (
+            &'static str,
+            Vec<PlaceVote>,
+            bool,
+            Option<(u8, Option<u32>, u64, u64)>,
+        );
+        let cases: Vec<Case> = vec![
+            ("nobody located it", vec![], false, None),
+            (
+                "two probes agree",
+                vec![v(3, Some(9198), 2, 1)],
+                false,
+                Some((3, Some(9198), 2, 2)),
+            ),
+            (
+                "one probe of many is not enough",
+                vec![v(3, Some(9198), 1, 5)],
+                false,
+                None,
+            ),
+            (
+                "majority of three",
+                vec![v(3, Some(9198), 2, 1), v(4, Some(9198), 1, 1)],
+                false,
+                Some((3, Some(9198), 2, 3)),
+            ),
+            (
+                "a tie names nobody",
+                vec![v(3, Some(9198), 2, 1), v(5, Some(9198), 2, 1)],
+                false,
+                None,
+            ),
+            (
+                "below min_share: 2 of 5 located",
+                vec![
+                    v(3, None, 2, 1),
+                    v(4, None, 1, 1),
+                    v(5, None, 1, 1),
+                    v(6, None, 1, 1),
+                ],
+                false,
+                None,
+            ),
+            (
+                "the same hop in another AS is another place",
+                vec![v(3, Some(9198), 1, 1), v(3, Some(21299), 1, 1)],
+                false,
+                None,
+            ),
+            (
+                "no ASN: the hop alone",
+                vec![v(2, None, 3, 1)],
+                false,
+                Some((2, None, 3, 3)),
+            ),
+            (
+                "single probe: three in a row",
+                vec![v(3, Some(9198), 1, 3)],
+                true,
+                Some((3, Some(9198), 1, 1)),
+            ),
+            (
+                "single probe: two are not enough",
+                vec![v(3, Some(9198), 1, 2)],
+                true,
+                None,
+            ),
+            (
+                "empty groups are ignored",
+                vec![v(3, None, 0, 0), v(4, None, 2, 1)],
+                false,
+                Some((4, None, 2, 2)),
+            ),
+        ];
+        for (name, votes, single, want) in cases {
+            let got = agreed_place(&votes, single, &p)
+                .map(|a| (a.place.hop, a.place.asn, a.agreeing, a.located));
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn place_votes_follow_each_probes_latest_blocked_verdict() {
+        let mut s = series(&[
+            ("a", 0, "tls"),
+            ("a", 10, "tls"),
+            ("a", 20, "tls"),
+            ("b", 5, "tls"),
+            ("b", 15, "tls"),
+            ("c", 6, "tls"),
+            ("c", 16, "ok"),
+            ("d", 7, "tls"),
+        ]);
+        // a: hop 3, 3, 4 (moved: run 1); b: hop 4 twice (run 2); c recovered; d unlocated.
+        let hops = [
+            Some(3),
+            Some(3),
+            Some(4),
+            Some(4),
+            Some(4),
+            Some(3),
+            None,
+            None,
+        ];
+        for (o, h) in s.iter_mut().zip(hops) {
+            o.censor_hop = h;
+            o.censor_asn = h.map(|_| 9198);
+        }
+        let mut votes = place_votes(&s, t(20), TimeDelta::hours(6));
+        votes.sort_by_key(|v| v.run);
+        assert_eq!(
+            votes,
+            vec![
+                PlaceVote {
+                    place: at(4, Some(9198)),
+                    probes: 1,
+                    run: 1
+                },
+                PlaceVote {
+                    place: at(4, Some(9198)),
+                    probes: 1,
+                    run: 2
+                },
+            ]
+        );
+        let agreed = agreed_place(&votes, false, &Params::default()).unwrap();
+        assert_eq!((agreed.place, agreed.agreeing), (at(4, Some(9198)), 2));
+        // Single probe: a's three verdicts at hop 3 agree at minute 10... only two by then.
+        let only_a: Vec<Obs> = s.iter().filter(|o| o.probe == "a").cloned().collect();
+        let v = place_votes(&only_a, t(10), TimeDelta::hours(6));
+        assert_eq!(v[0].run, 2);
+        assert_eq!(agreed_place(&v, true, &Params::default()), None);
+    }
+
+    #[test]
+    fn place_step_says_where_since_when_and_why() {
+        let p = Params::default();
+        let mut s = series(&[
+            ("a", 0, "tcp"),
+            ("b", 1, "tcp"),
+            ("a", 30, "tcp"),
+            ("b", 31, "tcp"),
+            ("c", 32, "tcp"),
+        ]);
+        let hops = [3, 3, 5, 5, 5];
+        for (o, h) in s.iter_mut().zip(hops) {
+            o.censor_hop = Some(h);
+            o.censor_asn = Some(if h == 3 { 9198 } else { 21299 });
+        }
+        // At minute 1: two probes at hop 3.
+        let f = place_step(&s, t(1), 3, &p).unwrap();
+        assert_eq!(f.agreed.place, at(3, Some(9198)));
+        assert_eq!(f.started_at, t(0));
+        // At minute 30: a moved, b not yet: a tie, nothing agreed (no flapping).
+        assert_eq!(place_step(&s, t(30), 3, &p), None);
+        // At minute 32: three probes at hop 5 since minute 30.
+        let f = place_step(&s, t(32), 3, &p).unwrap();
+        assert_eq!(f.agreed.place, at(5, Some(21299)));
+        assert_eq!(f.agreed.agreeing, 3);
+        assert_eq!(f.started_at, t(30));
+        assert_eq!(f.evidence.probes, 3);
+        assert_eq!(f.evidence.measurements, 3);
+        assert_eq!(f.evidence.censor, Some(at(5, Some(21299))));
+        assert_eq!(f.evidence.rule, "probes");
+        // A lone probe on its network: three verdicts in a row at one place.
+        let lone: Vec<Obs> = series(&[("a", 0, "tcp"), ("a", 10, "tcp"), ("a", 20, "tcp")])
+            .into_iter()
+            .map(|mut o| {
+                o.censor_hop = Some(2);
+                o
+            })
+            .collect();
+        assert_eq!(place_step(&lone, t(10), 1, &p), None);
+        let f = place_step(&lone, t(20), 1, &p).unwrap();
+        assert_eq!(
+            (f.agreed.place, f.agreed.rule),
+            (at(2, None), "single_probe")
+        );
+        assert_eq!(place_step(&lone, t(20), 2, &p), None);
     }
 }

@@ -22,7 +22,8 @@ use witness_core::model::Status;
 use crate::aggregate::{self, Decision, EventKind, KeyState, Params, Transition};
 use crate::metrics::Metrics;
 use crate::store::{
-    CloseEvent, EventKey, EventState, MeasurementRecord, NewEvent, Store, StoreResult,
+    CloseEvent, EventKey, EventState, MeasurementRecord, NewEvent, PlaceDecision, Store,
+    StoreResult,
 };
 
 /// Attempts at evaluating one site or network while other writers keep changing its events;
@@ -229,7 +230,72 @@ impl Evaluator {
             self.apply_all(&key, t, state.floor, decisions, &mut pass)
                 .await?;
         }
+        if !pass.stale {
+            self.evaluate_place(domain, asn, t, &series, last, asn_probes, &mut pass)
+                .await?;
+        }
         Ok(pass)
+    }
+
+    /// Where the censor sits, at the latest evaluation time: remember the agreed place, and
+    /// raise `block_moved` when it differs from the last one agreed while the site is blocked
+    /// (the store decides, once per change).
+    #[allow(clippy::too_many_arguments)]
+    async fn evaluate_place(
+        &self,
+        domain: &str,
+        asn: u32,
+        t: &Touch,
+        series: &[crate::model::Obs],
+        anchor: DateTime<Utc>,
+        asn_probes: usize,
+        pass: &mut Pass,
+    ) -> StoreResult<()> {
+        let Some(found) = aggregate::place_step(series, anchor, asn_probes, &self.params) else {
+            return Ok(());
+        };
+        let blocked = self
+            .store
+            .event_states(EventKind::NewBlock, Some(domain), asn)
+            .await?
+            .iter()
+            .any(|s| s.open_since.is_some());
+        let decision = PlaceDecision {
+            domain: domain.to_string(),
+            asn,
+            country: t.country.clone(),
+            category: t.category.clone(),
+            place: found.agreed.place,
+            agreeing: found.agreed.agreeing,
+            decided_at: anchor,
+            started_at: found.started_at,
+            blocked,
+            event_id: Uuid::now_v7().to_string(),
+            evidence: found.evidence,
+        };
+        let Some(event) = self
+            .store
+            .record_censor_place(&decision, &self.webhook_urls)
+            .await?
+        else {
+            return Ok(());
+        };
+        pass.applied += 1;
+        self.metrics.event(Transition::BlockMoved);
+        tracing::info!(
+            transition = Transition::BlockMoved.as_str(),
+            event_id = %event.id,
+            domain,
+            asn,
+            censor = %found.agreed.place,
+            previous = %event.evidence.previous_censor.map_or_else(String::new, |p| p.to_string()),
+            probes = found.agreed.agreeing,
+            "event"
+        );
+        if !self.webhook_urls.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(())
     }
 
     async fn evaluate_network(&self, asn: u32, t: &Touch) -> StoreResult<usize> {

@@ -13,13 +13,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 use witness_core::model::{Method, Status};
 
+use crate::aggregate::Params;
 use crate::config::MetricsConfig;
 use crate::model::{EventKind, Transition};
 use crate::readmodel;
@@ -31,6 +32,9 @@ pub const MEASUREMENTS_RECEIVED_TOTAL: &str = "witness_measurements_received_tot
 /// Share of recent probes whose latest verdict is blocked with a method:
 /// `{domain, category, asn, country, method}`.
 pub const SITE_BLOCKED_RATIO: &str = "witness_site_blocked_ratio";
+/// Where the censor of a blocked site sits, in hops from the probe, where the located probes
+/// agree on one (no series otherwise): `{domain, asn, method}`.
+pub const SITE_CENSOR_HOP: &str = "witness_site_censor_hop";
 /// Probes that uploaded within the window: `{asn, country}`.
 pub const PROBES_ACTIVE: &str = "witness_probes_active";
 /// Event transitions: `{kind}` = new_block, unblock, shutdown, shutdown_end.
@@ -77,6 +81,7 @@ pub const PROCESS: &[&str] = &[
 pub const ALL: &[&str] = &[
     MEASUREMENTS_RECEIVED_TOTAL,
     SITE_BLOCKED_RATIO,
+    SITE_CENSOR_HOP,
     PROBES_ACTIVE,
     EVENTS_TOTAL,
     NETWORK_OFFLINE,
@@ -105,6 +110,7 @@ pub struct Metrics {
     registry: Registry,
     received: IntCounterVec,
     blocked_ratio: GaugeVec,
+    censor_hop: IntGaugeVec,
     probes_active: IntGaugeVec,
     events: IntCounterVec,
     network_offline: IntGaugeVec,
@@ -174,6 +180,17 @@ impl Metrics {
                 &["domain", "category", "asn", "country", "method"],
             )?,
         );
+        let censor_hop = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    SITE_CENSOR_HOP,
+                    "Hops from the probe to the censor of a blocked site, where the located \
+                     probes agree on one.",
+                ),
+                &["domain", "asn", "method"],
+            )?,
+        );
         let probes_active = register(
             &r,
             IntGaugeVec::new(
@@ -231,6 +248,7 @@ impl Metrics {
             registry: r,
             received,
             blocked_ratio,
+            censor_hop,
             probes_active,
             events,
             network_offline,
@@ -298,17 +316,16 @@ impl Metrics {
     pub async fn render(
         &self,
         store: &dyn Store,
-        window: TimeDelta,
-        min_share: f64,
+        params: &Params,
         now: DateTime<Utc>,
     ) -> Result<String, RenderError> {
         let _guard = self.refresh.lock().await;
-        let since = now - window;
+        let since = now - params.window;
         let window_filter = Filter {
             since: Some(since),
             ..Filter::default()
         };
-        let statuses = readmodel::site_statuses(store, &window_filter, min_share, now).await?;
+        let statuses = readmodel::site_statuses(store, &window_filter, params, now).await?;
         let methods = readmodel::blocked_methods(store, since).await?;
         let networks = store
             .probe_networks(&Filter {
@@ -328,6 +345,21 @@ impl Metrics {
 
         // Blocked ratio: every method seen blocking in the window, 0 when no probe's latest
         // verdict shows it any more.
+        // The censor's hop: only where one is agreed, so its series are at most the blocked
+        // sites' (and within the same cap).
+        self.censor_hop.reset();
+        for s in statuses
+            .iter()
+            .filter(|s| s.censor_hop.is_some())
+            .take(self.limits.max_site_series)
+        {
+            if let (Some(hop), Some(m)) = (s.censor_hop, s.method) {
+                self.censor_hop
+                    .with_label_values(&[s.domain.as_str(), s.asn.to_string().as_str(), m.as_str()])
+                    .set(i64::from(hop));
+            }
+        }
+
         self.blocked_ratio.reset();
         let mut series = 0usize;
         'sites: for s in statuses {

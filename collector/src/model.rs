@@ -24,6 +24,10 @@ pub struct Obs {
     pub status: Status,
     /// Verdict method (only with `blocked`).
     pub method: Option<Method>,
+    /// The hop at which the probe located the censor (`path.censor_hop`), with `blocked`.
+    pub censor_hop: Option<u8>,
+    /// The censor's autonomous system, when the probe knew it (`path`'s hop ASN).
+    pub censor_asn: Option<u32>,
 }
 
 /// A run of measurements of one probe on one network, all offline or all not: the input of
@@ -78,11 +82,16 @@ pub enum EventKind {
     NewBlock,
     /// A network lost connectivity (ends when probes come back).
     Shutdown,
+    /// The place of a block moved: the site is still blocked on the network, but the probes
+    /// now agree on another censor hop or ASN. A moment, not a span: stored already ended
+    /// (`ended_at` = `started_at`).
+    BlockMoved,
 }
 
 str_enum!(EventKind {
     NewBlock => "new_block",
     Shutdown => "shutdown",
+    BlockMoved => "block_moved",
 });
 
 /// A change of state: the opening or the closing of an event.
@@ -97,6 +106,8 @@ pub enum Transition {
     Shutdown,
     /// A `shutdown` event closed.
     ShutdownEnd,
+    /// A `block_moved` event (it has no separate end).
+    BlockMoved,
 }
 
 str_enum!(Transition {
@@ -104,6 +115,7 @@ str_enum!(Transition {
     Unblock => "unblock",
     Shutdown => "shutdown",
     ShutdownEnd => "shutdown_end",
+    BlockMoved => "block_moved",
 });
 
 impl Transition {
@@ -114,6 +126,7 @@ impl Transition {
             (EventKind::NewBlock, false) => Transition::Unblock,
             (EventKind::Shutdown, true) => Transition::Shutdown,
             (EventKind::Shutdown, false) => Transition::ShutdownEnd,
+            (EventKind::BlockMoved, _) => Transition::BlockMoved,
         }
     }
 }
@@ -137,6 +150,50 @@ pub struct Evidence {
     pub rule: String,
     /// Some of the measurement ids behind the decision.
     pub sample_ids: Vec<String>,
+    /// `block_moved`: where the probes now agree the censor sits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub censor: Option<CensorPlace>,
+    /// `block_moved`: where they agreed it sat before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_censor: Option<CensorPlace>,
+}
+
+/// Where on the path a block happens, as hops from the probe and, when known, the censor's
+/// autonomous system (from the probes' `path` observations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CensorPlace {
+    /// Hops from the probe (the TTL at which the censor's action appears).
+    pub hop: u8,
+    /// The censor's autonomous system, when known.
+    pub asn: Option<u32>,
+}
+
+impl fmt::Display for CensorPlace {
+    /// `hop 3, AS9198`, or `hop 3` without an ASN.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.asn {
+            Some(a) => write!(f, "hop {}, AS{a}", self.hop),
+            None => write!(f, "hop {}", self.hop),
+        }
+    }
+}
+
+/// Located blocked probes of one site on one network that agree on one censor place (what the
+/// store returns from the read model for the censor's place).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlaceGroup {
+    /// Site.
+    pub domain: String,
+    /// Network.
+    pub asn: u32,
+    /// The place these probes' latest verdicts name.
+    pub place: CensorPlace,
+    /// Probes.
+    pub probes: u64,
+    /// The longest run of consecutive latest verdicts of one of these probes naming this place
+    /// (what the single-probe rule counts).
+    pub run: u64,
 }
 
 /// Latest-per-probe verdicts of one site on one network, grouped by status and method (what the
@@ -189,4 +246,11 @@ pub struct SiteStatus {
     pub methods: BTreeMap<Method, u64>,
     /// Latest measurement time.
     pub last_measured: DateTime<Utc>,
+    /// With `blocked`: the censor's hop (hops from the probe) the located blocked probes agree
+    /// on, by the rule of the events (see [`crate::aggregate::agreed_place`]); else `None`.
+    pub censor_hop: Option<u8>,
+    /// The censor's autonomous system at that hop, when known.
+    pub censor_asn: Option<u32>,
+    /// Probes that agree on that place (0 without one).
+    pub hop_agreeing: u64,
 }

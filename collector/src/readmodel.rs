@@ -9,7 +9,11 @@
 //! - `latest_verdicts`: per probe, site and network, the latest non-offline verdict (status,
 //!   method, time, category, country). Upserts are idempotent (a duplicate record is not
 //!   stored, so it changes nothing) and monotonic in `(started_at, id)`: a back-filled older
-//!   record, even one arriving hours late after a shutdown, never replaces a newer one;
+//!   record, even one arriving hours late after a shutdown, never replaces a newer one. Since
+//!   migration 0006 it also holds the censor's place the verdict names (`censor_hop`,
+//!   `censor_asn`, from the record's `path`) and `censor_run`, the probe's consecutive latest
+//!   verdicts naming that place (what the single-probe rule of [`aggregate::agreed_place`]
+//!   counts);
 //! - `blocked_methods`: per site and network, every blocking method seen and when last;
 //! - `probe_hours`: uploads per hour of arrival, network and probe.
 //!
@@ -26,7 +30,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeDelta, Utc};
 use witness_core::model::{Method, Status};
 
-use crate::model::{LatestGroup, SiteStatus};
+use crate::aggregate::{self, Params, PlaceVote};
+use crate::model::{LatestGroup, PlaceGroup, SiteStatus};
 use crate::store::{Filter, Store, StoreResult};
 
 /// An `until` this close to now (or later) asks for the present: the read model answers.
@@ -36,19 +41,57 @@ pub const CURRENT_SLACK: TimeDelta = TimeDelta::minutes(1);
 /// from the latest verdict of each probe at or after `filter.since`. With `filter.until` more
 /// than [`CURRENT_SLACK`] before `now`, the state at `until` instead, computed from the
 /// measurements of `[since, until]`. Sorted by site, then network.
+///
+/// Blocked sites of the present also say where the censor sits ([`with_places`]); a query about
+/// the past does not (`censor_hop` stays `None`).
 pub async fn site_statuses(
     store: &dyn Store,
     filter: &Filter,
-    min_share: f64,
+    params: &Params,
     now: DateTime<Utc>,
 ) -> StoreResult<Vec<SiteStatus>> {
     let current = filter.until.is_none_or(|u| u >= now - CURRENT_SLACK);
-    let groups = if current {
-        store.latest_groups(filter).await?
-    } else {
-        store.latest_groups_scan(filter).await?
-    };
-    Ok(summarize(&groups, min_share))
+    if !current {
+        let groups = store.latest_groups_scan(filter).await?;
+        return Ok(summarize(&groups, params.min_share));
+    }
+    let groups = store.latest_groups(filter).await?;
+    let mut statuses = summarize(&groups, params.min_share);
+    if statuses.iter().any(|s| s.status == Status::Blocked) {
+        let places = store.place_groups(filter).await?;
+        with_places(&mut statuses, &places, params);
+    }
+    Ok(statuses)
+}
+
+/// Fill in where the censor sits for the blocked statuses: the place their located probes
+/// agree on by [`aggregate::agreed_place`]. The single-probe rule applies where the site has
+/// one probe on the network (the read model does not know the network's other probes).
+pub fn with_places(statuses: &mut [SiteStatus], places: &[PlaceGroup], params: &Params) {
+    let mut by_key: BTreeMap<(&str, u32), Vec<PlaceVote>> = BTreeMap::new();
+    for g in places {
+        by_key
+            .entry((g.domain.as_str(), g.asn))
+            .or_default()
+            .push(PlaceVote {
+                place: g.place,
+                probes: g.probes,
+                run: g.run,
+            });
+    }
+    for s in statuses.iter_mut() {
+        if s.status != Status::Blocked {
+            continue;
+        }
+        let Some(votes) = by_key.get(&(s.domain.as_str(), s.asn)) else {
+            continue;
+        };
+        if let Some(a) = aggregate::agreed_place(votes, s.probes == 1, params) {
+            s.censor_hop = Some(a.place.hop);
+            s.censor_asn = a.place.asn;
+            s.hop_agreeing = a.agreeing;
+        }
+    }
 }
 
 /// Per site and network, the blocking methods seen at or after `since`.
@@ -130,6 +173,9 @@ pub fn summarize(groups: &[LatestGroup], min_share: f64) -> Vec<SiteStatus> {
                 .map(|g| g.last_measured)
                 .max()
                 .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            censor_hop: None,
+            censor_asn: None,
+            hop_agreeing: 0,
         });
     }
     out
@@ -173,5 +219,65 @@ mod tests {
         let s = summarize(&[g(Status::Down, None, 2)], 0.5);
         assert_eq!(s[0].status, Status::Down);
         assert_eq!(s[0].blocked_share, None);
+    }
+
+    #[test]
+    fn with_places_names_the_agreed_hop_of_blocked_sites_only() {
+        let g = |domain: &str, status, method, probes| LatestGroup {
+            domain: domain.into(),
+            asn: 9198,
+            country: None,
+            category: None,
+            status,
+            method,
+            probes,
+            last_measured: t(0),
+        };
+        let mut s = summarize(
+            &[
+                g("a.example", Status::Blocked, Some(Method::Tls), 3),
+                g("b.example", Status::Accessible, None, 3),
+                g("c.example", Status::Blocked, Some(Method::Tcp), 1),
+                g("d.example", Status::Blocked, Some(Method::Tcp), 1),
+            ],
+            0.5,
+        );
+        let place = |domain: &str, hop, asn, probes, run| PlaceGroup {
+            domain: domain.into(),
+            asn: 9198,
+            place: crate::model::CensorPlace { hop, asn },
+            probes,
+            run,
+        };
+        let places = [
+            place("a.example", 3, Some(9198), 2, 1),
+            place("a.example", 4, None, 1, 1),
+            // Not blocked by the status rule: no hop, whatever the read model holds.
+            place("b.example", 2, None, 2, 1),
+            // Alone on the site: three verdicts in a row are needed.
+            place("c.example", 5, Some(21299), 1, 3),
+            place("d.example", 5, Some(21299), 1, 2),
+        ];
+        with_places(&mut s, &places, &Params::default());
+        let got: Vec<_> = s
+            .iter()
+            .map(|x| {
+                (
+                    x.domain.as_str(),
+                    x.censor_hop,
+                    x.censor_asn,
+                    x.hop_agreeing,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a.example", Some(3), Some(9198), 2),
+                ("b.example", None, None, 0),
+                ("c.example", Some(5), Some(21299), 1),
+                ("d.example", None, None, 0),
+            ]
+        );
     }
 }

@@ -39,6 +39,7 @@ fn alertname(kind: EventKind) -> &'static str {
     match kind {
         EventKind::NewBlock => "WitnessSiteBlocked",
         EventKind::Shutdown => "WitnessNetworkShutdown",
+        EventKind::BlockMoved => "WitnessBlockMoved",
     }
 }
 
@@ -58,6 +59,18 @@ fn summary(e: &Event) -> String {
         EventKind::Shutdown => format!(
             "{net} offline: {} of {} probes without connectivity",
             e.evidence.probes, e.evidence.probes_considered
+        ),
+        EventKind::BlockMoved => format!(
+            "{} on {net}: the block moved from {} to {}: {} of {} located probes",
+            e.domain.as_deref().unwrap_or("?"),
+            e.evidence
+                .previous_censor
+                .map_or_else(|| "?".to_string(), |p| p.to_string()),
+            e.evidence
+                .censor
+                .map_or_else(|| "?".to_string(), |p| p.to_string()),
+            e.evidence.probes,
+            e.evidence.probes_considered
         ),
     }
 }
@@ -87,7 +100,7 @@ impl AlertOptions {
 /// The page an alert links to: the site's page for a block, the status page for a shutdown.
 fn generator_url(e: &Event, base: &str) -> String {
     match (&e.kind, &e.domain) {
-        (EventKind::NewBlock, Some(domain)) => format!(
+        (EventKind::NewBlock | EventKind::BlockMoved, Some(domain)) => format!(
             "{base}sites/{}",
             url::form_urlencoded::byte_serialize(domain.as_bytes()).collect::<String>()
         ),
@@ -99,7 +112,8 @@ fn generator_url(e: &Event, base: &str) -> String {
 /// which resolves it at once, whatever transition announced it (a late `new_block` must not
 /// re-fire an event that already ended). An open event carries `endsAt` = `now` + `hold`: it
 /// stays firing until then even if Alertmanager's `resolve_timeout` is shorter, and every
-/// re-send pushes that further.
+/// re-send pushes that further. A `block_moved` is a moment: it fires once, for `hold` (or
+/// Alertmanager's `resolve_timeout`), with `severity="info"`, and is never re-sent.
 pub fn alertmanager_alert(e: &Event, opts: &AlertOptions, now: DateTime<Utc>) -> Value {
     let mut labels = serde_json::Map::new();
     labels.insert("alertname".into(), alertname(e.kind).into());
@@ -117,6 +131,9 @@ pub fn alertmanager_alert(e: &Event, opts: &AlertOptions, now: DateTime<Utc>) ->
     }
     if let Some(c) = &e.category {
         labels.insert("category".into(), c.clone().into());
+    }
+    if e.kind == EventKind::BlockMoved {
+        labels.insert("severity".into(), "info".into());
     }
     let mut annotations = serde_json::Map::new();
     annotations.insert("summary".into(), summary(e).into());
@@ -139,6 +156,9 @@ pub fn alertmanager_alert(e: &Event, opts: &AlertOptions, now: DateTime<Utc>) ->
         "generatorURL": generator_url(e, &opts.public_url),
     });
     let ends = match (e.ended_at, opts.hold) {
+        _ if e.kind == EventKind::BlockMoved => opts
+            .hold
+            .map(|hold| now + TimeDelta::from_std(hold).unwrap_or(TimeDelta::days(1))),
         (Some(end), _) => Some(end),
         (None, Some(hold)) => Some(now + TimeDelta::from_std(hold).unwrap_or(TimeDelta::days(1))),
         (None, None) => None,
@@ -352,6 +372,49 @@ mod tests {
             },
             end_evidence: None,
         }
+    }
+
+    #[test]
+    fn block_moved_fires_once_with_both_places() {
+        use crate::model::CensorPlace;
+        let now = DateTime::parse_from_rfc3339("2024-01-05T11:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut e = event(true);
+        e.kind = EventKind::BlockMoved;
+        e.method = None;
+        e.ended_at = Some(e.started_at);
+        e.evidence.censor = Some(CensorPlace {
+            hop: 5,
+            asn: Some(21299),
+        });
+        e.evidence.previous_censor = Some(CensorPlace {
+            hop: 3,
+            asn: Some(9198),
+        });
+        let v = payload(
+            WebhookFormat::Alertmanager,
+            &e,
+            Transition::BlockMoved,
+            &opts(),
+            now,
+        );
+        let a = &v[0];
+        assert_eq!(a["labels"]["alertname"], "WitnessBlockMoved");
+        assert_eq!(a["labels"]["kind"], "block_moved");
+        assert_eq!(a["labels"]["severity"], "info");
+        // Fires for the hold (three re-send intervals), although the event is a moment (it
+        // has already ended).
+        assert_eq!(a["endsAt"], "2024-01-05T12:30:00+00:00");
+        let summary = a["annotations"]["summary"].as_str().unwrap();
+        assert!(
+            summary.contains("from hop 3, AS9198 to hop 5, AS21299"),
+            "{summary}"
+        );
+        assert_eq!(
+            a["generatorURL"],
+            "https://witness.example/sites/example.org"
+        );
     }
 
     fn opts() -> AlertOptions {

@@ -292,6 +292,8 @@ async fn sweep_catches_up_on_measurements_stored_without_evaluation(db: Db) {
             reason: m.verdict.reason.clone(),
             software_version: m.software.version.clone(),
             body: serde_json::to_string(&m).unwrap(),
+            censor_hop: None,
+            censor_asn: None,
         };
         app.state
             .store

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use chrono::{TimeDelta, Utc};
-use common::{measurement, spawn_on, test_config, Db};
+use common::{located, measurement, spawn_on, test_config, Db};
 use witness_collector::{metrics, store, AppState};
 use witness_core::model::{Method, Status};
 
@@ -42,6 +42,17 @@ async fn populated(db: Db) -> common::TestApp {
                     None,
                     now - TimeDelta::hours(1),
                 ),
+                located(
+                    measurement(
+                        "rferl.example",
+                        9198,
+                        Status::Blocked,
+                        Some(Method::Tcp),
+                        now - TimeDelta::hours(1),
+                    ),
+                    4,
+                    Some(9198),
+                ),
             ],
         )
         .await;
@@ -69,6 +80,20 @@ async fn every_metric_is_exposed_with_bounded_labels(db: Db) {
     );
     assert!(text.contains(&ratio), "{text}");
     assert!(!text.contains("old.example.org"), "stale series:\n{text}");
+    // Where the censor sits: only where the located probes agree (not for the throttled site,
+    // which no probe located).
+    let hop = format!(
+        "{}{{asn=\"9198\",domain=\"rferl.example\",method=\"tcp\"}} 4",
+        metrics::SITE_CENSOR_HOP
+    );
+    assert!(text.contains(&hop), "{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with(metrics::SITE_CENSOR_HOP))
+            .count(),
+        1,
+        "{text}"
+    );
     assert!(text.contains(&format!(
         "{}{{asn=\"9198\",country=\"KZ\"}} 2",
         metrics::PROBES_ACTIVE

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use common::{measurement, spawn_on, test_config, webhook_receiver, Db, StoreGuard};
 use rand::seq::SliceRandom;
-use witness_collector::aggregate::{EventKind, Evidence, Transition};
+use witness_collector::aggregate::{CensorPlace, EventKind, Evidence, Transition};
 use witness_collector::config::StoreConfig;
 use witness_collector::store::{
     self, Backend, CloseEvent, EventKey, Filter, MeasurementRecord, NewEvent, NewInvite, NewProbe,
-    Store,
+    PlaceDecision, Store,
 };
 use witness_core::model::{Method, Status};
 
@@ -103,6 +103,8 @@ fn record(domain: &str, at: DateTime<Utc>) -> MeasurementRecord {
         reason: m.verdict.reason.clone(),
         software_version: m.software.version.clone(),
         body: serde_json::to_string(&m).unwrap(),
+        censor_hop: None,
+        censor_asn: None,
     }
 }
 
@@ -1565,3 +1567,352 @@ fn key_of(domain: &str) -> EventKey {
 }
 
 both_stores!(times_survive_the_move_to_microseconds);
+
+// ------------------------------------------------------------------ where the censor sits
+
+/// A blocked verdict of `domain` on AS9198 naming the censor at `hop` (in `asn`).
+fn placed(domain: &str, at: DateTime<Utc>, hop: u8, asn: Option<u32>) -> MeasurementRecord {
+    let mut r = verdict(domain, 9198, at, Status::Blocked, Some(Method::Tcp));
+    r.censor_hop = Some(hop);
+    r.censor_asn = asn;
+    r
+}
+
+/// The read model's censor places of one site, as `(hop, asn, probes, run)`.
+async fn places_of(s: &dyn Store, domain: &str) -> Vec<(u8, Option<u32>, u64, u64)> {
+    let mut v: Vec<_> = s
+        .place_groups(&Filter {
+            since: Some(t(-600)),
+            domain: Some(domain.into()),
+            ..Filter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.place.hop, g.place.asn, g.probes, g.run))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `latest_verdicts` keeps each probe's latest censor place and the run of its consecutive
+/// verdicts naming it, across batches; an older, back-filled record changes nothing; a batch
+/// that names another place in between restarts the run; the series carries the place.
+async fn read_model_keeps_the_censor_place_and_its_run(db: Db) {
+    let (s, _, _guard) = open(db).await;
+    for p in ["p1", "p2"] {
+        probe(s.as_ref(), p).await;
+    }
+    let now = Utc::now();
+    let (k, r) = (Some(9198), Some(21299));
+    s.insert_measurements(
+        "p1",
+        now,
+        &[placed("a.test", t(0), 3, k), placed("a.test", t(1), 3, k)],
+    )
+    .await
+    .unwrap();
+    s.insert_measurements("p1", now, &[placed("a.test", t(2), 3, k)])
+        .await
+        .unwrap();
+    s.insert_measurements(
+        "p2",
+        now,
+        &[placed("a.test", t(0), 3, k), placed("a.test", t(1), 5, r)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        places_of(s.as_ref(), "a.test").await,
+        vec![(3, k, 1, 3), (5, r, 1, 1)]
+    );
+    // Back-filled, older: the latest verdict stays.
+    s.insert_measurements("p1", now, &[placed("a.test", t(-5), 7, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        places_of(s.as_ref(), "a.test").await,
+        vec![(3, k, 1, 3), (5, r, 1, 1)]
+    );
+    // p1 names hop 5 then hop 3 again in one batch: its run at hop 3 starts afresh.
+    s.insert_measurements(
+        "p1",
+        now,
+        &[placed("a.test", t(3), 5, r), placed("a.test", t(4), 3, k)],
+    )
+    .await
+    .unwrap();
+    // p2 at hop 5 once more: its run grows.
+    s.insert_measurements("p2", now, &[placed("a.test", t(3), 5, r)])
+        .await
+        .unwrap();
+    assert_eq!(
+        places_of(s.as_ref(), "a.test").await,
+        vec![(3, k, 1, 1), (5, r, 1, 2)]
+    );
+    // Accessible now: p2 names no place any more.
+    s.insert_measurements(
+        "p2",
+        now,
+        &[verdict("a.test", 9198, t(5), Status::Accessible, None)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(places_of(s.as_ref(), "a.test").await, vec![(3, k, 1, 1)]);
+    let series = s.site_series("a.test", 9198, t(-600)).await.unwrap();
+    assert_eq!(series.len(), 10);
+    let last_of_p1 = series
+        .iter()
+        .filter(|o| o.probe == "p1")
+        .max_by_key(|o| o.at)
+        .unwrap();
+    assert_eq!((last_of_p1.censor_hop, last_of_p1.censor_asn), (Some(3), k));
+    // And the raw record keeps them too.
+    let m = s
+        .measurements(&Filter {
+            domain: Some("a.test".into()),
+            limit: 100,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert!(m
+        .iter()
+        .any(|x| x.censor_hop == Some(5) && x.censor_asn == r));
+}
+
+fn place_decision(hop: u8, asn: Option<u32>, decided: i64, blocked: bool) -> PlaceDecision {
+    PlaceDecision {
+        domain: "a.test".into(),
+        asn: 9198,
+        country: Some("KZ".into()),
+        category: Some("NEWS".into()),
+        place: CensorPlace { hop, asn },
+        agreeing: 2,
+        decided_at: t(decided),
+        started_at: t(decided - 1),
+        blocked,
+        event_id: uuid::Uuid::now_v7().to_string(),
+        evidence: Evidence {
+            probes: 2,
+            probes_considered: 2,
+            rule: "probes".into(),
+            censor: Some(CensorPlace { hop, asn }),
+            ..Evidence::default()
+        },
+    }
+}
+
+/// The first agreed place is remembered; a different one while blocked raises one
+/// `block_moved` (with both places, already ended, notifications queued); the same decision
+/// again, an older one, or two replicas deciding the same change at once raise nothing more;
+/// a change while not blocked is remembered without an event.
+async fn censor_place_changes_raise_block_moved_once(db: Db) {
+    let (s, url, _guard) = open(db).await;
+    let urls = vec!["http://127.0.0.1:9/hook".to_string()];
+    let record = |d: PlaceDecision| {
+        let s = s.clone();
+        let urls = urls.clone();
+        async move { s.record_censor_place(&d, &urls).await.unwrap() }
+    };
+    assert!(record(place_decision(3, Some(9198), 1, true))
+        .await
+        .is_none());
+    assert!(record(place_decision(3, Some(9198), 2, true))
+        .await
+        .is_none());
+    let moved = record(place_decision(5, Some(21299), 3, true))
+        .await
+        .expect("the block moved");
+    assert_eq!(moved.kind, EventKind::BlockMoved);
+    assert_eq!(moved.domain.as_deref(), Some("a.test"));
+    assert_eq!(moved.ended_at, Some(moved.started_at));
+    assert_eq!(
+        moved.evidence.previous_censor,
+        Some(CensorPlace {
+            hop: 3,
+            asn: Some(9198)
+        })
+    );
+    assert_eq!(
+        moved.evidence.censor,
+        Some(CensorPlace {
+            hop: 5,
+            asn: Some(21299)
+        })
+    );
+    // Not again for the same time, nor for an older decision.
+    assert!(record(place_decision(3, Some(9198), 3, true))
+        .await
+        .is_none());
+    assert!(record(place_decision(7, None, 2, true)).await.is_none());
+    // Two replicas decide the same change at the same time: one event.
+    let other = open_url(&url).await;
+    let d = place_decision(6, None, 4, true);
+    let mut d2 = d.clone();
+    d2.event_id = uuid::Uuid::now_v7().to_string();
+    let (a, b) = tokio::join!(
+        s.record_censor_place(&d, &urls),
+        other.record_censor_place(&d2, &urls)
+    );
+    assert_eq!(
+        u8::from(a.unwrap().is_some()) + u8::from(b.unwrap().is_some()),
+        1
+    );
+    // Not blocked: remembered, no event; blocked again at that place: nothing moved.
+    assert!(record(place_decision(8, None, 5, false)).await.is_none());
+    assert!(record(place_decision(8, None, 6, true)).await.is_none());
+    let events = s
+        .events(&Filter {
+            kind: Some(EventKind::BlockMoved),
+            limit: 10,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.iter().all(|e| e.ended_at.is_some()));
+    let now = Utc::now();
+    let notes = s
+        .claim_notifications(now, now + TimeDelta::minutes(5), 10)
+        .await
+        .unwrap();
+    assert_eq!(notes.len(), 2);
+    assert!(notes
+        .iter()
+        .all(|n| n.transition == Transition::BlockMoved && n.event.kind == EventKind::BlockMoved));
+    // Nothing of it counts as an open event.
+    assert!(s
+        .events(&Filter {
+            open: Some(true),
+            limit: 10,
+            ..Filter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A database at v5 with localised records gets the censor's place on upgrade: the read model
+/// from each latest verdict's record, and the recent measurements from theirs.
+async fn censor_places_are_back_filled_on_upgrade(db: Db) {
+    let (url, _guard) = common::fresh_store(db);
+    let old = OldDb::create(db, &url, 5).await;
+    let now = Utc::now();
+    let at = now - TimeDelta::hours(1);
+    let us = |t: DateTime<Utc>| t.timestamp_micros();
+    if let OldDb::Postgres(_) = &old {
+        let month = |t: DateTime<Utc>| {
+            use chrono::Datelike;
+            Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
+                .unwrap()
+        };
+        let from = month(at);
+        let to = month(from + TimeDelta::days(32));
+        // Named as the store names it, so that it is not created again on open.
+        let name = {
+            use chrono::Datelike;
+            store::postgres::partition_name((from.year(), from.month()))
+        };
+        old.exec(
+            &format!(
+                "CREATE TABLE {name} PARTITION OF measurements FOR VALUES FROM ({}) TO ({})",
+                us(from),
+                us(to)
+            ),
+            &[],
+        )
+        .await;
+    }
+    let uuid = match db {
+        Db::Sqlite => "?",
+        Db::Postgres => "CAST(? AS uuid)",
+    };
+    for (probe, hop) in [("p1", 4u8), ("p2", 4), ("p3", 0)] {
+        old.exec(
+            "INSERT INTO probes (id, token_hash, created_at) VALUES (?, ?, ?)",
+            &[
+                Old::Text(probe),
+                Old::Text(&format!("hash-{probe}")),
+                Old::Int(us(now)),
+            ],
+        )
+        .await;
+        let m = measurement("a.test", 9198, Status::Blocked, Some(Method::Tcp), at);
+        let m = if hop > 0 {
+            common::located(m, hop, Some(21299))
+        } else {
+            m
+        };
+        let id = m.id.to_string();
+        let body = serde_json::to_string(&m).unwrap();
+        old.exec(
+            &format!(
+                "INSERT INTO measurements (id, probe_id, received_at, started_at, domain, url, \
+                 category, asn, country, status, method, reason, software_version, body) \
+                 VALUES ({uuid}, ?, ?, ?, 'a.test', '', 'NEWS', 9198, 'KZ', 'blocked', 'tcp', \
+                 '', '', ?)"
+            ),
+            &[
+                Old::Text(&id),
+                Old::Text(probe),
+                Old::Int(us(now)),
+                Old::Int(us(at)),
+                Old::Text(&body),
+            ],
+        )
+        .await;
+        if db == Db::Postgres {
+            old.exec(
+                "INSERT INTO measurement_ids (id, started_at) VALUES (CAST(? AS uuid), ?)",
+                &[Old::Text(&id), Old::Int(us(at))],
+            )
+            .await;
+        }
+        old.exec(
+            "INSERT INTO latest_verdicts (domain, asn, probe_id, started_at, measurement_id, \
+             status, method, category, country) \
+             VALUES ('a.test', 9198, ?, ?, ?, 'blocked', 'tcp', 'NEWS', 'KZ')",
+            &[Old::Text(probe), Old::Int(us(at)), Old::Text(&id)],
+        )
+        .await;
+    }
+    old.close().await;
+    let s = open_url(&url).await;
+    let groups = s
+        .place_groups(&Filter {
+            since: Some(now - TimeDelta::hours(6)),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(
+        groups[0].place,
+        CensorPlace {
+            hop: 4,
+            asn: Some(21299)
+        }
+    );
+    assert_eq!((groups[0].probes, groups[0].run), (2, 1));
+    let series = s
+        .site_series("a.test", 9198, now - TimeDelta::hours(6))
+        .await
+        .unwrap();
+    assert_eq!(series.len(), 3);
+    assert_eq!(
+        series.iter().filter(|o| o.censor_hop == Some(4)).count(),
+        2,
+        "{series:?}"
+    );
+    assert!(series
+        .iter()
+        .filter(|o| o.censor_hop.is_some())
+        .all(|o| o.censor_asn == Some(21299)));
+}
+
+both_stores!(
+    read_model_keeps_the_censor_place_and_its_run,
+    censor_place_changes_raise_block_moved_once,
+    censor_places_are_back_filled_on_upgrade,
+);

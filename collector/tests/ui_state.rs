@@ -54,7 +54,7 @@ async fn empty_csv_exports_have_their_header_row(db: Db) {
     for (path, header) in [
         (
             "/api/v1/status?format=csv",
-            "domain,asn,country,category,status,method,probes,blocked_probes,accessible_probes,blocked_share,last_measured",
+            "domain,asn,country,category,status,method,probes,blocked_probes,accessible_probes,blocked_share,last_measured,censor_hop,censor_asn,hop_agreeing",
         ),
         (
             "/api/v1/events?format=csv",

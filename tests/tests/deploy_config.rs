@@ -652,6 +652,15 @@ fn alertmanager_routes_alerts_to_the_expected_receivers() {
         ),
         (
             &[
+                "alertname=WitnessBlockMoved",
+                "severity=info",
+                "asn=9198",
+                "domain=a.example",
+            ],
+            "witness-webhook,chat-slack,chat-matrix",
+        ),
+        (
+            &[
                 "alertname=WitnessNetworkOffline",
                 "severity=critical",
                 "asn=9198",

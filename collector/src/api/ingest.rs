@@ -241,6 +241,8 @@ fn is_gzip(headers: &HeaderMap) -> Result<bool, ApiError> {
 }
 
 fn record(m: Measurement, body: &str, now: chrono::DateTime<Utc>) -> MeasurementRecord {
+    let censor_hop = m.path.as_ref().and_then(|p| p.censor_hop);
+    let censor_asn = m.path.as_ref().and_then(|p| p.censor_asn());
     MeasurementRecord {
         id: m.id,
         received_at: now,
@@ -255,6 +257,8 @@ fn record(m: Measurement, body: &str, now: chrono::DateTime<Utc>) -> Measurement
         reason: m.verdict.reason,
         software_version: m.software.version,
         body: body.to_string(),
+        censor_hop,
+        censor_asn,
     }
 }
 

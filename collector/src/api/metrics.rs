@@ -18,12 +18,7 @@ pub fn router() -> Router<AppState> {
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let text = state
         .metrics
-        .render(
-            state.store.as_ref(),
-            state.params.window,
-            state.params.min_share,
-            chrono::Utc::now(),
-        )
+        .render(state.store.as_ref(), &state.params, chrono::Utc::now())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text))

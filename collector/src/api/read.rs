@@ -159,6 +159,9 @@ const STATUS_CSV: &[&str] = &[
     "accessible_probes",
     "blocked_share",
     "last_measured",
+    "censor_hop",
+    "censor_asn",
+    "hop_agreeing",
 ];
 
 /// Columns of `/sites/{domain}/history` CSV ([`crate::store::HistoryRow`]).
@@ -207,6 +210,9 @@ struct StatusCsv<'a> {
     accessible_probes: u64,
     blocked_share: Option<f64>,
     last_measured: DateTime<Utc>,
+    censor_hop: Option<u8>,
+    censor_asn: Option<u32>,
+    hop_agreeing: u64,
 }
 
 /// `GET /api/v1/status`: current state per site and network, over the aggregation window
@@ -225,8 +231,7 @@ pub async fn status(
     let since = f.since.unwrap_or(until - state.params.window);
     f.since = Some(since);
     f.until = Some(until);
-    let mut sites =
-        readmodel::site_statuses(state.store.as_ref(), &f, state.params.min_share, now).await?;
+    let mut sites = readmodel::site_statuses(state.store.as_ref(), &f, &state.params, now).await?;
     sites.truncate(f.limit as usize);
     if wants_csv(&q, &headers)? {
         return csv_response(
@@ -243,6 +248,9 @@ pub async fn status(
                 accessible_probes: s.accessible_probes,
                 blocked_share: s.blocked_share,
                 last_measured: s.last_measured,
+                censor_hop: s.censor_hop,
+                censor_asn: s.censor_asn,
+                hop_agreeing: s.hop_agreeing,
             }),
         );
     }
@@ -583,6 +591,9 @@ mod csv_tests {
                 accessible_probes: 1,
                 blocked_share: Some(0.0),
                 last_measured: t,
+                censor_hop: None,
+                censor_asn: None,
+                hop_agreeing: 0,
             }),
             STATUS_CSV
         );

@@ -26,7 +26,9 @@ use uuid::Uuid;
 use witness_core::model::{Method, Status};
 
 use crate::config::StoreConfig;
-use crate::model::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
+use crate::model::{
+    CensorPlace, EventKind, Evidence, LatestGroup, Obs, PlaceGroup, Presence, Transition,
+};
 
 /// Storage failures. Never shown to clients (they get a plain 500).
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +207,10 @@ pub struct MeasurementRecord {
     pub software_version: String,
     /// The record's JSON as uploaded (validated).
     pub body: String,
+    /// `path.censor_hop`: the hop at which the probe located the censor.
+    pub censor_hop: Option<u8>,
+    /// The censor's autonomous system (`PathObservation::censor_asn`), when known.
+    pub censor_asn: Option<u32>,
 }
 
 /// Identifies the at-most-one open event.
@@ -294,6 +300,35 @@ pub struct CloseEvent {
     /// As [`NewEvent::floor`].
     pub floor: Option<DateTime<Utc>>,
     /// Evidence.
+    pub evidence: Evidence,
+}
+
+/// A censor place agreed by an evaluation of one site on one network ([`Store::record_censor_place`]).
+#[derive(Clone, Debug)]
+pub struct PlaceDecision {
+    /// Site.
+    pub domain: String,
+    /// Network.
+    pub asn: u32,
+    /// Country, for the event.
+    pub country: Option<String>,
+    /// Category, for the event.
+    pub category: Option<String>,
+    /// The place agreed.
+    pub place: CensorPlace,
+    /// Probes that agree.
+    pub agreeing: u64,
+    /// Evaluation time of the decision: a place decided at an earlier or equal time than the
+    /// one stored is ignored, so decisions only move forward.
+    pub decided_at: DateTime<Utc>,
+    /// When the agreeing runs began (the event's time).
+    pub started_at: DateTime<Utc>,
+    /// Whether the site is blocked on the network now (a `new_block` event is open): only then
+    /// is a change of place an event.
+    pub blocked: bool,
+    /// Id of the `block_moved` event, if one is raised.
+    pub event_id: String,
+    /// Why (`previous_censor` is filled in by the store).
     pub evidence: Evidence,
 }
 
@@ -579,6 +614,22 @@ pub trait Store: Send + Sync + 'static {
     /// grows with the measurements in the period).
     async fn latest_groups_scan(&self, filter: &Filter) -> StoreResult<Vec<LatestGroup>>;
 
+    /// Located blocked probes per site, network and censor place, from the read model
+    /// (`latest_verdicts`): each probe's latest verdict at or after `filter.since`, where it
+    /// names a censor place, with the same filters as [`Store::latest_groups`].
+    async fn place_groups(&self, filter: &Filter) -> StoreResult<Vec<PlaceGroup>>;
+
+    /// Remember the censor place agreed for a site on a network and, when it differs from the
+    /// last one agreed while the site is blocked, raise a `block_moved` event (stored already
+    /// ended: a moment) and queue its notifications, atomically. Decisions older than the one
+    /// stored change nothing, so concurrent evaluations raise one event per change. Returns the
+    /// event raised, if any.
+    async fn record_censor_place(
+        &self,
+        decision: &PlaceDecision,
+        webhook_urls: &[String],
+    ) -> StoreResult<Option<Event>>;
+
     /// `(domain, asn, method)` seen blocked with `started_at >= since` (read model).
     async fn blocked_methods_seen(
         &self,
@@ -656,13 +707,39 @@ pub(crate) struct HourDelta {
     pub last_started_at: DateTime<Utc>,
 }
 
+/// The newest non-offline record of a batch for one `(domain, asn)`, with what the batch says
+/// of the run of verdicts naming the censor's place (`latest_verdicts.censor_run`).
+#[derive(Debug)]
+pub(crate) struct LatestDelta<'a> {
+    /// The record.
+    pub record: &'a MeasurementRecord,
+    /// The batch's trailing records for this key (by time) that name the same censor place as
+    /// `record`; 0 when `record` names none.
+    pub run: i64,
+    /// Whether that run is every record of the batch for this key (or empty): only then does it
+    /// continue the run already stored, when the stored verdict names the same place.
+    pub continues: bool,
+}
+
+impl LatestDelta<'_> {
+    /// The censor's hop as stored.
+    pub fn censor_hop(&self) -> Option<i64> {
+        self.record.censor_hop.map(i64::from)
+    }
+
+    /// The censor's ASN as stored.
+    pub fn censor_asn(&self) -> Option<i64> {
+        self.record.censor_asn.map(i64::from)
+    }
+}
+
 /// What the new records of one batch (all from one probe) change in the read model, reduced to
 /// one row per key in key order, so each store writes every row once and concurrent batches
 /// lock rows in the same order. Both stores apply it with monotonic upserts.
 #[derive(Debug, Default)]
 pub(crate) struct ReadModelDelta<'a> {
     /// Per `(domain, asn)`: the newest non-offline record of the batch.
-    pub latest: Vec<&'a MeasurementRecord>,
+    pub latest: Vec<LatestDelta<'a>>,
     /// Per `(domain, asn, method)` seen blocked: the latest `started_at`.
     pub blocked: Vec<(&'a str, u32, Method, DateTime<Utc>)>,
     /// Per hour of arrival, network and country.
@@ -672,7 +749,7 @@ pub(crate) struct ReadModelDelta<'a> {
 impl<'a> ReadModelDelta<'a> {
     /// The delta of the newly stored `records`.
     pub fn of(records: impl IntoIterator<Item = &'a MeasurementRecord>) -> Self {
-        let mut latest: BTreeMap<(&str, u32), &MeasurementRecord> = BTreeMap::new();
+        let mut latest: BTreeMap<(&str, u32), Vec<&MeasurementRecord>> = BTreeMap::new();
         let mut blocked: BTreeMap<(&str, u32, Method), DateTime<Utc>> = BTreeMap::new();
         let mut hours: BTreeMap<(DateTime<Utc>, i64, &str), HourDelta> = BTreeMap::new();
         for r in records {
@@ -696,14 +773,7 @@ impl<'a> ReadModelDelta<'a> {
             if r.status == Status::Offline {
                 continue;
             }
-            latest
-                .entry((r.domain.as_str(), asn))
-                .and_modify(|cur| {
-                    if (r.started_at, r.id) > (cur.started_at, cur.id) {
-                        *cur = r;
-                    }
-                })
-                .or_insert(r);
+            latest.entry((r.domain.as_str(), asn)).or_default().push(r);
             if let (Status::Blocked, Some(m)) = (r.status, r.method) {
                 let at = blocked
                     .entry((r.domain.as_str(), asn, m))
@@ -711,8 +781,29 @@ impl<'a> ReadModelDelta<'a> {
                 *at = (*at).max(r.started_at);
             }
         }
+        let latest = latest
+            .into_values()
+            .filter_map(|mut v| {
+                v.sort_by_key(|r| (r.started_at, r.id));
+                let record = *v.last()?;
+                let place = |r: &MeasurementRecord| {
+                    (r.status == Status::Blocked && r.censor_hop.is_some())
+                        .then_some((r.censor_hop, r.censor_asn))
+                };
+                let run = match place(record) {
+                    Some(p) => v.iter().rev().take_while(|r| place(**r) == Some(p)).count(),
+                    None => 0,
+                };
+                Some(LatestDelta {
+                    record,
+                    run: i64::try_from(run).unwrap_or(i64::MAX),
+                    // Without a place there is no run to continue (and nothing to reset).
+                    continues: run == 0 || run == v.len(),
+                })
+            })
+            .collect();
         ReadModelDelta {
-            latest: latest.into_values().collect(),
+            latest,
             blocked: blocked
                 .into_iter()
                 .map(|((d, a, m), at)| (d, a, m, at))

@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "series index",
         include_str!("../../migrations/postgres/0005_series_index.sql"),
     ),
+    (
+        6,
+        "censor hop",
+        include_str!("../../migrations/postgres/0006_censor_hop.sql"),
+    ),
 ];
 
 /// Advisory lock (transaction level) serialising partition creation across collectors.
@@ -129,20 +134,69 @@ async fn apply_read_model(
     delta: &ReadModelDelta<'_>,
 ) -> StoreResult<()> {
     if !delta.latest.is_empty() {
-        let l = &delta.latest;
+        let l: Vec<&MeasurementRecord> = delta.latest.iter().map(|d| d.record).collect();
+        let l = &l;
+        // A key whose batch names several places in turn does not continue the stored run of
+        // verdicts naming the censor's place: reset it first, where the upsert below will
+        // replace the row (the same monotonic condition), so that it starts afresh.
+        let broken: Vec<_> = delta.latest.iter().filter(|d| !d.continues).collect();
+        if !broken.is_empty() {
+            sqlx::query(
+                "UPDATE latest_verdicts lv SET censor_run = 0 \
+                 FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::text[]) \
+                   AS u(domain, asn, started_at, id) \
+                 WHERE lv.domain = u.domain AND lv.asn = u.asn AND lv.probe_id = $1 \
+                   AND (u.started_at, u.id) > (lv.started_at, lv.measurement_id)",
+            )
+            .bind(probe_id)
+            .bind(
+                broken
+                    .iter()
+                    .map(|d| d.record.domain.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                broken
+                    .iter()
+                    .map(|d| d.record.asn.map(i64::from))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                broken
+                    .iter()
+                    .map(|d| us(d.record.started_at))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                broken
+                    .iter()
+                    .map(|d| d.record.id.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
         sqlx::query(
             "INSERT INTO latest_verdicts (domain, asn, probe_id, started_at, measurement_id, \
-             status, method, category, country) \
+             status, method, category, country, censor_hop, censor_asn, censor_run) \
              SELECT u.domain, u.asn, $1, u.started_at, u.id, u.status, u.method, u.category, \
-                    u.country \
+                    u.country, u.censor_hop, u.censor_asn, u.censor_run \
              FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], \
-                         $7::text[], $8::text[], $9::text[]) WITH ORDINALITY \
-               AS u(domain, asn, started_at, id, status, method, category, country, n) \
+                         $7::text[], $8::text[], $9::text[], $10::smallint[], $11::bigint[], \
+                         $12::integer[]) WITH ORDINALITY \
+               AS u(domain, asn, started_at, id, status, method, category, country, \
+                    censor_hop, censor_asn, censor_run, n) \
              ORDER BY u.n \
              ON CONFLICT (domain, asn, probe_id) DO UPDATE SET \
              started_at = EXCLUDED.started_at, measurement_id = EXCLUDED.measurement_id, \
              status = EXCLUDED.status, method = EXCLUDED.method, \
-             category = EXCLUDED.category, country = EXCLUDED.country \
+             category = EXCLUDED.category, country = EXCLUDED.country, \
+             censor_hop = EXCLUDED.censor_hop, censor_asn = EXCLUDED.censor_asn, \
+             censor_run = CASE WHEN EXCLUDED.censor_run > 0 \
+                 AND latest_verdicts.censor_hop IS NOT DISTINCT FROM EXCLUDED.censor_hop \
+                 AND latest_verdicts.censor_asn IS NOT DISTINCT FROM EXCLUDED.censor_asn \
+               THEN latest_verdicts.censor_run + EXCLUDED.censor_run \
+               ELSE EXCLUDED.censor_run END \
              WHERE (EXCLUDED.started_at, EXCLUDED.measurement_id) \
                  > (latest_verdicts.started_at, latest_verdicts.measurement_id)",
         )
@@ -155,6 +209,15 @@ async fn apply_read_model(
         .bind(column(l, |r| r.method.map(|m| m.as_str().to_string())))
         .bind(column(l, |r| r.category.clone()))
         .bind(column(l, |r| r.country.clone()))
+        .bind(column(l, |r| r.censor_hop.map(i16::from)))
+        .bind(column(l, |r| r.censor_asn.map(i64::from)))
+        .bind(
+            delta
+                .latest
+                .iter()
+                .map(|d| i32::try_from(d.run).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut **tx)
         .await?;
     }
@@ -316,14 +379,17 @@ impl PostgresStore {
         if !new.is_empty() {
             sqlx::query(
                 "INSERT INTO measurements (id, probe_id, received_at, started_at, domain, url, \
-                 category, asn, country, status, method, reason, software_version, body) \
+                 category, asn, country, status, method, reason, software_version, body, \
+                 censor_hop, censor_asn) \
                  SELECT u.id::uuid, $1, u.received_at, u.started_at, u.domain, u.url, u.category, \
-                        u.asn, u.country, u.status, u.method, u.reason, u.software_version, u.body \
+                        u.asn, u.country, u.status, u.method, u.reason, u.software_version, u.body, \
+                        u.censor_hop, u.censor_asn \
                  FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::text[], \
                              $6::text[], $7::text[], $8::bigint[], $9::text[], $10::text[], \
-                             $11::text[], $12::text[], $13::text[], $14::text[]) \
+                             $11::text[], $12::text[], $13::text[], $14::text[], \
+                             $15::smallint[], $16::bigint[]) \
                    AS u(id, received_at, started_at, domain, url, category, asn, country, \
-                        status, method, reason, software_version, body)",
+                        status, method, reason, software_version, body, censor_hop, censor_asn)",
             )
             .bind(probe_id)
             .bind(column(&new, |r| r.id.to_string()))
@@ -339,6 +405,8 @@ impl PostgresStore {
             .bind(column(&new, |r| r.reason.clone()))
             .bind(column(&new, |r| r.software_version.clone()))
             .bind(column(&new, |r| r.body.clone()))
+            .bind(column(&new, |r| r.censor_hop.map(i16::from)))
+            .bind(column(&new, |r| r.censor_asn.map(i64::from)))
             .execute(&mut *tx)
             .await?;
         }

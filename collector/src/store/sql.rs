@@ -21,10 +21,12 @@ use witness_core::model::{Method, Status};
 
 use super::{
     hour_of, CloseEvent, Cursor, Event, EventKey, EventState, Filter, HistoryRow,
-    MeasurementRecord, NewEvent, NewInvite, NewProbe, Notification, ProbeNetworkRow, RecentNetwork,
-    RecentSite, Store, StoreError, StoreResult, TokenInfo,
+    MeasurementRecord, NewEvent, NewInvite, NewProbe, Notification, PlaceDecision, ProbeNetworkRow,
+    RecentNetwork, RecentSite, Store, StoreError, StoreResult, TokenInfo,
 };
-use crate::model::{EventKind, Evidence, LatestGroup, Obs, Presence, Transition};
+use crate::model::{
+    CensorPlace, EventKind, Evidence, LatestGroup, Obs, PlaceGroup, Presence, Transition,
+};
 
 /// Microseconds in an hour: the bucket of `history` and `probe_hours`.
 const HOUR_US: i64 = 3_600_000_000;
@@ -259,6 +261,12 @@ pub(crate) trait SqlRow: Send + Sync {
     fn opt_asn(&self, column: &str) -> StoreResult<Option<u32>> {
         self.int(column)?.map(asn_of).transpose()
     }
+    /// A censor's hop (a TTL) or NULL.
+    fn opt_hop(&self, column: &str) -> StoreResult<Option<u8>> {
+        self.int(column)?
+            .map(|v| u8::try_from(v).map_err(|_| StoreError::Corrupt(format!("{column} {v}"))))
+            .transpose()
+    }
     /// A value of one of the model's closed sets (status, kind, transition...).
     fn parsed<T: FromStr>(&self, column: &str) -> StoreResult<T>
     where
@@ -373,7 +381,7 @@ pub(crate) fn notification_from_row(r: &impl SqlRow) -> StoreResult<Notification
 fn measurement_columns(d: Dialect) -> String {
     format!(
         "{} AS id, received_at, started_at, domain, url, category, asn, country, status, method, \
-         reason, software_version, body",
+         reason, software_version, body, CAST(censor_hop AS BIGINT) AS censor_hop, censor_asn",
         d.id_text("id")
     )
 }
@@ -395,6 +403,8 @@ pub(crate) fn measurement_from_row(r: &impl SqlRow) -> StoreResult<MeasurementRe
         reason: r.string("reason")?,
         software_version: r.string("software_version")?,
         body: r.string("body")?,
+        censor_hop: r.opt_hop("censor_hop")?,
+        censor_asn: r.opt_asn("censor_asn")?,
     })
 }
 
@@ -757,7 +767,9 @@ impl<S: SqlStore> Store for S {
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<Obs>> {
         let mut q = S::query(&format!(
-            "SELECT {} AS id, probe_id, started_at, status, method FROM measurements \
+            "SELECT {} AS id, probe_id, started_at, status, method, \
+                    CAST(censor_hop AS BIGINT) AS censor_hop, censor_asn \
+             FROM measurements \
              WHERE domain = ? AND asn = ? AND started_at > ? ORDER BY started_at, id",
             S::DIALECT.id_text("id")
         ));
@@ -772,6 +784,8 @@ impl<S: SqlStore> Store for S {
                     at: r.time("started_at")?,
                     status: r.parsed("status")?,
                     method: r.method("method")?,
+                    censor_hop: r.opt_hop("censor_hop")?,
+                    censor_asn: r.opt_asn("censor_asn")?,
                 })
             })
             .collect()
@@ -1066,6 +1080,143 @@ impl<S: SqlStore> Store for S {
             .iter()
             .map(latest_group_from_row)
             .collect()
+    }
+
+    async fn place_groups(&self, f: &Filter) -> StoreResult<Vec<PlaceGroup>> {
+        // The partial index `latest_verdicts_censor` (migration 0006) holds the located rows.
+        let mut q = S::query(
+            "SELECT domain, asn, CAST(censor_hop AS BIGINT) AS censor_hop, censor_asn, \
+             COUNT(*) AS probes, CAST(MAX(censor_run) AS BIGINT) AS run FROM latest_verdicts \
+             WHERE censor_hop IS NOT NULL",
+        );
+        let f = Filter {
+            until: None,
+            status: None,
+            ..f.clone()
+        };
+        push_filters(&mut q, &f, "started_at");
+        q.push(" GROUP BY domain, asn, censor_hop, censor_asn ORDER BY domain, asn");
+        self.all(&q)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(PlaceGroup {
+                    domain: r.string("domain")?,
+                    asn: r.asn("asn")?,
+                    place: CensorPlace {
+                        hop: r
+                            .opt_hop("censor_hop")?
+                            .ok_or_else(|| StoreError::Corrupt("censor_hop is NULL".into()))?,
+                        asn: r.opt_asn("censor_asn")?,
+                    },
+                    probes: r.count("probes")?,
+                    run: r.count("run")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_censor_place(
+        &self,
+        d: &PlaceDecision,
+        urls: &[String],
+    ) -> StoreResult<Option<Event>> {
+        let now = Utc::now();
+        let key = EventKey {
+            kind: EventKind::BlockMoved,
+            domain: Some(d.domain.clone()),
+            asn: d.asn,
+            method: None,
+        };
+        let mut tx = self.begin().await?;
+        S::lock_event_key(&mut tx, &key).await?;
+        // A write first (SQLite then holds its write lock for the whole transaction): the
+        // first place agreed for a key is only remembered.
+        let mut q = S::query(
+            "INSERT INTO censor_places (domain, asn, censor_hop, censor_asn, agreeing, \
+             decided_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (domain, asn) DO NOTHING",
+        );
+        q.arg(d.domain.as_str())
+            .arg(d.asn)
+            .arg(i64::from(d.place.hop))
+            .arg(d.place.asn.map(i64::from))
+            .arg(i64::try_from(d.agreeing).unwrap_or(i64::MAX))
+            .arg(d.decided_at);
+        if S::tx_exec(&mut tx, &q).await? == 1 {
+            S::commit(tx).await?;
+            return Ok(None);
+        }
+        let mut q = S::query(
+            "SELECT CAST(censor_hop AS BIGINT) AS censor_hop, censor_asn, decided_at \
+             FROM censor_places WHERE domain = ? AND asn = ?",
+        );
+        q.arg(d.domain.as_str()).arg(d.asn);
+        let rows = S::tx_all(&mut tx, &q).await?;
+        let Some(row) = rows.first() else {
+            S::rollback(tx).await?;
+            return Ok(None);
+        };
+        if row.time("decided_at")? >= d.decided_at {
+            S::rollback(tx).await?;
+            return Ok(None);
+        }
+        let previous = CensorPlace {
+            hop: row
+                .opt_hop("censor_hop")?
+                .ok_or_else(|| StoreError::Corrupt("censor_hop is NULL".into()))?,
+            asn: row.opt_asn("censor_asn")?,
+        };
+        let mut q = S::query(
+            "UPDATE censor_places SET censor_hop = ?, censor_asn = ?, agreeing = ?, \
+             decided_at = ? WHERE domain = ? AND asn = ?",
+        );
+        q.arg(i64::from(d.place.hop))
+            .arg(d.place.asn.map(i64::from))
+            .arg(i64::try_from(d.agreeing).unwrap_or(i64::MAX))
+            .arg(d.decided_at)
+            .arg(d.domain.as_str())
+            .arg(d.asn);
+        S::tx_exec(&mut tx, &q).await?;
+        if previous == d.place || !d.blocked {
+            S::commit(tx).await?;
+            return Ok(None);
+        }
+        let evidence = Evidence {
+            censor: Some(d.place),
+            previous_censor: Some(previous),
+            ..d.evidence.clone()
+        };
+        let mut q = S::query(
+            "INSERT INTO events (id, kind, domain, asn, method, country, category, started_at, \
+             ended_at, open_decided_at, close_decided_at, evidence, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        q.arg(d.event_id.as_str());
+        push_key(&mut q, &key);
+        q.arg(&d.country)
+            .arg(&d.category)
+            .arg(d.started_at)
+            .arg(d.started_at)
+            .arg(d.decided_at)
+            .arg(d.decided_at)
+            .arg(to_json(&evidence)?)
+            .arg(now);
+        S::tx_exec(&mut tx, &q).await?;
+        S::enqueue(&mut tx, &d.event_id, Transition::BlockMoved, urls, now).await?;
+        S::commit(tx).await?;
+        Ok(Some(Event {
+            id: d.event_id.clone(),
+            kind: EventKind::BlockMoved,
+            domain: Some(d.domain.clone()),
+            asn: d.asn,
+            country: d.country.clone(),
+            category: d.category.clone(),
+            method: None,
+            started_at: d.started_at,
+            ended_at: Some(d.started_at),
+            evidence,
+            end_evidence: None,
+        }))
     }
 
     async fn blocked_methods_seen(

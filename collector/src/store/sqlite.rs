@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "series index",
         include_str!("../../migrations/sqlite/0005_series_index.sql"),
     ),
+    (
+        6,
+        "censor hop",
+        include_str!("../../migrations/sqlite/0006_censor_hop.sql"),
+    ),
 ];
 
 /// SQLite implementation of [`super::Store`].
@@ -102,14 +107,24 @@ impl SqliteStore {
         probe_id: &str,
         delta: &ReadModelDelta<'_>,
     ) -> StoreResult<()> {
-        for r in &delta.latest {
+        for l in &delta.latest {
+            let r = l.record;
+            // The run of verdicts naming the censor's place continues the stored one when the
+            // stored verdict names the same place and the whole batch does too.
             let mut q = Self::query(
                 "INSERT INTO latest_verdicts (domain, asn, probe_id, started_at, measurement_id, \
-                 status, method, category, country) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 status, method, category, country, censor_hop, censor_asn, censor_run) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (domain, asn, probe_id) DO UPDATE SET \
                  started_at = excluded.started_at, measurement_id = excluded.measurement_id, \
                  status = excluded.status, method = excluded.method, \
-                 category = excluded.category, country = excluded.country \
+                 category = excluded.category, country = excluded.country, \
+                 censor_hop = excluded.censor_hop, censor_asn = excluded.censor_asn, \
+                 censor_run = CASE WHEN ? <> 0 AND excluded.censor_run > 0 \
+                     AND latest_verdicts.censor_hop IS excluded.censor_hop \
+                     AND latest_verdicts.censor_asn IS excluded.censor_asn \
+                   THEN latest_verdicts.censor_run + excluded.censor_run \
+                   ELSE excluded.censor_run END \
                  WHERE (excluded.started_at, excluded.measurement_id) \
                      > (latest_verdicts.started_at, latest_verdicts.measurement_id)",
             );
@@ -121,7 +136,11 @@ impl SqliteStore {
                 .arg(r.status.as_str())
                 .arg(r.method.map(|m| m.as_str()))
                 .arg(&r.category)
-                .arg(&r.country);
+                .arg(&r.country)
+                .arg(l.censor_hop())
+                .arg(l.censor_asn())
+                .arg(l.run)
+                .arg(i64::from(l.continues));
             Self::tx_exec(tx, &q).await?;
         }
         for (domain, asn, method, at) in &delta.blocked {
@@ -173,8 +192,9 @@ sql_store!(SqliteStore, Sqlite, SqliteRow, Dialect::Sqlite, {
         for r in records {
             let mut q = Self::query(
                 "INSERT INTO measurements (id, probe_id, received_at, started_at, domain, url, \
-                 category, asn, country, status, method, reason, software_version, body) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                 category, asn, country, status, method, reason, software_version, body, \
+                 censor_hop, censor_asn) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
             );
             q.arg(r.id.to_string())
                 .arg(probe_id)
@@ -189,7 +209,9 @@ sql_store!(SqliteStore, Sqlite, SqliteRow, Dialect::Sqlite, {
                 .arg(r.method.map(|m| m.as_str()))
                 .arg(r.reason.as_str())
                 .arg(r.software_version.as_str())
-                .arg(r.body.as_str());
+                .arg(r.body.as_str())
+                .arg(r.censor_hop.map(i64::from))
+                .arg(r.censor_asn.map(i64::from));
             inserted.push(Self::tx_exec(&mut tx, &q).await? == 1);
         }
         let fresh = records

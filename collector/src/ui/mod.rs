@@ -213,7 +213,7 @@ async fn status_page(
     };
     let (all, networks, events, shutdowns) = futures::try_join!(
         // Unfiltered: the filter form offers every country and category seen.
-        readmodel::site_statuses(state.store.as_ref(), &window, state.params.min_share, now),
+        readmodel::site_statuses(state.store.as_ref(), &window, &state.params, now),
         state.store.probe_networks(&networks_filter),
         state.store.events(&events_filter),
         state.store.events(&shutdowns_filter),
@@ -291,12 +291,7 @@ async fn site_page(
     };
     let (history, statuses, events) = futures::try_join!(
         state.store.history(&domain, &history_filter),
-        readmodel::site_statuses(
-            state.store.as_ref(),
-            &status_filter,
-            state.params.min_share,
-            now
-        ),
+        readmodel::site_statuses(state.store.as_ref(), &status_filter, &state.params, now),
         state.store.events(&events_filter),
     )?;
     // The newest measurement per network, for its reason: the statuses say when it was.

@@ -505,6 +505,18 @@ fn filter_form(view: &StatusView) -> String {
     s
 }
 
+/// `hop 3, AS9198` (or `hop 3`) where the located probes agree on where the censor sits.
+fn censor_place(s: &SiteStatus) -> Option<String> {
+    let hop = s.censor_hop?;
+    Some(
+        crate::model::CensorPlace {
+            hop,
+            asn: s.censor_asn,
+        }
+        .to_string(),
+    )
+}
+
 fn evidence(e: &crate::model::Evidence) -> String {
     format!(
         "{}/{} probes, {} measurements",
@@ -531,6 +543,7 @@ fn events_table(events: &[Event], with_site: bool) -> String {
             (EventKind::NewBlock, true) => ("unblock", "ev-unblock"),
             (EventKind::Shutdown, false) => ("shutdown", "ev-shutdown"),
             (EventKind::Shutdown, true) => ("shutdown ended", "ev-unblock"),
+            (EventKind::BlockMoved, _) => ("block moved", "ev-moved"),
         };
         let _ = write!(s, "<tr class=\"{class}\"><td>{kind}</td>");
         if with_site {
@@ -551,6 +564,7 @@ fn events_table(events: &[Event], with_site: bool) -> String {
                 let w = swatch(Status::Blocked, Some(m));
                 format!("<span class=\"swatch {}\">{}</span>", w.class, w.label)
             }
+            None if e.kind == EventKind::BlockMoved => "–".to_string(),
             None => {
                 let w = swatch(Status::Offline, None);
                 format!("<span class=\"swatch {}\">{}</span>", w.class, w.label)
@@ -560,7 +574,13 @@ fn events_table(events: &[Event], with_site: bool) -> String {
             Some(t) => time(t),
             None => "<strong>ongoing</strong>".into(),
         };
-        let mut ev = format!("opened on {}", evidence(&e.evidence));
+        let mut ev = match (e.kind, e.evidence.previous_censor, e.evidence.censor) {
+            (EventKind::BlockMoved, Some(from), Some(to)) => format!(
+                "blocked at {from}, now at {to}, on {}",
+                evidence(&e.evidence)
+            ),
+            _ => format!("opened on {}", evidence(&e.evidence)),
+        };
         if let Some(end) = &e.end_evidence {
             let _ = write!(ev, "; closed on {}", evidence(end));
         }
@@ -887,7 +907,17 @@ pub fn site_page(view: &SiteView) -> String {
             let now = match st {
                 Some(x) => {
                     let w = swatch(x.status, x.method);
-                    format!("<span class=\"swatch {}\">{}</span>", w.class, w.label)
+                    let mut cell = format!("<span class=\"swatch {}\">{}</span>", w.class, w.label);
+                    if let Some(at) = censor_place(x) {
+                        let _ = write!(
+                            cell,
+                            " <span class=\"censor\" title=\"{} of the probes that located the \
+                             censor agree\">blocked at {}</span>",
+                            x.hop_agreeing,
+                            esc(&at)
+                        );
+                    }
+                    cell
                 }
                 None => format!(
                     "<span class=\"swatch {}\">{}</span>",
@@ -1002,7 +1032,64 @@ mod tests {
                 .then(|| blocked as f64 / (blocked + accessible) as f64),
             methods: method.map(|m| [(m, blocked)].into()).unwrap_or_default(),
             last_measured: t0(),
+            censor_hop: None,
+            censor_asn: None,
+            hop_agreeing: 0,
         }
+    }
+
+    #[test]
+    fn the_site_page_says_where_the_block_is_and_when_it_moved() {
+        let mut located = status("news.test", 9198, Status::Blocked, Some(Method::Tcp));
+        (located.censor_hop, located.censor_asn, located.hop_agreeing) = (Some(3), Some(9198), 2);
+        let mut no_asn = status("news.test", 64500, Status::Blocked, Some(Method::Tls));
+        (no_asn.censor_hop, no_asn.hop_agreeing) = (Some(2), 2);
+        let unlocated = status("news.test", 64501, Status::Blocked, Some(Method::Tls));
+        let moved = Event {
+            id: "e1".into(),
+            kind: EventKind::BlockMoved,
+            domain: Some("news.test".into()),
+            asn: 9198,
+            country: Some("KZ".into()),
+            category: None,
+            method: None,
+            started_at: t0(),
+            ended_at: Some(t0()),
+            evidence: Evidence {
+                probes: 2,
+                probes_considered: 2,
+                measurements: 2,
+                censor: Some(crate::model::CensorPlace {
+                    hop: 3,
+                    asn: Some(9198),
+                }),
+                previous_censor: Some(crate::model::CensorPlace { hop: 5, asn: None }),
+                ..Evidence::default()
+            },
+            end_evidence: None,
+        };
+        let site = SiteView {
+            now: t0(),
+            since: t0() - TimeDelta::days(7),
+            until: t0(),
+            days: 7,
+            window: TimeDelta::hours(6),
+            domain: "news.test".into(),
+            statuses: vec![located, no_asn, unlocated],
+            history: vec![],
+            history_truncated: false,
+            latest: vec![],
+            events: vec![moved],
+        };
+        let page = site_page(&site);
+        assert!(page.contains("blocked at hop 3, AS9198</span>"), "{page}");
+        assert!(page.contains("blocked at hop 2</span>"), "{page}");
+        assert_eq!(page.matches("class=\"censor\"").count(), 2, "{page}");
+        assert!(page.contains("block moved"), "{page}");
+        assert!(
+            page.contains("blocked at hop 5, now at hop 3, AS9198"),
+            "{page}"
+        );
     }
 
     fn empty_view() -> StatusView {
@@ -1165,6 +1252,8 @@ mod tests {
                 reason: "blockpage <iframe src=//evil>".into(),
                 software_version: "0".into(),
                 body: "{}".into(),
+                censor_hop: None,
+                censor_asn: None,
             }],
             events: vec![],
         };

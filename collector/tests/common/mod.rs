@@ -19,8 +19,8 @@ use uuid::Uuid;
 use witness_collector::config::HumanDuration;
 use witness_collector::{store, AppState, Config};
 use witness_core::model::{
-    ConnectivitySummary, Measurement, Method, ProbeNetwork, Software, Status, Verdict,
-    SCHEMA_VERSION,
+    ConnectivitySummary, HopReply, Measurement, Method, PathAction, PathHop, PathObservation,
+    PathTrigger, ProbeNetwork, Software, Status, Verdict, SCHEMA_VERSION,
 };
 
 /// Which store a test runs against.
@@ -235,6 +235,36 @@ pub fn measurement(
         },
         verdict: Verdict::new(status, method, "test verdict"),
     }
+}
+
+/// `m` (blocked) with a localisation naming the censor at `hop`: silent private hops first,
+/// then public routers, the last one before the censor in `asn` (when given).
+pub fn located(mut m: Measurement, hop: u8, asn: Option<u32>) -> Measurement {
+    let hops = (1..=hop)
+        .map(|ttl| PathHop {
+            ttl,
+            reply: if ttl == hop {
+                HopReply::Reset
+            } else {
+                HopReply::TimeExceeded
+            },
+            addr: (ttl > 1 && ttl < hop).then(|| format!("95.56.{ttl}.1").parse().unwrap()),
+            asn: (ttl > 1 && ttl < hop).then_some(asn).flatten(),
+        })
+        .collect();
+    m.path = Some(PathObservation {
+        trigger: PathTrigger::Syn,
+        addr: "198.51.100.7:443".parse().unwrap(),
+        action: PathAction::Reset,
+        censor_hop: Some(hop),
+        unlocated: None,
+        hops,
+        max_ttl: 16,
+        probes: u32::from(hop) + 1,
+        t_ms: 10.0,
+        duration_ms: 20.0,
+    });
+    m
 }
 
 /// A tiny webhook receiver on port 0 that records every body.
