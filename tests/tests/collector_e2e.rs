@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use witness_core::model::{
-    ConnectivitySummary, Measurement, ProbeNetwork, Software, Status, Verdict, SCHEMA_VERSION,
+    ConnectivitySummary, HopReply, Measurement, Method, PathAction, PathHop, PathObservation,
+    PathTrigger, ProbeNetwork, Software, Status, Verdict, SCHEMA_VERSION,
 };
 use witness_tests::collector::get;
 use witness_tests::origin::Policy;
@@ -191,6 +192,172 @@ fn synthetic(n: usize) -> Vec<String> {
             serde_json::to_string(&m).unwrap()
         })
         .collect()
+}
+
+/// A blocked (TCP reset) measurement of `domain` whose localisation names the censor at `hop`,
+/// the routers before it in `censor_asn`.
+fn located(domain: &str, at: chrono::DateTime<chrono::Utc>, hop: u8, censor_asn: u32) -> String {
+    let hops = (1..=hop)
+        .map(|ttl| PathHop {
+            ttl,
+            reply: if ttl == hop {
+                HopReply::Reset
+            } else {
+                HopReply::TimeExceeded
+            },
+            addr: (ttl > 1 && ttl < hop).then(|| format!("95.56.{ttl}.1").parse().unwrap()),
+            asn: (ttl > 1 && ttl < hop).then_some(censor_asn),
+        })
+        .collect();
+    let m = Measurement {
+        schema_version: SCHEMA_VERSION,
+        id: uuid::Uuid::now_v7(),
+        software: Software::default(),
+        url: format!("https://{domain}/"),
+        domain: domain.to_string(),
+        category_code: Some("NEWS".into()),
+        started_at: at,
+        runtime_ms: 10.0,
+        probe: ProbeNetwork {
+            asn: Some(ASN),
+            country: Some("KZ".into()),
+        },
+        dns: vec![],
+        tcp: vec![],
+        tls: vec![],
+        http: vec![],
+        control: None,
+        control_failure: None,
+        path: Some(PathObservation {
+            trigger: PathTrigger::Syn,
+            addr: "198.51.100.7:443".parse().unwrap(),
+            action: PathAction::Reset,
+            censor_hop: Some(hop),
+            unlocated: None,
+            hops,
+            max_ttl: 16,
+            probes: u32::from(hop) + 1,
+            t_ms: 10.0,
+            duration_ms: 20.0,
+        }),
+        connectivity: ConnectivitySummary::default(),
+        verdict: Verdict::new(Status::Blocked, Some(Method::Tcp), "reset after the SYN"),
+    };
+    serde_json::to_string(&m).unwrap()
+}
+
+/// Two probes locate a block at hop 3 (AS9198): the real collector's read API, `/metrics` and
+/// site page say so. Then the censor moves to hop 5 (AS21299): while only one probe says so,
+/// nothing happens; once both agree, one `block_moved` event and one webhook, however often
+/// they confirm it afterwards.
+#[test]
+fn the_censors_hop_is_aggregated_shown_and_a_move_raises_one_event() {
+    let hook = WebhookReceiver::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sections = format!(
+        "[webhook]\nurls = [\"{}\"]\nformat = \"generic\"\ninitial_backoff = \"100ms\"\n",
+        hook.url
+    );
+    let collector = CollectorProcess::start(dir.path(), &sections).unwrap();
+    let base = url::Url::parse(&collector.url).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probes: Vec<_> = (0..2)
+        .map(|_| {
+            let reg = rt
+                .block_on(
+                    witness_app::upload::Uploader::new(base.clone(), None)
+                        .unwrap()
+                        .register(None),
+                )
+                .unwrap();
+            witness_app::upload::Uploader::new(base.clone(), Some(reg.token)).unwrap()
+        })
+        .collect();
+    let upload = |probe: usize, hop: u8, asn: u32, minutes: i64| {
+        let at = chrono::Utc::now() - chrono::TimeDelta::minutes(60 - minutes);
+        let record = located("news.test", at, hop, asn);
+        let reply = rt.block_on(probes[probe].send_batch(&[&record])).unwrap();
+        assert_eq!(reply.accepted.len(), 1, "{:?}", reply.rejected);
+    };
+    let status = || {
+        let v = json(&format!("{}api/v1/status?asn={ASN}", collector.url));
+        v["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["domain"] == "news.test")
+            .cloned()
+            .unwrap_or_else(|| panic!("no status of news.test: {v:#}"))
+    };
+    let moved = || {
+        events(&collector)
+            .into_iter()
+            .filter(|e| e["kind"] == "block_moved")
+            .collect::<Vec<_>>()
+    };
+
+    upload(0, 3, 9198, 0);
+    upload(1, 3, 9198, 1);
+    let st = status();
+    assert_eq!(st["status"], "blocked", "{st:#}");
+    assert_eq!(
+        (&st["censor_hop"], &st["censor_asn"], &st["hop_agreeing"]),
+        (&Value::from(3), &Value::from(9198), &Value::from(2)),
+        "{st:#}"
+    );
+    let (code, metrics) = get(&format!("{}metrics", collector.url)).unwrap();
+    assert_eq!(code, 200);
+    let gauge =
+        format!("witness_site_censor_hop{{asn=\"{ASN}\",domain=\"news.test\",method=\"tcp\"}} 3");
+    assert!(metrics.contains(&gauge), "{metrics}");
+    let (code, page) = get(&format!("{}sites/news.test", collector.url)).unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains("blocked at hop 3, AS9198"), "{page}");
+    assert!(moved().is_empty());
+
+    // One probe sees the censor elsewhere: no agreement, no event, no hop claimed.
+    upload(0, 5, 21299, 10);
+    assert!(moved().is_empty(), "{:#?}", moved());
+    assert!(status()["censor_hop"].is_null(), "{:#}", status());
+    // Both: one event, however often they confirm it.
+    upload(1, 5, 21299, 11);
+    upload(0, 5, 21299, 20);
+    upload(1, 5, 21299, 21);
+    let evs = moved();
+    assert_eq!(evs.len(), 1, "{evs:#?}");
+    assert_eq!(evs[0]["domain"], "news.test");
+    assert_eq!(evs[0]["asn"], ASN);
+    assert_eq!(evs[0]["evidence"]["censor"]["hop"], 5);
+    assert_eq!(evs[0]["evidence"]["censor"]["asn"], 21299);
+    assert_eq!(evs[0]["evidence"]["previous_censor"]["hop"], 3);
+    assert_eq!(evs[0]["evidence"]["previous_censor"]["asn"], 9198);
+    let st = status();
+    assert_eq!(
+        (&st["censor_hop"], &st["censor_asn"]),
+        (&Value::from(5), &Value::from(21299))
+    );
+    hook.wait_for(Duration::from_secs(15), |b| {
+        b.iter().any(|x| x.contains("\"block_moved\""))
+    });
+    // Give a duplicate, if there were one, time to arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    let bodies = hook.bodies();
+    assert_eq!(
+        bodies
+            .iter()
+            .filter(|b| b.contains("\"transition\":\"block_moved\""))
+            .count(),
+        1,
+        "{bodies:#?}"
+    );
+    let (_, metrics) = get(&format!("{}metrics", collector.url)).unwrap();
+    assert!(
+        metrics.contains("witness_events_total{kind=\"block_moved\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "witness_site_censor_hop{{asn=\"{ASN}\",domain=\"news.test\",method=\"tcp\"}} 5"
+    )));
 }
 
 fn free_port() -> u16 {
