@@ -1085,7 +1085,7 @@ impl<S: SqlStore> Store for S {
     async fn place_groups(&self, f: &Filter) -> StoreResult<Vec<PlaceGroup>> {
         // The partial index `latest_verdicts_censor` (migration 0006) holds the located rows.
         let mut q = S::query(
-            "SELECT domain, asn, CAST(censor_hop AS BIGINT) AS censor_hop, censor_asn, \
+            "SELECT domain, asn, CAST(censor_hop AS BIGINT) AS hop, censor_asn, \
              COUNT(*) AS probes, CAST(MAX(censor_run) AS BIGINT) AS run FROM latest_verdicts \
              WHERE censor_hop IS NOT NULL",
         );
@@ -1095,7 +1095,12 @@ impl<S: SqlStore> Store for S {
             ..f.clone()
         };
         push_filters(&mut q, &f, "started_at");
-        q.push(" GROUP BY domain, asn, censor_hop, censor_asn ORDER BY domain, asn");
+        // Ordered as grouped (and the hop not aliased to its column's name), so the index's
+        // order serves both: one scan of it, no sort.
+        q.push(
+            " GROUP BY domain, asn, censor_hop, censor_asn \
+             ORDER BY domain, asn, censor_hop, censor_asn",
+        );
         self.all(&q)
             .await?
             .iter()
@@ -1105,7 +1110,7 @@ impl<S: SqlStore> Store for S {
                     asn: r.asn("asn")?,
                     place: CensorPlace {
                         hop: r
-                            .opt_hop("censor_hop")?
+                            .opt_hop("hop")?
                             .ok_or_else(|| StoreError::Corrupt("censor_hop is NULL".into()))?,
                         asn: r.opt_asn("censor_asn")?,
                     },
