@@ -256,9 +256,8 @@ pub fn agreed_place(votes: &[PlaceVote], single: bool, p: &Params) -> Option<Agr
 /// measurements naming the same place.
 pub fn place_votes(series: &[Obs], anchor: DateTime<Utc>, window: TimeDelta) -> Vec<PlaceVote> {
     let place = |o: &Obs| {
-        (o.status == Status::Blocked)
-            .then_some(o.censor_hop)
-            .flatten()
+        o.censor_hop
+            .filter(|_| o.status == Status::Blocked)
             .map(|hop| CensorPlace {
                 hop,
                 asn: o.censor_asn,

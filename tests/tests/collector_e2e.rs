@@ -205,8 +205,10 @@ fn located(domain: &str, at: chrono::DateTime<chrono::Utc>, hop: u8, censor_asn:
             } else {
                 HopReply::TimeExceeded
             },
-            addr: (ttl > 1 && ttl < hop).then(|| format!("95.56.{ttl}.1").parse().unwrap()),
-            asn: (ttl > 1 && ttl < hop).then_some(censor_asn),
+            addr: (2..hop)
+                .contains(&ttl)
+                .then(|| format!("95.56.{ttl}.1").parse().unwrap()),
+            asn: (2..hop).contains(&ttl).then_some(censor_asn),
         })
         .collect();
     let m = Measurement {

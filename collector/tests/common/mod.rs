@@ -248,8 +248,10 @@ pub fn located(mut m: Measurement, hop: u8, asn: Option<u32>) -> Measurement {
             } else {
                 HopReply::TimeExceeded
             },
-            addr: (ttl > 1 && ttl < hop).then(|| format!("95.56.{ttl}.1").parse().unwrap()),
-            asn: (ttl > 1 && ttl < hop).then_some(asn).flatten(),
+            addr: (2..hop)
+                .contains(&ttl)
+                .then(|| format!("95.56.{ttl}.1").parse().unwrap()),
+            asn: asn.filter(|_| (2..hop).contains(&ttl)),
         })
         .collect();
     m.path = Some(PathObservation {
