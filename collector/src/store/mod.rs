@@ -791,7 +791,7 @@ impl<'a> ReadModelDelta<'a> {
                         .then_some((r.censor_hop, r.censor_asn))
                 };
                 let run = match place(record) {
-                    Some(p) => v.iter().rev().take_while(|r| place(**r) == Some(p)).count(),
+                    Some(p) => v.iter().rev().take_while(|r| place(r) == Some(p)).count(),
                     None => 0,
                 };
                 Some(LatestDelta {
