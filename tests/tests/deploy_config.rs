@@ -39,6 +39,7 @@ const COLLECTOR_METRICS: &[(&str, &[&str])] = &[
         "witness_site_blocked_ratio",
         &["domain", "category", "asn", "country", "method"],
     ),
+    ("witness_site_censor_hop", &["domain", "asn", "method"]),
     ("witness_probes_active", &["asn", "country"]),
     ("witness_events_total", &["kind"]),
     ("witness_network_offline", &["asn", "country"]),
