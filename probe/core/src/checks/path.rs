@@ -477,51 +477,92 @@ async fn data_probe(plan: &Plan, ttl: u8, ctx: &ProbeContext<'_>) -> Option<HopR
     if set_ttl_recverr(&stream, plan.addr.is_ipv6(), ttl).is_err() {
         return Some(HopReply::Error);
     }
+    // The router's time-exceeded for the trigger reaches an established connection as a
+    // *soft* error when it arrives while the sending call still holds the socket, as it does
+    // from a near router (every time in the lab's namespaces): the connection then
+    // keeps retransmitting and the exchange would only time out, as if the censor had
+    // dropped it. Linux keeps that error for SO_ERROR, so it is watched alongside.
+    let Ok(watch) = SockRef::from(&stream).try_clone() else {
+        return Some(HopReply::Error);
+    };
     let t0 = Instant::now();
-    Some(match plan.trigger {
-        PathTrigger::Syn => HopReply::Error,
-        PathTrigger::ClientHello => {
-            let name = plan.server_name.as_deref().unwrap_or_default();
-            let (obs, _tls) = ctx
-                .tls
-                .handshake(stream, plan.addr, name, false, &ctx.short, t0)
-                .await;
-            match &obs.failure {
-                None => {
-                    let issuer = obs.peer_certificates.first().map(|c| c.issuer.as_str());
-                    if plan.action == PathAction::ForgedCertificate
-                        && obs.verification_failure.is_some()
-                        && issuer.is_some()
-                        && issuer == plan.fingerprint.as_deref()
-                    {
-                        HopReply::Censor
-                    } else {
-                        HopReply::Answered
+    let exchange = async move {
+        match plan.trigger {
+            PathTrigger::Syn => HopReply::Error,
+            PathTrigger::ClientHello => {
+                let name = plan.server_name.as_deref().unwrap_or_default();
+                let (obs, _tls) = ctx
+                    .tls
+                    .handshake(stream, plan.addr, name, false, &ctx.short, t0)
+                    .await;
+                match &obs.failure {
+                    None => {
+                        let issuer = obs.peer_certificates.first().map(|c| c.issuer.as_str());
+                        if plan.action == PathAction::ForgedCertificate
+                            && obs.verification_failure.is_some()
+                            && issuer.is_some()
+                            && issuer == plan.fingerprint.as_deref()
+                        {
+                            HopReply::Censor
+                        } else {
+                            HopReply::Answered
+                        }
                     }
+                    Some(f) => reply_of_failure(f),
                 }
-                Some(f) => reply_of_failure(f),
+            }
+            PathTrigger::Request => {
+                let Some(url) = plan.url.as_deref().and_then(|u| url::Url::parse(u).ok()) else {
+                    return HopReply::Error;
+                };
+                let ex = http::get(stream, &url, plan.addr, 0, &ctx.short, ctx.own, t0).await;
+                let o = &ex.obs;
+                match &o.failure {
+                    None => {
+                        let same_page =
+                            plan.fingerprint.is_some() && o.body_sha256 == plan.fingerprint;
+                        let same_sig = plan.blockpage.is_some() && o.blockpage == plan.blockpage;
+                        if plan.action == PathAction::Blockpage && (same_page || same_sig) {
+                            HopReply::Censor
+                        } else {
+                            HopReply::Answered
+                        }
+                    }
+                    Some(f) => reply_of_failure(f),
+                }
             }
         }
-        PathTrigger::Request => {
-            let Some(url) = plan.url.as_deref().and_then(|u| url::Url::parse(u).ok()) else {
-                return Some(HopReply::Error);
-            };
-            let ex = http::get(stream, &url, plan.addr, 0, &ctx.short, ctx.own, t0).await;
-            let o = &ex.obs;
-            match &o.failure {
-                None => {
-                    let same_page = plan.fingerprint.is_some() && o.body_sha256 == plan.fingerprint;
-                    let same_sig = plan.blockpage.is_some() && o.blockpage == plan.blockpage;
-                    if plan.action == PathAction::Blockpage && (same_page || same_sig) {
-                        HopReply::Censor
-                    } else {
-                        HopReply::Answered
-                    }
-                }
-                Some(f) => reply_of_failure(f),
-            }
-        }
+    };
+    Some(tokio::select! {
+        reply = exchange => reply,
+        reply = soft_icmp_error(&watch) => reply,
     })
+}
+
+/// How often a TTL-limited exchange checks its socket for a soft ICMP error.
+const SOFT_ERROR_POLL: Duration = Duration::from_millis(20);
+
+/// What an ICMP error reported on a connection says, if it is one (`SO_ERROR`'s value):
+/// `EHOSTUNREACH` is a time-exceeded (or a host unreachable), `ENETUNREACH` a network
+/// unreachable. Other errors are the exchange's own to report.
+fn soft_error_reply(e: &std::io::Error) -> Option<HopReply> {
+    match reply_of_io(e) {
+        r @ (HopReply::TimeExceeded | HopReply::Unreachable) => Some(r),
+        _ => None,
+    }
+}
+
+/// Waits until the socket holds an ICMP error (see [`soft_error_reply`]); never returns
+/// otherwise (the exchange's own bound ends the wait).
+async fn soft_icmp_error(sock: &Socket) -> HopReply {
+    loop {
+        tokio::time::sleep(SOFT_ERROR_POLL).await;
+        if let Ok(Some(e)) = sock.take_error() {
+            if let Some(reply) = soft_error_reply(&e) {
+                return reply;
+            }
+        }
+    }
 }
 
 fn reply_of_failure(f: &Failure) -> HopReply {
@@ -712,6 +753,31 @@ mod tests {
         ];
         for (name, action, replies, want) in cases {
             assert_eq!(locate(action, &replies), want, "{name}");
+        }
+    }
+
+    /// The soft ICMP errors an established connection keeps for `SO_ERROR` (found in the hop
+    /// lab: on a fast path every time-exceeded for a ClientHello or a request arrived that
+    /// way, and the exchange only timed out) name the router's reply; the connection's own
+    /// errors are left to the exchange.
+    #[test]
+    fn soft_errors_are_icmp_replies() {
+        let os = std::io::Error::from_raw_os_error;
+        assert_eq!(
+            soft_error_reply(&os(nix::libc::EHOSTUNREACH)),
+            Some(TimeExceeded)
+        );
+        assert_eq!(
+            soft_error_reply(&os(nix::libc::ENETUNREACH)),
+            Some(Unreachable)
+        );
+        for errno in [
+            nix::libc::ECONNRESET,
+            nix::libc::ECONNREFUSED,
+            nix::libc::ETIMEDOUT,
+            nix::libc::EPIPE,
+        ] {
+            assert_eq!(soft_error_reply(&os(errno)), None, "errno {errno}");
         }
     }
 
