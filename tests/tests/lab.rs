@@ -15,6 +15,8 @@
 //! - AS48716 (ISP 5): DoH and DoT blocked.
 //! - AS64512 (ISP 6): no censor, a slow line; one site on it throttled.
 
+#[path = "../lab/hops.rs"]
+mod hops;
 #[path = "../lab/judge.rs"]
 mod judge;
 #[path = "../lab/netlab.rs"]
@@ -1476,6 +1478,14 @@ fn censorship_lab() {
         judge::passed(&rows),
         "the lab found wrong verdicts (table above)"
     );
+}
+
+/// The hop lab (`tests/lab/hops.rs`): the probe's localisation behind a chain of routers with
+/// two censors, each kind of block at its exact hop. A test of this binary, so it runs in
+/// parallel with `censorship_lab`.
+#[test]
+fn hop_lab() {
+    hops::hop_lab();
 }
 
 /// Without root: the comparison the lab uses reports a real probe verdict that contradicts the

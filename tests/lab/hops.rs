@@ -1,0 +1,657 @@
+//! The hop lab: where the censor sits. The real `witness` probe, its localisation on, behind a
+//! chain of routers in network namespaces with two censors at different hops, each blocking
+//! its own sites with the four kinds of block the probe localises. Every row asserts the
+//! verdict, the exact `censor_hop` the topology implies, the `path.censor_hop=N` evidence line,
+//! the reply at every TTL and the router address of every hop; and that no hop is claimed for
+//! an accessible site or a site that is down. See `docs/lab.md`, "The hop lab".
+//!
+//! ```text
+//!  volunteer ── r1 ── r2 ── censor-a ── r3 ── censor-b ── r4 ── internet
+//!              hop 1  hop 2   hop 3    hop 4    hop 5    hop 6   hop 7: origins, resolver,
+//!                                                                collector (the control)
+//! ```
+//!
+//! It is its own `#[test]` (`hop_lab`) in `tests/tests/lab.rs`, whose other lab measures with
+//! `--no-path`: cargo runs one test binary at a time, so a test of the same binary is what runs
+//! in parallel with the main lab. Needs root and `ip netns`; without them it skips, loudly (a
+//! failure under `WITNESS_REQUIRE_TOOLS=1`, as the main lab).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use witness_core::model::{HopReply, Measurement, Method};
+use witness_tests::world::{citizenlab_csv, ListEntry};
+use witness_tests::{collector_bin, witness_bin};
+
+use crate::judge::{self, Expect, Row};
+use crate::netlab::{self, Lab};
+use crate::topology::{self, Internet, Site, Technique, HONEST_DNS, LAB_RANGE};
+
+/// The routers between the volunteer and the internet, in path order: the router at index `i`
+/// is hop `i + 1`. The censors are routers too: they decrement the TTL and answer
+/// time-exceeded like the others.
+const CHAIN: [&str; 6] = ["r1", "r2", "censor-a", "r3", "censor-b", "r4"];
+/// Hop of the first censor's router.
+const CENSOR_A: u8 = 3;
+/// Hop of the second censor's router.
+const CENSOR_B: u8 = 5;
+/// Largest TTL the probe tries: past the origins (hop 7), so that a drop at the last censor
+/// is followed by enough silent TTLs.
+const MAX_TTL: u8 = 10;
+/// The probe's `[path] private_hops`: the first hops whose router address is never kept.
+const PRIVATE_HOPS: u8 = 2;
+/// The probe's step timeout (`--timeout`).
+const PROBE_TIMEOUT_SECS: &str = "4";
+/// The probe's AS number (Kazakhtelecom).
+const ASN: u32 = 9198;
+
+/// Link `j` joins node `j` and node `j + 1` (node 0 the volunteer, node 7 the internet):
+/// `198.18.(200 + j).0/30`, `.1` on the volunteer's side.
+fn link_addr(j: usize, right: bool) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 200 + j as u8, if right { 2 } else { 1 })
+}
+
+/// Every link of the chain: `198.18.200.0/21`.
+const CHAIN_RANGE: &str = "198.18.200.0/21";
+
+/// The volunteer's address.
+fn volunteer_ip() -> Ipv4Addr {
+    link_addr(0, false)
+}
+
+/// The address the router at `hop` answers time-exceeded from: the end of the link it
+/// receives the volunteer's packets on (its route back to the volunteer leaves there).
+fn router_ip(hop: u8) -> Ipv4Addr {
+    link_addr(usize::from(hop) - 1, true)
+}
+
+/// Where the censor is, and so where its action first appears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Where {
+    A,
+    B,
+}
+
+impl Where {
+    fn router_hop(self) -> u8 {
+        match self {
+            Where::A => CENSOR_A,
+            Where::B => CENSOR_B,
+        }
+    }
+    fn ns_role(self) -> &'static str {
+        CHAIN[usize::from(self.router_hop()) - 1]
+    }
+}
+
+/// One row: a site, what a censor does to it, the verdict and the hop the probe must name.
+struct Case {
+    name: &'static str,
+    url: &'static str,
+    /// The censor and its technique, or none (the site is not blocked).
+    censor: Option<(Where, Technique)>,
+    expect: Expect,
+    /// The exact `censor_hop` (and evidence line) the topology implies, or none: no `path`
+    /// observation at all.
+    hop: Option<u8>,
+    /// What the repeated exchange meets at that hop.
+    reply: HopReply,
+}
+
+/// The hop at which a censor's action first appears, from the topology:
+/// - a filter in the router's forwarding path (nft/iptables FORWARD: the RST on SYN, the
+///   dropped ClientHello, the reset on the Host header) acts only on packets the router
+///   forwards. A packet arriving with TTL 1 is answered time-exceeded by the router itself
+///   before any filter sees it, so the action appears one TTL later: hop router + 1, with the
+///   censor's router answering time-exceeded at its own hop just before;
+/// - a box that terminates the connection on the router itself (the nat redirect to the
+///   interception proxy) receives the packet locally, which needs no TTL left: its own hop.
+const fn forwarded(router: u8) -> u8 {
+    router + 1
+}
+
+fn cases() -> Vec<Case> {
+    use Technique::*;
+    let blocked = Expect::blocked;
+    vec![
+        Case {
+            name: "a_rst_on_syn",
+            url: "https://a-rst.lab/",
+            censor: Some((Where::A, TcpRstOnSyn)),
+            expect: blocked(Method::Tcp).evidence(&["path.censor_hop=4"]),
+            hop: Some(forwarded(CENSOR_A)),
+            reply: HopReply::Reset,
+        },
+        Case {
+            name: "a_sni_drop",
+            url: "https://a-sni.lab/",
+            censor: Some((Where::A, SniDrop)),
+            expect: blocked(Method::Tls).evidence(&["tls.decoy=ok", "path.censor_hop=4"]),
+            hop: Some(forwarded(CENSOR_A)),
+            reply: HopReply::Silence,
+        },
+        Case {
+            name: "a_host_reset",
+            url: "http://a-host.lab/",
+            censor: Some((Where::A, HttpHostReset)),
+            expect: blocked(Method::Http).evidence(&[
+                "http.hop0.failure=connection_reset@http",
+                "path.censor_hop=4",
+            ]),
+            hop: Some(forwarded(CENSOR_A)),
+            reply: HopReply::Reset,
+        },
+        Case {
+            name: "a_mitm_redirect",
+            url: "https://a-mitm.lab/",
+            censor: Some((Where::A, Mitm)),
+            expect: blocked(Method::Mitm).evidence(&["tls.interception_ca=", "path.censor_hop=3"]),
+            hop: Some(CENSOR_A),
+            reply: HopReply::Censor,
+        },
+        Case {
+            name: "b_rst_on_syn",
+            url: "https://b-rst.lab/",
+            censor: Some((Where::B, TcpRstOnSyn)),
+            expect: blocked(Method::Tcp).evidence(&["path.censor_hop=6"]),
+            hop: Some(forwarded(CENSOR_B)),
+            reply: HopReply::Reset,
+        },
+        Case {
+            name: "b_sni_drop",
+            url: "https://b-sni.lab/",
+            censor: Some((Where::B, SniDrop)),
+            expect: blocked(Method::Tls).evidence(&["tls.decoy=ok", "path.censor_hop=6"]),
+            hop: Some(forwarded(CENSOR_B)),
+            reply: HopReply::Silence,
+        },
+        Case {
+            name: "b_host_reset",
+            url: "http://b-host.lab/",
+            censor: Some((Where::B, HttpHostReset)),
+            expect: blocked(Method::Http).evidence(&[
+                "http.hop0.failure=connection_reset@http",
+                "path.censor_hop=6",
+            ]),
+            hop: Some(forwarded(CENSOR_B)),
+            reply: HopReply::Reset,
+        },
+        Case {
+            name: "b_mitm_redirect",
+            url: "https://b-mitm.lab/",
+            censor: Some((Where::B, Mitm)),
+            expect: blocked(Method::Mitm).evidence(&["tls.interception_ca=", "path.censor_hop=5"]),
+            hop: Some(CENSOR_B),
+            reply: HopReply::Censor,
+        },
+        Case {
+            name: "accessible_through_both_censors",
+            url: "https://open.lab/",
+            censor: None,
+            expect: Expect::accessible(),
+            hop: None,
+            reply: HopReply::Answered,
+        },
+        Case {
+            name: "down_everywhere",
+            url: "https://down.lab/",
+            censor: None,
+            expect: Expect::down(),
+            hop: None,
+            reply: HopReply::Answered,
+        },
+    ]
+}
+
+fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no host in {url}"))
+}
+
+fn sites(cases: &[Case]) -> Vec<Site> {
+    let mut sites: Vec<Site> = cases
+        .iter()
+        .map(|c| {
+            let host = host_of(c.url);
+            if c.expect.status == witness_core::model::Status::Down {
+                Site::nothing(&host)
+            } else if c.url.starts_with("http://") {
+                Site::http(&host)
+            } else {
+                Site::https(&host)
+            }
+        })
+        .collect();
+    sites.push(Site::https("anchor.lab"));
+    sites.push(Site::https("anchor-2.lab"));
+    sites
+}
+
+/// The volunteer, the routers and the links; routes both ways. Returns the namespaces, the
+/// volunteer's first, then the routers in path order.
+fn build_chain(lab: &Lab, internet: &Internet) -> Result<Vec<String>> {
+    let mut nodes = vec![lab.netns("volunteer")?];
+    for role in CHAIN {
+        nodes.push(lab.netns(role)?);
+    }
+    nodes.push(internet.ns.clone());
+    for j in 0..nodes.len() - 1 {
+        lab.link(
+            (&nodes[j], "right0", &format!("{}/30", link_addr(j, false))),
+            (
+                &nodes[j + 1],
+                "left0",
+                &format!("{}/30", link_addr(j, true)),
+            ),
+        )?;
+    }
+    // Towards the internet (the whole lab range, for the volunteer), and back.
+    lab.ip(
+        &nodes[0],
+        &[
+            "route",
+            "add",
+            LAB_RANGE,
+            "via",
+            &link_addr(0, true).to_string(),
+        ],
+    )?;
+    // The routers: every node but the volunteer and the internet.
+    for (j, ns) in nodes.iter().enumerate().take(nodes.len() - 1).skip(1) {
+        let (right, left) = (
+            link_addr(j, true).to_string(),
+            link_addr(j - 1, false).to_string(),
+        );
+        for net in ["198.19.0.0/16", "198.18.100.0/24"] {
+            lab.ip(ns, &["route", "add", net, "via", &right])?;
+        }
+        lab.ip(ns, &["route", "add", CHAIN_RANGE, "via", &left])?;
+        lab.sysctl(ns, "net.ipv4.ip_forward", "1")?;
+        // Every TTL gets its time-exceeded: no ICMP rate limit per destination, nor a
+        // global one low enough to matter.
+        lab.sysctl(ns, "net.ipv4.icmp_ratelimit", "0")?;
+        lab.sysctl(ns, "net.ipv4.icmp_msgs_per_sec", "100000")?;
+        lab.sysctl(ns, "net.ipv4.icmp_msgs_burst", "100000")?;
+    }
+    let last = nodes.len() - 2;
+    lab.ip(
+        &internet.ns,
+        &[
+            "route",
+            "add",
+            CHAIN_RANGE,
+            "via",
+            &link_addr(last, false).to_string(),
+        ],
+    )?;
+    nodes.pop();
+    Ok(nodes)
+}
+
+/// One censor's rules on its router: nft (RST on SYN in FORWARD, the nat redirect to the
+/// interception proxy), iptables string match in FORWARD (SNI drop, reset on the Host header),
+/// and the interception proxy itself (`lab-origin serve`).
+fn censor(
+    lab: &Lab,
+    ns: &str,
+    label: &str,
+    internet: &Internet,
+    rules: &[(String, Technique)],
+) -> Result<()> {
+    let (mut filter, mut nat, mut mitm) = (String::new(), String::new(), Vec::new());
+    let mut iptables: Vec<Vec<String>> = Vec::new();
+    for (port, (host, technique)) in (9100u16..).zip(rules) {
+        let ip = internet.ip(host);
+        match technique {
+            Technique::TcpRstOnSyn => writeln!(
+                filter,
+                "    ip daddr {ip} tcp flags & (syn|ack) == syn reject with tcp reset"
+            )?,
+            Technique::Mitm => {
+                mitm.push(json!({
+                    "listen": format!("0.0.0.0:{port}"),
+                    "upstream": format!("{ip}:443"),
+                    "names": [host],
+                }));
+                writeln!(nat, "    ip daddr {ip} tcp dport 443 redirect to :{port}")?;
+            }
+            Technique::SniDrop => iptables.push(
+                [
+                    "--dport", "443", "-m", "string", "--algo", "bm", "--string", host, "-j",
+                    "DROP",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ),
+            Technique::HttpHostReset => iptables.push(
+                [
+                    "--dport",
+                    "80",
+                    "-m",
+                    "string",
+                    "--algo",
+                    "bm",
+                    "--icase",
+                    "--string",
+                    &format!("Host: {host}"),
+                    "-j",
+                    "REJECT",
+                    "--reject-with",
+                    "tcp-reset",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ),
+            other => bail!("the hop lab has no {other:?}"),
+        }
+    }
+    lab.nft(
+        ns,
+        &format!(
+            "table ip wlab {{\n\
+             \x20 chain intercept {{\n    type nat hook prerouting priority dstnat; policy accept;\n{nat}  }}\n\
+             \x20 chain censor {{\n    type filter hook forward priority filter; policy accept;\n{filter}  }}\n\
+             }}\n"
+        ),
+    )?;
+    for rule in iptables {
+        let mut args = vec!["-w", "5", "-A", "FORWARD", "-p", "tcp"];
+        args.extend(rule.iter().map(String::as_str));
+        lab.exec(ns, "iptables", &args)?;
+    }
+    if !mitm.is_empty() {
+        lab.serve(ns, label, &json!({ "mitm_proxies": mitm }))?;
+    }
+    Ok(())
+}
+
+/// `witness run --json` from the volunteer, localisation on; the measurements by URL.
+fn run_probe(
+    lab: &Lab,
+    internet: &Internet,
+    volunteer: &str,
+    urls: &[&str],
+) -> Result<HashMap<String, Measurement>> {
+    let home = lab.path("probe");
+    std::fs::create_dir_all(&home)?;
+    let config = home.join("witness.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "consent = true\n\n[probe]\nasn = {ASN}\ncountry = \"KZ\"\n\n\
+             [path]\nenabled = true\nmax_ttl = {MAX_TTL}\nprobe_timeout_secs = 2.0\n\
+             private_hops = {PRIVATE_HOPS}\nrun_budget_secs = 60.0\n"
+        ),
+    )?;
+    let entries: Vec<ListEntry> = urls
+        .iter()
+        .map(|url| ListEntry {
+            url: (*url).to_owned(),
+            category_code: "NEWS".to_owned(),
+            notes: String::new(),
+        })
+        .collect();
+    let list = home.join("list.csv");
+    std::fs::write(&list, citizenlab_csv(&entries))?;
+    let mut command = Command::new("ip");
+    command
+        .args([
+            "netns",
+            "exec",
+            volunteer,
+            netlab::lab_origin_bin(),
+            "guard",
+            "--",
+        ])
+        .arg(witness_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--json", "--yes", "--no-progress"])
+        .args([
+            "--lab-public-range",
+            LAB_RANGE,
+            "--timeout",
+            PROBE_TIMEOUT_SECS,
+        ])
+        .arg("--list")
+        .arg(&list)
+        .args(["--control-resolver", "none"])
+        .args(["--resolver", &HONEST_DNS.to_string()])
+        .arg("--extra-ca")
+        .arg(&internet.ca)
+        .args(["--control", &topology::collector_url()])
+        .args(["--anchor", "anchor.lab:443", "--anchor", "anchor-2.lab:443"])
+        .env("HOME", &home)
+        .env("WITNESS_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("WITNESS_CONFIG")
+        .env_remove("WITNESS_TOKEN")
+        .env_remove("WITNESS_CONTROL_TOKEN")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_CONFIG_HOME");
+    let (status, out, err) =
+        netlab::run_with_limit(command, &lab.path("probe-run"), Duration::from_secs(150))?;
+    if !status.success() {
+        bail!("witness run failed ({status}):\n{err}");
+    }
+    let mut by_url = HashMap::new();
+    for line in out.lines() {
+        let m: Measurement = serde_json::from_str(line)
+            .with_context(|| format!("stdout line is not a measurement: {line}"))?;
+        by_url.insert(m.url.clone(), m);
+    }
+    Ok(by_url)
+}
+
+/// What is wrong with a measurement's `path` against the case, or nothing.
+fn path_problems(case: &Case, m: &Measurement) -> Vec<String> {
+    let mut problems = Vec::new();
+    let path_lines: Vec<&String> = m
+        .verdict
+        .evidence
+        .iter()
+        .filter(|l| l.starts_with("path."))
+        .collect();
+    let Some(want) = case.hop else {
+        if let Some(p) = &m.path {
+            problems.push(format!(
+                "a path observation (censor_hop {:?}, unlocated {:?})",
+                p.censor_hop, p.unlocated
+            ));
+        }
+        if !path_lines.is_empty() {
+            problems.push(format!("path evidence {path_lines:?}"));
+        }
+        return problems;
+    };
+    let Some(p) = &m.path else {
+        return vec!["no path observation".to_owned()];
+    };
+    if p.censor_hop != Some(want) {
+        problems.push(format!(
+            "censor_hop {:?} (unlocated {:?})",
+            p.censor_hop, p.unlocated
+        ));
+    }
+    let line = format!("path.censor_hop={want}");
+    if path_lines != [&line] {
+        problems.push(format!("path evidence {path_lines:?}, not [{line}]"));
+    }
+    if p.max_ttl != MAX_TTL {
+        problems.push(format!("max_ttl {}", p.max_ttl));
+    }
+    if p.hops.len() != usize::from(want) {
+        problems.push(format!("{} hops recorded", p.hops.len()));
+    }
+    for (i, h) in p.hops.iter().enumerate() {
+        if usize::from(h.ttl) != i + 1 {
+            problems.push(format!("hop {} has ttl {}", i + 1, h.ttl));
+        }
+        // Before the censor: every router answered; at the censor's hop, its action.
+        let reply = if h.ttl < want {
+            HopReply::TimeExceeded
+        } else {
+            case.reply
+        };
+        if h.reply != reply {
+            problems.push(format!("ttl {}: {:?}, not {reply:?}", h.ttl, h.reply));
+        }
+        // The router addresses: none within the private hops; each router's own past them
+        // (at the censor's hop the SYN alongside may meet the next router, or the action).
+        let router = IpAddr::V4(router_ip(h.ttl.min(CHAIN.len() as u8)));
+        let addr_ok = if h.ttl <= PRIVATE_HOPS {
+            h.addr.is_none()
+        } else if h.ttl < want {
+            h.addr == Some(router)
+        } else {
+            h.addr.is_none() || h.addr == Some(router)
+        };
+        if !addr_ok {
+            problems.push(format!("ttl {}: router {:?}", h.ttl, h.addr));
+        }
+        if h.addr == Some(IpAddr::V4(volunteer_ip())) {
+            problems.push("the volunteer's own address".to_owned());
+        }
+    }
+    problems
+}
+
+/// Writes to the real stderr, past the test harness's capture.
+fn report(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+fn run_lab(lab: &Lab, cases: &[Case]) -> Result<HashMap<String, Measurement>> {
+    let internet = topology::build_internet(lab, &sites(cases))?;
+    let nodes = build_chain(lab, &internet)?;
+    for at in [Where::A, Where::B] {
+        let rules: Vec<(String, Technique)> = cases
+            .iter()
+            .filter_map(|c| match c.censor {
+                Some((w, t)) if w == at => Some((host_of(c.url), t)),
+                _ => None,
+            })
+            .collect();
+        let ns = &nodes[usize::from(at.router_hop())];
+        censor(
+            lab,
+            ns,
+            &format!("{}-boxes", at.ns_role()),
+            &internet,
+            &rules,
+        )?;
+    }
+    topology::start_collector(lab, &internet, &collector_bin())?;
+    // The chain routes both ways: the volunteer reaches the collector through every router.
+    let health = format!("{}api/v1/health", topology::collector_url());
+    topology::get(lab, &nodes[0], &health).context("the volunteer cannot reach the collector")?;
+    let urls: Vec<&str> = cases.iter().map(|c| c.url).collect();
+    run_probe(lab, &internet, &nodes[0], &urls)
+}
+
+/// The hop lab's test (called by `hop_lab` in `tests/tests/lab.rs`).
+pub fn hop_lab() {
+    if let Some(why) = netlab::cannot_run() {
+        report(&format!(
+            "\n*** SKIPPED: the hop lab needs root and `ip netns` ({why}). \
+             CI runs it as root: `sudo cargo test -p witness-tests --test lab -- hop_lab`. ***\n"
+        ));
+        return;
+    }
+    let missing = netlab::missing_tools();
+    if !missing.is_empty() {
+        let message = format!(
+            "the hop lab needs {} (apt-get install -y dnsmasq-base unbound nftables iptables iproute2)",
+            missing.join(", ")
+        );
+        if std::env::var("WITNESS_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{message}");
+        }
+        report(&format!("\n*** SKIPPED: {message} ***\n"));
+        return;
+    }
+    // Build first: the clock is for the lab alone.
+    let _ = (witness_bin(), collector_bin());
+    let started = Instant::now();
+    let cases = cases();
+    let lab = Lab::new().expect("creating the lab");
+    let results = match run_lab(&lab, &cases) {
+        Ok(results) => results,
+        Err(e) => panic!("the hop lab could not run: {e:#}"),
+    };
+    drop(lab);
+
+    let mut rows: Vec<Row> = Vec::new();
+    for case in &cases {
+        let m = results.get(case.url);
+        rows.push(judge::judge(case.name, case.expect, None, m));
+        let expected = match case.hop {
+            Some(n) => format!("censor at hop {n}"),
+            None => "no hop".to_owned(),
+        };
+        let (got, problems) = match m {
+            None => (
+                "no measurement".to_owned(),
+                vec!["no measurement".to_owned()],
+            ),
+            Some(m) => {
+                let got = match &m.path {
+                    None => "no hop".to_owned(),
+                    Some(p) => match p.censor_hop {
+                        Some(n) => format!("censor at hop {n}"),
+                        None => format!("unlocated {:?}", p.unlocated),
+                    },
+                };
+                (got, path_problems(case, m))
+            }
+        };
+        let detail = m
+            .and_then(|m| m.path.as_ref())
+            .map(|p| {
+                let hops: Vec<String> = p
+                    .hops
+                    .iter()
+                    .map(|h| match h.addr {
+                        Some(a) => format!("{}:{:?}@{a}", h.ttl, h.reply),
+                        None => format!("{}:{:?}", h.ttl, h.reply),
+                    })
+                    .collect();
+                format!(
+                    "problems: {}\n      hops: {}",
+                    problems.join("; "),
+                    hops.join(" ")
+                )
+            })
+            .unwrap_or_else(|| format!("problems: {}", problems.join("; ")));
+        let got = if problems.is_empty() || got == "no measurement" {
+            got
+        } else {
+            format!("{got}; {}", problems.join("; "))
+        };
+        rows.push(judge::check(
+            &format!("{}.path", case.name),
+            &expected,
+            &got,
+            problems.is_empty(),
+            &detail,
+        ));
+    }
+    report(&format!(
+        "\nHop lab: {} rows in {:.0} s\n\n{}",
+        rows.len(),
+        started.elapsed().as_secs_f64(),
+        judge::table(&rows, std::env::var_os("WITNESS_LAB_VERBOSE").is_some())
+    ));
+    assert!(
+        judge::passed(&rows),
+        "the hop lab found wrong verdicts or hops (table above)"
+    );
+}
