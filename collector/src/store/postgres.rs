@@ -298,6 +298,12 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// Where writes go: the same pool (PostgreSQL has many writers; the key locks and
+    /// constraints arbitrate).
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
     fn known_partitions(&self) -> std::sync::MutexGuard<'_, HashSet<(i32, u32)>> {
         match self.partitions.lock() {
             Ok(g) => g,

@@ -481,8 +481,10 @@ where
         })
 }
 
-/// `impl SqlStore for $store` (a struct with a sqlx `pool` field): the primitives, which
-/// every database runs alike through sqlx, followed by the items given, which differ.
+/// `impl SqlStore for $store` (a struct with a sqlx `pool` field for reads and a `writer()`
+/// method naming the pool that writes: statements ([`SqlStore::exec`]) and transactions
+/// ([`SqlStore::begin`]) go there): the primitives, which every database runs alike through
+/// sqlx, followed by the items given, which differ.
 macro_rules! sql_store {
     ($store:ty, $db:ty, $row:ty, $dialect:expr, { $($items:tt)* }) => {
         #[async_trait::async_trait]
@@ -497,13 +499,13 @@ macro_rules! sql_store {
 
             async fn exec(&self, q: &$crate::store::sql::Query) -> StoreResult<u64> {
                 Ok($crate::store::sql::bound::<$db>(q)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?
                     .rows_affected())
             }
 
             async fn begin(&self) -> StoreResult<Self::Tx> {
-                Ok(self.pool.begin().await?)
+                Ok(self.writer().begin().await?)
             }
 
             async fn tx_all(

@@ -61,7 +61,10 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// SQLite implementation of [`super::Store`].
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Readers (`[store] max_connections`).
     pool: SqlitePool,
+    /// The one connection every write goes through (see [`SqliteStore::open`]).
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -83,20 +86,37 @@ impl SqliteStore {
             // database that copying dominated ingest (scripts/bench-collector.sh).
             .pragma("mmap_size", "1073741824")
             .pragma("cache_size", "-16384");
+        // Every write goes through one connection. SQLite has one writer at a time anyway, but
+        // with writes spread over the pool, the waiting connections poll the lock with the
+        // busy handler's growing sleeps (up to 100 ms each), so the lock sat idle while
+        // uploads and event changes queued, and each write started on a connection whose page
+        // cache another connection's commit had just invalidated. One writer connection queues
+        // them in order (the pool's fair queue) and keeps its cache (docs/scaling.md, "Ingest
+        // with a full window"). Readers never wait for it (WAL).
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone())
+            .await?;
+        Migrator::new(Embedded(MIGRATIONS))
+            .await?
+            .run(&writer)
+            .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?;
-        Migrator::new(Embedded(MIGRATIONS))
-            .await?
-            .run(&pool)
-            .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, writer })
     }
 
-    /// The connection pool (benchmarks read sizes and counts through it).
+    /// The readers' connection pool (benchmarks read sizes and counts through it).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The writer's pool: one connection.
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
     }
 
     /// Apply a batch's changes to the read model, inside the batch's transaction, a row at a
@@ -187,7 +207,7 @@ sql_store!(SqliteStore, Sqlite, SqliteRow, Dialect::Sqlite, {
         now: DateTime<Utc>,
         records: &[MeasurementRecord],
     ) -> StoreResult<Vec<bool>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let mut inserted = Vec::with_capacity(records.len());
         for r in records {
             let mut q = Self::query(
@@ -233,7 +253,7 @@ sql_store!(SqliteStore, Sqlite, SqliteRow, Dialect::Sqlite, {
         lease_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<Notification>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let mut q = Self::query(
             "UPDATE outbox SET next_attempt_at = ? WHERE id IN (SELECT id FROM outbox \
              WHERE delivered_at IS NULL AND abandoned_at IS NULL AND next_attempt_at <= ? \
