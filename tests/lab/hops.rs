@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use witness_tests::world::{citizenlab_csv, ListEntry};
 use witness_tests::{collector_bin, witness_bin};
 
 use crate::judge::{self, Expect, Row};
-use crate::netlab::{self, Lab};
+use crate::netlab::{self, report, Lab};
 use crate::topology::{self, Internet, Site, Technique, HONEST_DNS, LAB_RANGE};
 
 /// The routers between the volunteer and the internet, in path order: the router at index `i`
@@ -524,11 +523,6 @@ fn path_problems(case: &Case, m: &Measurement) -> Vec<String> {
     problems
 }
 
-/// Writes to the real stderr, past the test harness's capture.
-fn report(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
-}
-
 fn run_lab(lab: &Lab, cases: &[Case]) -> Result<HashMap<String, Measurement>> {
     let internet = topology::build_internet(lab, &sites(cases))?;
     let nodes = build_chain(lab, &internet)?;
@@ -559,23 +553,10 @@ fn run_lab(lab: &Lab, cases: &[Case]) -> Result<HashMap<String, Measurement>> {
 
 /// The hop lab's test (called by `hop_lab` in `tests/tests/lab.rs`).
 pub fn hop_lab() {
-    if let Some(why) = netlab::cannot_run() {
-        report(&format!(
-            "\n*** SKIPPED: the hop lab needs root and `ip netns` ({why}). \
-             CI runs it as root: `sudo cargo test -p witness-tests --test lab -- hop_lab`. ***\n"
-        ));
-        return;
-    }
-    let missing = netlab::missing_tools();
-    if !missing.is_empty() {
-        let message = format!(
-            "the hop lab needs {} (apt-get install -y dnsmasq-base unbound nftables iptables iproute2)",
-            missing.join(", ")
-        );
-        if std::env::var("WITNESS_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("{message}");
-        }
-        report(&format!("\n*** SKIPPED: {message} ***\n"));
+    if !netlab::ready(
+        "the hop lab",
+        "sudo cargo test -p witness-tests --test lab -- hop_lab",
+    ) {
         return;
     }
     // Build first: the clock is for the lab alone.

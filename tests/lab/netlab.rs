@@ -8,6 +8,7 @@
 //! next run deletes the empty namespaces left behind by a dead pid.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -71,6 +72,37 @@ pub fn missing_tools() -> Vec<String> {
         })
         .map(|(tool, package)| format!("{tool} ({package})"))
         .collect()
+}
+
+/// Writes to the real stderr, past the test harness's capture: a lab's table is its report
+/// and must be seen even when the test passes.
+pub fn report(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// Whether a lab (`what`, e.g. "the hop lab") can run here. Without root or `ip netns` it skips
+/// loudly, saying how CI runs it (`rerun`); a missing tool is a skip too, or a failure under
+/// `WITNESS_REQUIRE_TOOLS=1`.
+pub fn ready(what: &str, rerun: &str) -> bool {
+    if let Some(why) = cannot_run() {
+        report(&format!(
+            "\n*** SKIPPED: {what} needs root and `ip netns` ({why}). CI runs it as root: `{rerun}`. ***\n"
+        ));
+        return false;
+    }
+    let missing = missing_tools();
+    if !missing.is_empty() {
+        let message = format!(
+            "{what} needs {} (apt-get install -y dnsmasq-base unbound nftables iptables iproute2)",
+            missing.join(", ")
+        );
+        if std::env::var("WITNESS_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{message}");
+        }
+        report(&format!("\n*** SKIPPED: {message} ***\n"));
+        return false;
+    }
+    true
 }
 
 /// A process the lab started and will stop.

@@ -25,7 +25,6 @@ mod netlab;
 mod topology;
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,7 +36,7 @@ use witness_tests::world::{citizenlab_csv, ListEntry};
 use witness_tests::{collector_bin, witness_bin};
 
 use judge::{Expect, Outcome, Row};
-use netlab::Lab;
+use netlab::{report, Lab};
 use topology::{
     expired_cert, forbidden, redirect, Censor, Internet, Network, Site, Technique, LAB_RANGE,
 };
@@ -1353,31 +1352,12 @@ fn collector_rows(results: &Results) -> Vec<Row> {
     rows
 }
 
-/// Writes to the real stderr, past the test harness's capture: the table is the lab's report
-/// and must be seen even when the test passes.
-fn report(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
-}
-
 #[test]
 fn censorship_lab() {
-    if let Some(why) = netlab::cannot_run() {
-        report(&format!(
-            "\n*** SKIPPED: the censorship lab needs root and `ip netns` ({why}). \
-             CI runs it as root: `sudo cargo test -p witness-tests --test lab`. ***\n"
-        ));
-        return;
-    }
-    let missing = netlab::missing_tools();
-    if !missing.is_empty() {
-        let message = format!(
-            "the censorship lab needs {} (apt-get install -y dnsmasq-base unbound nftables iptables iproute2)",
-            missing.join(", ")
-        );
-        if std::env::var("WITNESS_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("{message}");
-        }
-        report(&format!("\n*** SKIPPED: {message} ***\n"));
+    if !netlab::ready(
+        "the censorship lab",
+        "sudo cargo test -p witness-tests --test lab",
+    ) {
         return;
     }
     // Build first: the clock is for the lab alone.
