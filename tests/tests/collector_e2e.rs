@@ -163,32 +163,41 @@ fn two_probes_raise_one_block_event_and_one_webhook_then_unblock() {
     }
 }
 
+/// A measurement of `domain` on this test's network with nothing observed but `verdict`.
+fn record(domain: &str, at: chrono::DateTime<chrono::Utc>, verdict: Verdict) -> Measurement {
+    Measurement {
+        schema_version: SCHEMA_VERSION,
+        id: uuid::Uuid::now_v7(),
+        software: Software::default(),
+        url: format!("https://{domain}/"),
+        domain: domain.to_string(),
+        category_code: Some("NEWS".into()),
+        started_at: at,
+        runtime_ms: 10.0,
+        probe: ProbeNetwork {
+            asn: Some(ASN),
+            country: Some("KZ".into()),
+        },
+        dns: vec![],
+        tcp: vec![],
+        tls: vec![],
+        http: vec![],
+        control: None,
+        control_failure: None,
+        path: None,
+        connectivity: ConnectivitySummary::default(),
+        verdict,
+    }
+}
+
 fn synthetic(n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
-            let m = Measurement {
-                schema_version: SCHEMA_VERSION,
-                id: uuid::Uuid::now_v7(),
-                software: Software::default(),
-                url: format!("https://site{i}.test/"),
-                domain: format!("site{i}.test"),
-                category_code: Some("NEWS".into()),
-                started_at: chrono::Utc::now(),
-                runtime_ms: 10.0,
-                probe: ProbeNetwork {
-                    asn: Some(ASN),
-                    country: Some("KZ".into()),
-                },
-                dns: vec![],
-                tcp: vec![],
-                tls: vec![],
-                http: vec![],
-                control: None,
-                control_failure: None,
-                path: None,
-                connectivity: ConnectivitySummary::default(),
-                verdict: Verdict::new(Status::Accessible, None, "synthetic"),
-            };
+            let m = record(
+                &format!("site{i}.test"),
+                chrono::Utc::now(),
+                Verdict::new(Status::Accessible, None, "synthetic"),
+            );
             serde_json::to_string(&m).unwrap()
         })
         .collect()
@@ -211,40 +220,23 @@ fn located(domain: &str, at: chrono::DateTime<chrono::Utc>, hop: u8, censor_asn:
             asn: (2..hop).contains(&ttl).then_some(censor_asn),
         })
         .collect();
-    let m = Measurement {
-        schema_version: SCHEMA_VERSION,
-        id: uuid::Uuid::now_v7(),
-        software: Software::default(),
-        url: format!("https://{domain}/"),
-        domain: domain.to_string(),
-        category_code: Some("NEWS".into()),
-        started_at: at,
-        runtime_ms: 10.0,
-        probe: ProbeNetwork {
-            asn: Some(ASN),
-            country: Some("KZ".into()),
-        },
-        dns: vec![],
-        tcp: vec![],
-        tls: vec![],
-        http: vec![],
-        control: None,
-        control_failure: None,
-        path: Some(PathObservation {
-            trigger: PathTrigger::Syn,
-            addr: "198.51.100.7:443".parse().unwrap(),
-            action: PathAction::Reset,
-            censor_hop: Some(hop),
-            unlocated: None,
-            hops,
-            max_ttl: 16,
-            probes: u32::from(hop) + 1,
-            t_ms: 10.0,
-            duration_ms: 20.0,
-        }),
-        connectivity: ConnectivitySummary::default(),
-        verdict: Verdict::new(Status::Blocked, Some(Method::Tcp), "reset after the SYN"),
-    };
+    let mut m = record(
+        domain,
+        at,
+        Verdict::new(Status::Blocked, Some(Method::Tcp), "reset after the SYN"),
+    );
+    m.path = Some(PathObservation {
+        trigger: PathTrigger::Syn,
+        addr: "198.51.100.7:443".parse().unwrap(),
+        action: PathAction::Reset,
+        censor_hop: Some(hop),
+        unlocated: None,
+        hops,
+        max_ttl: 16,
+        probes: u32::from(hop) + 1,
+        t_ms: 10.0,
+        duration_ms: 20.0,
+    });
     serde_json::to_string(&m).unwrap()
 }
 
