@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::aggregate::Params;
 use crate::api;
+use crate::asn::AsnDb;
 use crate::config::Config;
 use crate::control::{self, ControlServiceConfig, ProbeSlots};
 use crate::events::Evaluator;
@@ -62,6 +63,8 @@ pub struct Inner {
     pub control_probe_slots: ProbeSlots,
     /// How the control measures.
     pub control: ControlServiceConfig,
+    /// The IP → ASN table, when `[asn] database` names one.
+    pub asn: Option<Arc<AsnDb>>,
 }
 
 impl Deref for AppState {
@@ -91,6 +94,15 @@ impl AppState {
             wake.clone(),
         );
         let control = control::service_config(&config.control).map_err(anyhow::Error::msg)?;
+        let asn = match &config.asn.database {
+            Some(path) => {
+                let db = AsnDb::load(path)?;
+                let (v4, v6) = db.len();
+                tracing::info!(v4, v6, "ASN table loaded");
+                Some(Arc::new(db))
+            }
+            None => None,
+        };
         let limits = Limits {
             max_record_bytes: config.ingest.max_record_bytes,
             max_age: config.ingest.max_age.to_chrono(),
@@ -128,6 +140,7 @@ impl AppState {
             params,
             limits,
             control,
+            asn,
         })))
     }
 }

@@ -55,6 +55,18 @@ pub struct Config {
     pub control: ControlConfig,
     /// Bounds on the `/metrics` output.
     pub metrics: MetricsConfig,
+    /// The IP → ASN table.
+    pub asn: AsnConfig,
+}
+
+/// `[asn]`: where the collector learns which network an address belongs to (see
+/// [`crate::asn`]). Without a table the collector answers "unknown": probes then need their
+/// `asn` configured, and localisations name no router's network.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsnConfig {
+    /// An `ip2asn-combined.tsv` (or `.tsv.gz`) from iptoasn.com, read at start.
+    pub database: Option<PathBuf>,
 }
 
 /// Who may register a probe.

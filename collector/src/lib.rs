@@ -11,6 +11,7 @@
 //! - [`events`]: runs the rule against the store after each upload;
 //! - [`store`]: the [`store::Store`] trait, its SQLite and PostgreSQL implementations;
 //! - [`validate`]: per-record upload validation (pure);
+//! - [`asn`]: the operator's IP → ASN table (the probe's network, its routers' networks);
 //! - [`metrics`], [`webhook`], [`control`], [`config`], [`auth`], [`ratelimit`], [`tokens`].
 //!
 //! Privacy: the uploader's address is never stored or logged; network and country come from
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod aggregate;
 pub mod api;
 pub mod app;
+pub mod asn;
 pub mod auth;
 pub mod body;
 pub mod config;

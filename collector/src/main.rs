@@ -91,6 +91,14 @@ async fn run() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     if let Command::CheckConfig = cli.command {
         print!("{}", admin::describe(&config, cli.config.as_deref()));
+        if let Some(path) = &config.asn.database {
+            let table = witness_collector::asn::AsnDb::load(path)?;
+            let (v4, v6) = table.len();
+            println!(
+                "asn table: {} ({v4} IPv4 and {v6} IPv6 ranges)",
+                path.display()
+            );
+        }
         for w in admin::store_warnings(&config.store.url) {
             println!("warning: {w}");
         }

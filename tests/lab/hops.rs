@@ -47,8 +47,33 @@ const MAX_TTL: u8 = 10;
 const PRIVATE_HOPS: u8 = 2;
 /// The probe's step timeout (`--timeout`).
 const PROBE_TIMEOUT_SECS: &str = "4";
-/// The probe's AS number (Kazakhtelecom).
+/// The volunteer's network (Kazakhtelecom), which the probe is not told: it learns it from
+/// the collector's ASN table, like the networks of the routers.
 const ASN: u32 = 9198;
+/// The network past the first censor (abroad).
+const ABROAD_ASN: u32 = 1299;
+
+/// The network of the router at `hop` in the collector's ASN table: the volunteer's ISP up to
+/// and including the first censor (its national gateway), then abroad.
+fn hop_asn(hop: u8) -> u32 {
+    if hop <= CENSOR_A {
+        ASN
+    } else {
+        ABROAD_ASN
+    }
+}
+
+/// The collector's ASN table (ip2asn TSV): the links of the volunteer's ISP (the volunteer,
+/// r1, r2 and censor-a's receiving end), then the links abroad.
+fn asn_table() -> String {
+    let last_isp_link = CENSOR_A - 1;
+    format!(
+        "198.18.200.0\t198.18.{}.255\t{ASN}\tKZ\tLAB-ISP\n\
+         198.18.{}.0\t198.18.207.255\t{ABROAD_ASN}\tSE\tLAB-ABROAD\n",
+        200 + last_isp_link,
+        201 + last_isp_link,
+    )
+}
 
 /// Link `j` joins node `j` and node `j + 1` (node 0 the volunteer, node 7 the internet):
 /// `198.18.(200 + j).0/30`, `.1` on the volunteer's side.
@@ -385,7 +410,7 @@ fn run_probe(
     std::fs::write(
         &config,
         format!(
-            "consent = true\n\n[probe]\nasn = {ASN}\ncountry = \"KZ\"\n\n\
+            "consent = true\n\n\
              [path]\nenabled = true\nmax_ttl = {MAX_TTL}\nprobe_timeout_secs = 2.0\n\
              private_hops = {PRIVATE_HOPS}\nrun_budget_secs = 60.0\n"
         ),
@@ -474,13 +499,23 @@ fn path_problems(case: &Case, m: &Measurement) -> Vec<String> {
     let Some(p) = &m.path else {
         return vec!["no path observation".to_owned()];
     };
+    // The probe learnt its network from the collector's table (it was not configured).
+    if m.probe.asn != Some(ASN) {
+        problems.push(format!("probe asn {:?}, not {ASN}", m.probe.asn));
+    }
+    // The censor's network: that of the router before its hop, whatever the kind of block
+    // (censor-a filters at hop 3 and appears at hop 4, behind which the path is abroad).
+    let censor_asn = hop_asn(want - 1);
+    if p.censor_asn() != Some(censor_asn) {
+        problems.push(format!("censor asn {:?}, not {censor_asn}", p.censor_asn()));
+    }
     if p.censor_hop != Some(want) {
         problems.push(format!(
             "censor_hop {:?} (unlocated {:?})",
             p.censor_hop, p.unlocated
         ));
     }
-    let line = format!("path.censor_hop={want}");
+    let line = format!("path.censor_hop={want} asn={censor_asn}");
     if path_lines != [&line] {
         problems.push(format!("path evidence {path_lines:?}, not [{line}]"));
     }
@@ -516,6 +551,16 @@ fn path_problems(case: &Case, m: &Measurement) -> Vec<String> {
         if !addr_ok {
             problems.push(format!("ttl {}: router {:?}", h.ttl, h.addr));
         }
+        // Every router's network, the private hops' too (their addresses stay on the
+        // machine); at the censor's hop, when its router answered at all.
+        let asn_ok = if h.ttl < want {
+            h.asn == Some(hop_asn(h.ttl))
+        } else {
+            h.asn.is_none() || h.asn == Some(hop_asn(h.ttl))
+        };
+        if !asn_ok {
+            problems.push(format!("ttl {}: asn {:?}", h.ttl, h.asn));
+        }
         if h.addr == Some(IpAddr::V4(volunteer_ip())) {
             problems.push("the volunteer's own address".to_owned());
         }
@@ -543,7 +588,14 @@ fn run_lab(lab: &Lab, cases: &[Case]) -> Result<HashMap<String, Measurement>> {
             &rules,
         )?;
     }
-    topology::start_collector(lab, &internet, &collector_bin())?;
+    let table = lab.path("ip2asn.tsv");
+    std::fs::write(&table, asn_table())?;
+    topology::start_collector(
+        lab,
+        &internet,
+        &collector_bin(),
+        &format!("\n[asn]\ndatabase = \"{}\"\n", table.display()),
+    )?;
     // The chain routes both ways: the volunteer reaches the collector through every router.
     let health = format!("{}api/v1/health", topology::collector_url());
     topology::get(lab, &nodes[0], &health).context("the volunteer cannot reach the collector")?;
@@ -575,7 +627,7 @@ pub fn hop_lab() {
         let m = results.get(case.url);
         rows.push(judge::judge(case.name, case.expect, None, m));
         let expected = match case.hop {
-            Some(n) => format!("censor at hop {n}"),
+            Some(n) => format!("censor at hop {n}, AS{}", hop_asn(n - 1)),
             None => "no hop".to_owned(),
         };
         let (got, problems) = match m {
@@ -586,9 +638,10 @@ pub fn hop_lab() {
             Some(m) => {
                 let got = match &m.path {
                     None => "no hop".to_owned(),
-                    Some(p) => match p.censor_hop {
-                        Some(n) => format!("censor at hop {n}"),
-                        None => format!("unlocated {:?}", p.unlocated),
+                    Some(p) => match (p.censor_hop, p.censor_asn()) {
+                        (Some(n), Some(asn)) => format!("censor at hop {n}, AS{asn}"),
+                        (Some(n), None) => format!("censor at hop {n}, AS unknown"),
+                        (None, _) => format!("unlocated {:?}", p.unlocated),
                     },
                 };
                 (got, path_problems(case, m))
@@ -600,9 +653,10 @@ pub fn hop_lab() {
                 let hops: Vec<String> = p
                     .hops
                     .iter()
-                    .map(|h| match h.addr {
-                        Some(a) => format!("{}:{:?}@{a}", h.ttl, h.reply),
-                        None => format!("{}:{:?}", h.ttl, h.reply),
+                    .map(|h| {
+                        let at = h.addr.map(|a| format!("@{a}")).unwrap_or_default();
+                        let asn = h.asn.map(|n| format!("/AS{n}")).unwrap_or_default();
+                        format!("{}:{:?}{at}{asn}", h.ttl, h.reply)
                     })
                     .collect();
                 format!(

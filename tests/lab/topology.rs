@@ -874,9 +874,15 @@ pub fn restore(lab: &Lab, net: &Network) -> Result<()> {
 }
 
 /// Starts the real collector in the internet namespace, serving control measurements, with
-/// aggregation tuned so that one probe's one measurement is enough for an event.
-pub fn start_collector(lab: &Lab, internet: &Internet, collector: &Path) -> Result<String> {
-    let config = format!(
+/// aggregation tuned so that one probe's one measurement is enough for an event; `extra` is
+/// appended to its configuration (more sections).
+pub fn start_collector(
+    lab: &Lab,
+    internet: &Internet,
+    collector: &Path,
+    extra: &str,
+) -> Result<String> {
+    let mut config = format!(
         r#"[server]
 listen = "{COLLECTOR}:{COLLECTOR_PORT}"
 
@@ -902,6 +908,7 @@ step_timeout_secs = 3.0
         db = lab.path("collector.db").display(),
         ca = internet.ca.display(),
     );
+    config.push_str(extra);
     let path = lab.path("collector.toml");
     std::fs::write(&path, config)?;
     let argv = vec![

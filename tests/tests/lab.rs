@@ -1095,7 +1095,7 @@ fn run_lab(lab: &Lab, scenarios: &[Scenario]) -> Result<Results> {
     let no_edns_net = topology::build_network(lab, &internet, 5, &no_edns_censor)?;
     let (slow_line_censor, slow_line_rows) = slow_line_network();
     let slow_line_net = topology::build_network(lab, &internet, 6, &slow_line_censor)?;
-    topology::start_collector(lab, &internet, &collector)?;
+    topology::start_collector(lab, &internet, &collector, "")?;
 
     let main_urls: Vec<&str> = scenarios.iter().map(|s| s.url.as_str()).collect();
     let other_urls: Vec<&str> = other_rows.iter().map(|r| r.1).collect();

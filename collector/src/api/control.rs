@@ -9,7 +9,9 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Extension;
 use axum::{Json, Router};
-use witness_core::model::{ControlMeta, ControlReply, ControlRequest};
+use witness_core::model::{
+    AsnReply, AsnRequest, ControlMeta, ControlReply, ControlRequest, MAX_ASN_ADDRS,
+};
 
 use super::{authenticate, client_address, require_json};
 use crate::app::AppState;
@@ -18,7 +20,61 @@ use crate::error::ApiError;
 
 /// The route.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/control", post(control))
+    Router::new()
+        .route("/api/v1/control", post(control))
+        .route("/api/v1/asn", post(asn))
+}
+
+/// Who may ask: a probe token, or anyone when `control.allow_anonymous`; the key its requests
+/// are counted under.
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    if state.config.control.allow_anonymous && crate::auth::bearer(headers).is_none() {
+        Ok("anonymous".to_string())
+    } else {
+        authenticate(state, headers).await
+    }
+}
+
+/// Largest `POST /api/v1/asn` body: 64 IPv6 addresses in JSON are under 3 KiB.
+const MAX_ASN_BODY: usize = 4096;
+
+/// The networks of the routers a probe's localisation met, from the ASN table. Counted with
+/// the control's requests; the addresses are neither stored nor logged.
+pub async fn asn(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<AsnReply>, ApiError> {
+    if !state.config.control.enabled {
+        return Err(ApiError::NotFound);
+    }
+    let key = caller(&state, &headers).await?;
+    state
+        .control_limiter
+        .check(&key)
+        .map_err(ApiError::RateLimited)?;
+    require_json(&headers)?;
+    let body = crate::body::read(
+        body,
+        &headers,
+        MAX_ASN_BODY,
+        state.config.server.body_read_timeout.0,
+    )
+    .await?;
+    let req: AsnRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid ASN request: {e}")))?;
+    if req.addrs.len() > MAX_ASN_ADDRS {
+        return Err(ApiError::Unprocessable(format!(
+            "at most {MAX_ASN_ADDRS} addresses per request, not {}",
+            req.addrs.len()
+        )));
+    }
+    let asns = req
+        .addrs
+        .iter()
+        .map(|a| state.asn.as_ref()?.lookup(*a).map(|i| i.asn))
+        .collect();
+    Ok(Json(AsnReply { asns }))
 }
 
 /// Run one control measurement.
@@ -32,11 +88,7 @@ pub async fn control(
     if !cfg.enabled {
         return Err(ApiError::NotFound);
     }
-    let key = if cfg.allow_anonymous && crate::auth::bearer(&headers).is_none() {
-        "anonymous".to_string()
-    } else {
-        authenticate(&state, &headers).await?
-    };
+    let key = caller(&state, &headers).await?;
     state
         .control_limiter
         .check(&key)
@@ -77,16 +129,18 @@ pub async fn control(
         Ok(Err(refusal)) => return Err(ApiError::Unprocessable(refusal.to_string())),
         Ok(Ok(c)) => c,
     };
+    let your_address = client_address(
+        &state,
+        &headers,
+        peer.map(|Extension(ConnectInfo(addr))| addr),
+    );
+    let network = your_address.and_then(|a| state.asn.as_ref()?.lookup(a));
     Ok(Json(ControlReply {
         control,
         meta: ControlMeta {
-            your_address: client_address(
-                &state,
-                &headers,
-                peer.map(|Extension(ConnectInfo(addr))| addr),
-            ),
-            your_asn: None,
-            your_country: None,
+            your_address,
+            your_asn: network.map(|n| n.asn),
+            your_country: network.and_then(|n| n.country_str()),
         },
     }))
 }

@@ -23,6 +23,7 @@ use witness_core::model::Measurement;
 
 use super::{authenticate, require_json};
 use crate::app::AppState;
+use crate::asn::AsnDb;
 use crate::error::ApiError;
 use crate::events::Touched;
 use crate::store::MeasurementRecord;
@@ -240,9 +241,14 @@ fn is_gzip(headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
-fn record(m: Measurement, body: &str, now: chrono::DateTime<Utc>) -> MeasurementRecord {
+fn record(
+    m: Measurement,
+    body: &str,
+    now: chrono::DateTime<Utc>,
+    asn: Option<&AsnDb>,
+) -> MeasurementRecord {
     let censor_hop = m.path.as_ref().and_then(|p| p.censor_hop);
-    let censor_asn = m.path.as_ref().and_then(|p| p.censor_asn());
+    let censor_asn = m.path.as_ref().and_then(|p| crate::asn::censor_asn(p, asn));
     MeasurementRecord {
         id: m.id,
         received_at: now,
@@ -304,7 +310,7 @@ pub async fn upload(
         match validate::parse_record(raw.get(), &state.limits, now) {
             Ok(m) => {
                 if seen.insert(m.id) {
-                    records.push(record(m, raw.get(), now));
+                    records.push(record(m, raw.get(), now, state.asn.as_deref()));
                 } else {
                     duplicates.push(m.id);
                 }

@@ -12,7 +12,10 @@ use crate::engine::Engine;
 use std::net::IpAddr;
 
 use crate::error::ControlError;
-use crate::model::{ControlReply, ControlRequest, ControlResponse, Software, MAX_CONTROL_ADDRS};
+use crate::model::{
+    AsnReply, AsnRequest, ControlReply, ControlRequest, ControlResponse, Software, MAX_ASN_ADDRS,
+    MAX_CONTROL_ADDRS,
+};
 
 /// Largest control answer accepted: the control is trusted more than a random server, but a
 /// compromised or misconfigured one must not exhaust the probe's memory.
@@ -74,11 +77,49 @@ impl ControlClient {
 
     /// Ask the control to measure `url`.
     pub async fn measure(&self, url: &str, addrs: &[IpAddr]) -> Result<ControlReply, ControlError> {
-        let endpoint = self.endpoint("api/v1/control")?;
-        let mut req = self.client.post(endpoint).json(&ControlRequest {
-            url: url.to_string(),
-            addrs: addrs.iter().take(MAX_CONTROL_ADDRS).copied().collect(),
-        });
+        self.post(
+            "api/v1/control",
+            &ControlRequest {
+                url: url.to_string(),
+                addrs: addrs.iter().take(MAX_CONTROL_ADDRS).copied().collect(),
+            },
+        )
+        .await
+    }
+
+    /// Ask the collector which networks `addrs` (routers a localisation met, at most
+    /// [`MAX_ASN_ADDRS`]) belong to: one answer per address, `None` where unknown.
+    pub async fn asns(&self, addrs: &[IpAddr]) -> Result<Vec<Option<u32>>, ControlError> {
+        let addrs: Vec<IpAddr> = addrs.iter().take(MAX_ASN_ADDRS).copied().collect();
+        let reply: AsnReply = self
+            .post(
+                "api/v1/asn",
+                &AsnRequest {
+                    addrs: addrs.clone(),
+                },
+            )
+            .await?;
+        if reply.asns.len() != addrs.len() {
+            return Err(ControlError::Status {
+                status: 200,
+                body: Some(format!(
+                    "{} networks for {} addresses",
+                    reply.asns.len(),
+                    addrs.len()
+                )),
+            });
+        }
+        Ok(reply.asns)
+    }
+
+    /// POST `body` as JSON to `path`; the answer, bounded and parsed.
+    async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ControlError> {
+        let endpoint = self.endpoint(path)?;
+        let mut req = self.client.post(endpoint).json(body);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

@@ -3,6 +3,7 @@
 //! The same [`Engine::observe`] serves the probe and the control service, so what the control
 //! reports is measured exactly the way the probe measures.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +24,8 @@ use crate::failure::Failure;
 use crate::model::{
     resolved_addrs, ConnectivitySummary, ControlResponse, DnsObservation, HttpObservation,
     HttpRole, Measurement, PathUnlocated, ProbeNetwork, ReferenceTransfer, ResolverCheck,
-    ResolverRole, Software, Status, Step, TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,
+    ResolverRole, Software, Status, Step, TcpObservation, TlsObservation, Verdict, MAX_ASN_ADDRS,
+    SCHEMA_VERSION,
 };
 use crate::scrub::OwnAddresses;
 use crate::slots::{self, Slots};
@@ -35,6 +37,9 @@ const MAX_ADDRS: usize = 4;
 
 /// Blocked targets localised at once: each sends `2 × max_ttl` connections.
 const PATH_CONCURRENCY: usize = 2;
+
+/// How long the run waits for the collector to name its routers' networks.
+const ASN_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The observations of one target, without verdict: what both the probe and the control make.
 #[derive(Clone, Debug, Default)]
@@ -188,7 +193,7 @@ impl Engine {
                 let results = &results;
                 async move {
                     let start = Instant::now();
-                    let obs = match tokio::time::timeout(
+                    let located = match tokio::time::timeout(
                         pc.per_target(),
                         path::localise(plan, ctx, start),
                     )
@@ -197,12 +202,13 @@ impl Engine {
                         Ok(o) => o,
                         Err(_) => {
                             path::unlocated(plan, PathUnlocated::Budget, 0.0, ms_since(start))
+                                .into()
                         }
                     };
                     results
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push((*i, obs));
+                        .push((*i, located));
                 }
             },
         );
@@ -210,16 +216,65 @@ impl Engine {
         let mut done = results.into_inner().unwrap_or_else(|e| e.into_inner());
         for (i, plan) in &plans {
             if !done.iter().any(|(j, _)| j == i) {
-                done.push((*i, path::unlocated(plan, PathUnlocated::Budget, 0.0, 0.0)));
+                done.push((
+                    *i,
+                    path::unlocated(plan, PathUnlocated::Budget, 0.0, 0.0).into(),
+                ));
             }
         }
-        for (i, mut obs) in done {
+        let known = self.router_networks(&done).await;
+        for (i, path::Located { mut obs, routers }) in done {
             let m = &mut measurements[i];
+            path::fill_asns(
+                &mut obs,
+                &routers,
+                |a| !self.cfg.bogons.is_bogon(a) && !self.own.contains(&a),
+                &known,
+                m.probe.asn,
+            );
             // Times relative to the measurement's start, like every other observation.
             let since_start = (Utc::now() - m.started_at).num_milliseconds().max(0) as f64;
             obs.t_ms = (since_start - obs.duration_ms).max(0.0);
             m.path = Some(obs);
             verdict::add_path_evidence(m);
+        }
+    }
+
+    /// The networks of the public routers that the localisations recorded, asked of the
+    /// collector in one request (its ASN table; see `docs/measurement-format.md`). Empty
+    /// without a control service, or when it does not answer within [`ASN_LOOKUP_TIMEOUT`]:
+    /// the hops then carry no ASN, and nothing else changes.
+    async fn router_networks(&self, done: &[(usize, path::Located)]) -> HashMap<IpAddr, u32> {
+        let Some(control) = &self.control else {
+            return HashMap::new();
+        };
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for (_, l) in done {
+            let recorded = l.routers.iter().take(l.obs.hops.len()).flatten();
+            for a in recorded {
+                if !self.cfg.bogons.is_bogon(*a) && !self.own.contains(a) && !addrs.contains(a) {
+                    addrs.push(*a);
+                }
+            }
+        }
+        addrs.truncate(MAX_ASN_ADDRS);
+        if addrs.is_empty() {
+            return HashMap::new();
+        }
+        match tokio::time::timeout(ASN_LOOKUP_TIMEOUT, control.asns(&addrs)).await {
+            Ok(Ok(asns)) => addrs
+                .into_iter()
+                .zip(asns)
+                .filter_map(|(a, n)| Some((a, n?)))
+                .collect(),
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "the collector named no router networks");
+                HashMap::new()
+            }
+            Err(_) => {
+                tracing::info!("the collector did not name the router networks in time");
+                HashMap::new()
+            }
         }
     }
 

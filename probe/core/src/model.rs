@@ -461,13 +461,17 @@ pub struct PathObservation {
 }
 
 impl PathObservation {
-    /// The autonomous system of the censor's hop (or of the last router before it), when known.
+    /// The censor's autonomous system, when known: that of the last router before its hop
+    /// whose network is known. *Censor at hop N* means at the router of hop N−1 or between it
+    /// and hop N, so hop N's own router (which answers when the censor filters only the
+    /// trigger) may already be across a border: counting it would name the next network for
+    /// some kinds of block and not for others. A censor at hop 1 has no router before it.
     pub fn censor_asn(&self) -> Option<u32> {
         let n = self.censor_hop?;
         self.hops
             .iter()
             .rev()
-            .filter(|h| h.ttl <= n)
+            .filter(|h| h.ttl < n)
             .find_map(|h| h.asn)
     }
 }
@@ -725,6 +729,28 @@ pub struct ControlMeta {
     pub your_asn: Option<u32>,
     /// The probe's country, if the control could derive it.
     pub your_country: Option<String>,
+}
+
+/// Most addresses in one [`AsnRequest`]: one localisation run's routers (two per TTL at most,
+/// and `max_ttl` ≤ 64) deduplicated.
+pub const MAX_ASN_ADDRS: usize = 64;
+
+/// `POST /api/v1/asn`: which networks the routers a localisation met belong to. Asked once per
+/// run, after localising; the collector answers from its ASN table and never stores or logs
+/// the addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsnRequest {
+    /// Router addresses, at most [`MAX_ASN_ADDRS`].
+    pub addrs: Vec<IpAddr>,
+}
+
+/// The answer to an [`AsnRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsnReply {
+    /// The network of each requested address, in request order; `null` when unknown.
+    pub asns: Vec<Option<u32>>,
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //! TTL after the last router that still answered, followed only by silence. It never changes a
 //! verdict; [`plan`] decides, from a finished measurement, what to repeat and what to look for.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -602,9 +603,59 @@ impl<'a> ProbeContext<'a> {
     }
 }
 
+/// A localisation's result: the observation (privacy rules applied), and the routers' own
+/// addresses by TTL - 1, unscrubbed, kept in memory only to ask the collector their networks
+/// ([`fill_asns`]).
+#[derive(Clone, Debug)]
+pub struct Located {
+    /// What goes into the record.
+    pub obs: PathObservation,
+    /// Every router address seen, by TTL - 1; empty when the localisation could not run.
+    pub routers: Vec<Option<IpAddr>>,
+}
+
+impl From<PathObservation> for Located {
+    fn from(obs: PathObservation) -> Self {
+        Located {
+            obs,
+            routers: Vec::new(),
+        }
+    }
+}
+
+/// Give each recorded hop its network. A public router (`public` true for its address) gets
+/// what the collector answered for it (`known`); a router inside the volunteer's own network
+/// (a private, CGNAT or own address, whose address is never kept) gets the probe's network,
+/// as long as no public router of another network, or of an unknown one, came before it:
+/// until then the path has not shown that it left the volunteer's ISP. So a censor at the
+/// ISP's own hops is named by the ISP's ASN although their addresses stay on the machine.
+/// Pure.
+pub fn fill_asns(
+    obs: &mut PathObservation,
+    routers: &[Option<IpAddr>],
+    public: impl Fn(IpAddr) -> bool,
+    known: &HashMap<IpAddr, u32>,
+    probe_asn: Option<u32>,
+) {
+    let mut left_home = false;
+    for hop in &mut obs.hops {
+        let Some(addr) = routers.get(usize::from(hop.ttl) - 1).copied().flatten() else {
+            continue;
+        };
+        if public(addr) {
+            hop.asn = known.get(&addr).copied();
+            if hop.asn.is_none() || hop.asn != probe_asn {
+                left_home = true;
+            }
+        } else if !left_home {
+            hop.asn = probe_asn;
+        }
+    }
+}
+
 /// Localise one planned block: every TTL at once, the trigger and (for a data trigger) a SYN
 /// for the router's address, each bounded by the probe timeout.
-pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> PathObservation {
+pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> Located {
     let t_ms = ms_since(t0);
     let start = Instant::now();
     let pc = &ctx.cfg.path;
@@ -621,14 +672,14 @@ pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> PathO
     let results = futures::future::join_all(per_ttl).await;
     let probes = results.iter().map(|(_, _, n)| n).sum();
     if results.iter().all(|(r, _, _)| r.is_none()) {
-        return unlocated(plan, PathUnlocated::NotRepeatable, t_ms, ms_since(start));
+        return unlocated(plan, PathUnlocated::NotRepeatable, t_ms, ms_since(start)).into();
     }
     let replies: Vec<HopReply> = results
         .iter()
         .map(|(r, _, _)| r.unwrap_or(HopReply::Error))
         .collect();
     let routers: Vec<Option<IpAddr>> = results.iter().map(|(_, a, _)| *a).collect();
-    observation(
+    let obs = observation(
         plan,
         &replies,
         &routers,
@@ -638,7 +689,8 @@ pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> PathO
         probes,
         t_ms,
         ms_since(start),
-    )
+    );
+    Located { obs, routers }
 }
 
 #[cfg(test)]
@@ -869,6 +921,84 @@ mod tests {
     }
 
     #[test]
+    fn fill_asns_table() {
+        let b = BogonFilter::default();
+        let own = OwnAddresses::default();
+        let public = |a: IpAddr| !b.is_bogon(a) && !own.contains(&a);
+        let ip = |s: &str| -> Option<IpAddr> { Some(s.parse().unwrap()) };
+        let known: HashMap<IpAddr, u32> = [
+            ("95.56.0.1", 9198),
+            ("95.56.0.9", 9198),
+            ("5.250.128.1", 21299),
+        ]
+        .into_iter()
+        .map(|(a, n)| (a.parse().unwrap(), n))
+        .collect();
+        type Case = (
+            &'static str,
+            Vec<Option<IpAddr>>,
+            Option<u32>,
+            Vec<Option<u32>>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "home router, CGNAT, the ISP's routers: all the ISP's",
+                vec![
+                    ip("192.168.1.1"),
+                    ip("100.64.0.1"),
+                    ip("95.56.0.1"),
+                    ip("95.56.0.9"),
+                ],
+                Some(9198),
+                vec![Some(9198), Some(9198), Some(9198), Some(9198)],
+            ),
+            (
+                "a private hop past another network is not the probe's",
+                vec![ip("192.168.1.1"), ip("5.250.128.1"), ip("10.0.0.1")],
+                Some(9198),
+                vec![Some(9198), Some(21299), None],
+            ),
+            (
+                "a public router of unknown network ends the home stretch too",
+                vec![ip("10.0.0.1"), ip("8.8.4.4"), ip("10.0.0.2")],
+                Some(9198),
+                vec![Some(9198), None, None],
+            ),
+            (
+                "the probe's network unknown: private hops stay unknown",
+                vec![ip("10.0.0.1"), ip("95.56.0.1")],
+                None,
+                vec![None, Some(9198)],
+            ),
+            (
+                "no address seen (silence): nothing",
+                vec![None, ip("95.56.0.1")],
+                Some(9198),
+                vec![None, Some(9198)],
+            ),
+        ];
+        for (what, routers, probe_asn, want) in cases {
+            let replies = vec![TimeExceeded; routers.len()];
+            let mut o = observation(
+                &plan_for(PathAction::Reset),
+                &replies,
+                &routers,
+                &PathConfig::default(),
+                &b,
+                &own,
+                1,
+                0.0,
+                0.0,
+            );
+            fill_asns(&mut o, &routers, public, &known, probe_asn);
+            let got: Vec<Option<u32>> = o.hops.iter().map(|h| h.asn).collect();
+            assert_eq!(got, want, "{what}");
+            // The addresses' privacy rules are untouched: none within the private hops.
+            assert!(o.hops.iter().take(2).all(|h| h.addr.is_none()), "{what}");
+        }
+    }
+
+    #[test]
     fn hops_stop_at_the_censor_and_unlocated_keeps_all() {
         let own = OwnAddresses::default();
         let cfg = PathConfig::default();
@@ -986,7 +1116,8 @@ mod loopback {
             &ctx,
             Instant::now(),
         )
-        .await;
+        .await
+        .obs;
         assert_eq!(o.censor_hop, Some(1), "{o:?}");
         assert_eq!(o.hops.len(), 1);
         assert_eq!(o.hops[0].reply, HopReply::Reset);
@@ -1011,7 +1142,8 @@ mod loopback {
             &ctx,
             Instant::now(),
         )
-        .await;
+        .await
+        .obs;
         assert_eq!(o.censor_hop, Some(1), "{o:?}");
         assert_eq!(o.hops[0].reply, HopReply::Censor);
         // Another page than the blockpage got through: no hop is claimed.
@@ -1020,7 +1152,8 @@ mod loopback {
             &ctx,
             Instant::now(),
         )
-        .await;
+        .await
+        .obs;
         assert_eq!(o.censor_hop, None);
         assert_eq!(o.unlocated, Some(PathUnlocated::AnsweredFirst));
     }
@@ -1044,7 +1177,7 @@ mod loopback {
         plan.trigger = PathTrigger::ClientHello;
         plan.server_name = Some("blocked.test".into());
         let start = Instant::now();
-        let o = localise(&plan, &ctx, Instant::now()).await;
+        let o = localise(&plan, &ctx, Instant::now()).await.obs;
         assert!(
             start.elapsed() < cfg.path.per_target(),
             "{:?}",
@@ -1071,7 +1204,8 @@ mod loopback {
             &ctx,
             Instant::now(),
         )
-        .await;
+        .await
+        .obs;
         assert_eq!(o.unlocated, Some(PathUnlocated::NotRepeatable));
         assert_eq!(o.censor_hop, None);
     }
