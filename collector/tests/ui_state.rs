@@ -58,7 +58,7 @@ async fn empty_csv_exports_have_their_header_row(db: Db) {
         ),
         (
             "/api/v1/events?format=csv",
-            "id,kind,domain,asn,country,category,method,started_at,ended_at,probes,probes_considered,measurements,share,rule",
+            "id,kind,domain,asn,country,category,method,started_at,ended_at,probes,probes_considered,measurements,share,rule,censor_hop,censor_asn,previous_censor_hop,previous_censor_asn",
         ),
         (
             "/api/v1/sites/nothing.example.org/history?format=csv",

@@ -330,6 +330,15 @@ fn the_censors_hop_is_aggregated_shown_and_a_move_raises_one_event() {
         (&st["censor_hop"], &st["censor_asn"]),
         (&Value::from(5), &Value::from(21299))
     );
+    // The CSV export carries the move too: the new place, then the old one.
+    let (code, csv) = get(&format!(
+        "{}api/v1/events?format=csv&kind=block_moved",
+        collector.url
+    ))
+    .unwrap();
+    assert_eq!(code, 200, "{csv}");
+    let row = csv.lines().nth(1).unwrap_or_default();
+    assert!(row.ends_with(",5,21299,3,9198"), "{csv}");
     hook.wait_for(Duration::from_secs(15), |b| {
         b.iter().any(|x| x.contains("\"block_moved\""))
     });

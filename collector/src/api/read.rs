@@ -194,6 +194,10 @@ const EVENTS_CSV: &[&str] = &[
     "measurements",
     "share",
     "rule",
+    "censor_hop",
+    "censor_asn",
+    "previous_censor_hop",
+    "previous_censor_asn",
 ];
 
 /// CSV row of `/status`.
@@ -297,6 +301,11 @@ struct EventCsv<'a> {
     measurements: u64,
     share: f64,
     rule: &'a str,
+    /// `block_moved`: where the censor sits now, and where it sat before.
+    censor_hop: Option<u8>,
+    censor_asn: Option<u32>,
+    previous_censor_hop: Option<u8>,
+    previous_censor_asn: Option<u32>,
 }
 
 impl<'a> From<&'a Event> for EventCsv<'a> {
@@ -316,6 +325,10 @@ impl<'a> From<&'a Event> for EventCsv<'a> {
             measurements: e.evidence.measurements,
             share: e.evidence.share,
             rule: &e.evidence.rule,
+            censor_hop: e.evidence.censor.map(|c| c.hop),
+            censor_asn: e.evidence.censor.and_then(|c| c.asn),
+            previous_censor_hop: e.evidence.previous_censor.map(|c| c.hop),
+            previous_censor_asn: e.evidence.previous_censor.and_then(|c| c.asn),
         }
     }
 }
