@@ -116,6 +116,15 @@ struct Args {
     /// 0 to skip.
     #[arg(long, default_value_t = 0)]
     full_window: usize,
+    /// Do not settle the store after the full-window fill. By default the collector's own
+    /// sweep (`Evaluator::sweep`, as its periodic catch-up runs it) evaluates the filled
+    /// window once, and PostgreSQL is vacuumed and analysed, untimed: a deployment whose
+    /// window filled over hours opened those events as it went and autovacuumed as it went,
+    /// while the bulk fill writes measurements only, so without it the timed uploads would
+    /// open (durably, one by one) every event the fill implies, beside autovacuum's pass
+    /// over a million new rows.
+    #[arg(long)]
+    no_settle: bool,
 }
 
 fn hex_of(data: &[u8]) -> String {
@@ -640,6 +649,34 @@ async fn rows_of(url: &str, kind: StoreKind, table: &str) -> Result<i64> {
         .await
 }
 
+/// Events in the collector (the read API's largest page: enough for these runs).
+async fn count_events(client: &reqwest::Client, base: &str) -> Result<i64> {
+    let events: Value = client
+        .get(format!("{base}/api/v1/events?limit=10000"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(events["events"].as_array().map_or(0, Vec::len) as i64)
+}
+
+/// Event transitions so far (opened, closed, moved): the sum of the collector's
+/// `witness_events_total` counters.
+async fn event_transitions(client: &reqwest::Client, base: &str) -> Result<i64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let prefix = format!("{}{{", witness_collector::metrics::EVENTS_TOTAL);
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as i64)
+}
+
 /// Rows per transaction of the bulk fill.
 const FILL_CHUNK: usize = 200_000;
 
@@ -919,6 +956,7 @@ async fn main() -> Result<()> {
     let empty_size = db_size(args.store, &url, sqlite_path.as_deref()).await?;
     let state = AppState::new(config, store)?;
     let state_for_fleet = state.clone();
+    let evaluator = state.evaluator.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1024,13 +1062,7 @@ async fn main() -> Result<()> {
         lines = text.lines().filter(|l| !l.starts_with('#')).count();
     }
     renders.sort();
-    let events: Value = client
-        .get(format!("{base}/api/v1/events?limit=10000"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let events = events["events"].as_array().map_or(0, Vec::len);
+    let events = count_events(&client, &base).await?;
 
     // The store's own bulk-load rate, on the same store, right after.
     let bulk_rate = if args.bulk_compare > 0 {
@@ -1050,6 +1082,7 @@ async fn main() -> Result<()> {
     let mut full_window = None;
     let full_window_phase = |generator: &mut Generator| {
         let (client, base, url, fleet, args) = (&client, &base, &url, &fleet, &args);
+        let evaluator = &evaluator;
         let uploads = make_uploads(args, generator, fleet).0;
         let truth = generator.truth.clone();
         async move {
@@ -1073,7 +1106,28 @@ async fn main() -> Result<()> {
                 );
             }
             let in_window = rows_of(url, args.store, "measurements").await?;
+            let mut settled = None;
+            if !args.no_settle {
+                let t = Instant::now();
+                let n = evaluator.sweep(Utc::now()).await?;
+                // And the state autovacuum keeps a live table in: without this, PostgreSQL's
+                // autovacuum and autoanalyze of the million fresh rows would run during the
+                // timed uploads (a deployment's run continuously, in small steps).
+                if args.store == StoreKind::Postgres {
+                    Conn::open(args.store, url)
+                        .await?
+                        .run("VACUUM ANALYZE")
+                        .await?;
+                }
+                eprintln!(
+                    "settled: {n} event transitions, vacuumed, in {:.1?} (untimed)",
+                    t.elapsed()
+                );
+                settled = Some(json!({ "transitions": n, "seconds": t.elapsed().as_secs_f64() }));
+            }
+            let events_before = event_transitions(client, base).await?;
             let (l, a, e) = ingest(client, base, uploads, args.clients).await?;
+            let event_changes = event_transitions(client, base).await? - events_before;
             let full_rate = a as f64 / e.as_secs_f64();
             eprintln!(
                 "full window: {a} measurements over HTTP with {in_window} in the window: {full_rate:.0}/s, {:.0}% of the fresh rate",
@@ -1084,6 +1138,8 @@ async fn main() -> Result<()> {
                 "measurements": a,
                 "measurements_per_second": full_rate,
                 "ratio_to_fresh": full_rate / rate,
+                "settled": settled,
+                "event_transitions": event_changes,
                 "latency_ms": { "p50": ms(percentile(&l, 0.5)), "p99": ms(percentile(&l, 0.99)) },
             }))
         }
@@ -1224,11 +1280,13 @@ async fn main() -> Result<()> {
     }
     if let Some(f) = &full_window {
         println!(
-            "full window:         {} measurements/s with {} in the window ({} uploaded), {:.0}% of the fresh rate",
+            "full window:         {} measurements/s with {} in the window ({} uploaded), {:.0}% of the fresh rate; {} event transitions during it (settled first: {})",
             f["measurements_per_second"].as_f64().unwrap_or(0.0).round(),
             f["measurements_in_window"],
             f["measurements"],
-            f["ratio_to_fresh"].as_f64().unwrap_or(0.0) * 100.0
+            f["ratio_to_fresh"].as_f64().unwrap_or(0.0) * 100.0,
+            f["event_transitions"],
+            !args.no_settle
         );
     }
     for l in &levels {

@@ -39,6 +39,13 @@ struct Pass {
     stale: bool,
 }
 
+/// What [`Evaluator::evaluate`] read for one site and network before evaluating it.
+#[derive(Debug, Default)]
+struct Read {
+    series: Vec<crate::model::Obs>,
+    states: Vec<EventState>,
+}
+
 /// What a batch touched.
 #[derive(Clone, Debug, Default)]
 pub struct Touched {
@@ -132,11 +139,34 @@ impl Evaluator {
             }
             None => Default::default(),
         };
-        for ((domain, asn), t) in &touched.sites {
-            if !active.contains(&(domain.clone(), *asn)) {
-                continue;
-            }
-            n += self.evaluate_site(domain, *asn, t).await?;
+        // The series and event states of every active key in two reads, not two per key: the
+        // window's measurements since the earliest of them, cut per key below.
+        let active: Vec<(String, u32)> = touched
+            .sites
+            .keys()
+            .filter(|k| active.contains(*k))
+            .cloned()
+            .collect();
+        let earliest = active
+            .iter()
+            .filter_map(|k| touched.sites[k].times.iter().min())
+            .min();
+        let (mut series, mut states) = match earliest {
+            Some(e) if !active.is_empty() => (
+                self.store
+                    .site_series_many(&active, *e - self.params.window)
+                    .await?,
+                self.store.block_states_many(&active).await?,
+            ),
+            _ => Default::default(),
+        };
+        for key in active {
+            let t = &touched.sites[&key];
+            let read = Read {
+                series: series.remove(&key).unwrap_or_default(),
+                states: states.remove(&key).unwrap_or_default(),
+            };
+            n += self.evaluate_site(&key.0, key.1, t, Some(read)).await?;
         }
         for (asn, t) in &touched.networks {
             n += self.evaluate_network(*asn, t).await?;
@@ -156,7 +186,7 @@ impl Evaluator {
                 category: s.category,
                 offline: false,
             };
-            n += self.evaluate_site(&s.domain, s.asn, &t).await?;
+            n += self.evaluate_site(&s.domain, s.asn, &t, None).await?;
         }
         for net in self.store.recent_networks(since).await? {
             let t = Touch {
@@ -170,10 +200,18 @@ impl Evaluator {
         Ok(n)
     }
 
-    async fn evaluate_site(&self, domain: &str, asn: u32, t: &Touch) -> StoreResult<usize> {
+    /// Evaluate one site on one network; `read` is what [`Evaluator::evaluate`] already read
+    /// for it, used by the first attempt only (a stale pass reads again).
+    async fn evaluate_site(
+        &self,
+        domain: &str,
+        asn: u32,
+        t: &Touch,
+        mut read: Option<Read>,
+    ) -> StoreResult<usize> {
         let mut n = 0;
         for _ in 0..MAX_ATTEMPTS {
-            let pass = self.evaluate_site_once(domain, asn, t).await?;
+            let pass = self.evaluate_site_once(domain, asn, t, read.take()).await?;
             n += pass.applied;
             if !pass.stale {
                 return Ok(n);
@@ -187,13 +225,31 @@ impl Evaluator {
         Ok(n)
     }
 
-    async fn evaluate_site_once(&self, domain: &str, asn: u32, t: &Touch) -> StoreResult<Pass> {
+    async fn evaluate_site_once(
+        &self,
+        domain: &str,
+        asn: u32,
+        t: &Touch,
+        read: Option<Read>,
+    ) -> StoreResult<Pass> {
         let mut pass = Pass::default();
         let Some(first) = t.times.iter().min().copied() else {
             return Ok(pass);
         };
         let since = first - self.params.window;
-        let series = self.store.site_series(domain, asn, since).await?;
+        let (series, states) = match read {
+            Some(Read { mut series, states }) => {
+                // Read from the earliest time of the whole upload: keep this key's window.
+                series.retain(|o| o.at > since);
+                (series, states)
+            }
+            None => (
+                self.store.site_series(domain, asn, since).await?,
+                self.store
+                    .event_states(EventKind::NewBlock, Some(domain), asn)
+                    .await?,
+            ),
+        };
         let anchors = aggregate::anchors(
             t.times
                 .iter()
@@ -203,10 +259,6 @@ impl Evaluator {
         let Some(last) = anchors.last().copied() else {
             return Ok(pass);
         };
-        let states = self
-            .store
-            .event_states(EventKind::NewBlock, Some(domain), asn)
-            .await?;
         let open_methods = states
             .iter()
             .filter(|s| s.open_since.is_some())

@@ -543,6 +543,22 @@ pub trait Store: Send + Sync + 'static {
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<Obs>>;
 
+    /// [`Store::site_series`] of many sites and networks in one read (a few, for thousands of
+    /// keys): each key's measurements with `started_at > since`, in the same order; keys with
+    /// none are absent. The evaluation of an upload reads all its keys' series at once.
+    async fn site_series_many(
+        &self,
+        keys: &[(String, u32)],
+        since: DateTime<Utc>,
+    ) -> StoreResult<std::collections::HashMap<(String, u32), Vec<Obs>>>;
+
+    /// [`Store::event_states`] of the `new_block` events of many sites and networks in one
+    /// read; keys without events are absent.
+    async fn block_states_many(
+        &self,
+        keys: &[(String, u32)],
+    ) -> StoreResult<std::collections::HashMap<(String, u32), Vec<EventState>>>;
+
     /// Presence runs of the probes of one network with `started_at > since`.
     async fn network_presence(&self, asn: u32, since: DateTime<Utc>) -> StoreResult<Vec<Presence>>;
 

@@ -11,7 +11,7 @@
 //! SQLite has no time type: comparisons, `MAX` and hour buckets are then plain integer
 //! arithmetic with the same SQL in both.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use async_trait::async_trait;
@@ -791,6 +791,77 @@ impl<S: SqlStore> Store for S {
                 })
             })
             .collect()
+    }
+
+    async fn site_series_many(
+        &self,
+        keys: &[(String, u32)],
+        since: DateTime<Utc>,
+    ) -> StoreResult<HashMap<(String, u32), Vec<Obs>>> {
+        let wanted: HashSet<&(String, u32)> = keys.iter().collect();
+        let mut out: HashMap<(String, u32), Vec<Obs>> = HashMap::new();
+        // In slices, far below SQLite's bound-parameter limit. The IN lists cross every
+        // domain with every network of the slice (an upload comes from one network, so this
+        // is exact in practice); rows of pairs not asked for are dropped.
+        for part in keys.chunks(400) {
+            let mut asns: Vec<u32> = part.iter().map(|(_, a)| *a).collect();
+            asns.sort_unstable();
+            asns.dedup();
+            let mut q = S::query(&format!(
+                "SELECT {} AS id, domain, asn, probe_id, started_at, status, method,                         CAST(censor_hop AS BIGINT) AS censor_hop, censor_asn                  FROM measurements WHERE domain IN (",
+                S::DIALECT.id_text("id")
+            ));
+            q.bind_list(part.iter().map(|(d, _)| d.as_str()))
+                .push(") AND asn IN (")
+                .bind_list(asns)
+                .push(") AND started_at > ")
+                .bind(since)
+                .push(" ORDER BY domain, asn, started_at, id");
+            for r in self.all(&q).await? {
+                let key = (r.string("domain")?, r.asn("asn")?);
+                if !wanted.contains(&key) {
+                    continue;
+                }
+                out.entry(key).or_default().push(Obs {
+                    id: r.string("id")?,
+                    probe: r.string("probe_id")?,
+                    at: r.time("started_at")?,
+                    status: r.parsed("status")?,
+                    method: r.method("method")?,
+                    censor_hop: r.opt_hop("censor_hop")?,
+                    censor_asn: r.opt_asn("censor_asn")?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn block_states_many(
+        &self,
+        keys: &[(String, u32)],
+    ) -> StoreResult<HashMap<(String, u32), Vec<EventState>>> {
+        let wanted: HashSet<&(String, u32)> = keys.iter().collect();
+        let mut out: HashMap<(String, u32), Vec<EventState>> = HashMap::new();
+        for part in keys.chunks(400) {
+            let mut q = S::query(&format!(
+                "SELECT domain, asn, method,                         MAX(CASE WHEN ended_at IS NULL THEN started_at END) AS open_since,                         MAX({}(open_decided_at, COALESCE(close_decided_at, 0))) AS floor                  FROM events WHERE kind = 'new_block' AND domain IN (",
+                S::DIALECT.greatest()
+            ));
+            q.bind_list(part.iter().map(|(d, _)| d.as_str()))
+                .push(") GROUP BY domain, asn, method");
+            for r in self.all(&q).await? {
+                let key = (r.string("domain")?, r.asn("asn")?);
+                if !wanted.contains(&key) {
+                    continue;
+                }
+                out.entry(key).or_default().push(EventState {
+                    method: r.method("method")?,
+                    open_since: r.opt_time("open_since")?,
+                    floor: r.opt_time("floor")?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn network_presence(&self, asn: u32, since: DateTime<Utc>) -> StoreResult<Vec<Presence>> {
