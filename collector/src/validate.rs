@@ -231,27 +231,37 @@ pub fn parse_record(
             ),
         ));
     }
-    // A newer probe's record may not parse as this version's `Measurement` at all: look at its
-    // version first so the probe is told the real reason.
-    #[derive(Deserialize)]
-    struct VersionOnly {
-        schema_version: Option<serde_json::Value>,
-    }
-    if let Ok(VersionOnly {
-        schema_version: Some(v),
-    }) = serde_json::from_str::<VersionOnly>(raw)
-    {
-        if v.as_u64() != Some(u64::from(SCHEMA_VERSION)) {
-            return Err(Rejection::new(
-                RejectReason::SchemaVersion,
-                format!(
-                    "schema_version {v} is not supported; this collector speaks {SCHEMA_VERSION}"
-                ),
-            ));
+    let unsupported = |v: &dyn fmt::Display| {
+        Rejection::new(
+            RejectReason::SchemaVersion,
+            format!("schema_version {v} is not supported; this collector speaks {SCHEMA_VERSION}"),
+        )
+    };
+    let m: Measurement = match serde_json::from_str(raw) {
+        Ok(m) => m,
+        Err(e) => {
+            // A newer probe's record may not parse as this version's `Measurement` at all:
+            // look at its version so the probe is told the real reason. (Only on failure: a
+            // valid record is scanned once for its fields, once for its bounds.)
+            #[derive(Deserialize)]
+            struct VersionOnly {
+                schema_version: Option<serde_json::Value>,
+            }
+            if let Ok(VersionOnly {
+                schema_version: Some(v),
+            }) = serde_json::from_str::<VersionOnly>(raw)
+            {
+                if v.as_u64() != Some(u64::from(SCHEMA_VERSION)) {
+                    return Err(unsupported(&v));
+                }
+            }
+            return Err(Rejection::new(RejectReason::Malformed, e.to_string()));
         }
+    };
+    // The version before the bounds, as for a record that does not parse.
+    if m.schema_version != SCHEMA_VERSION {
+        return Err(unsupported(&m.schema_version));
     }
-    let m: Measurement = serde_json::from_str(raw)
-        .map_err(|e| Rejection::new(RejectReason::Malformed, e.to_string()))?;
     check_bounds(raw)?;
     validate(&m, limits, now)?;
     Ok(m)
