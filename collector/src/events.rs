@@ -44,6 +44,8 @@ struct Pass {
 struct Read {
     series: Vec<crate::model::Obs>,
     states: Vec<EventState>,
+    /// The network's probe count (up to 2) over the key's interval, when already known.
+    probes: Option<usize>,
 }
 
 /// What a batch touched.
@@ -160,11 +162,15 @@ impl Evaluator {
             ),
             _ => Default::default(),
         };
+        let two_probes = self
+            .networks_with_two_probes(touched, &active, &series)
+            .await?;
         for key in active {
             let t = &touched.sites[&key];
             let read = Read {
                 series: series.remove(&key).unwrap_or_default(),
                 states: states.remove(&key).unwrap_or_default(),
+                probes: two_probes.contains(&key.1).then_some(2),
             };
             n += self.evaluate_site(&key.0, key.1, t, Some(read)).await?;
         }
@@ -172,6 +178,57 @@ impl Evaluator {
             n += self.evaluate_network(*asn, t).await?;
         }
         Ok(n)
+    }
+
+    /// The networks that had two probes or more within every interval the rule will ask about
+    /// for this upload's `active` keys: the single-probe count runs once per network, over the
+    /// intersection of the keys' intervals, instead of once per key. Counts only grow with the
+    /// interval, so two in the intersection is two in each key's; below two, the keys are
+    /// counted one by one as before. Each key's interval is the one
+    /// [`Evaluator::evaluate_site_once`] computes: from its earliest new measurement minus the
+    /// window, to its latest time.
+    async fn networks_with_two_probes(
+        &self,
+        touched: &Touched,
+        active: &[(String, u32)],
+        series: &std::collections::HashMap<(String, u32), Vec<crate::model::Obs>>,
+    ) -> StoreResult<Vec<u32>> {
+        let mut per_asn: BTreeMap<u32, (usize, DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
+        for key in active {
+            let t = &touched.sites[key];
+            let Some(first) = t.times.iter().min().copied() else {
+                continue;
+            };
+            let since = first - self.params.window;
+            let latest_seen = series
+                .get(key)
+                .into_iter()
+                .flatten()
+                .map(|o| o.at)
+                .filter(|at| *at > since);
+            let Some(last) = t.times.iter().copied().chain(latest_seen).max() else {
+                continue;
+            };
+            per_asn
+                .entry(key.1)
+                .and_modify(|(n, s, l)| {
+                    *n += 1;
+                    *s = (*s).max(since);
+                    *l = (*l).min(last);
+                })
+                .or_insert((1, since, last));
+        }
+        let mut out = Vec::new();
+        for (asn, (keys, since, last)) in per_asn {
+            // One key gains nothing; an empty intersection cannot be counted.
+            if keys < 2 || since > last {
+                continue;
+            }
+            if self.store.network_probe_count(asn, since, last).await? >= 2 {
+                out.push(asn);
+            }
+        }
+        Ok(out)
     }
 
     /// Catch-up: re-evaluate every site and network measured within the window, at its latest
@@ -237,17 +294,22 @@ impl Evaluator {
             return Ok(pass);
         };
         let since = first - self.params.window;
-        let (series, states) = match read {
-            Some(Read { mut series, states }) => {
+        let (series, states, probes) = match read {
+            Some(Read {
+                mut series,
+                states,
+                probes,
+            }) => {
                 // Read from the earliest time of the whole upload: keep this key's window.
                 series.retain(|o| o.at > since);
-                (series, states)
+                (series, states, probes)
             }
             None => (
                 self.store.site_series(domain, asn, since).await?,
                 self.store
                     .event_states(EventKind::NewBlock, Some(domain), asn)
                     .await?,
+                None,
             ),
         };
         let anchors = aggregate::anchors(
@@ -267,7 +329,10 @@ impl Evaluator {
         if methods.is_empty() {
             return Ok(pass);
         }
-        let asn_probes = self.store.network_probe_count(asn, since, last).await?;
+        let asn_probes = match probes {
+            Some(n) => n,
+            None => self.store.network_probe_count(asn, since, last).await?,
+        };
         for method in methods {
             let state = key_state(&states, Some(method));
             let decisions = aggregate::replay(&anchors, state, |anchor, open| {

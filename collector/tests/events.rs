@@ -315,9 +315,73 @@ async fn sweep_catches_up_on_measurements_stored_without_evaluation(db: Db) {
     app.stop().await;
 }
 
+/// The single-probe rule when one upload touches several blocked sites (the evaluation counts
+/// a network's probes once per upload where it can): a network with one probe gets its blocks
+/// from that probe's three runs; a network with a second probe (which measured something else)
+/// does not, since one probe of two is not enough.
+async fn single_probe_rule_with_many_sites_per_upload(db: Db) {
+    let app = spawn_on(db, test_config()).await;
+    let (solo, other, witness) = (
+        app.register().await.1,
+        app.register().await.1,
+        app.register().await.1,
+    );
+    let (one, two): (u32, u32) = (64_501, 64_502);
+    let t0 = Utc::now() - TimeDelta::hours(3);
+    // The second network's other probe, before the runs: inside every run's window.
+    app.upload(
+        &witness,
+        &[measurement(
+            "unrelated.test",
+            two,
+            Status::Accessible,
+            None,
+            t0 - TimeDelta::minutes(30),
+        )],
+    )
+    .await;
+    for run in 0..3 {
+        let at = t0 + TimeDelta::hours(run);
+        for (token, asn) in [(&solo, one), (&other, two)] {
+            let batch: Vec<_> = ["a.test", "b.test"]
+                .iter()
+                .map(|d| measurement(d, asn, Status::Blocked, Some(Method::Tcp), at))
+                .collect();
+            app.upload(token, &batch).await;
+        }
+    }
+    let events = app.get_json("/api/v1/events").await;
+    let mut got: Vec<(String, u32, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["domain"].as_str().unwrap_or_default().to_string(),
+                e["asn"].as_u64().unwrap_or_default() as u32,
+                e["evidence"]["rule"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("a.test".to_string(), one, "single_probe".to_string()),
+            ("b.test".to_string(), one, "single_probe".to_string()),
+        ],
+        "{events:#}"
+    );
+    app.stop().await;
+}
+
 both_stores!(
     three_probes_blocked_then_accessible_make_one_event_and_resolve_it,
     offline_reports_make_a_shutdown_not_blocks,
     webhook_failures_are_retried_from_the_outbox,
     sweep_catches_up_on_measurements_stored_without_evaluation,
+    single_probe_rule_with_many_sites_per_upload,
 );
