@@ -75,6 +75,12 @@ impl Deref for AppState {
 }
 
 impl AppState {
+    /// The network of `ip` in the ASN table; `None` without a table or for an address it does
+    /// not hold.
+    pub fn network_of(&self, ip: std::net::IpAddr) -> Option<crate::asn::AsnInfo> {
+        self.asn.as_ref()?.lookup(ip)
+    }
+
     /// State for `config` over `store`.
     pub fn new(config: Config, store: Arc<dyn Store>) -> anyhow::Result<AppState> {
         config.check()?;

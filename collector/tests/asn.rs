@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use chrono::Utc;
-use common::{located, measurement, spawn, test_config};
+use common::{lab_server, located, measurement, spawn, test_config};
 use serde_json::{json, Value};
 use witness_core::model::{ControlReply, Method, Status};
 
@@ -26,13 +26,7 @@ fn table(dir: &tempfile::TempDir) -> PathBuf {
 #[tokio::test]
 async fn the_control_names_the_callers_network() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = {
-        let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await });
-        addr
-    };
+    let lab = lab_server().await;
     let mut cfg = test_config();
     cfg.control.allow_private = true;
     cfg.control.allow_anonymous = true;

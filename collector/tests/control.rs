@@ -6,20 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{spawn, test_config};
+use common::{lab_server, spawn, test_config};
 use serde_json::{json, Value};
 use witness_core::model::ControlReply;
-
-async fn lab_server() -> std::net::SocketAddr {
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::get(|| async { axum::response::Html("<title>lab page</title>hello") }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await });
-    addr
-}
 
 #[tokio::test]
 async fn control_needs_a_token_and_refuses_private_targets() {

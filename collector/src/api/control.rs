@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Extension;
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use witness_core::model::{
     AsnReply, AsnRequest, ControlMeta, ControlReply, ControlRequest, MAX_ASN_ADDRS,
 };
@@ -25,14 +26,40 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/asn", post(asn))
 }
 
-/// Who may ask: a probe token, or anyone when `control.allow_anonymous`; the key its requests
-/// are counted under.
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    if state.config.control.allow_anonymous && crate::auth::bearer(headers).is_none() {
-        Ok("anonymous".to_string())
-    } else {
-        authenticate(state, headers).await
+/// What both control routes do before any work, in this order: 404 when the control is
+/// disabled; the caller (a probe token, or anyone when `control.allow_anonymous`) and its
+/// rate limit, before a byte of the body is read; then the body, at most `limit` bytes, parsed
+/// as `T` (400 naming `what` when it is not). Returns the key the caller is counted under.
+async fn admit<T: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> Result<(String, T), ApiError> {
+    if !state.config.control.enabled {
+        return Err(ApiError::NotFound);
     }
+    let key = if state.config.control.allow_anonymous && crate::auth::bearer(headers).is_none() {
+        "anonymous".to_string()
+    } else {
+        authenticate(state, headers).await?
+    };
+    state
+        .control_limiter
+        .check(&key)
+        .map_err(ApiError::RateLimited)?;
+    require_json(headers)?;
+    let body = crate::body::read(
+        body,
+        headers,
+        limit,
+        state.config.server.body_read_timeout.0,
+    )
+    .await?;
+    let req = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))?;
+    Ok((key, req))
 }
 
 /// Largest `POST /api/v1/asn` body: 64 IPv6 addresses in JSON are under 3 KiB.
@@ -45,24 +72,8 @@ pub async fn asn(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<AsnReply>, ApiError> {
-    if !state.config.control.enabled {
-        return Err(ApiError::NotFound);
-    }
-    let key = caller(&state, &headers).await?;
-    state
-        .control_limiter
-        .check(&key)
-        .map_err(ApiError::RateLimited)?;
-    require_json(&headers)?;
-    let body = crate::body::read(
-        body,
-        &headers,
-        MAX_ASN_BODY,
-        state.config.server.body_read_timeout.0,
-    )
-    .await?;
-    let req: AsnRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid ASN request: {e}")))?;
+    let (_, req): (_, AsnRequest) =
+        admit(&state, &headers, body, MAX_ASN_BODY, "ASN request").await?;
     if req.addrs.len() > MAX_ASN_ADDRS {
         return Err(ApiError::Unprocessable(format!(
             "at most {MAX_ASN_ADDRS} addresses per request, not {}",
@@ -72,7 +83,7 @@ pub async fn asn(
     let asns = req
         .addrs
         .iter()
-        .map(|a| state.asn.as_ref()?.lookup(*a).map(|i| i.asn))
+        .map(|a| state.network_of(*a).map(|i| i.asn))
         .collect();
     Ok(Json(AsnReply { asns }))
 }
@@ -85,24 +96,14 @@ pub async fn control(
     body: Body,
 ) -> Result<Json<ControlReply>, ApiError> {
     let cfg = &state.config.control;
-    if !cfg.enabled {
-        return Err(ApiError::NotFound);
-    }
-    let key = caller(&state, &headers).await?;
-    state
-        .control_limiter
-        .check(&key)
-        .map_err(ApiError::RateLimited)?;
-    require_json(&headers)?;
-    let body = crate::body::read(
-        body,
+    let (key, req): (_, ControlRequest) = admit(
+        &state,
         &headers,
+        body,
         crate::body::MAX_CONTROL_BODY,
-        state.config.server.body_read_timeout.0,
+        "control request",
     )
     .await?;
-    let req: ControlRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid control request: {e}")))?;
     let wait = Duration::from_secs(cfg.timeout_secs);
     let _probe_slot = state
         .control_probe_slots
@@ -134,7 +135,7 @@ pub async fn control(
         &headers,
         peer.map(|Extension(ConnectInfo(addr))| addr),
     );
-    let network = your_address.and_then(|a| state.asn.as_ref()?.lookup(a));
+    let network = your_address.and_then(|a| state.network_of(a));
     Ok(Json(ControlReply {
         control,
         meta: ControlMeta {

@@ -408,6 +408,44 @@ pub(crate) fn measurement_from_row(r: &impl SqlRow) -> StoreResult<MeasurementRe
     })
 }
 
+/// The columns of [`obs_from_row`], from `measurements`.
+fn obs_columns(d: Dialect) -> String {
+    format!(
+        "{} AS id, probe_id, started_at, status, method, \
+         CAST(censor_hop AS BIGINT) AS censor_hop, censor_asn",
+        d.id_text("id")
+    )
+}
+
+fn obs_from_row(r: &impl SqlRow) -> StoreResult<Obs> {
+    Ok(Obs {
+        id: r.string("id")?,
+        probe: r.string("probe_id")?,
+        at: r.time("started_at")?,
+        status: r.parsed("status")?,
+        method: r.method("method")?,
+        censor_hop: r.opt_hop("censor_hop")?,
+        censor_asn: r.opt_asn("censor_asn")?,
+    })
+}
+
+/// The aggregate columns of [`event_state_from_row`], from `events` grouped by key and method.
+fn event_state_columns(d: Dialect) -> String {
+    format!(
+        "method, MAX(CASE WHEN ended_at IS NULL THEN started_at END) AS open_since, \
+         MAX({}(open_decided_at, COALESCE(close_decided_at, 0))) AS floor",
+        d.greatest()
+    )
+}
+
+fn event_state_from_row(r: &impl SqlRow) -> StoreResult<EventState> {
+    Ok(EventState {
+        method: r.method("method")?,
+        open_since: r.opt_time("open_since")?,
+        floor: r.opt_time("floor")?,
+    })
+}
+
 fn latest_group_from_row(r: &impl SqlRow) -> StoreResult<LatestGroup> {
     Ok(LatestGroup {
         domain: r.string("domain")?,
@@ -769,28 +807,12 @@ impl<S: SqlStore> Store for S {
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<Obs>> {
         let mut q = S::query(&format!(
-            "SELECT {} AS id, probe_id, started_at, status, method, \
-                    CAST(censor_hop AS BIGINT) AS censor_hop, censor_asn \
-             FROM measurements \
+            "SELECT {} FROM measurements \
              WHERE domain = ? AND asn = ? AND started_at > ? ORDER BY started_at, id",
-            S::DIALECT.id_text("id")
+            obs_columns(S::DIALECT)
         ));
         q.arg(domain).arg(asn).arg(since);
-        self.all(&q)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(Obs {
-                    id: r.string("id")?,
-                    probe: r.string("probe_id")?,
-                    at: r.time("started_at")?,
-                    status: r.parsed("status")?,
-                    method: r.method("method")?,
-                    censor_hop: r.opt_hop("censor_hop")?,
-                    censor_asn: r.opt_asn("censor_asn")?,
-                })
-            })
-            .collect()
+        self.all(&q).await?.iter().map(obs_from_row).collect()
     }
 
     async fn site_series_many(
@@ -808,8 +830,8 @@ impl<S: SqlStore> Store for S {
             asns.sort_unstable();
             asns.dedup();
             let mut q = S::query(&format!(
-                "SELECT {} AS id, domain, asn, probe_id, started_at, status, method,                         CAST(censor_hop AS BIGINT) AS censor_hop, censor_asn                  FROM measurements WHERE domain IN (",
-                S::DIALECT.id_text("id")
+                "SELECT domain, asn, {} FROM measurements WHERE domain IN (",
+                obs_columns(S::DIALECT)
             ));
             q.bind_list(part.iter().map(|(d, _)| d.as_str()))
                 .push(") AND asn IN (")
@@ -822,15 +844,7 @@ impl<S: SqlStore> Store for S {
                 if !wanted.contains(&key) {
                     continue;
                 }
-                out.entry(key).or_default().push(Obs {
-                    id: r.string("id")?,
-                    probe: r.string("probe_id")?,
-                    at: r.time("started_at")?,
-                    status: r.parsed("status")?,
-                    method: r.method("method")?,
-                    censor_hop: r.opt_hop("censor_hop")?,
-                    censor_asn: r.opt_asn("censor_asn")?,
-                });
+                out.entry(key).or_default().push(obs_from_row(&r)?);
             }
         }
         Ok(out)
@@ -844,8 +858,8 @@ impl<S: SqlStore> Store for S {
         let mut out: HashMap<(String, u32), Vec<EventState>> = HashMap::new();
         for part in keys.chunks(400) {
             let mut q = S::query(&format!(
-                "SELECT domain, asn, method,                         MAX(CASE WHEN ended_at IS NULL THEN started_at END) AS open_since,                         MAX({}(open_decided_at, COALESCE(close_decided_at, 0))) AS floor                  FROM events WHERE kind = 'new_block' AND domain IN (",
-                S::DIALECT.greatest()
+                "SELECT domain, asn, {} FROM events WHERE kind = 'new_block' AND domain IN (",
+                event_state_columns(S::DIALECT)
             ));
             q.bind_list(part.iter().map(|(d, _)| d.as_str()))
                 .push(") GROUP BY domain, asn, method");
@@ -854,11 +868,7 @@ impl<S: SqlStore> Store for S {
                 if !wanted.contains(&key) {
                     continue;
                 }
-                out.entry(key).or_default().push(EventState {
-                    method: r.method("method")?,
-                    open_since: r.opt_time("open_since")?,
-                    floor: r.opt_time("floor")?,
-                });
+                out.entry(key).or_default().push(event_state_from_row(&r)?);
             }
         }
         Ok(out)
@@ -933,22 +943,14 @@ impl<S: SqlStore> Store for S {
         asn: u32,
     ) -> StoreResult<Vec<EventState>> {
         let mut q = S::query(&format!(
-            "SELECT method, MAX(CASE WHEN ended_at IS NULL THEN started_at END) AS open_since, \
-                    MAX({}(open_decided_at, COALESCE(close_decided_at, 0))) AS floor \
-             FROM events WHERE kind = ? AND domain = ? AND asn = ? GROUP BY method",
-            S::DIALECT.greatest()
+            "SELECT {} FROM events WHERE kind = ? AND domain = ? AND asn = ? GROUP BY method",
+            event_state_columns(S::DIALECT)
         ));
         q.arg(kind.as_str()).arg(domain.unwrap_or("")).arg(asn);
         self.all(&q)
             .await?
             .iter()
-            .map(|r| {
-                Ok(EventState {
-                    method: r.method("method")?,
-                    open_since: r.opt_time("open_since")?,
-                    floor: r.opt_time("floor")?,
-                })
-            })
+            .map(event_state_from_row)
             .collect()
     }
 

@@ -269,6 +269,19 @@ pub fn located(mut m: Measurement, hop: u8, asn: Option<u32>) -> Measurement {
     m
 }
 
+/// A web server on 127.0.0.1, port 0, serving one small page at `/`: a target for the
+/// control service.
+pub async fn lab_server() -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async { axum::response::Html("<title>lab page</title>hello") }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
 /// A tiny webhook receiver on port 0 that records every body.
 pub struct Receiver {
     pub url: String,

@@ -91,21 +91,14 @@ impl ControlClient {
     /// [`MAX_ASN_ADDRS`]) belong to: one answer per address, `None` where unknown.
     pub async fn asns(&self, addrs: &[IpAddr]) -> Result<Vec<Option<u32>>, ControlError> {
         let addrs: Vec<IpAddr> = addrs.iter().take(MAX_ASN_ADDRS).copied().collect();
-        let reply: AsnReply = self
-            .post(
-                "api/v1/asn",
-                &AsnRequest {
-                    addrs: addrs.clone(),
-                },
-            )
-            .await?;
-        if reply.asns.len() != addrs.len() {
+        let asked = addrs.len();
+        let reply: AsnReply = self.post("api/v1/asn", &AsnRequest { addrs }).await?;
+        if reply.asns.len() != asked {
             return Err(ControlError::Status {
                 status: 200,
                 body: Some(format!(
-                    "{} networks for {} addresses",
-                    reply.asns.len(),
-                    addrs.len()
+                    "{} networks for {asked} addresses",
+                    reply.asns.len()
                 )),
             });
         }

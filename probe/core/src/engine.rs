@@ -228,7 +228,8 @@ impl Engine {
             path::fill_asns(
                 &mut obs,
                 &routers,
-                |a| !self.cfg.bogons.is_bogon(a) && !self.own.contains(&a),
+                &self.cfg.bogons,
+                &self.own,
                 &known,
                 m.probe.asn,
             );
@@ -252,7 +253,7 @@ impl Engine {
         for (_, l) in done {
             let recorded = l.routers.iter().take(l.obs.hops.len()).flatten();
             for a in recorded {
-                if !self.cfg.bogons.is_bogon(*a) && !self.own.contains(a) && !addrs.contains(a) {
+                if path::public_router(*a, &self.cfg.bogons, &self.own) && !addrs.contains(a) {
                     addrs.push(*a);
                 }
             }

@@ -266,7 +266,14 @@ pub fn keep_router_addr(
     bogons: &BogonFilter,
     own: &OwnAddresses,
 ) -> bool {
-    ttl > private_hops && !bogons.is_bogon(addr) && !own.contains(&addr)
+    ttl > private_hops && public_router(addr, bogons, own)
+}
+
+/// Whether a router's address is public: not a bogon (with lab ranges as configured) and not
+/// the probe's own. Only such addresses are kept (past the private hops) or have a network to
+/// ask the collector for; the others are inside the volunteer's own network.
+pub fn public_router(addr: IpAddr, bogons: &BogonFilter, own: &OwnAddresses) -> bool {
+    !bogons.is_bogon(addr) && !own.contains(&addr)
 }
 
 /// The observation from the replies and the routers' addresses (both indexed by TTL - 1),
@@ -623,8 +630,8 @@ impl From<PathObservation> for Located {
     }
 }
 
-/// Give each recorded hop its network. A public router (`public` true for its address) gets
-/// what the collector answered for it (`known`); a router inside the volunteer's own network
+/// Give each recorded hop its network. A public router ([`public_router`]) gets what the
+/// collector answered for it (`known`); a router inside the volunteer's own network
 /// (a private, CGNAT or own address, whose address is never kept) gets the probe's network,
 /// as long as no public router of another network, or of an unknown one, came before it:
 /// until then the path has not shown that it left the volunteer's ISP. So a censor at the
@@ -633,7 +640,8 @@ impl From<PathObservation> for Located {
 pub fn fill_asns(
     obs: &mut PathObservation,
     routers: &[Option<IpAddr>],
-    public: impl Fn(IpAddr) -> bool,
+    bogons: &BogonFilter,
+    own: &OwnAddresses,
     known: &HashMap<IpAddr, u32>,
     probe_asn: Option<u32>,
 ) {
@@ -642,7 +650,7 @@ pub fn fill_asns(
         let Some(addr) = routers.get(usize::from(hop.ttl) - 1).copied().flatten() else {
             continue;
         };
-        if public(addr) {
+        if public_router(addr, bogons, own) {
             hop.asn = known.get(&addr).copied();
             if hop.asn.is_none() || hop.asn != probe_asn {
                 left_home = true;
@@ -924,7 +932,6 @@ mod tests {
     fn fill_asns_table() {
         let b = BogonFilter::default();
         let own = OwnAddresses::default();
-        let public = |a: IpAddr| !b.is_bogon(a) && !own.contains(&a);
         let ip = |s: &str| -> Option<IpAddr> { Some(s.parse().unwrap()) };
         let known: HashMap<IpAddr, u32> = [
             ("95.56.0.1", 9198),
@@ -990,7 +997,7 @@ mod tests {
                 0.0,
                 0.0,
             );
-            fill_asns(&mut o, &routers, public, &known, probe_asn);
+            fill_asns(&mut o, &routers, &b, &own, &known, probe_asn);
             let got: Vec<Option<u32>> = o.hops.iter().map(|h| h.asn).collect();
             assert_eq!(got, want, "{what}");
             // The addresses' privacy rules are untouched: none within the private hops.
