@@ -20,6 +20,8 @@ use hickory_resolver::TokioResolver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+// Re-exported for the engine, which imports it from here.
+pub use super::ms_since;
 use super::{ControlResolverSpec, MeasureConfig, ResolverSpec};
 use crate::error::SetupError;
 use crate::failure::Failure;
@@ -748,11 +750,6 @@ fn observation(
         cnames: vec![],
         late_responses: vec![],
     }
-}
-
-/// Milliseconds since `t`, as a float for sub-millisecond precision.
-pub fn ms_since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1000.0
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@ use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::dns::ms_since;
-use super::MeasureConfig;
+use super::{ms_since, MeasureConfig};
 use crate::failure::Failure;
 use crate::model::{HttpObservation, Step};
 use crate::scrub::OwnAddresses;

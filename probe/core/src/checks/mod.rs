@@ -8,7 +8,7 @@ pub mod tcp;
 pub mod tls;
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use rustls_pki_types::CertificateDer;
@@ -141,4 +141,10 @@ impl MeasureConfig {
         self.bogons = BogonFilter::new(ranges);
         self
     }
+}
+
+/// Milliseconds since `t`, as a float for sub-millisecond precision: how every step records
+/// its times.
+pub fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }

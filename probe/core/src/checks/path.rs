@@ -31,9 +31,8 @@ use nix::sys::socket::{
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::TcpStream;
 
-use super::dns::ms_since;
 use super::tls::TlsContext;
-use super::{http, tcp, MeasureConfig};
+use super::{http, ms_since, tcp, MeasureConfig};
 use crate::bogon::BogonFilter;
 use crate::failure::Failure;
 use crate::model::{

@@ -6,8 +6,7 @@ use std::time::Instant;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::dns::ms_since;
-use super::MeasureConfig;
+use super::{ms_since, MeasureConfig};
 use crate::failure::Failure;
 use crate::model::TcpObservation;
 

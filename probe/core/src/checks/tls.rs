@@ -25,8 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::dns::ms_since;
-use super::MeasureConfig;
+use super::{ms_since, MeasureConfig};
 use crate::error::SetupError;
 use crate::failure::Failure;
 use crate::model::{CertificateInfo, TlsObservation};
