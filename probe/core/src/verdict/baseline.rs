@@ -2,14 +2,15 @@
 //! throttling is judged against the probe's own link (a slow village line is not censorship).
 //!
 //! It is taken from the observations alone, before any verdict, so [`super::decide`] runs once
-//! per target with the baseline already known.
+//! per target with the baseline already known. The two figures it takes from each site (the
+//! median handshake and a large page's throughput) are defined here, and the throttling stage
+//! reads the target's own through the same functions.
 
 use uuid::Uuid;
 
 use crate::model::{HttpObservation, Measurement};
 
-use super::throttle::{handshake_median, large_body_throughput};
-use super::{final_response, median, norm_host, url_host};
+use super::facts::{final_response, median, norm_host, same_site, url_host};
 
 /// Smallest body, in bytes, whose throughput means anything: shorter transfers measure latency
 /// and TCP slow start, not bandwidth.
@@ -47,7 +48,7 @@ pub fn plainly_loaded(m: &Measurement) -> bool {
     let page_ok = |h: &HttpObservation| {
         h.status.is_some_and(|s| (200..300).contains(&s))
             && h.url.starts_with("https://")
-            && url_host(&h.url).is_some_and(|host| super::same_site(&host, &domain))
+            && url_host(&h.url).is_some_and(|host| same_site(&host, &domain))
     };
     verified
         && page_ok(last)
@@ -112,6 +113,32 @@ impl Samples {
 /// This probe's speed for sites that plainly loaded, without `exclude_id`: see [`Samples`].
 pub fn baseline(measurements: &[Measurement], exclude_id: Option<Uuid>) -> Option<Baseline> {
     Samples::collect(measurements).baseline(exclude_id)
+}
+
+/// Median duration of the target's completed non-decoy handshakes: the figure throttling by
+/// SNI inflates.
+pub(super) fn handshake_median(m: &Measurement) -> Option<f64> {
+    let domain = norm_host(&m.domain);
+    median(
+        m.tls
+            .iter()
+            .filter(|t| !t.decoy && t.failure.is_none() && norm_host(&t.server_name) == domain)
+            .map(|t| t.duration_ms)
+            .collect(),
+    )
+}
+
+/// Throughput of a response large enough to measure bandwidth, bytes per second.
+pub(super) fn large_body_throughput(h: &HttpObservation) -> Option<f64> {
+    if h.body_length < THROUGHPUT_MIN_BYTES {
+        return None;
+    }
+    let bps = h.throughput_bps.or_else(|| {
+        h.body_ms
+            .filter(|ms| *ms > 0.0)
+            .map(|ms| h.body_length as f64 * 1000.0 / ms)
+    })?;
+    (bps.is_finite() && bps > 0.0).then_some(bps)
 }
 
 #[cfg(test)]

@@ -5,11 +5,14 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::failure::Failure;
-use crate::model::{DnsObservation, HttpObservation, LateDnsResponse, Method, QueryType, Step};
+use crate::model::{DnsObservation, HttpObservation, Method, QueryType, Step};
 
+use super::compare::{
+    first_answer_text, injected_answers, injected_evidence, late_answer_text, pages_similar,
+};
+use super::evidence::Evidence;
 use super::evidence::{DnsResult, DnsSource, HttpsWitnessResult};
-use super::http::pages_similar;
-use super::{final_response, join_addrs, Evidence, Facts, Outcome, MAX_EVIDENCE_ADDRS};
+use super::facts::{addrs_of, final_response, join_addrs, Facts, Outcome, MAX_EVIDENCE_ADDRS};
 
 /// How the network resolver's addresses compare with the control's.
 #[derive(Clone, Debug, PartialEq)]
@@ -388,60 +391,6 @@ fn dns_failure(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
     }
 }
 
-/// Late responses that differ from the first answer: a censor's forged answer racing the real
-/// one (or the other way round).
-pub(super) fn injected_answers<'a>(
-    obs: &[&'a DnsObservation],
-) -> Vec<(&'a DnsObservation, &'a LateDnsResponse)> {
-    obs.iter()
-        .flat_map(|o| {
-            o.late_responses
-                .iter()
-                .filter(|l| late_differs(o, l))
-                .map(move |l| (*o, l))
-        })
-        .collect()
-}
-
-/// Whether a late response says something else than the first: other addresses, or another
-/// response code. Order does not matter.
-fn late_differs(o: &DnsObservation, l: &LateDnsResponse) -> bool {
-    let first: BTreeSet<IpAddr> = o.answers.iter().map(|a| a.addr).collect();
-    let late: BTreeSet<IpAddr> = l.answers.iter().copied().collect();
-    first != late
-        || o.rcode
-            .as_deref()
-            .is_some_and(|r| !r.eq_ignore_ascii_case(&l.rcode))
-}
-
-fn first_answer_text(o: &DnsObservation) -> String {
-    if o.answers.is_empty() {
-        o.rcode
-            .clone()
-            .or_else(|| o.failure.as_ref().map(|f| f.name().to_string()))
-            .unwrap_or_else(|| "nothing".to_string())
-    } else {
-        join_addrs(&o.answers.iter().map(|a| a.addr).collect::<Vec<_>>())
-    }
-}
-
-fn late_answer_text(l: &LateDnsResponse) -> String {
-    if l.answers.is_empty() {
-        l.rcode.clone()
-    } else {
-        join_addrs(&l.answers)
-    }
-}
-
-/// The evidence of an injected answer: the first and the late one.
-pub(super) fn injected_evidence(o: &DnsObservation, l: &LateDnsResponse) -> Evidence {
-    Evidence::DnsInjected {
-        first: first_answer_text(o),
-        late: late_answer_text(l),
-        after_ms: l.after_ms,
-    }
-}
-
 /// How many addresses the queries resolved, else the failure (`nxdomain`, `timeout`, ...).
 fn dns_summary(source: DnsSource, obs: &[&DnsObservation]) -> Evidence {
     let addrs = addrs_of(obs);
@@ -454,21 +403,6 @@ fn dns_summary(source: DnsSource, obs: &[&DnsObservation]) -> Evidence {
         .map(|f| f.name().trim_start_matches("dns_").to_string())
         .unwrap_or_else(|| "no_answer".to_string());
     Evidence::Dns(source, DnsResult::Failed(failure))
-}
-
-/// Distinct addresses of successful queries, in answer order.
-pub(super) fn addrs_of(obs: &[&DnsObservation]) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    for a in obs
-        .iter()
-        .filter(|o| o.failure.is_none())
-        .flat_map(|o| &o.answers)
-    {
-        if !out.contains(&a.addr) {
-            out.push(a.addr);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

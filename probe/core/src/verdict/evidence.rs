@@ -10,8 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::failure::Failure;
 use crate::model::Step;
 
-use super::throttle::ReferenceSource;
-use super::{join_addrs, short_title};
+use super::facts::{join_addrs, short_title};
 
 /// Which resolver a DNS summary line describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +80,17 @@ pub enum ThrottleFigure {
     HandshakeMs,
     /// The body throughput, bytes per second (`throttle.throughput_bps`).
     ThroughputBps,
+}
+
+/// Where the line's reference figures came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReferenceSource {
+    /// The anchors' reference transfers (`connectivity.references`).
+    Anchors,
+    /// The other sites of the run that plainly loaded (the [`super::Baseline`]).
+    Run,
+    /// Both: the run's figure for one, the anchors' for the other.
+    Both,
 }
 
 /// One fact a verdict rests on.

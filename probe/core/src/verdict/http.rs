@@ -9,66 +9,13 @@ use crate::model::{
     TlsObservation,
 };
 
-use super::dns::{injected_answers, injected_evidence};
-use super::evidence::{DecoyResult, HttpsWitnessResult};
-use super::tls::completed;
-use super::{
-    final_response, fmt_bytes, join_addrs, norm_host, same_site, short_title, url_host, Evidence,
-    Facts, Outcome,
+use super::compare::{injected_answers, injected_evidence, pages_similar};
+use super::evidence::{DecoyResult, Evidence, HttpsWitnessResult};
+use super::facts::{
+    final_response, fmt_bytes, join_addrs, norm_host, same_site, short_title, url_host, Facts,
+    Outcome,
 };
-
-/// Shortest-to-longest body length ratio from which two pages count as the same (OONI's value):
-/// dynamic pages vary a little, blockpages are usually much shorter than the real page.
-pub const BODY_LENGTH_RATIO: f64 = 0.7;
-
-/// Whether two final HTTP responses are the same page. Identical bodies are; otherwise the
-/// status codes must match (any 2xx alike), and then the titles decide when both pages have one
-/// (a censor's rewrite or notice of the same size as the real page differs by its title), and
-/// the body lengths (within [`BODY_LENGTH_RATIO`]) when either has none. A body truncated at the
-/// cap counts as "at least this long", so a large page read up to the cap is not mistaken for
-/// a different one.
-pub fn pages_similar(a: &HttpObservation, b: &HttpObservation) -> bool {
-    if a.status == b.status && a.body_sha256.is_some() && a.body_sha256 == b.body_sha256 {
-        return true;
-    }
-    let status_alike = match (a.status, b.status) {
-        (Some(x), Some(y)) => x == y || ((200..300).contains(&x) && (200..300).contains(&y)),
-        _ => false,
-    };
-    if !status_alike {
-        return false;
-    }
-    match titles_compare(a, b) {
-        Some(same) => same,
-        None => body_length_ratio(a, b) >= BODY_LENGTH_RATIO,
-    }
-}
-
-/// The largest shortest-to-longest ratio the two body lengths allow, treating a truncated
-/// length as "at least this much".
-fn body_length_ratio(a: &HttpObservation, b: &HttpObservation) -> f64 {
-    let (la, lb) = (a.body_length as f64, b.body_length as f64);
-    let ratio = |short: f64, long: f64| if long <= 0.0 { 1.0 } else { short / long };
-    match (a.body_truncated, b.body_truncated) {
-        (true, true) => 1.0,
-        (true, false) if lb >= la => 1.0,
-        (true, false) => ratio(lb, la),
-        (false, true) if la >= lb => 1.0,
-        (false, true) => ratio(la, lb),
-        (false, false) => ratio(la.min(lb), la.max(lb)),
-    }
-}
-
-/// `Some(equal)` when both pages have a non-empty title, `None` when either has none.
-fn titles_compare(a: &HttpObservation, b: &HttpObservation) -> Option<bool> {
-    match (
-        a.title.as_deref().map(str::trim),
-        b.title.as_deref().map(str::trim),
-    ) {
-        (Some(x), Some(y)) if !x.is_empty() && !y.is_empty() => Some(x == y),
-        _ => None,
-    }
-}
+use super::tls::completed;
 
 // ---------------------------------------------------------------------------------------------
 // 5 and 6. HTTP.
@@ -654,7 +601,6 @@ fn page_difference(p: &HttpObservation, c: &HttpObservation) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     use super::super::testkit::*;
-    use super::pages_similar;
     use crate::model::{Measurement, Method, Status};
 
     pub(in crate::verdict) const CASES: &[Case] = cases! {
@@ -764,31 +710,5 @@ pub(super) mod tests {
             cites(&v, "http.https_witness=http_too_many_redirects@http"),
             "{v:?}"
         );
-    }
-
-    #[test]
-    fn page_similarity() {
-        let a = page(0, HTTP, sa(IP, 80), 200, 10_000, "News");
-        let short = page(0, HTTP, sa(IP, 80), 200, 6_000, "");
-        let short_same_title = page(0, HTTP, sa(IP, 80), 200, 6_000, "News");
-        let created = page(0, HTTP, sa(IP, 80), 201, 9_000, "");
-        let forbidden = page(0, HTTP, sa(IP, 80), 403, 10_000, "News");
-        assert!(pages_similar(&a, &a));
-        assert!(!pages_similar(&a, &short));
-        assert!(pages_similar(&a, &short_same_title));
-        assert!(pages_similar(&a, &created), "2xx are alike");
-        assert!(!pages_similar(&a, &forbidden));
-        // Same size, another title: a rewrite or a notice, not the page.
-        let notice = page(0, HTTP, sa(IP, 80), 200, 10_000, "Notice");
-        assert!(!pages_similar(&a, &notice));
-
-        // A body truncated at the cap is at least that long.
-        let mut capped = page(0, HTTP, sa(IP, 80), 200, 512 * 1024, "");
-        capped.body_truncated = true;
-        let huge = page(0, HTTP, sa(IP, 80), 200, 5_000_000, "");
-        let small = page(0, HTTP, sa(IP, 80), 200, 100_000, "");
-        assert!(pages_similar(&capped, &huge));
-        assert!(pages_similar(&huge, &capped));
-        assert!(!pages_similar(&capped, &small));
     }
 }

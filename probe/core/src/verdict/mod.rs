@@ -12,19 +12,22 @@
 //! comparison (the control service, or the encrypted control resolver for DNS), and local
 //! evidence that cannot be innocent (an injected DNS answer, a bogon, a state CA, a blockpage, a
 //! decoy handshake that works where the real one is cut) is enough on its own.
+//!
+//! The rooms: this file holds [`decide`] and its run-level input alone. `facts` sorts one
+//! measurement's observations out once and holds the helpers every stage shares; [`compare`]
+//! answers the questions two stages ask (same page? injected DNS answer?); [`evidence`] is the
+//! vocabulary of cited facts. Stages depend on those three, never on each other, except HTTP on
+//! TLS's notion of a completed handshake and throttling on the [`baseline`].
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
-use crate::failure::Failure;
-use crate::model::{
-    ControlResponse, DnsObservation, HttpObservation, HttpRole, Measurement, Method, ResolverRole,
-    Status, Step, TcpObservation, TlsObservation, Verdict,
-};
+use crate::model::{Measurement, Status, Verdict};
 
 pub mod baseline;
+pub mod compare;
 pub mod dns;
 pub mod evidence;
+mod facts;
 pub mod http;
 pub mod offline;
 pub mod tcp;
@@ -33,19 +36,12 @@ mod testkit;
 pub mod throttle;
 pub mod tls;
 
-use dns::addrs_of;
-
 pub use baseline::{baseline, Baseline, Samples, BASELINE_MIN_SAMPLES, THROUGHPUT_MIN_BYTES};
+pub use compare::{pages_similar, BODY_LENGTH_RATIO};
 pub use evidence::Evidence;
-pub use http::{pages_similar, BODY_LENGTH_RATIO};
 pub use throttle::{THROTTLE_FACTOR, THROTTLE_MAX_THROUGHPUT_BPS, THROTTLE_MIN_HANDSHAKE_MS};
 
-/// Most per-address lines of one kind in the evidence: enough to show the pattern, bounded for
-/// names with many addresses.
-const MAX_EVIDENCE_ADDRS: usize = 4;
-
-/// Longest page title quoted in evidence or a reason.
-const MAX_TITLE_CHARS: usize = 60;
+use facts::Facts;
 
 /// Run-level facts the per-target verdict needs: they come from the whole run, not from one
 /// target's observations.
@@ -65,7 +61,7 @@ pub fn decide(m: &Measurement, ctx: &RunContext) -> Verdict {
     if f.control.is_none() {
         ev.push(Evidence::ControlUnavailable);
     }
-    let staged = offline::stage(&f, ctx, &mut ev)
+    let staged = offline::stage(&f, ctx.offline, &mut ev)
         .or_else(|| dns::stage(&f, &mut ev))
         .or_else(|| tcp::stage(&f, &mut ev))
         .or_else(|| tls::stage(&f, &mut ev));
@@ -74,7 +70,7 @@ pub fn decide(m: &Measurement, ctx: &RunContext) -> Verdict {
         None => http::stage(&f, &mut ev),
     };
     if outcome.status == Status::Accessible {
-        if let Some(throttled) = throttle::stage(&f, ctx, &mut ev) {
+        if let Some(throttled) = throttle::stage(&f, ctx.baseline, &mut ev) {
             outcome = throttled;
         }
     }
@@ -121,286 +117,6 @@ fn evidence_lines(ev: Vec<Evidence>) -> Vec<String> {
         .map(|e| e.to_string())
         .filter(|l| seen.insert(l.clone()))
         .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Facts: the observations that belong to the target, sorted out once.
-
-/// The observations attributed to the target name, sorted out once so every rule reads the
-/// same view. Observations of other names (a redirect's host) are left to the HTTP rules.
-struct Facts<'a> {
-    m: &'a Measurement,
-    /// The target host, lower case, without a trailing dot.
-    domain: String,
-    https: bool,
-    /// The URL's port, to tell the target's connects from a redirect's.
-    port: Option<u16>,
-    /// The control service's answer, when it answered.
-    control: Option<&'a ControlResponse>,
-    /// The network resolver's queries for the target.
-    net_dns: Vec<&'a DnsObservation>,
-    /// The control service's own resolver queries for the target.
-    svc_dns: Vec<&'a DnsObservation>,
-    /// The probe's encrypted control resolver (DoH/DoT) queries for the target.
-    doh_dns: Vec<&'a DnsObservation>,
-    net_addrs: Vec<IpAddr>,
-    /// Addresses from the control service and the encrypted resolver together.
-    ctl_addrs: Vec<IpAddr>,
-    /// Non-decoy handshakes with the target's name.
-    tls: Vec<&'a TlsObservation>,
-    decoys: Vec<&'a TlsObservation>,
-    /// The control's non-decoy handshakes with the target's name.
-    ctl_tls: Vec<&'a TlsObservation>,
-    /// HTTP hops of the page itself, in hop order.
-    hops: Vec<&'a HttpObservation>,
-    /// Decoy-Host requests ([`HttpRole::DecoyHost`]).
-    decoy_hosts: Vec<&'a HttpObservation>,
-    /// The site's own HTTPS page and its redirects ([`HttpRole::HttpsWitness`]), in hop order.
-    witness: Vec<&'a HttpObservation>,
-    /// The page fetched from the encrypted resolver's addresses ([`HttpRole::ControlAddress`]),
-    /// in hop order: made only when the network's addresses had none in common with them.
-    second: Vec<&'a HttpObservation>,
-    /// The addresses that second fetch connected to (the control's, not the network's): their
-    /// connects and handshakes are not the target's.
-    second_ips: Vec<IpAddr>,
-}
-impl<'a> Facts<'a> {
-    fn new(m: &'a Measurement) -> Self {
-        let parsed = url::Url::parse(&m.url).ok();
-        let https = match &parsed {
-            Some(u) => u.scheme() == "https",
-            None => m
-                .url
-                .get(..8)
-                .is_some_and(|p| p.eq_ignore_ascii_case("https://")),
-        };
-        let port = parsed.as_ref().and_then(|u| u.port_or_known_default());
-        let domain = if m.domain.trim().is_empty() {
-            url_host(&m.url).unwrap_or_default()
-        } else {
-            norm_host(&m.domain)
-        };
-        let control = m.control.as_ref().filter(|_| m.control_failure.is_none());
-        let for_target = |o: &&DnsObservation| norm_host(&o.query) == domain;
-        let net_dns: Vec<_> = m
-            .dns
-            .iter()
-            .filter(|o| o.role == ResolverRole::Network)
-            .filter(for_target)
-            .collect();
-        let doh_dns: Vec<_> = m
-            .dns
-            .iter()
-            .filter(|o| o.role == ResolverRole::Control)
-            .filter(for_target)
-            .collect();
-        let svc_dns: Vec<_> = control
-            .map(|c| c.dns.iter().filter(for_target).collect())
-            .unwrap_or_default();
-        let net_addrs = addrs_of(&net_dns);
-        let ctl_addrs = addrs_of(&svc_dns.iter().chain(&doh_dns).copied().collect::<Vec<_>>());
-        let real_tls = |t: &&TlsObservation| !t.decoy && norm_host(&t.server_name) == domain;
-        let role = |r: HttpRole| {
-            let mut hops: Vec<_> = m.http.iter().filter(|h| h.role == r).collect();
-            hops.sort_by_key(|h| h.hop);
-            hops
-        };
-        let second = role(HttpRole::ControlAddress);
-        let second_ips: Vec<IpAddr> = if second.is_empty() {
-            Vec::new()
-        } else {
-            ctl_addrs
-                .iter()
-                .filter(|a| !net_addrs.contains(a))
-                .copied()
-                .collect()
-        };
-        let tls = m
-            .tls
-            .iter()
-            .filter(real_tls)
-            .filter(|t| !second_ips.contains(&t.addr.ip()))
-            .collect();
-        let decoys = m.tls.iter().filter(|t| t.decoy).collect();
-        let ctl_tls = control
-            .map(|c| c.tls.iter().filter(real_tls).collect())
-            .unwrap_or_default();
-        let hops = role(HttpRole::Page);
-        let decoy_hosts = role(HttpRole::DecoyHost);
-        let witness = role(HttpRole::HttpsWitness);
-        Facts {
-            m,
-            domain,
-            https,
-            port,
-            control,
-            net_dns,
-            svc_dns,
-            doh_dns,
-            net_addrs,
-            ctl_addrs,
-            tls,
-            decoys,
-            ctl_tls,
-            hops,
-            decoy_hosts,
-            witness,
-            second,
-            second_ips,
-        }
-    }
-
-    /// Whether the target's deadline cut the measurement while this step was running: the
-    /// step's observations are then incomplete, so its stage must not judge them.
-    fn cut_by_deadline(&self, step: Step) -> bool {
-        self.hops
-            .iter()
-            .any(|h| h.failure == Some(Failure::DeadlineExceeded) && h.failed_step == Some(step))
-    }
-
-    /// Every control-side DNS observation: the control service's and the encrypted resolver's.
-    fn ctl_dns(&self) -> impl Iterator<Item = &'a DnsObservation> + '_ {
-        self.svc_dns.iter().chain(&self.doh_dns).copied()
-    }
-
-    /// The target's connects: the URL's port, and the target's addresses when any are known.
-    fn target_tcp<'b>(&self, tcp: &'b [TcpObservation]) -> Vec<&'b TcpObservation> {
-        tcp.iter()
-            .filter(|t| self.port.is_none_or(|p| t.addr.port() == p))
-            .filter(|t| {
-                (self.net_addrs.is_empty() && self.ctl_addrs.is_empty())
-                    || self.net_addrs.contains(&t.addr.ip())
-                    || self.ctl_addrs.contains(&t.addr.ip())
-            })
-            .collect()
-    }
-}
-
-/// What a rule decided, before the evidence is attached.
-struct Outcome {
-    status: Status,
-    method: Option<Method>,
-    reason: String,
-}
-
-impl Outcome {
-    fn new(status: Status, method: Option<Method>, reason: impl Into<String>) -> Self {
-        Outcome {
-            status,
-            method,
-            reason: reason.into(),
-        }
-    }
-    fn blocked(method: Method, reason: impl Into<String>) -> Self {
-        Self::new(Status::Blocked, Some(method), reason)
-    }
-    fn down(reason: impl Into<String>) -> Self {
-        Self::new(Status::Down, None, reason)
-    }
-    fn inconclusive(reason: impl Into<String>) -> Self {
-        Self::new(Status::Inconclusive, None, reason)
-    }
-    fn accessible(reason: impl Into<String>) -> Self {
-        Self::new(Status::Accessible, None, reason)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Small pure helpers shared by the stages.
-
-/// The last hop of the page itself, when it got a response: the page the user would see.
-fn final_response(http: &[HttpObservation]) -> Option<&HttpObservation> {
-    http.iter()
-        .filter(|h| h.role == HttpRole::Page)
-        .max_by_key(|h| h.hop)
-        .filter(|h| h.failure.is_none() && h.status.is_some())
-}
-
-/// Median of the finite values; the mean of the two middle ones for an even count.
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    Some(if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    })
-}
-
-/// A host name as compared everywhere: lower case, without the root dot.
-fn norm_host(s: &str) -> String {
-    s.trim().trim_end_matches('.').to_ascii_lowercase()
-}
-
-fn url_host(u: &str) -> Option<String> {
-    let parsed = url::Url::parse(u).ok()?;
-    let host = parsed.host_str()?;
-    Some(norm_host(
-        host.trim_start_matches('[').trim_end_matches(']'),
-    ))
-}
-
-/// Same site for redirect purposes: equal, or one is a subdomain of the other (`www.` and
-/// `m.` variants), ignoring a leading `www.`.
-fn same_site(a: &str, b: &str) -> bool {
-    let a = a.strip_prefix("www.").unwrap_or(a);
-    let b = b.strip_prefix("www.").unwrap_or(b);
-    a == b || a.ends_with(&format!(".{b}")) || b.ends_with(&format!(".{a}"))
-}
-
-fn join_addrs(addrs: &[IpAddr]) -> String {
-    let mut s = addrs
-        .iter()
-        .take(MAX_EVIDENCE_ADDRS)
-        .map(IpAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    if addrs.len() > MAX_EVIDENCE_ADDRS {
-        s.push_str(",...");
-    }
-    s
-}
-
-fn short_title(t: Option<&str>) -> String {
-    let t = t.unwrap_or("").trim();
-    let mut s: String = t.chars().take(MAX_TITLE_CHARS).collect();
-    if t.chars().count() > MAX_TITLE_CHARS {
-        s.push_str("...");
-    }
-    s.replace('"', "'")
-}
-
-fn fmt_ms(ms: f64) -> String {
-    if ms < 1000.0 {
-        format!("{ms:.0} ms")
-    } else {
-        format!("{:.1} s", ms / 1000.0)
-    }
-}
-
-fn fmt_rate(bps: f64) -> String {
-    if bps >= 1e6 {
-        format!("{:.1} MB/s", bps / 1e6)
-    } else if bps >= 1e3 {
-        format!("{:.0} kB/s", bps / 1e3)
-    } else {
-        format!("{bps:.0} B/s")
-    }
-}
-
-fn fmt_bytes(n: u64, truncated: bool) -> String {
-    let more = if truncated { "over " } else { "" };
-    if n >= 1_000_000 {
-        format!("{more}{:.1} MB", n as f64 / 1e6)
-    } else if n >= 1000 {
-        format!("{more}{:.1} kB", n as f64 / 1e3)
-    } else {
-        format!("{more}{n} B")
-    }
 }
 
 #[cfg(test)]
@@ -490,21 +206,5 @@ mod tests {
         let v = decide(&m, &RunContext::default());
         assert_eq!(v.status, Status::Inconclusive);
         assert!(v.evidence.contains(&"control=unavailable".to_string()));
-    }
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
-        assert_eq!(median(vec![f64::NAN, 7.0]), Some(7.0));
-        assert_eq!(median(vec![]), None);
-    }
-
-    #[test]
-    fn same_site_for_redirects() {
-        assert!(same_site("www.site.kz", "site.kz"));
-        assert!(same_site("m.site.kz", "www.site.kz"));
-        assert!(!same_site("blocked.example.kz", "site.kz"));
-        assert!(!same_site("notsite.kz", "site.kz"));
     }
 }

@@ -3,11 +3,12 @@
 use crate::failure::Failure;
 use crate::model::Status;
 
-use super::{Evidence, Facts, Outcome, RunContext};
+use super::evidence::Evidence;
+use super::facts::{Facts, Outcome};
 
-/// Offline when the run found no network, or a step was skipped for that reason: nothing
+/// Offline when the run found no network (`run_offline`), or a step was skipped for that reason: nothing
 /// measured in that state says anything about the site.
-pub(super) fn stage(f: &Facts, ctx: &RunContext, ev: &mut Vec<Evidence>) -> Option<Outcome> {
+pub(super) fn stage(f: &Facts, run_offline: bool, ev: &mut Vec<Evidence>) -> Option<Outcome> {
     let m = f.m;
     let skipped = m
         .dns
@@ -22,7 +23,7 @@ pub(super) fn stage(f: &Facts, ctx: &RunContext, ev: &mut Vec<Evidence>) -> Opti
         || m.http
             .iter()
             .any(|o| o.failure == Some(Failure::NetworkOffline));
-    if !(ctx.offline || m.connectivity.offline || skipped) {
+    if !(run_offline || m.connectivity.offline || skipped) {
         return None;
     }
     let c = &m.connectivity;

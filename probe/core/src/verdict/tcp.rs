@@ -3,7 +3,8 @@
 use crate::failure::Failure;
 use crate::model::{Method, Step, TcpObservation};
 
-use super::{Evidence, Facts, Outcome, MAX_EVIDENCE_ADDRS};
+use super::evidence::Evidence;
+use super::facts::{Facts, Outcome, MAX_EVIDENCE_ADDRS};
 
 pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
     if f.cut_by_deadline(Step::Tcp) {

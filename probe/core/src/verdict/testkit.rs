@@ -6,11 +6,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use uuid::Uuid;
 
+use super::facts::url_host;
 use super::*;
 use crate::failure::Failure;
 use crate::model::{CertificateInfo, ConnectivitySummary, DnsAnswer, ProbeNetwork, Software};
 use crate::model::{
-    DnsObservation, HttpObservation, LateDnsResponse, QueryType, Step, TlsObservation,
+    ControlResponse, DnsObservation, HttpObservation, HttpRole, LateDnsResponse, Method, QueryType,
+    ResolverRole, Step, TcpObservation, TlsObservation,
 };
 use chrono::DateTime;
 use ResolverRole::{Control, Network};

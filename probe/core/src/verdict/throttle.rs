@@ -1,12 +1,10 @@
 //! Stage 7, throttling: an accessible site that is far slower than this probe's own line.
 
-use crate::model::{HttpObservation, Measurement, Method};
+use crate::model::{Measurement, Method};
 
-use super::baseline::THROUGHPUT_MIN_BYTES;
-use super::evidence::ThrottleFigure;
-use super::{
-    final_response, fmt_ms, fmt_rate, median, norm_host, Evidence, Facts, Outcome, RunContext,
-};
+use super::baseline::{handshake_median, large_body_throughput, Baseline, THROUGHPUT_MIN_BYTES};
+use super::evidence::{Evidence, ReferenceSource, ThrottleFigure};
+use super::facts::{final_response, fmt_ms, fmt_rate, median, Facts, Outcome};
 
 /// A handshake faster than this (milliseconds) is never called throttled, whatever the
 /// reference: on a fast link, five times a 20 ms reference is just a far-away server, and a
@@ -23,17 +21,6 @@ pub const THROTTLE_FACTOR: f64 = 5.0;
 /// the throughput counterpart of [`THROTTLE_MIN_HANDSHAKE_MS`], so that on a very fast link a
 /// merely slower server is not mistaken for throttling.
 pub const THROTTLE_MAX_THROUGHPUT_BPS: f64 = 256.0 * 1024.0;
-
-/// Where the line's reference figures came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReferenceSource {
-    /// The anchors' reference transfers (`connectivity.references`).
-    Anchors,
-    /// The other sites of the run that plainly loaded (the [`super::Baseline`]).
-    Run,
-    /// Both: the run's figure for one, the anchors' for the other.
-    Both,
-}
 
 /// This probe's own line, measured the way the target was: the run's baseline when the run
 /// has one (other sites fetched at the same time, under the same load and the same share of the
@@ -54,9 +41,9 @@ pub struct LineReference {
     pub source: ReferenceSource,
 }
 
-/// The line's reference for this measurement: the run's baseline, else its anchors'
+/// The line's reference for this measurement: the run's baseline (`run`), else its anchors'
 /// transfers. `None` when there is neither.
-pub fn line_reference(m: &Measurement, ctx: &RunContext) -> Option<LineReference> {
+pub fn line_reference(m: &Measurement, run: Option<Baseline>) -> Option<LineReference> {
     let refs = &m.connectivity.references;
     let good = |v: f64| v.is_finite() && v > 0.0;
     let anchor_hs = refs
@@ -70,8 +57,8 @@ pub fn line_reference(m: &Measurement, ctx: &RunContext) -> Option<LineReference
         .filter_map(|r| r.throughput_bps)
         .filter(|v| good(*v))
         .reduce(f64::max);
-    let run_hs = ctx.baseline.map(|b| b.tls_handshake_ms);
-    let run_bps = ctx.baseline.and_then(|b| b.throughput_bps);
+    let run_hs = run.map(|b| b.tls_handshake_ms);
+    let run_bps = run.and_then(|b| b.throughput_bps);
     let handshake_ms = run_hs.or(anchor_hs);
     let throughput_bps = run_bps.or(anchor_bps);
     let from_run = run_hs.is_some() || run_bps.is_some();
@@ -101,8 +88,8 @@ fn reference_phrase(source: ReferenceSource) -> &'static str {
 /// Throttled when the target is far slower than this probe's own line (its reference), on the
 /// handshake or on the transfer, and the control did not find the site just as slow. A line
 /// that is slow for everything is not throttled; a site slow for the control too is slow.
-pub(super) fn stage(f: &Facts, ctx: &RunContext, ev: &mut Vec<Evidence>) -> Option<Outcome> {
-    let line = line_reference(f.m, ctx)?;
+pub(super) fn stage(f: &Facts, run: Option<Baseline>, ev: &mut Vec<Evidence>) -> Option<Outcome> {
+    let line = line_reference(f.m, run)?;
     let domain = &f.domain;
     let against = reference_phrase(line.source);
     if let (Some(ms), Some(reference)) = (handshake_median(f.m), line.handshake_ms) {
@@ -177,38 +164,11 @@ pub(super) fn stage(f: &Facts, ctx: &RunContext, ev: &mut Vec<Evidence>) -> Opti
     None
 }
 
-/// Median duration of the target's completed non-decoy handshakes: the figure throttling by
-/// SNI inflates.
-pub(super) fn handshake_median(m: &Measurement) -> Option<f64> {
-    let domain = norm_host(&m.domain);
-    median(
-        m.tls
-            .iter()
-            .filter(|t| !t.decoy && t.failure.is_none() && norm_host(&t.server_name) == domain)
-            .map(|t| t.duration_ms)
-            .collect(),
-    )
-}
-
-/// Throughput of a response large enough to measure bandwidth, bytes per second.
-pub(super) fn large_body_throughput(h: &HttpObservation) -> Option<f64> {
-    if h.body_length < THROUGHPUT_MIN_BYTES {
-        return None;
-    }
-    let bps = h.throughput_bps.or_else(|| {
-        h.body_ms
-            .filter(|ms| *ms > 0.0)
-            .map(|ms| h.body_length as f64 * 1000.0 / ms)
-    })?;
-    (bps.is_finite() && bps > 0.0).then_some(bps)
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::super::testkit::*;
     use super::{line_reference, ReferenceSource};
     use crate::model::{Measurement, Method, ReferenceTransfer, Status};
-    use crate::verdict::RunContext;
 
     /// A domestic and a foreign anchor, as the default configuration has: 30 and 120 ms
     /// handshakes, 400 KiB pages at 3 and 1.5 MB/s.
@@ -386,31 +346,26 @@ pub(super) mod tests {
     #[test]
     fn the_reference_is_the_lines_best() {
         let mut m = throughput_single_url();
-        assert_eq!(
-            line_reference(&m, &RunContext::default())
-                .unwrap()
-                .handshake_ms,
-            Some(30.0)
-        );
+        assert_eq!(line_reference(&m, None).unwrap().handshake_ms, Some(30.0));
         // With a run baseline, the run's figures: measured under the same load as the target.
-        let r = line_reference(&m, &ctx(Ctx::Baseline)).unwrap();
+        let r = line_reference(&m, ctx(Ctx::Baseline).baseline).unwrap();
         assert_eq!(r.source, ReferenceSource::Run);
         assert_eq!(r.handshake_ms, Some(40.0));
         assert_eq!(r.throughput_bps, Some(3e6));
         // A run baseline without a throughput figure: the anchors' for that one.
         let mut c = ctx(Ctx::Baseline);
         c.baseline.as_mut().unwrap().throughput_bps = None;
-        let r = line_reference(&m, &c).unwrap();
+        let r = line_reference(&m, c.baseline).unwrap();
         assert_eq!(r.source, ReferenceSource::Both);
         assert_eq!(r.throughput_bps, Some(3e6));
         m.connectivity.references.clear();
-        assert_eq!(line_reference(&m, &RunContext::default()), None);
+        assert_eq!(line_reference(&m, None), None);
         // A failed reference transfer has no figures: no reference from it.
         m.connectivity.references = vec![ReferenceTransfer {
             anchor: "egov.kz:443".into(),
             failure: Some(crate::failure::Failure::GenericTimeout),
             ..ReferenceTransfer::default()
         }];
-        assert_eq!(line_reference(&m, &RunContext::default()), None);
+        assert_eq!(line_reference(&m, None), None);
     }
 }

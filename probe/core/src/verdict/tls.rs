@@ -4,8 +4,8 @@
 use crate::failure::Failure;
 use crate::model::{Method, Step, TlsObservation};
 
-use super::evidence::{ControlTlsEvidence, DecoyResult};
-use super::{Evidence, Facts, Outcome, MAX_EVIDENCE_ADDRS};
+use super::evidence::{ControlTlsEvidence, DecoyResult, Evidence};
+use super::facts::{Facts, Outcome, MAX_EVIDENCE_ADDRS};
 
 /// How far the control got with the TLS handshake.
 #[derive(Clone, Copy, Debug, PartialEq)]
