@@ -3,7 +3,7 @@
 //!
 //! No I/O and no clock, so every rule is table-tested and the collector can re-run it on stored
 //! records. One module per stage, run in a fixed order by [`decide`]: [`offline`], [`dns`],
-//! [`tcp`], [`tls`], [`http`], then [`throttle`] (against the [`baseline`]); the first stage
+//! [`tcp`], [`tls`], [`http`], then [`throttle`] (against the [`mod@baseline`]); the first stage
 //! that decides wins. Every fact a rule cites is an [`Evidence`] value, spelled as a
 //! `key=value` line in the JSON. `docs/verdicts.md` documents the procedure, the thresholds and
 //! how it differs from OONI's Web Connectivity: keep the two in step.
@@ -17,7 +17,7 @@
 //! measurement's observations out once and holds the helpers every stage shares; [`compare`]
 //! answers the questions two stages ask (same page? injected DNS answer?); [`evidence`] is the
 //! vocabulary of cited facts. Stages depend on those three, never on each other, except HTTP on
-//! TLS's notion of a completed handshake and throttling on the [`baseline`].
+//! TLS's notion of a completed handshake and throttling on the [`mod@baseline`].
 
 use std::collections::BTreeSet;
 
