@@ -8,7 +8,8 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use witness_core::model::{Method, Status};
 
 use super::html::esc;
-use super::render::{network_name, swatch};
+use super::palette::swatch;
+use super::render::network_name;
 use crate::store::HistoryRow;
 
 /// The shape of a chart. Two are rendered and CSS shows one: a wide one with the network

@@ -10,11 +10,15 @@
 //! Data comes from probes and is hostile: every value is escaped ([`html`]), and the pages
 //! are sent with a Content-Security-Policy that allows no script and no inline style, so an
 //! escaping mistake could still not run anything. The handlers only fetch; the pages are pure
-//! functions in [`render`] and [`chart`].
+//! functions: [`status`] and [`site`] (one page each), [`chart`] (the site's SVG), [`render`]
+//! (what the pages share), [`palette`] (how verdicts look) and [`html`] (escaping).
 
 pub mod chart;
 pub mod html;
+pub mod palette;
 pub mod render;
+pub mod site;
+pub mod status;
 
 use std::collections::BTreeSet;
 
@@ -27,7 +31,6 @@ use axum::Router;
 use chrono::{DurationRound, TimeDelta, Utc};
 use serde::Deserialize;
 
-use crate::api::read::MAX_LIMIT;
 use crate::app::AppState;
 use crate::model::EventKind;
 use crate::readmodel;
@@ -37,8 +40,13 @@ use crate::store::{Filter, StoreError};
 const EVENTS_SHOWN: u32 = 30;
 /// How far back the status page looks for events (open ones always show).
 const EVENTS_DAYS: i64 = 7;
+/// Most rows a page asks the store for in one query (statuses, probes per network, a site's
+/// hourly history): the read API's largest `limit`, so a page never costs the store more than
+/// one API call can. The pages themselves show far fewer ([`render::MAX_NETWORKS`],
+/// [`status::MAX_SITES`]).
+const MAX_ROWS: u32 = 10_000;
 /// Hourly rows asked for a site's history.
-const HISTORY_ROWS: u32 = MAX_LIMIT;
+const HISTORY_ROWS: u32 = MAX_ROWS;
 /// Default and largest range of a site's chart, in days.
 const DEFAULT_DAYS: u32 = 7;
 const MAX_DAYS: u32 = 30;
@@ -190,7 +198,7 @@ async fn status_page(
     let window = Filter {
         since: Some(since),
         until: Some(now),
-        limit: MAX_LIMIT,
+        limit: MAX_ROWS,
         ..Filter::default()
     };
     let networks_filter = Filter {
@@ -235,7 +243,7 @@ async fn status_page(
         .filter(|s| country.is_none() || s.country == country)
         .filter(|s| category.is_none() || s.category == category)
         .collect();
-    let view = render::StatusView {
+    let view = status::StatusView {
         now,
         window: state.params.window,
         country,
@@ -248,7 +256,7 @@ async fn status_page(
         shutdowns,
         offline_networks,
     };
-    Ok(page(StatusCode::OK, render::status_page(&view)))
+    Ok(page(StatusCode::OK, status::status_page(&view)))
 }
 
 /// `GET /sites/{domain}`.
@@ -281,7 +289,7 @@ async fn site_page(
         domain: Some(domain.clone()),
         since: Some(now - state.params.window),
         until: Some(now),
-        limit: MAX_LIMIT,
+        limit: MAX_ROWS,
         ..Filter::default()
     };
     let events_filter = Filter {
@@ -318,7 +326,7 @@ async fn site_page(
             "No measurements of {domain} in the last {days} days."
         )));
     }
-    let view = render::SiteView {
+    let view = site::SiteView {
         now,
         since,
         until,
@@ -331,7 +339,7 @@ async fn site_page(
         latest,
         events,
     };
-    Ok(page(StatusCode::OK, render::site_page(&view)))
+    Ok(page(StatusCode::OK, site::site_page(&view)))
 }
 
 /// `GET /ui/style.css`: its URL carries a version, so it may be cached.
@@ -342,7 +350,7 @@ async fn stylesheet() -> Response {
             (header::CACHE_CONTROL, "public, max-age=86400"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        render::STYLESHEET.as_str(),
+        palette::STYLESHEET.as_str(),
     )
         .into_response()
 }
