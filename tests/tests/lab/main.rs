@@ -14,14 +14,13 @@
 //! - AS29355 (ISP 4): a shutdown; `witness daemon` spools, then uploads once the link is back.
 //! - AS48716 (ISP 5): DoH and DoT blocked.
 //! - AS64512 (ISP 6): no censor, a slow line; one site on it throttled.
+//!
+//! One test binary, `lab`: cargo builds `tests/lab/main.rs` as the test and the files beside it
+//! as its modules (not as tests of their own); nothing else includes them.
 
-#[path = "../lab/hops.rs"]
 mod hops;
-#[path = "../lab/judge.rs"]
 mod judge;
-#[path = "../lab/netlab.rs"]
 mod netlab;
-#[path = "../lab/topology.rs"]
 mod topology;
 
 use std::collections::HashMap;
@@ -1460,7 +1459,7 @@ fn censorship_lab() {
     );
 }
 
-/// The hop lab (`tests/lab/hops.rs`): the probe's localisation behind a chain of routers with
+/// The hop lab (`lab/hops.rs`): the probe's localisation behind a chain of routers with
 /// two censors, each kind of block at its exact hop. A test of this binary, so it runs in
 /// parallel with `censorship_lab`.
 #[test]

@@ -11,7 +11,7 @@
 //!                                                                collector (the control)
 //! ```
 //!
-//! It is its own `#[test]` (`hop_lab`) in `tests/tests/lab.rs`, whose other lab measures with
+//! It is its own `#[test]` (`hop_lab`) in `tests/tests/lab/main.rs`, whose other lab measures with
 //! `--no-path`: cargo runs one test binary at a time, so a test of the same binary is what runs
 //! in parallel with the main lab. Needs root and `ip netns`; without them it skips, loudly (a
 //! failure under `WITNESS_REQUIRE_TOOLS=1`, as the main lab).
@@ -603,7 +603,7 @@ fn run_lab(lab: &Lab, cases: &[Case]) -> Result<HashMap<String, Measurement>> {
     run_probe(lab, &internet, &nodes[0], &urls)
 }
 
-/// The hop lab's test (called by `hop_lab` in `tests/tests/lab.rs`).
+/// The hop lab's test (called by `hop_lab` in `main.rs`).
 pub fn hop_lab() {
     if !netlab::ready(
         "the hop lab",
