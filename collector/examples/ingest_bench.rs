@@ -39,8 +39,8 @@ use witness_collector::{auth, store, AppState, Config};
 use witness_core::failure::Failure;
 use witness_core::model::{
     CertificateInfo, ConnectivitySummary, ControlResponse, DnsAnswer, DnsObservation,
-    HttpObservation, Measurement, Method, ProbeNetwork, QueryType, ResolverRole, Software, Status,
-    TcpObservation, TlsObservation, Verdict, SCHEMA_VERSION,
+    HttpObservation, Measurement, Method, QueryType, ResolverRole, Software, Status,
+    TcpObservation, TlsObservation, Verdict,
 };
 use witness_tests::postgres::{PgOptions, PgServer};
 
@@ -335,18 +335,8 @@ fn measurement(
         _ => vec![],
     };
     Measurement {
-        schema_version: SCHEMA_VERSION,
-        id: Uuid::now_v7(),
-        software: Software::default(),
-        url: format!("https://{domain}/"),
-        domain: domain.clone(),
         category_code: Some(["NEWS", "POLR", "HUMR", "GRP", "COMT"][site % 5].into()),
-        started_at: at,
         runtime_ms: 812.4,
-        probe: ProbeNetwork {
-            asn: Some(asn),
-            country: Some("KZ".into()),
-        },
         dns: probe_dns,
         tcp,
         tls,
@@ -365,8 +355,6 @@ fn measurement(
             tls: vec![tls_ok],
             http: vec![http(&domain, addr, true)],
         }),
-        control_failure: None,
-        path: None,
         connectivity: ConnectivitySummary {
             offline: false,
             resolver_ok: Some(true),
@@ -389,6 +377,7 @@ fn measurement(
             },
             evidence,
         },
+        ..witness_tests::measurement(&domain, asn, status, method, at)
     }
 }
 

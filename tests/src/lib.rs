@@ -12,7 +12,8 @@
 //! - [`world`]: a scenario builder tying them together on distinct loopback addresses;
 //! - [`bins`]: builds and locates the real binaries;
 //! - [`client`]: small clients for tests, bound to a chosen source address;
-//! - [`postgres`]: a real PostgreSQL server in a temporary directory, a database per test.
+//! - [`postgres`]: a real PostgreSQL server in a temporary directory, a database per test;
+//! - [`synthetic`]: [`measurement`], a record with nothing observed but its verdict.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod origin;
 pub mod pki;
 pub mod postgres;
 pub mod promstack;
+pub mod synthetic;
 mod tasks;
 pub mod throttle;
 pub mod volunteer;
@@ -40,5 +42,6 @@ pub use origin::{
     CENSORED_SOURCE, CONTROL_SOURCE,
 };
 pub use pki::{LabPki, TlsConfigs};
+pub use synthetic::measurement;
 pub use webhook::WebhookReceiver;
 pub use world::{ListEntry, Site, SiteDns, World, WorldBuilder};

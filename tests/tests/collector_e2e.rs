@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use witness_core::model::{
-    ConnectivitySummary, HopReply, Measurement, Method, PathAction, PathHop, PathObservation,
-    PathTrigger, ProbeNetwork, Software, Status, Verdict, SCHEMA_VERSION,
+    HopReply, Measurement, Method, PathAction, PathHop, PathObservation, PathTrigger, Status,
+    Verdict,
 };
 use witness_tests::collector::get;
 use witness_tests::origin::Policy;
@@ -165,29 +165,9 @@ fn two_probes_raise_one_block_event_and_one_webhook_then_unblock() {
 
 /// A measurement of `domain` on this test's network with nothing observed but `verdict`.
 fn record(domain: &str, at: chrono::DateTime<chrono::Utc>, verdict: Verdict) -> Measurement {
-    Measurement {
-        schema_version: SCHEMA_VERSION,
-        id: uuid::Uuid::now_v7(),
-        software: Software::default(),
-        url: format!("https://{domain}/"),
-        domain: domain.to_string(),
-        category_code: Some("NEWS".into()),
-        started_at: at,
-        runtime_ms: 10.0,
-        probe: ProbeNetwork {
-            asn: Some(ASN),
-            country: Some("KZ".into()),
-        },
-        dns: vec![],
-        tcp: vec![],
-        tls: vec![],
-        http: vec![],
-        control: None,
-        control_failure: None,
-        path: None,
-        connectivity: ConnectivitySummary::default(),
-        verdict,
-    }
+    let mut m = witness_tests::measurement(domain, ASN, verdict.status, verdict.method, at);
+    m.verdict = verdict;
+    m
 }
 
 fn synthetic(n: usize) -> Vec<String> {

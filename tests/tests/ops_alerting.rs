@@ -19,11 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
-use uuid::Uuid;
-use witness_core::model::{
-    ConnectivitySummary, Measurement, Method, ProbeNetwork, Software, Status, Verdict,
-    SCHEMA_VERSION,
-};
+use witness_core::model::{Method, Status};
 use witness_tests::bins::workspace_root;
 use witness_tests::collector::get;
 use witness_tests::dashboards::{dashboard_queries, load_dashboards, substitute_variables};
@@ -40,30 +36,8 @@ fn read(rel: &str) -> String {
 }
 
 fn measurement(domain: &str, status: Status, method: Option<Method>, at: DateTime<Utc>) -> Value {
-    serde_json::to_value(Measurement {
-        schema_version: SCHEMA_VERSION,
-        id: Uuid::now_v7(),
-        software: Software::default(),
-        url: format!("https://{domain}/"),
-        domain: domain.to_string(),
-        category_code: Some("NEWS".into()),
-        started_at: at,
-        runtime_ms: 500.0,
-        probe: ProbeNetwork {
-            asn: Some(ASN),
-            country: Some("KZ".into()),
-        },
-        dns: vec![],
-        tcp: vec![],
-        tls: vec![],
-        http: vec![],
-        control: None,
-        control_failure: None,
-        path: None,
-        connectivity: ConnectivitySummary::default(),
-        verdict: Verdict::new(status, method, "ops test"),
-    })
-    .expect("measurement JSON")
+    serde_json::to_value(witness_tests::measurement(domain, ASN, status, method, at))
+        .expect("measurement JSON")
 }
 
 /// Runs one async HTTP exchange to completion (the tests are synchronous).

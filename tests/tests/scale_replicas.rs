@@ -21,10 +21,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
 use serde_json::Value;
 use uuid::Uuid;
-use witness_core::model::{
-    ConnectivitySummary, Measurement, Method, ProbeNetwork, Software, Status, Verdict,
-    SCHEMA_VERSION,
-};
+use witness_core::model::{Measurement, Method, Status};
 use witness_tests::collector::get;
 use witness_tests::postgres;
 use witness_tests::{CollectorProcess, WebhookReceiver};
@@ -60,29 +57,8 @@ fn run_batch(asn: u32, probe: usize, at: DateTime<Utc>) -> Vec<Measurement> {
     (0..SITES)
         .map(|i| {
             let (status, method) = verdict(asn, i);
-            Measurement {
-                schema_version: SCHEMA_VERSION,
-                id: Uuid::now_v7(),
-                software: Software::default(),
-                url: format!("https://{}/", site(i)),
-                domain: site(i),
-                category_code: Some("NEWS".into()),
-                started_at: at + TimeDelta::milliseconds((probe * 1000 + i * 50) as i64),
-                runtime_ms: 800.0,
-                probe: ProbeNetwork {
-                    asn: Some(asn),
-                    country: Some("KZ".into()),
-                },
-                dns: vec![],
-                tcp: vec![],
-                tls: vec![],
-                http: vec![],
-                control: None,
-                control_failure: None,
-                path: None,
-                connectivity: ConnectivitySummary::default(),
-                verdict: Verdict::new(status, method, "scale test"),
-            }
+            let at = at + TimeDelta::milliseconds((probe * 1000 + i * 50) as i64);
+            witness_tests::measurement(&site(i), asn, status, method, at)
         })
         .collect()
 }

@@ -23,10 +23,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use serde_json::Value;
-use witness_core::model::{
-    ConnectivitySummary, Measurement, Method, ProbeNetwork, Software, Status, Verdict,
-    SCHEMA_VERSION,
-};
+use witness_core::model::{Measurement, Method, Status};
 use witness_tests::bins::workspace_root;
 use witness_tests::collector::get;
 use witness_tests::dashboards::{dashboard_queries, load_dashboards, substitute_variables};
@@ -230,39 +227,15 @@ fn same(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> bool {
 // ------------------------------------------------------------------------------- the feed
 
 fn measurement(domain: &str, asn: u32, status: Status, method: Option<Method>) -> Measurement {
-    Measurement {
-        schema_version: SCHEMA_VERSION,
-        id: uuid::Uuid::now_v7(),
-        software: Software::default(),
-        url: format!("https://{domain}/"),
-        domain: domain.to_string(),
-        category_code: Some(
-            if domain.starts_with("news") {
-                "NEWS"
-            } else {
-                "POLR"
-            }
-            .into(),
-        ),
-        started_at: Utc::now() - TimeDelta::minutes(20),
-        runtime_ms: 900.0,
-        probe: ProbeNetwork {
-            asn: Some(asn),
-            country: Some("KZ".into()),
-        },
-        dns: vec![],
-        tcp: vec![],
-        tls: vec![],
-        http: vec![],
-        control: None,
-        control_failure: None,
-        path: None,
-        connectivity: ConnectivitySummary {
-            offline: status == Status::Offline,
-            ..ConnectivitySummary::default()
-        },
-        verdict: Verdict::new(status, method, "vm test"),
-    }
+    let at = Utc::now() - TimeDelta::minutes(20);
+    let mut m = witness_tests::measurement(domain, asn, status, method, at);
+    let category = if domain.starts_with("news") {
+        "NEWS"
+    } else {
+        "POLR"
+    };
+    m.category_code = Some(category.into());
+    m
 }
 
 /// Probes on two networks: sites blocked by all, some or one of the probes of AS9198, and a

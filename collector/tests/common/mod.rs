@@ -11,16 +11,13 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 use witness_collector::config::HumanDuration;
 use witness_collector::{store, AppState, Config};
 use witness_core::model::{
-    ConnectivitySummary, HopReply, Measurement, Method, PathAction, PathHop, PathObservation,
-    PathTrigger, ProbeNetwork, Software, Status, Verdict, SCHEMA_VERSION,
+    HopReply, Measurement, PathAction, PathHop, PathObservation, PathTrigger,
 };
 
 /// Which store a test runs against.
@@ -201,41 +198,10 @@ impl TestApp {
     }
 }
 
-/// A measurement of `https://{domain}/` from a probe on `asn` in Kazakhstan.
-pub fn measurement(
-    domain: &str,
-    asn: u32,
-    status: Status,
-    method: Option<Method>,
-    at: DateTime<Utc>,
-) -> Measurement {
-    Measurement {
-        schema_version: SCHEMA_VERSION,
-        id: Uuid::now_v7(),
-        software: Software::default(),
-        url: format!("https://{domain}/"),
-        domain: domain.to_string(),
-        category_code: Some("NEWS".into()),
-        started_at: at,
-        runtime_ms: 1500.0,
-        probe: ProbeNetwork {
-            asn: Some(asn),
-            country: Some("KZ".into()),
-        },
-        dns: vec![],
-        tcp: vec![],
-        tls: vec![],
-        http: vec![],
-        control: None,
-        control_failure: None,
-        path: None,
-        connectivity: ConnectivitySummary {
-            offline: status == Status::Offline,
-            ..ConnectivitySummary::default()
-        },
-        verdict: Verdict::new(status, method, "test verdict"),
-    }
-}
+/// A measurement of `https://{domain}/` from a probe on `asn` in Kazakhstan (the one builder
+/// every suite uses; not every test file here measures, hence the allow).
+#[allow(unused_imports)]
+pub use witness_tests::measurement;
 
 /// `m` (blocked) with a localisation naming the censor at `hop`: silent private hops first,
 /// then public routers, the last one before the censor in `asn` (when given).
