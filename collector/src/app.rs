@@ -27,10 +27,10 @@ use crate::webhook::Notifier;
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub struct AppState(Arc<SharedState>);
 
-/// The contents of [`AppState`].
-pub struct Inner {
+/// What [`AppState`] shares between handlers and background tasks, behind one `Arc`.
+pub struct SharedState {
     /// The configuration.
     pub config: Config,
     /// Storage.
@@ -68,8 +68,8 @@ pub struct Inner {
 }
 
 impl Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
+    type Target = SharedState;
+    fn deref(&self) -> &SharedState {
         &self.0
     }
 }
@@ -99,7 +99,7 @@ impl AppState {
             metrics.clone(),
             wake.clone(),
         );
-        let control = control::service_config(&config.control).map_err(anyhow::Error::msg)?;
+        let control = control::service_config(&config.control)?;
         let asn = match &config.asn.database {
             Some(path) => {
                 let db = AsnDb::load(path)?;
@@ -114,7 +114,7 @@ impl AppState {
             max_age: config.ingest.max_age.to_chrono(),
             max_clock_skew: config.ingest.max_clock_skew.to_chrono(),
         };
-        Ok(AppState(Arc::new(Inner {
+        Ok(AppState(Arc::new(SharedState {
             upload_limiter: KeyedLimiter::per_minute(
                 config.ingest.uploads_per_minute,
                 config.ingest.upload_burst,

@@ -10,28 +10,38 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use witness_core::checks::MeasureConfig;
 use witness_core::model::{ControlRequest, ControlResponse};
+use witness_core::spec::ConfigError;
 
 pub use witness_core::control::{ControlRefusal, ControlServiceConfig};
 
 use crate::config::ControlConfig;
 
+/// A `[control]` section the control service cannot run with; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlConfigError {
+    /// `control.resolver` is not a resolver address.
+    #[error("control.resolver: {0}")]
+    Resolver(ConfigError),
+    /// A file of `control.extra_ca_files` could not be read as certificates.
+    #[error("control.extra_ca_files: {0}")]
+    ExtraCaFile(ConfigError),
+    /// `control.step_timeout_secs` is outside what a measurement step may take.
+    #[error("control.step_timeout_secs: {0} is out of range; use 0.1 to 120")]
+    StepTimeout(f64),
+}
+
 /// Build the measurement configuration of the control from `[control]`.
-pub fn service_config(cfg: &ControlConfig) -> Result<ControlServiceConfig, String> {
-    let resolver = witness_core::spec::parse_resolver(&cfg.resolver)
-        .map_err(|e| format!("control.resolver: {e}"))?;
+pub fn service_config(cfg: &ControlConfig) -> Result<ControlServiceConfig, ControlConfigError> {
+    let resolver =
+        witness_core::spec::parse_resolver(&cfg.resolver).map_err(ControlConfigError::Resolver)?;
     let mut extra_cas = Vec::new();
     for f in &cfg.extra_ca_files {
-        extra_cas.extend(
-            witness_core::spec::load_ca_file(f)
-                .map_err(|e| format!("control.extra_ca_files: {e}"))?,
-        );
+        extra_cas
+            .extend(witness_core::spec::load_ca_file(f).map_err(ControlConfigError::ExtraCaFile)?);
     }
     let in_range = cfg.step_timeout_secs > 0.0 && cfg.step_timeout_secs <= 120.0;
     if !in_range {
-        return Err(format!(
-            "control.step_timeout_secs: {} is out of range; use 0.1 to 120",
-            cfg.step_timeout_secs
-        ));
+        return Err(ControlConfigError::StepTimeout(cfg.step_timeout_secs));
     }
     let measure = MeasureConfig {
         resolver,
@@ -147,8 +157,11 @@ mod tests {
             resolver: "not-an-address".into(),
             ..ControlConfig::default()
         };
-        assert!(service_config(&bad)
-            .unwrap_err()
-            .contains("control.resolver"));
+        assert!(matches!(
+            service_config(&bad),
+            Err(ControlConfigError::Resolver(_))
+        ));
+        let e = service_config(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("control.resolver: "), "{e}");
     }
 }

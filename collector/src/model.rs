@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use witness_core::error::UnknownValue;
 use witness_core::model::{Method, Status};
 
 /// One measurement of one site on one network, reduced to what the rule needs.
@@ -62,12 +63,14 @@ macro_rules! str_enum {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
         }
         impl FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
                 match s {
                     $($s => Ok($ty::$v),)*
-                    other => Err(format!("unknown value {other:?}; expected one of: {}",
-                        [$($s),*].join(", "))),
+                    other => Err(UnknownValue {
+                        value: other.to_string(),
+                        expected: [$($s),*].join(", "),
+                    }),
                 }
             }
         }

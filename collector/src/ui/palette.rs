@@ -22,85 +22,88 @@ pub struct Swatch {
     pub meaning: &'static str,
 }
 
-const fn sw(
-    class: &'static str,
-    bg: &'static str,
-    fg: &'static str,
-    label: &'static str,
-    meaning: &'static str,
-) -> Swatch {
-    Swatch {
-        class,
-        bg,
-        fg,
-        label,
-        meaning,
+impl Swatch {
+    /// A swatch; `const`, so [`SWATCHES`] is a table built at compile time.
+    const fn new(
+        class: &'static str,
+        bg: &'static str,
+        fg: &'static str,
+        label: &'static str,
+        meaning: &'static str,
+    ) -> Swatch {
+        Swatch {
+            class,
+            bg,
+            fg,
+            label,
+            meaning,
+        }
     }
 }
 
 /// Every swatch, in legend order. Blocking methods each have their own hue; the states that
 /// are not censorship are greens and greys. Labels carry the same information as the colours.
 pub const SWATCHES: &[Swatch] = &[
-    sw("v-ok", "#1f7a35", "#ffffff", "ok", "accessible"),
-    sw(
+    Swatch::new("v-ok", "#1f7a35", "#ffffff", "ok", "accessible"),
+    Swatch::new(
         "v-dns",
         "#d62728",
         "#ffffff",
         "dns",
         "blocked: DNS tampering",
     ),
-    sw("v-tcp", "#7b3fa0", "#ffffff", "tcp", "blocked: IP blocking"),
-    sw(
+    Swatch::new("v-tcp", "#7b3fa0", "#ffffff", "tcp", "blocked: IP blocking"),
+    Swatch::new(
         "v-tls",
         "#f28e1c",
         "#000000",
         "tls",
         "blocked: SNI filtering",
     ),
-    sw(
+    Swatch::new(
         "v-mitm",
         "#1f4fc2",
         "#ffffff",
         "mitm",
         "blocked: TLS interception",
     ),
-    sw(
+    Swatch::new(
         "v-http",
         "#8c564b",
         "#ffffff",
         "http",
         "blocked: blockpage or reset",
     ),
-    sw(
+    Swatch::new(
         "v-throttle",
         "#e6c300",
         "#000000",
         "throttle",
         "blocked: throttled",
     ),
-    sw(
+    Swatch::new(
         "v-blocked",
         "#a00000",
         "#ffffff",
         "blocked",
         "blocked: method unknown",
     ),
-    sw(
+    Swatch::new(
         "v-down",
         "#8a8a8a",
         "#ffffff",
         "down",
         "down for the control too",
     ),
-    sw("v-inconclusive", "#d4d4d4", "#000000", "?", "inconclusive"),
-    sw(
+    Swatch::new("v-inconclusive", "#d4d4d4", "#000000", "?", "inconclusive"),
+    Swatch::new(
         "v-offline",
         "#333333",
         "#ffffff",
         "offline",
         "network offline",
     ),
-    sw("v-none", "#f3f3f3", "#666666", "–", "no data"),
+    Swatch::new("v-none", "#f3f3f3", "#666666", "–", "no data"),
 ];
 
 fn by_class(class: &str) -> &'static Swatch {
