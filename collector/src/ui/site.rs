@@ -278,6 +278,23 @@ mod tests {
     use crate::model::{EventKind, Evidence};
     use witness_core::model::Method;
 
+    /// A week's page of `domain` with these current statuses; nothing else yet.
+    fn site_view(domain: &str, statuses: Vec<SiteStatus>) -> SiteView {
+        SiteView {
+            now: t0(),
+            since: t0() - TimeDelta::days(7),
+            until: t0(),
+            days: 7,
+            window: TimeDelta::hours(6),
+            domain: domain.into(),
+            statuses,
+            history: vec![],
+            history_truncated: false,
+            latest: vec![],
+            events: vec![],
+        }
+    }
+
     #[test]
     fn the_site_page_says_where_the_block_is_and_when_it_moved() {
         let mut located = status("news.test", 9198, Status::Blocked, Some(Method::Tcp));
@@ -308,19 +325,8 @@ mod tests {
             },
             end_evidence: None,
         };
-        let site = SiteView {
-            now: t0(),
-            since: t0() - TimeDelta::days(7),
-            until: t0(),
-            days: 7,
-            window: TimeDelta::hours(6),
-            domain: "news.test".into(),
-            statuses: vec![located, no_asn, unlocated],
-            history: vec![],
-            history_truncated: false,
-            latest: vec![],
-            events: vec![moved],
-        };
+        let mut site = site_view("news.test", vec![located, no_asn, unlocated]);
+        site.events = vec![moved];
         let page = site_page(&site);
         assert!(page.contains("blocked at hop 3, AS9198</span>"), "{page}");
         assert!(page.contains("blocked at hop 2</span>"), "{page}");
@@ -338,43 +344,33 @@ mod tests {
         let mut st = status(evil, 64500, Status::Blocked, Some(Method::Http));
         st.category = Some("<i>CAT".into());
         st.country = Some("<q>".into());
-        let site = SiteView {
-            now: t0(),
-            since: t0() - TimeDelta::days(7),
-            until: t0(),
-            days: 7,
-            window: TimeDelta::hours(6),
+        let mut site = site_view(evil, vec![st]);
+        site.history = vec![HistoryRow {
+            hour: t0() - TimeDelta::hours(1),
+            asn: Some(64500),
+            country: Some("<q>".into()),
+            status: Status::Blocked,
+            method: Some(Method::Http),
+            measurements: 1,
+            probes: 1,
+        }];
+        site.latest = vec![MeasurementRecord {
+            id: uuid::Uuid::nil(),
+            received_at: t0(),
+            started_at: t0(),
             domain: evil.into(),
-            statuses: vec![st],
-            history: vec![HistoryRow {
-                hour: t0() - TimeDelta::hours(1),
-                asn: Some(64500),
-                country: Some("<q>".into()),
-                status: Status::Blocked,
-                method: Some(Method::Http),
-                measurements: 1,
-                probes: 1,
-            }],
-            history_truncated: false,
-            latest: vec![MeasurementRecord {
-                id: uuid::Uuid::nil(),
-                received_at: t0(),
-                started_at: t0(),
-                domain: evil.into(),
-                url: "https://x/".into(),
-                category: None,
-                asn: Some(64500),
-                country: None,
-                status: Status::Blocked,
-                method: Some(Method::Http),
-                reason: "blockpage <iframe src=//evil>".into(),
-                software_version: "0".into(),
-                body: "{}".into(),
-                censor_hop: None,
-                censor_asn: None,
-            }],
-            events: vec![],
-        };
+            url: "https://x/".into(),
+            category: None,
+            asn: Some(64500),
+            country: None,
+            status: Status::Blocked,
+            method: Some(Method::Http),
+            reason: "blockpage <iframe src=//evil>".into(),
+            software_version: "0".into(),
+            body: "{}".into(),
+            censor_hop: None,
+            censor_asn: None,
+        }];
         let page = site_page(&site);
         for bad in ["<script", "<i>", "<q>", "<iframe", "'&.test"] {
             assert!(!page.contains(bad), "{bad} unescaped in:\n{page}");
