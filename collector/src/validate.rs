@@ -30,6 +30,9 @@ pub enum RejectReason {
     Inconsistent,
     /// A field has an impossible value (country code, ASN, category).
     InvalidField,
+    /// The record holds the address it was uploaded from, in some encoding: the probe failed
+    /// to scrub its own address (see `docs/security.md`). Refused, never stored.
+    ProbeAddress,
 }
 
 impl RejectReason {
@@ -42,6 +45,7 @@ impl RejectReason {
         RejectReason::TooOld,
         RejectReason::Inconsistent,
         RejectReason::InvalidField,
+        RejectReason::ProbeAddress,
     ];
 
     /// Stable name.
@@ -54,6 +58,7 @@ impl RejectReason {
             RejectReason::TooOld => "too_old",
             RejectReason::Inconsistent => "inconsistent",
             RejectReason::InvalidField => "invalid_field",
+            RejectReason::ProbeAddress => "probe_address",
         }
     }
 }

@@ -105,13 +105,17 @@ impl Probe {
 
     /// Measurements waiting in the spool.
     pub fn spooled(&self) -> usize {
-        std::fs::read_dir(self.spool())
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    .count()
-            })
-            .unwrap_or(0)
+        // Records held back until the probe knows its public address wait in `held/`.
+        let count = |dir: std::path::PathBuf| {
+            std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        count(self.spool()) + count(self.spool().join("held"))
     }
 }
 

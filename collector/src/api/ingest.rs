@@ -9,10 +9,12 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap};
+use axum::Extension;
 use axum::Json;
 use chrono::Utc;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -20,6 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 use witness_core::model::Measurement;
+use witness_core::scrub::Needles;
 
 use super::{authenticate, require_json};
 use crate::app::AppState;
@@ -207,6 +210,11 @@ pub struct UploadResponse {
     pub duplicates: Vec<Uuid>,
     /// Refused, with reasons.
     pub rejected: Vec<Rejected>,
+    /// The address the upload came from, as the control reports it: a probe that does not
+    /// know its public address (its control did not answer) learns it here before it releases
+    /// the records it held back (see `docs/security.md`). Never stored, never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub your_address: Option<IpAddr>,
 }
 
 /// Decompress gzip, refusing output larger than `cap` (zip bombs) with 413.
@@ -271,6 +279,7 @@ fn record(
 /// Handle an upload.
 pub async fn upload(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<UploadResponse>, ApiError> {
@@ -306,8 +315,12 @@ pub async fn upload(
     let mut records = Vec::with_capacity(batch.measurements.len());
     let mut duplicates = Vec::new();
     let mut seen = HashSet::new();
+    let from = super::client_address(&state, &headers, peer.map(|Extension(ConnectInfo(a))| a));
+    let needles = uploader_needles(from);
     for (index, raw) in batch.measurements.iter().enumerate() {
-        match validate::parse_record(raw.get(), &state.limits, now) {
+        let parsed = validate::parse_record(raw.get(), &state.limits, now)
+            .and_then(|m| refuse_own_address(m, raw.get(), needles.as_ref()));
+        match parsed {
             Ok(m) => {
                 if seen.insert(m.id) {
                     records.push(record(m, raw.get(), now, state.asn.as_deref()));
@@ -360,7 +373,36 @@ pub async fn upload(
         accepted,
         duplicates,
         rejected,
+        your_address: from,
     }))
+}
+
+/// The searches for the uploader's address, in every encoding. None for a loopback or
+/// unspecified peer: that is a proxy or the collector's own host, and identifies nobody.
+fn uploader_needles(from: Option<IpAddr>) -> Option<Needles> {
+    from.filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .map(|a| Needles::new([a]))
+}
+
+/// The second line of defence: a record that holds the address it was uploaded from, in any
+/// encoding, is refused, not redacted. Redacting would store a record the probe failed to
+/// clean (other identifying text may sit next to the match), and a refusal tells the probe,
+/// which keeps the record aside locally, on the volunteer's own machine. The reason names no
+/// address.
+fn refuse_own_address(
+    m: Measurement,
+    raw: &str,
+    needles: Option<&Needles>,
+) -> Result<Measurement, validate::Rejection> {
+    match needles {
+        Some(n) if n.found_in(raw) => Err(validate::Rejection {
+            reason: validate::RejectReason::ProbeAddress,
+            detail: "the record holds the address it was uploaded from (in some encoding); \
+                     the probe must scrub its own address: update witness. Not stored"
+                .into(),
+        }),
+        _ => Ok(m),
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +410,23 @@ mod tests {
     use super::*;
     use flate2::write::GzEncoder;
     use std::io::Write;
+
+    #[test]
+    fn the_uploaders_address_is_found_in_raw_json_in_any_encoding() {
+        assert!(uploader_needles(Some("127.0.0.1".parse().unwrap())).is_none());
+        assert!(uploader_needles(None).is_none());
+        let n = uploader_needles(Some("198.51.100.77".parse().unwrap())).unwrap();
+        for raw in [
+            r#"{"cnames":["77.100.51.198.in-addr.arpa."]}"#,
+            r#"{"title":"198\u002e51\u002e100\u002e77"}"#,
+            r#"{"headers":[["x-198-51-100-77","1"]]}"#,
+            r#"{"location":"/?ip=%31%39%38%2e%35%31%2e%31%30%30%2e%37%37"}"#,
+            r#"{"evidence":["0xc633644d"]}"#,
+        ] {
+            assert!(n.found_in(raw), "{raw}");
+        }
+        assert!(!n.found_in(r#"{"answers":["198.51.100.78"],"ttl":60}"#));
+    }
 
     #[test]
     fn batch_parse_is_bounded_and_strict() {

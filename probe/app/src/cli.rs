@@ -436,13 +436,17 @@ fn saved_token_for(saved: Option<Credentials>, url: &url::Url) -> Option<String>
     (at == *url).then_some(saved.token)
 }
 
-/// The spool from flags and config.
-pub fn open_spool(args: &CollectorArgs, file: &FileConfig) -> Result<crate::spool::Spool> {
-    let dir = args
-        .spool_dir
+/// The spool directory from flags and config (not created).
+pub fn spool_dir(args: &CollectorArgs, file: &FileConfig) -> Option<PathBuf> {
+    args.spool_dir
         .clone()
         .or_else(|| file.collector.spool_dir.clone())
         .or_else(crate::spool::Spool::default_dir)
+}
+
+/// The spool from flags and config.
+pub fn open_spool(args: &CollectorArgs, file: &FileConfig) -> Result<crate::spool::Spool> {
+    let dir = spool_dir(args, file)
         .context("no spool directory: set collector.spool_dir or --spool-dir")?;
     let max = file
         .collector
@@ -457,7 +461,7 @@ async fn upload_cmd(args: UploadArgs, file: FileConfig) -> Result<ExitCode> {
         bail!("no collector configured: pass --collector URL or set collector.url in the config");
     };
     let up = crate::upload::Uploader::new(url, token).map_err(anyhow::Error::msg)?;
-    let waiting = spool.len()?;
+    let waiting = spool.len()? + crate::address::held(&spool)?.len()?;
     match up
         .drain_with_retries(&spool, 3, Duration::from_secs(2))
         .await
@@ -471,6 +475,9 @@ async fn upload_cmd(args: UploadArgs, file: FileConfig) -> Result<ExitCode> {
                 spool.dir().join("rejected").display(),
                 s.remaining
             );
+            if s.held > 0 {
+                println!("{}", crate::address::held_message(s.held, &spool));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -815,6 +822,10 @@ pub(crate) async fn run(args: RunArgs, file: FileConfig, color: ColorChoice) -> 
     };
     ensure_consent(&args, &file, &targets)?;
     let concurrency = args.concurrency.unwrap_or(file.run.concurrency);
+    // The addresses learned before are scrubbed from this run's records too.
+    if let Some(dir) = spool_dir(&args.collector, &file) {
+        crate::address::KnownAddresses::in_dir(&dir).seed(&engine.own);
+    }
 
     let show_progress = !args.no_progress && std::io::stderr().is_terminal() && !dumb_terminal();
     let bar = if show_progress {
@@ -898,7 +909,8 @@ pub(crate) async fn run(args: RunArgs, file: FileConfig, color: ColorChoice) -> 
     }
 
     if uploading {
-        let up = spool_and_upload(&args.collector, &file, &outcome.measurements).await?;
+        let up =
+            spool_and_upload(&args.collector, &file, &outcome.measurements, &engine.own).await?;
         if code == ExitCode::SUCCESS {
             code = up;
         }
@@ -911,16 +923,15 @@ pub async fn spool_and_upload(
     args: &CollectorArgs,
     file: &FileConfig,
     measurements: &[Measurement],
+    own: &witness_core::scrub::OwnAddresses,
 ) -> Result<ExitCode> {
     let spool = open_spool(args, file)?;
-    for m in measurements {
-        if let Err(e) = spool.push(m) {
-            eprintln!(
-                "witness: cannot keep the results in the spool {}: {e}",
-                spool.dir().display()
-            );
-            return Ok(ExitCode::from(EXIT_FAILURE));
-        }
+    if let Err(e) = crate::address::keep_run(&spool, own, measurements) {
+        eprintln!(
+            "witness: cannot keep the results in the spool {}: {e}",
+            spool.dir().display()
+        );
+        return Ok(ExitCode::from(EXIT_FAILURE));
     }
     let Some((url, token)) = collector_target(args, file)? else {
         eprintln!(
@@ -940,6 +951,9 @@ pub async fn spool_and_upload(
                 "witness: uploaded {} measurements ({} rejected, {} waiting).",
                 s.acknowledged, s.rejected, s.remaining
             );
+            if s.held > 0 {
+                eprintln!("witness: {}", crate::address::held_message(s.held, &spool));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

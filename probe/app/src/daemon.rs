@@ -58,15 +58,20 @@ async fn stop_signal() {
 
 async fn try_upload(up: Option<&Uploader>, spool: &Spool) {
     let Some(up) = up else { return };
+    let held = crate::address::held(spool)
+        .and_then(|h| h.len())
+        .unwrap_or(0);
     match spool.is_empty() {
-        Ok(true) | Err(_) => return,
-        Ok(false) => {}
+        Ok(true) if held == 0 => return,
+        Err(_) => return,
+        _ => {}
     }
     match up.drain(spool).await {
         Ok(s) => tracing::info!(
             uploaded = s.acknowledged,
             rejected = s.rejected,
             waiting = s.remaining,
+            held = s.held,
             "upload done"
         ),
         Err(e) => tracing::warn!(
@@ -134,15 +139,20 @@ pub async fn run(args: DaemonArgs, file: FileConfig) -> Result<ExitCode> {
         // Targets and engine are rebuilt each run so edited lists and configs take effect.
         let targets = collect_targets(&args.run.select, &file)?;
         let engine = build_engine(&args.run, &file)?;
+        crate::address::KnownAddresses::of(&spool).seed(&engine.own);
         let outcome = tokio::select! {
             o = engine.run(targets, concurrency, |_, _, _| {}) => o,
             _ = stop.as_mut() => return Ok(ExitCode::SUCCESS),
         };
-        for m in &outcome.measurements {
-            if let Err(e) = spool.push(m) {
-                // A full disk must not kill the daemon: say so loudly and go on measuring.
-                tracing::error!(error = %e, "cannot spool a measurement");
-            }
+        match crate::address::keep_run(&spool, &engine.own, &outcome.measurements) {
+            Ok(0) => {}
+            Ok(held) => tracing::warn!(
+                held,
+                "the control service did not tell the probe its public address: this run's \
+                 measurements are held back until a run learns it"
+            ),
+            // A full disk must not kill the daemon: say so loudly and go on measuring.
+            Err(e) => tracing::error!(error = %e, "cannot spool the measurements"),
         }
         let _ = std::fs::write(state_path(&spool), Utc::now().to_rfc3339());
         eprintln!(

@@ -87,6 +87,11 @@ impl Spool {
         &self.dir
     }
 
+    /// Its bound.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Write one measurement durably. Returns how many old records were evicted to make room.
     pub fn push(&self, m: &Measurement) -> Result<usize, SpoolError> {
         let json = serde_json::to_string(m)?;
@@ -215,7 +220,7 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use witness_core::model::*;
 

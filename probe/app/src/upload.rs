@@ -31,6 +31,9 @@ pub struct UploadReply {
     /// Records it refused, with why.
     #[serde(default)]
     pub rejected: Vec<Rejected>,
+    /// The address the collector saw the upload come from (kept locally, to scrub records).
+    #[serde(default)]
+    pub your_address: Option<std::net::IpAddr>,
 }
 
 /// One refused record.
@@ -63,6 +66,8 @@ pub struct UploadSummary {
     pub rejected: usize,
     /// Records still waiting.
     pub remaining: usize,
+    /// Records held back until the probe learns its public address (see [`crate::address`]).
+    pub held: usize,
 }
 
 /// An upload problem (the records stay in the spool).
@@ -180,10 +185,30 @@ impl Uploader {
         exchange(&self.base, req).await
     }
 
-    /// Upload everything waiting in `spool`, batch by batch, oldest first. Stops at the first
+    /// Upload everything waiting in `spool`, batch by batch, oldest first, after releasing the
+    /// held records that can be (see [`crate::address::release`]). Stops at the first
     /// transport failure (the rest stays for later).
     pub async fn drain(&self, spool: &Spool) -> Result<UploadSummary, UploadError> {
-        let mut summary = UploadSummary::default();
+        // Held records join the queue, scrubbed again, once the address is known; when some
+        // are still held, an empty batch asks the collector which address it sees.
+        let mut held = crate::address::release(spool)?.held;
+        if held > 0 {
+            if let Ok(UploadReply {
+                your_address: Some(ip),
+                ..
+            }) = self.send_batch(&[]).await
+            {
+                let known = crate::address::KnownAddresses::of(spool);
+                if let Err(e) = known.remember(ip, chrono::Utc::now()) {
+                    tracing::warn!(error = %e, "cannot remember the probe's public address");
+                }
+                held = crate::address::release(spool)?.held;
+            }
+        }
+        let mut summary = UploadSummary {
+            held,
+            ..UploadSummary::default()
+        };
         loop {
             let batch = spool.oldest(BATCH)?;
             if batch.is_empty() {
@@ -231,6 +256,7 @@ impl Uploader {
                     total.acknowledged += s.acknowledged;
                     total.rejected += s.rejected;
                     total.remaining = s.remaining;
+                    total.held = s.held;
                     return Ok(total);
                 }
                 Err(e) if e.is_transient() && attempt < attempts => {

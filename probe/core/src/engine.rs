@@ -113,6 +113,11 @@ impl Engine {
         concurrency: usize,
         progress: impl Fn(usize, usize, &Measurement) + Send + Sync,
     ) -> RunOutcome {
+        // Our own addresses, before anything is recorded: the interfaces' and the source.
+        self.own.add_local_interfaces();
+        if let Some(ip) = self.cfg.source_address {
+            self.own.declare(ip);
+        }
         let mut connectivity = self.check_connectivity().await;
         let total = targets.len();
         let mut measurements: Vec<(usize, Measurement)> = Vec::with_capacity(total);
@@ -334,7 +339,7 @@ impl Engine {
             None => (None, None),
             Some(Ok(reply)) => {
                 if let Some(ip) = reply.meta.your_address {
-                    self.own.add(ip);
+                    self.own.learn_public(ip);
                 }
                 if probe.asn.is_none() {
                     probe.asn = reply.meta.your_asn;
@@ -1254,28 +1259,13 @@ pub fn finalize_verdicts(measurements: &mut [Measurement], offline: bool) {
     }
 }
 
-/// Remove the probe's own addresses from every free-text field of a measurement.
+/// Remove the probe's own addresses, in every encoding, from every string of a measurement
+/// (see [`crate::scrub::record`]). A record that cannot be scrubbed keeps only the verdict's
+/// status: its text could hold the address.
 pub fn scrub_measurement(m: &mut Measurement, own: &OwnAddresses) {
-    for h in &mut m.http {
-        for (_, v) in &mut h.headers {
-            *v = own.scrub(v);
-        }
-        if let Some(t) = &mut h.title {
-            *t = own.scrub(t);
-        }
-    }
-    if let Some(c) = &mut m.control {
-        for h in &mut c.http {
-            for (_, v) in &mut h.headers {
-                *v = own.scrub(v);
-            }
-            if let Some(t) = &mut h.title {
-                *t = own.scrub(t);
-            }
-        }
-    }
-    if let Some(f) = &mut m.control_failure {
-        *f = crate::scrub::scrub_ips(f);
+    if let Err(e) = crate::scrub::record::scrub_measurement(m, own) {
+        tracing::error!(error = %e, "a record could not be scrubbed; its observations are dropped");
+        crate::scrub::record::strip(m);
     }
 }
 
