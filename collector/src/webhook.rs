@@ -533,6 +533,29 @@ mod tests {
     }
 
     #[test]
+    fn notifications_are_grouped_by_url_in_claim_order() {
+        let note = |id: i64, url: &str| Notification {
+            id,
+            event: event(false),
+            transition: Transition::NewBlock,
+            url: url.into(),
+            attempts: 0,
+        };
+        let groups = by_url(vec![
+            note(1, "http://a/"),
+            note(2, "http://b/"),
+            note(3, "http://a/"),
+            note(4, "http://a/"),
+        ]);
+        let ids: Vec<Vec<i64>> = groups
+            .iter()
+            .map(|g| g.iter().map(|n| n.id).collect())
+            .collect();
+        assert_eq!(ids, vec![vec![1, 3, 4], vec![2]]);
+        assert!(by_url(Vec::new()).is_empty());
+    }
+
+    #[test]
     fn backoff_doubles_and_is_capped() {
         let cfg = WebhookConfig {
             initial_backoff: HumanDuration::from_secs(5),
