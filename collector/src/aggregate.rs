@@ -32,6 +32,11 @@ pub struct Params {
     pub min_measurements: usize,
     /// Share of probes that must see the block.
     pub min_share: f64,
+    /// Hysteresis: an open event is not closed before this long (measurement time) after the
+    /// decision that opened it, so alternating verdicts cannot toggle it at every upload.
+    pub min_event: TimeDelta,
+    /// Hysteresis: a closed key is not opened again before this long after the close.
+    pub min_gap: TimeDelta,
 }
 
 impl Default for Params {
@@ -41,6 +46,8 @@ impl Default for Params {
             min_probes: 2,
             min_measurements: 3,
             min_share: 0.5,
+            min_event: TimeDelta::minutes(30),
+            min_gap: TimeDelta::minutes(30),
         }
     }
 }
@@ -112,18 +119,36 @@ fn sample_ids<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<String> {
     ids.take(MAX_SAMPLE_IDS).map(str::to_string).collect()
 }
 
+/// Distinct probes that measured this site (any verdict but `offline`, which says nothing
+/// about a site) in `(anchor - window, anchor]`: the single-probe rule applies only when it
+/// is at most one. Counted from the site's own series, not from the network: a record for
+/// another site (one throw-away upload per network) must not switch the rule off for a lone
+/// volunteer.
+pub fn site_probes(series: &[Obs], anchor: DateTime<Utc>, window: TimeDelta) -> usize {
+    let from = anchor - window;
+    let mut probes: Vec<&str> = series
+        .iter()
+        .filter(|o| o.at > from && o.at <= anchor && o.status != Status::Offline)
+        .map(|o| o.probe.as_str())
+        .collect();
+    probes.sort_unstable();
+    probes.dedup();
+    probes.len()
+}
+
 /// Evaluate the block rule for one site, network and method at one time.
 ///
-/// `asn_probes` is the number of distinct probes seen on the network (any site) around the
-/// evaluation: the single-probe rule applies only when it is at most one.
+/// `series` holds the measurements of the probes that count in the quorum (see
+/// `docs/collector-api.md`, "Who counts"); the single-probe rule applies when at most one of
+/// them measured the site in the window ([`site_probes`]).
 pub fn block_step(
     series: &[Obs],
     method: Method,
     anchor: DateTime<Utc>,
     open_since: Option<DateTime<Utc>>,
-    asn_probes: usize,
     p: &Params,
 ) -> Option<Decision> {
+    let asn_probes = site_probes(series, anchor, p.window);
     let per_probe = window_by_probe(series, anchor, p.window);
     let considered = per_probe.len();
     if considered == 0 {
@@ -290,15 +315,10 @@ pub struct PlaceFinding {
 
 /// Where the located blocked probes of one site on one network agree the censor sits at
 /// `anchor` ([`place_votes`] then [`agreed_place`]; the single-probe rule as in [`block_step`]:
-/// `asn_probes` at most one).
-pub fn place_step(
-    series: &[Obs],
-    anchor: DateTime<Utc>,
-    asn_probes: usize,
-    p: &Params,
-) -> Option<PlaceFinding> {
+/// at most one probe measured the site in the window).
+pub fn place_step(series: &[Obs], anchor: DateTime<Utc>, p: &Params) -> Option<PlaceFinding> {
     let votes = place_votes(series, anchor, p.window);
-    let agreed = agreed_place(&votes, asn_probes <= 1, p)?;
+    let agreed = agreed_place(&votes, site_probes(series, anchor, p.window) <= 1, p)?;
     let names = |o: &Obs| {
         o.status == Status::Blocked
             && o.censor_hop == Some(agreed.place.hop)
@@ -416,16 +436,27 @@ pub fn shutdown_step(
 }
 
 /// Evaluate at every anchor (sorted) after the key's floor, carrying the open/closed state from
-/// one decision to the next.
+/// one decision to the next. Hysteresis: after a decision (the floor is the last one), the
+/// next one waits `min_event` (to close) or `min_gap` (to open again), in measurement time.
 pub fn replay(
     anchors: &[DateTime<Utc>],
     state: KeyState,
+    p: &Params,
     mut step: impl FnMut(DateTime<Utc>, Option<DateTime<Utc>>) -> Option<Decision>,
 ) -> Vec<Decision> {
     let mut open = state.open_since;
+    let mut last = state.floor;
     let mut out = Vec::new();
     for &anchor in anchors {
         if state.floor.is_some_and(|f| anchor <= f) {
+            continue;
+        }
+        let hold = if open.is_some() {
+            p.min_event
+        } else {
+            p.min_gap
+        };
+        if last.is_some_and(|l| anchor < l + hold) {
             continue;
         }
         if let Some(d) = step(anchor, open) {
@@ -433,10 +464,45 @@ pub fn replay(
                 Decision::Open { started_at, .. } => Some(*started_at),
                 Decision::Close { .. } => None,
             };
+            last = Some(anchor);
             out.push(d);
         }
     }
     out
+}
+
+/// The earliest time a decision may speak of: `now - max_backfill`. Records dated further
+/// back are stored but decide nothing (a back-dated upload cannot write an event weeks into
+/// the past): the anchors at or after it. [`clamp_decision`] bounds the times decided.
+pub fn bound_backfill(
+    anchors: Vec<DateTime<Utc>>,
+    not_before: DateTime<Utc>,
+) -> Vec<DateTime<Utc>> {
+    anchors.into_iter().filter(|a| *a >= not_before).collect()
+}
+
+/// `d` with its start (or end) no earlier than `not_before` (see [`bound_backfill`]).
+pub fn clamp_decision(d: Decision, not_before: DateTime<Utc>) -> Decision {
+    match d {
+        Decision::Open {
+            started_at,
+            decided_at,
+            evidence,
+        } => Decision::Open {
+            started_at: started_at.max(not_before),
+            decided_at,
+            evidence,
+        },
+        Decision::Close {
+            ended_at,
+            decided_at,
+            evidence,
+        } => Decision::Close {
+            ended_at: ended_at.max(not_before),
+            decided_at,
+            evidence,
+        },
+    }
 }
 
 /// Sorted, distinct evaluation times, thinned to at most [`MAX_ANCHORS`] (the last is kept).
@@ -516,22 +582,20 @@ mod tests {
     fn block_rule_table() {
         use Want::*;
         let p = Params::default();
-        // (name, rows, open_since, asn_probes, expected)
-        type Case = (&'static str, Vec<Row>, Option<i64>, usize, Want);
+        // (name, rows, open_since, expected)
+        type Case = (&'static str, Vec<Row>, Option<i64>, Want);
         let cases: Vec<Case> = vec![
-            ("no data", vec![], None, 0, Nothing),
+            ("no data", vec![], None, Nothing),
             (
                 "one probe of many is not enough",
                 vec![("a", 0, "tls")],
                 None,
-                5,
                 Nothing,
             ),
             (
                 "two probes agree",
                 vec![("a", 0, "tls"), ("b", 5, "tls")],
                 None,
-                2,
                 Open(0),
             ),
             (
@@ -543,21 +607,18 @@ mod tests {
                     ("b", 15, "tls"),
                 ],
                 None,
-                2,
                 Open(10),
             ),
             (
                 "latest must agree: a recovered",
                 vec![("a", 0, "tls"), ("b", 5, "tls"), ("a", 10, "ok")],
                 None,
-                2,
                 Nothing,
             ),
             (
                 "another method does not count",
                 vec![("a", 0, "tls"), ("b", 5, "dns")],
                 None,
-                2,
                 Nothing,
             ),
             (
@@ -569,14 +630,12 @@ mod tests {
                     ("b", 11, "inc"),
                 ],
                 None,
-                2,
                 Open(0),
             ),
             (
                 "offline never counts as blocked",
                 vec![("a", 0, "off"), ("b", 5, "off"), ("c", 6, "off")],
                 None,
-                3,
                 Nothing,
             ),
             (
@@ -589,36 +648,58 @@ mod tests {
                     ("e", 0, "ok"),
                 ],
                 None,
-                5,
                 Nothing,
             ),
             (
                 "outside the window does not count",
                 vec![("a", -400, "tls"), ("b", 5, "tls")],
                 None,
-                2,
                 Nothing,
             ),
             (
                 "single probe: three in a row",
                 vec![("a", 0, "tls"), ("a", 60, "tls"), ("a", 120, "tls")],
                 None,
-                1,
                 Open(0),
             ),
             (
                 "single probe: two are not enough",
                 vec![("a", 0, "tls"), ("a", 60, "tls")],
                 None,
-                1,
                 Nothing,
             ),
             (
-                "single probe rule needs a lone probe on the ASN",
-                vec![("a", 0, "tls"), ("a", 60, "tls"), ("a", 120, "tls")],
+                "single probe rule needs a lone probe on the site",
+                vec![
+                    ("a", 0, "tls"),
+                    ("a", 60, "tls"),
+                    ("b", 70, "inc"),
+                    ("a", 120, "tls"),
+                ],
                 None,
-                2,
                 Nothing,
+            ),
+            (
+                "an offline record is not a second probe of the site",
+                vec![
+                    ("a", 0, "tls"),
+                    ("a", 60, "tls"),
+                    ("b", 70, "off"),
+                    ("a", 120, "tls"),
+                ],
+                None,
+                Open(0),
+            ),
+            (
+                "a probe seen before the window is not a second probe",
+                vec![
+                    ("b", -400, "ok"),
+                    ("a", 0, "tls"),
+                    ("a", 60, "tls"),
+                    ("a", 120, "tls"),
+                ],
+                None,
+                Open(0),
             ),
             (
                 "single probe: interrupted run",
@@ -629,14 +710,12 @@ mod tests {
                     ("a", 130, "tls"),
                 ],
                 None,
-                1,
                 Nothing,
             ),
             (
                 "open stays open while blocked",
                 vec![("a", 0, "tls"), ("b", 5, "tls")],
                 Some(0),
-                2,
                 Nothing,
             ),
             (
@@ -648,14 +727,12 @@ mod tests {
                     ("b", 40, "ok"),
                 ],
                 Some(0),
-                2,
                 Close(30),
             ),
             (
                 "one accessible of two does not close",
                 vec![("a", 0, "tls"), ("b", 5, "tls"), ("a", 30, "ok")],
                 Some(0),
-                2,
                 Nothing,
             ),
             (
@@ -667,7 +744,6 @@ mod tests {
                     ("b", 31, "down"),
                 ],
                 Some(0),
-                2,
                 Nothing,
             ),
             (
@@ -679,21 +755,19 @@ mod tests {
                     ("a", 80, "ok"),
                 ],
                 Some(0),
-                1,
                 Close(60),
             ),
             (
                 "end is never before the start",
                 vec![("a", -10, "ok"), ("b", -5, "ok")],
                 Some(0),
-                2,
                 Close(0),
             ),
         ];
-        for (name, rows, open, asn_probes, want) in cases {
+        for (name, rows, open, want) in cases {
             let s = series(&rows);
             let anchor = s.iter().map(|o| o.at).max().unwrap_or(t(0));
-            let got = block_step(&s, Method::Tls, anchor, open.map(t), asn_probes, &p);
+            let got = block_step(&s, Method::Tls, anchor, open.map(t), &p);
             match (want, got) {
                 (Nothing, None) => {}
                 (Open(m), Some(Decision::Open { started_at, .. })) => {
@@ -715,7 +789,7 @@ mod tests {
             ("b", 5, "tls"),
             ("c", 6, "ok"),
         ]);
-        let d = block_step(&s, Method::Tls, t(10), None, 3, &Params::default());
+        let d = block_step(&s, Method::Tls, t(10), None, &Params::default());
         let Some(Decision::Open { evidence, .. }) = d else {
             panic!("{d:?}")
         };
@@ -831,8 +905,8 @@ mod tests {
             ("b", 65, "ok"),
         ]);
         let all: Vec<_> = anchors(s.iter().map(|o| o.at));
-        let step = |a, open| block_step(&s, Method::Tls, a, open, 2, &p);
-        let d = replay(&all, KeyState::default(), step);
+        let step = |a, open| block_step(&s, Method::Tls, a, open, &p);
+        let d = replay(&all, KeyState::default(), &p, step);
         assert!(
             matches!(
                 d.as_slice(),
@@ -844,7 +918,82 @@ mod tests {
             open_since: None,
             floor: Some(t(65)),
         };
-        assert!(replay(&all, floor, step).is_empty());
+        assert!(replay(&all, floor, &p, step).is_empty());
+    }
+
+    #[test]
+    fn hysteresis_holds_an_event_open_and_closed() {
+        // Two probes flip between blocked and accessible every 10 minutes for two hours.
+        let rows: Vec<Row> = (0..12)
+            .flat_map(|i| {
+                let v = if i % 2 == 0 { "tls" } else { "ok" };
+                [("a", i * 10, v), ("b", i * 10 + 1, v)]
+            })
+            .collect();
+        let s = series(&rows);
+        let all = anchors(s.iter().map(|o| o.at));
+        let flips = |p: &Params| {
+            replay(&all, KeyState::default(), p, |a, open| {
+                block_step(&s, Method::Tls, a, open, p)
+            })
+        };
+        let none = Params {
+            min_event: TimeDelta::zero(),
+            min_gap: TimeDelta::zero(),
+            ..Params::default()
+        };
+        // Without hysteresis: every flip is a transition (12 in 2 hours).
+        assert_eq!(flips(&none).len(), 12);
+        // With the defaults (30 minutes each way): at most one transition per 30 minutes.
+        let d = flips(&Params::default());
+        assert!(d.len() <= 4, "{d:?}");
+        let decided: Vec<_> = d
+            .iter()
+            .map(|d| match d {
+                Decision::Open { decided_at, .. } | Decision::Close { decided_at, .. } => {
+                    *decided_at
+                }
+            })
+            .collect();
+        for w in decided.windows(2) {
+            assert!(w[1] - w[0] >= TimeDelta::minutes(30), "{decided:?}");
+        }
+        // The floor of a stored decision holds too: nothing within 30 minutes after it.
+        let after_open = KeyState {
+            open_since: Some(t(0)),
+            floor: Some(t(1)),
+        };
+        let d = replay(&all, after_open, &Params::default(), |a, open| {
+            block_step(&s, Method::Tls, a, open, &Params::default())
+        });
+        match d.first() {
+            Some(Decision::Close { decided_at, .. }) => assert!(*decided_at >= t(31)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn backfill_bound_drops_old_anchors_and_clamps_times() {
+        let kept = bound_backfill(vec![t(-100), t(-10), t(0), t(5)], t(-10));
+        assert_eq!(kept, vec![t(-10), t(0), t(5)]);
+        let open = Decision::Open {
+            started_at: t(-300),
+            decided_at: t(0),
+            evidence: Evidence::default(),
+        };
+        match clamp_decision(open, t(-60)) {
+            Decision::Open { started_at, .. } => assert_eq!(started_at, t(-60)),
+            d => panic!("{d:?}"),
+        }
+        let close = Decision::Close {
+            ended_at: t(-5),
+            decided_at: t(0),
+            evidence: Evidence::default(),
+        };
+        match clamp_decision(close, t(-60)) {
+            Decision::Close { ended_at, .. } => assert_eq!(ended_at, t(-5)),
+            d => panic!("{d:?}"),
+        }
     }
 
     #[test]
@@ -1018,13 +1167,13 @@ mod tests {
             o.censor_asn = Some(if h == 3 { 9198 } else { 21299 });
         }
         // At minute 1: two probes at hop 3.
-        let f = place_step(&s, t(1), 3, &p).unwrap();
+        let f = place_step(&s, t(1), &p).unwrap();
         assert_eq!(f.agreed.place, at(3, Some(9198)));
         assert_eq!(f.started_at, t(0));
         // At minute 30: a moved, b not yet: a tie, nothing agreed (no flapping).
-        assert_eq!(place_step(&s, t(30), 3, &p), None);
+        assert_eq!(place_step(&s, t(30), &p), None);
         // At minute 32: three probes at hop 5 since minute 30.
-        let f = place_step(&s, t(32), 3, &p).unwrap();
+        let f = place_step(&s, t(32), &p).unwrap();
         assert_eq!(f.agreed.place, at(5, Some(21299)));
         assert_eq!(f.agreed.agreeing, 3);
         assert_eq!(f.started_at, t(30));
@@ -1040,12 +1189,14 @@ mod tests {
                 o
             })
             .collect();
-        assert_eq!(place_step(&lone, t(10), 1, &p), None);
-        let f = place_step(&lone, t(20), 1, &p).unwrap();
+        assert_eq!(place_step(&lone, t(10), &p), None);
+        let f = place_step(&lone, t(20), &p).unwrap();
         assert_eq!(
             (f.agreed.place, f.agreed.rule),
             (at(2, None), "single_probe")
         );
-        assert_eq!(place_step(&lone, t(20), 2, &p), None);
+        let mut two = lone.clone();
+        two.extend(series(&[("b", 15, "inc")]));
+        assert_eq!(place_step(&two, t(20), &p), None);
     }
 }

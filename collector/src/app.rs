@@ -17,7 +17,7 @@ use crate::api;
 use crate::asn::AsnDb;
 use crate::config::Config;
 use crate::control::{self, ControlServiceConfig, ProbeSlots};
-use crate::events::Evaluator;
+use crate::events::{Evaluator, Guards};
 use crate::listener::{self, ListenerLimits};
 use crate::metrics::Metrics;
 use crate::ratelimit::{ClientKeys, GlobalLimiter, KeyedLimiter};
@@ -91,6 +91,8 @@ impl AppState {
             min_probes: config.aggregation.min_probes,
             min_measurements: config.aggregation.min_measurements,
             min_share: config.aggregation.min_share,
+            min_event: config.aggregation.min_event.to_chrono(),
+            min_gap: config.aggregation.min_gap.to_chrono(),
         };
         let evaluator = Evaluator::new(
             store.clone(),
@@ -98,7 +100,8 @@ impl AppState {
             config.webhook.urls.clone(),
             metrics.clone(),
             wake.clone(),
-        );
+        )
+        .with_guards(Guards::of(&config.aggregation));
         let control = control::service_config(&config.control)?;
         let asn = match &config.asn.database {
             Some(path) => {

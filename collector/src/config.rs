@@ -210,6 +210,26 @@ pub struct AggregationConfig {
     /// Period of the catch-up sweep that re-evaluates every recent site and network, first at
     /// start (covers a crash between commit and evaluation). `0s` disables it. Default `15m`.
     pub evaluate_interval: HumanDuration,
+    /// A probe counts in the quorum (agreeing, disagreeing, or as a second probe of a site) only
+    /// once its token is this old: a fake registered for an attack waits too. Default `3d`.
+    pub probe_min_age: HumanDuration,
+    /// ... and once it has uploaded in this many distinct hours (of arrival, the collector's
+    /// clock). Default 24. `probe_min_age = "0s"` with `probe_min_hours = 0` counts every probe
+    /// at once (a lab, or a test).
+    pub probe_min_hours: u32,
+    /// Records dated further back than this before now decide nothing, and no event starts
+    /// earlier (they are stored and exported as usual). Default `24h`.
+    pub max_backfill: HumanDuration,
+    /// Hysteresis: an event is not closed before it has lasted this long (measurement time).
+    /// Default `30m`.
+    pub min_event: HumanDuration,
+    /// Hysteresis: a key is not opened again before this long after it closed. Default `30m`.
+    pub min_gap: HumanDuration,
+    /// Most transitions (opens and closes) per key in an hour of the collector's clock; past it
+    /// the key is flapping: further transitions are counted in
+    /// `witness_event_transitions_suppressed_total` and logged, not raised, until the hour
+    /// has passed. `0` disables the cap. Default 6.
+    pub max_transitions_per_hour: u32,
 }
 
 impl Default for AggregationConfig {
@@ -220,6 +240,12 @@ impl Default for AggregationConfig {
             min_measurements: 3,
             min_share: 0.5,
             evaluate_interval: HumanDuration::from_secs(15 * 60),
+            probe_min_age: HumanDuration::from_secs(3 * 86400),
+            probe_min_hours: 24,
+            max_backfill: HumanDuration::from_secs(24 * 3600),
+            min_event: HumanDuration::from_secs(30 * 60),
+            min_gap: HumanDuration::from_secs(30 * 60),
+            max_transitions_per_hour: 6,
         }
     }
 }
@@ -394,6 +420,9 @@ impl Config {
         }
         if !(a.min_share > 0.0 && a.min_share <= 1.0) {
             return bad("aggregation.min_share must be in (0, 1]");
+        }
+        if a.max_backfill.0 < a.window.0 {
+            return bad("aggregation.max_backfill must be at least the window");
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes must be at least 1024");

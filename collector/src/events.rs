@@ -10,11 +10,16 @@
 //! from, and the store applies it only if that is still the latest (compare-and-set in the
 //! database). A refused decision means another writer changed the key: the key is read and
 //! evaluated again, so every transition is decided from the state it changes, exactly once.
+//!
+//! Against fake probes (issue 20): only established probes count ([`Guards`]), records dated
+//! before `max_backfill` decide nothing, and a key over `max_transitions_per_hour` is flapping:
+//! its further transitions are counted, not raised.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Notify;
 use uuid::Uuid;
 use witness_core::model::Status;
@@ -30,6 +35,94 @@ use crate::store::{
 /// after that the periodic sweep takes over.
 const MAX_ATTEMPTS: usize = 5;
 
+/// Most keys whose recent transitions are remembered for the flapping cap (some 100 bytes
+/// each); past it, new keys are not capped until old entries expire.
+const MAX_FLAP_KEYS: usize = 100_000;
+
+/// The period of `max_transitions_per_hour`.
+const FLAP_PERIOD: Duration = Duration::from_secs(3600);
+
+/// What keeps fake probes from deciding events (from `[aggregation]`; `docs/collector-api.md`,
+/// "Who counts").
+#[derive(Clone, Debug, PartialEq)]
+pub struct Guards {
+    /// A probe counts once its token is this old...
+    pub probe_min_age: TimeDelta,
+    /// ...and it has uploaded in this many distinct hours.
+    pub probe_min_hours: u32,
+    /// Records dated more than this before now decide nothing.
+    pub max_backfill: TimeDelta,
+    /// Most transitions per key and hour (0: no cap).
+    pub max_transitions_per_hour: u32,
+}
+
+impl Guards {
+    /// The guards of `[aggregation]`.
+    pub fn of(a: &crate::config::AggregationConfig) -> Guards {
+        Guards {
+            probe_min_age: a.probe_min_age.to_chrono(),
+            probe_min_hours: a.probe_min_hours,
+            max_backfill: a.max_backfill.to_chrono(),
+            max_transitions_per_hour: a.max_transitions_per_hour,
+        }
+    }
+
+    /// Every probe counts at once: nothing to ask the store.
+    fn everyone_counts(&self) -> bool {
+        self.probe_min_age <= TimeDelta::zero() && self.probe_min_hours == 0
+    }
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards::of(&crate::config::AggregationConfig::default())
+    }
+}
+
+/// Recent transitions per key, on this collector's clock (each replica keeps its own).
+#[derive(Debug, Default)]
+struct FlapLog(HashMap<EventKey, VecDeque<Instant>>);
+
+impl FlapLog {
+    /// Whether `key` already had `cap` transitions within the last period.
+    fn over(&mut self, key: &EventKey, cap: u32, now: Instant) -> bool {
+        let Some(times) = self.0.get_mut(key) else {
+            return false;
+        };
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= FLAP_PERIOD)
+        {
+            times.pop_front();
+        }
+        times.len() >= cap as usize
+    }
+
+    /// Note a transition of `key`.
+    fn record(&mut self, key: &EventKey, now: Instant) {
+        if !self.0.contains_key(key) && self.0.len() >= MAX_FLAP_KEYS {
+            self.0.retain(|_, t| {
+                t.back()
+                    .is_some_and(|last| now.duration_since(*last) < FLAP_PERIOD)
+            });
+            if self.0.len() >= MAX_FLAP_KEYS {
+                return;
+            }
+        }
+        self.0.entry(key.clone()).or_default().push_back(now);
+    }
+}
+
+/// What became of one decision.
+enum Applied {
+    /// Applied; its decision time.
+    Yes(DateTime<Utc>),
+    /// Refused: the key changed since the decision's floor (evaluate again).
+    Stale,
+    /// Not raised: the key is flapping.
+    Suppressed,
+}
+
 /// Result of one evaluation pass over one site or network.
 #[derive(Default)]
 struct Pass {
@@ -44,8 +137,6 @@ struct Pass {
 struct Read {
     series: Vec<crate::model::Obs>,
     states: Vec<EventState>,
-    /// The network's probe count (up to 2) over the key's interval, when already known.
-    probes: Option<usize>,
 }
 
 /// What a batch touched.
@@ -100,6 +191,8 @@ impl Touched {
 pub struct Evaluator {
     store: Arc<dyn Store>,
     params: Params,
+    guards: Guards,
+    flaps: Arc<Mutex<FlapLog>>,
     webhook_urls: Vec<String>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
@@ -117,10 +210,90 @@ impl Evaluator {
         Evaluator {
             store,
             params,
+            guards: Guards::default(),
+            flaps: Arc::default(),
             webhook_urls,
             metrics,
             wake,
         }
+    }
+
+    /// This evaluator with other guards against fake probes (default: those of
+    /// `[aggregation]`'s defaults).
+    pub fn with_guards(mut self, guards: Guards) -> Self {
+        self.guards = guards;
+        self
+    }
+
+    /// The earliest measurement time a decision may use now.
+    fn not_before(&self) -> DateTime<Utc> {
+        Utc::now() - self.guards.max_backfill
+    }
+
+    /// `series` without the measurements of probes that do not count yet (one query for all
+    /// the series of an upload).
+    async fn quorum(
+        &self,
+        series: &mut HashMap<(String, u32), Vec<crate::model::Obs>>,
+    ) -> StoreResult<()> {
+        if self.guards.everyone_counts() {
+            return Ok(());
+        }
+        let mut probes: Vec<String> = series
+            .values()
+            .flatten()
+            .map(|o| o.probe.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        probes.sort_unstable();
+        let counted = self
+            .store
+            .established_probes(
+                &probes,
+                Utc::now() - self.guards.probe_min_age,
+                self.guards.probe_min_hours,
+            )
+            .await?;
+        for v in series.values_mut() {
+            v.retain(|o| counted.contains(&o.probe));
+        }
+        Ok(())
+    }
+
+    /// Whether `key` is flapping: over `max_transitions_per_hour` on this collector's clock.
+    fn flapping(&self, key: &EventKey) -> bool {
+        let cap = self.guards.max_transitions_per_hour;
+        cap > 0
+            && self
+                .flaps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .over(key, cap, Instant::now())
+    }
+
+    /// Count a transition of `key` towards its cap.
+    fn transitioned(&self, key: &EventKey) {
+        if self.guards.max_transitions_per_hour > 0 {
+            self.flaps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(key, Instant::now());
+        }
+    }
+
+    /// A transition of a flapping key: counted and logged, not raised.
+    fn suppressed(&self, key: &EventKey, transition: Transition) {
+        self.metrics.event_suppressed(transition);
+        tracing::warn!(
+            transition = transition.as_str(),
+            kind = key.kind.as_str(),
+            domain = key.domain.as_deref().unwrap_or("-"),
+            asn = key.asn,
+            method = key.method.map_or("-", |m| m.as_str()),
+            cap = self.guards.max_transitions_per_hour,
+            "event key flapping: transition suppressed"
+        );
     }
 
     /// Re-evaluate everything a batch touched. Returns the number of transitions applied.
@@ -162,15 +335,12 @@ impl Evaluator {
             ),
             _ => Default::default(),
         };
-        let two_probes = self
-            .networks_with_two_probes(touched, &active, &series)
-            .await?;
+        self.quorum(&mut series).await?;
         for key in active {
             let t = &touched.sites[&key];
             let read = Read {
                 series: series.remove(&key).unwrap_or_default(),
                 states: states.remove(&key).unwrap_or_default(),
-                probes: two_probes.contains(&key.1).then_some(2),
             };
             n += self.evaluate_site(&key.0, key.1, t, Some(read)).await?;
         }
@@ -178,57 +348,6 @@ impl Evaluator {
             n += self.evaluate_network(*asn, t).await?;
         }
         Ok(n)
-    }
-
-    /// The networks that had two probes or more within every interval the rule will ask about
-    /// for this upload's `active` keys: the single-probe count runs once per network, over the
-    /// intersection of the keys' intervals, instead of once per key. Counts only grow with the
-    /// interval, so two in the intersection is two in each key's; below two, the keys are
-    /// counted one by one as before. Each key's interval is the one
-    /// [`Evaluator::evaluate_site_once`] computes: from its earliest new measurement minus the
-    /// window, to its latest time.
-    async fn networks_with_two_probes(
-        &self,
-        touched: &Touched,
-        active: &[(String, u32)],
-        series: &std::collections::HashMap<(String, u32), Vec<crate::model::Obs>>,
-    ) -> StoreResult<Vec<u32>> {
-        let mut per_asn: BTreeMap<u32, (usize, DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
-        for key in active {
-            let t = &touched.sites[key];
-            let Some(first) = t.times.iter().min().copied() else {
-                continue;
-            };
-            let since = first - self.params.window;
-            let latest_seen = series
-                .get(key)
-                .into_iter()
-                .flatten()
-                .map(|o| o.at)
-                .filter(|at| *at > since);
-            let Some(last) = t.times.iter().copied().chain(latest_seen).max() else {
-                continue;
-            };
-            per_asn
-                .entry(key.1)
-                .and_modify(|(n, s, l)| {
-                    *n += 1;
-                    *s = (*s).max(since);
-                    *l = (*l).min(last);
-                })
-                .or_insert((1, since, last));
-        }
-        let mut out = Vec::new();
-        for (asn, (keys, since, last)) in per_asn {
-            // One key gains nothing; an empty intersection cannot be counted.
-            if keys < 2 || since > last {
-                continue;
-            }
-            if self.store.network_probe_count(asn, since, last).await? >= 2 {
-                out.push(asn);
-            }
-        }
-        Ok(out)
     }
 
     /// Catch-up: re-evaluate every site and network measured within the window, at its latest
@@ -294,29 +413,36 @@ impl Evaluator {
             return Ok(pass);
         };
         let since = first - self.params.window;
-        let (series, states, probes) = match read {
-            Some(Read {
-                mut series,
-                states,
-                probes,
-            }) => {
+        let (series, states) = match read {
+            Some(Read { mut series, states }) => {
                 // Read from the earliest time of the whole upload: keep this key's window.
                 series.retain(|o| o.at > since);
-                (series, states, probes)
+                (series, states)
             }
-            None => (
-                self.store.site_series(domain, asn, since).await?,
-                self.store
-                    .event_states(EventKind::NewBlock, Some(domain), asn)
-                    .await?,
-                None,
-            ),
+            None => {
+                let key = (domain.to_string(), asn);
+                let mut one = HashMap::from([(
+                    key.clone(),
+                    self.store.site_series(domain, asn, since).await?,
+                )]);
+                self.quorum(&mut one).await?;
+                (
+                    one.remove(&key).unwrap_or_default(),
+                    self.store
+                        .event_states(EventKind::NewBlock, Some(domain), asn)
+                        .await?,
+                )
+            }
         };
-        let anchors = aggregate::anchors(
-            t.times
-                .iter()
-                .copied()
-                .chain(series.iter().map(|o| o.at).max()),
+        let not_before = self.not_before();
+        let anchors = aggregate::bound_backfill(
+            aggregate::anchors(
+                t.times
+                    .iter()
+                    .copied()
+                    .chain(series.iter().map(|o| o.at).max()),
+            ),
+            not_before,
         );
         let Some(last) = anchors.last().copied() else {
             return Ok(pass);
@@ -329,14 +455,11 @@ impl Evaluator {
         if methods.is_empty() {
             return Ok(pass);
         }
-        let asn_probes = match probes {
-            Some(n) => n,
-            None => self.store.network_probe_count(asn, since, last).await?,
-        };
         for method in methods {
             let state = key_state(&states, Some(method));
-            let decisions = aggregate::replay(&anchors, state, |anchor, open| {
-                aggregate::block_step(&series, method, anchor, open, asn_probes, &self.params)
+            let decisions = aggregate::replay(&anchors, state, &self.params, |anchor, open| {
+                aggregate::block_step(&series, method, anchor, open, &self.params)
+                    .map(|d| aggregate::clamp_decision(d, not_before))
             });
             let key = EventKey {
                 kind: EventKind::NewBlock,
@@ -348,7 +471,7 @@ impl Evaluator {
                 .await?;
         }
         if !pass.stale {
-            self.evaluate_place(domain, asn, t, &series, last, asn_probes, &mut pass)
+            self.evaluate_place(domain, asn, t, &series, last, &mut pass)
                 .await?;
         }
         Ok(pass)
@@ -357,7 +480,6 @@ impl Evaluator {
     /// Where the censor sits, at the latest evaluation time: remember the agreed place, and
     /// raise `block_moved` when it differs from the last one agreed while the site is blocked
     /// (the store decides, once per change).
-    #[allow(clippy::too_many_arguments)]
     async fn evaluate_place(
         &self,
         domain: &str,
@@ -365,12 +487,20 @@ impl Evaluator {
         t: &Touch,
         series: &[crate::model::Obs],
         anchor: DateTime<Utc>,
-        asn_probes: usize,
         pass: &mut Pass,
     ) -> StoreResult<()> {
-        let Some(found) = aggregate::place_step(series, anchor, asn_probes, &self.params) else {
+        let Some(found) = aggregate::place_step(series, anchor, &self.params) else {
             return Ok(());
         };
+        let moved = EventKey {
+            kind: EventKind::BlockMoved,
+            domain: Some(domain.to_string()),
+            asn,
+            method: None,
+        };
+        if self.flapping(&moved) {
+            return Ok(());
+        }
         let blocked = self
             .store
             .event_states(EventKind::NewBlock, Some(domain), asn)
@@ -398,6 +528,7 @@ impl Evaluator {
             return Ok(());
         };
         pass.applied += 1;
+        self.transitioned(&moved);
         self.metrics.event(Transition::BlockMoved);
         tracing::info!(
             transition = Transition::BlockMoved.as_str(),
@@ -449,15 +580,34 @@ impl Evaluator {
         if let Some(open) = state.open_since {
             since = since.min(open - self.params.window);
         }
-        let presence = self.store.network_presence(asn, since).await?;
-        let anchors = aggregate::anchors(
-            t.times
-                .iter()
-                .copied()
-                .chain(presence.iter().map(|r| r.last_at).max()),
+        let mut presence = self.store.network_presence(asn, since).await?;
+        if !self.guards.everyone_counts() {
+            let mut probes: Vec<String> = presence.iter().map(|r| r.probe.clone()).collect();
+            probes.sort_unstable();
+            probes.dedup();
+            let counted = self
+                .store
+                .established_probes(
+                    &probes,
+                    Utc::now() - self.guards.probe_min_age,
+                    self.guards.probe_min_hours,
+                )
+                .await?;
+            presence.retain(|r| counted.contains(&r.probe));
+        }
+        let not_before = self.not_before();
+        let anchors = aggregate::bound_backfill(
+            aggregate::anchors(
+                t.times
+                    .iter()
+                    .copied()
+                    .chain(presence.iter().map(|r| r.last_at).max()),
+            ),
+            not_before,
         );
-        let decisions = aggregate::replay(&anchors, state, |anchor, open| {
+        let decisions = aggregate::replay(&anchors, state, &self.params, |anchor, open| {
             aggregate::shutdown_step(&presence, anchor, open, &self.params)
+                .map(|d| aggregate::clamp_decision(d, not_before))
         });
         let key = EventKey {
             kind: EventKind::Shutdown,
@@ -482,28 +632,36 @@ impl Evaluator {
     ) -> StoreResult<()> {
         for d in decisions {
             match self.apply(key, t, floor, d).await? {
-                Some(decided_at) => {
+                Applied::Yes(decided_at) => {
                     pass.applied += 1;
                     floor = Some(decided_at);
                 }
-                None => {
+                Applied::Stale => {
                     pass.stale = true;
                     return Ok(());
                 }
+                // The key stays as it is until its hour has passed; the next evaluation after
+                // that decides from the then current data.
+                Applied::Suppressed => return Ok(()),
             }
         }
         Ok(())
     }
 
-    /// Apply one decision made from `floor`; returns its decision time, or `None` when the
-    /// store refused it because the key changed since `floor` (someone else decided first).
+    /// Apply one decision made from `floor`: refused when the store says the key changed since
+    /// `floor` (someone else decided first), suppressed when the key is flapping.
     async fn apply(
         &self,
         key: &EventKey,
         t: &Touch,
         floor: Option<DateTime<Utc>>,
         d: Decision,
-    ) -> StoreResult<Option<DateTime<Utc>>> {
+    ) -> StoreResult<Applied> {
+        let opens = matches!(d, Decision::Open { .. });
+        if self.flapping(key) {
+            self.suppressed(key, Transition::of(key.kind, opens));
+            return Ok(Applied::Suppressed);
+        }
         let event = match d {
             Decision::Open {
                 started_at,
@@ -541,8 +699,9 @@ impl Evaluator {
         };
         let (event, transition, decided_at) = event;
         let Some(event) = event else {
-            return Ok(None);
+            return Ok(Applied::Stale);
         };
+        self.transitioned(key);
         self.metrics.event(transition);
         tracing::info!(
             transition = transition.as_str(),
@@ -556,7 +715,7 @@ impl Evaluator {
         if !self.webhook_urls.is_empty() {
             self.wake.notify_one();
         }
-        Ok(Some(decided_at))
+        Ok(Applied::Yes(decided_at))
     }
 }
 

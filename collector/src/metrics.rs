@@ -39,6 +39,9 @@ pub const SITE_CENSOR_HOP: &str = "witness_site_censor_hop";
 pub const PROBES_ACTIVE: &str = "witness_probes_active";
 /// Event transitions: `{kind}` = new_block, unblock, shutdown, shutdown_end.
 pub const EVENTS_TOTAL: &str = "witness_events_total";
+/// Counter: event transitions not raised because their key was flapping (over
+/// `aggregation.max_transitions_per_hour`), by `kind` of transition.
+pub const EVENT_TRANSITIONS_SUPPRESSED_TOTAL: &str = "witness_event_transitions_suppressed_total";
 /// 1 while a shutdown event is open on a network, else 0: `{asn, country}`.
 pub const NETWORK_OFFLINE: &str = "witness_network_offline";
 /// Time to handle one upload.
@@ -84,6 +87,7 @@ pub const ALL: &[&str] = &[
     SITE_CENSOR_HOP,
     PROBES_ACTIVE,
     EVENTS_TOTAL,
+    EVENT_TRANSITIONS_SUPPRESSED_TOTAL,
     NETWORK_OFFLINE,
     INGEST_DURATION_SECONDS,
     RECORDS_REJECTED_TOTAL,
@@ -113,6 +117,7 @@ pub struct Metrics {
     censor_hop: IntGaugeVec,
     probes_active: IntGaugeVec,
     events: IntCounterVec,
+    suppressed: IntCounterVec,
     network_offline: IntGaugeVec,
     /// Time to handle one upload.
     pub ingest_duration: Histogram,
@@ -205,6 +210,16 @@ impl Metrics {
                 &["kind"],
             )?,
         );
+        let suppressed = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    EVENT_TRANSITIONS_SUPPRESSED_TOTAL,
+                    "Event transitions not raised because their key was flapping.",
+                ),
+                &["kind"],
+            )?,
+        );
         let network_offline = register(
             &r,
             IntGaugeVec::new(
@@ -240,6 +255,7 @@ impl Metrics {
         // Closed label sets start at zero, so rates and alerts work before the first event.
         for t in Transition::ALL {
             events.with_label_values(&[t.as_str()]);
+            suppressed.with_label_values(&[t.as_str()]);
         }
         for reason in RejectReason::ALL {
             rejected.with_label_values(&[reason.as_str()]);
@@ -251,6 +267,7 @@ impl Metrics {
             censor_hop,
             probes_active,
             events,
+            suppressed,
             network_offline,
             ingest_duration,
             rejected,
@@ -305,6 +322,13 @@ impl Metrics {
     /// Count an event transition.
     pub fn event(&self, transition: Transition) {
         self.events.with_label_values(&[transition.as_str()]).inc();
+    }
+
+    /// Count a transition suppressed on a flapping key.
+    pub fn event_suppressed(&self, transition: Transition) {
+        self.suppressed
+            .with_label_values(&[transition.as_str()])
+            .inc();
     }
 
     /// Count a failed webhook attempt.

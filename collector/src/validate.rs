@@ -220,6 +220,20 @@ pub fn valid_host(host: &str) -> bool {
         && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
+/// The one key of a site: its hostname in lower case, without the trailing dot of a fully
+/// qualified name, and an address in its canonical form without brackets. `News.Example.`,
+/// `news.example.` and `news.example` are one site: a look-alike key would let two fake probes
+/// raise a block on a twin while honest probes see the real site accessible. (The domain has
+/// no port, so `https://news.example:443/` is the same site already.)
+pub fn site_key(domain: &str) -> String {
+    let bare = domain.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return ip.to_string();
+    }
+    let name = bare.strip_suffix('.').unwrap_or(bare);
+    name.to_ascii_lowercase()
+}
+
 /// Parse one record, then validate it.
 pub fn parse_record(
     raw: &str,
@@ -798,6 +812,21 @@ mod tests {
             Some("abc")
         );
         assert_eq!(salvage_id("[1]"), None);
+    }
+
+    #[test]
+    fn one_key_per_site() {
+        for (given, key) in [
+            ("real-news.example.", "real-news.example"),
+            ("Real-News.EXAMPLE", "real-news.example"),
+            ("REAL-news.example.", "real-news.example"),
+            ("real-news.example", "real-news.example"),
+            ("[2001:DB8:0::1]", "2001:db8::1"),
+            ("2001:db8::0:1", "2001:db8::1"),
+            ("192.0.2.1", "192.0.2.1"),
+        ] {
+            assert_eq!(site_key(given), key, "{given}");
+        }
     }
 
     #[test]

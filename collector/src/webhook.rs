@@ -4,6 +4,10 @@
 //! never loses one; this worker claims due rows, POSTs them, and retries failures with bounded
 //! exponential backoff. Delivery is at least once: receivers should deduplicate (Alertmanager
 //! does, by labels). Webhook URLs may carry secrets, so they are never logged.
+//!
+//! In the Alertmanager format the notifications due for one URL go out together, as one array
+//! of alerts (up to [`BATCH`] in one POST): a burst of events costs the receiver a few requests,
+//! not one each.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +23,8 @@ use crate::store::{Event, Filter, Notification, Store, StoreResult};
 
 /// How often the outbox is polled when nothing wakes the worker.
 const POLL: Duration = Duration::from_secs(1);
-/// Notifications claimed per round.
-const BATCH: u32 = 32;
+/// Notifications claimed per round, and most alerts in one Alertmanager POST.
+pub const BATCH: u32 = 32;
 
 /// Delay before retry number `attempt` (1 = first retry): `initial * 2^(attempt-1)`, capped,
 /// plus up to 10% jitter so many failing notifications do not retry in lockstep.
@@ -262,9 +266,15 @@ impl Notifier {
             if batch.is_empty() {
                 return Ok(n);
             }
-            for note in batch {
-                self.deliver(note).await?;
-                n += 1;
+            n += batch.len();
+            if self.cfg.format == WebhookFormat::Alertmanager {
+                for group in by_url(batch) {
+                    self.deliver(group).await?;
+                }
+            } else {
+                for note in batch {
+                    self.deliver(vec![note]).await?;
+                }
             }
         }
     }
@@ -277,18 +287,40 @@ impl Notifier {
         }
     }
 
-    async fn deliver(&self, note: Notification) -> StoreResult<()> {
-        let body = payload(
-            self.cfg.format,
-            &note.event,
-            note.transition,
-            &self.alert,
-            Utc::now(),
-        );
-        match self.post(&note.url, &body).await {
+    /// POST `notes` (all for one URL; several only in the Alertmanager format, as one array)
+    /// and record the outcome of each.
+    async fn deliver(&self, notes: Vec<Notification>) -> StoreResult<()> {
+        let Some(url) = notes.first().map(|n| n.url.clone()) else {
+            return Ok(());
+        };
+        let now = Utc::now();
+        let body = match self.cfg.format {
+            WebhookFormat::Alertmanager => Value::Array(
+                notes
+                    .iter()
+                    .map(|n| alertmanager_alert(&n.event, &self.alert, now))
+                    .collect(),
+            ),
+            WebhookFormat::Generic => {
+                let n = &notes[0];
+                payload(self.cfg.format, &n.event, n.transition, &self.alert, now)
+            }
+        };
+        let result = self.post(&url, &body).await;
+        if result.is_err() {
+            self.metrics.webhook_failed();
+        }
+        for note in notes {
+            self.settle(note, &result).await?;
+        }
+        Ok(())
+    }
+
+    /// Record the outcome of one notification's delivery attempt.
+    async fn settle(&self, note: Notification, result: &Result<(), String>) -> StoreResult<()> {
+        match result {
             Ok(()) => self.store.notification_delivered(note.id, Utc::now()).await,
             Err(error) => {
-                self.metrics.webhook_failed();
                 let attempts = note.attempts + 1;
                 let retry_at: Option<DateTime<Utc>> =
                     (attempts < self.cfg.max_attempts).then(|| {
@@ -308,7 +340,7 @@ impl Notifier {
                     tracing::debug!(event_id = %note.event.id, attempts, error = %error, "webhook retry scheduled");
                 }
                 self.store
-                    .notification_failed(note.id, retry_at, &error, Utc::now())
+                    .notification_failed(note.id, retry_at, error, Utc::now())
                     .await
             }
         }
@@ -342,6 +374,18 @@ impl Notifier {
         }
         Ok(())
     }
+}
+
+/// Notifications grouped by URL, in the order claimed.
+fn by_url(notes: Vec<Notification>) -> Vec<Vec<Notification>> {
+    let mut groups: Vec<Vec<Notification>> = Vec::new();
+    for note in notes {
+        match groups.iter_mut().find(|g| g[0].url == note.url) {
+            Some(g) => g.push(note),
+            None => groups.push(vec![note]),
+        }
+    }
+    groups
 }
 
 #[cfg(test)]
@@ -486,6 +530,29 @@ mod tests {
         );
         assert_eq!(g["transition"], "unblock");
         assert_eq!(g["event"]["kind"], "new_block");
+    }
+
+    #[test]
+    fn notifications_are_grouped_by_url_in_claim_order() {
+        let note = |id: i64, url: &str| Notification {
+            id,
+            event: event(false),
+            transition: Transition::NewBlock,
+            url: url.into(),
+            attempts: 0,
+        };
+        let groups = by_url(vec![
+            note(1, "http://a/"),
+            note(2, "http://b/"),
+            note(3, "http://a/"),
+            note(4, "http://a/"),
+        ]);
+        let ids: Vec<Vec<i64>> = groups
+            .iter()
+            .map(|g| g.iter().map(|n| n.id).collect())
+            .collect();
+        assert_eq!(ids, vec![vec![1, 3, 4], vec![2]]);
+        assert!(by_url(Vec::new()).is_empty());
     }
 
     #[test]

@@ -315,10 +315,11 @@ async fn sweep_catches_up_on_measurements_stored_without_evaluation(db: Db) {
     app.stop().await;
 }
 
-/// The single-probe rule when one upload touches several blocked sites (the evaluation counts
-/// a network's probes once per upload where it can): a network with one probe gets its blocks
-/// from that probe's three runs; a network with a second probe (which measured something else)
-/// does not, since one probe of two is not enough.
+/// The single-probe rule when one upload touches several blocked sites: it counts the probes
+/// that measured the site, not the network's (issue 20: one throw-away record per network must
+/// not switch it off). A network with one probe gets its blocks from that probe's three runs;
+/// on a network with a second probe, the site that probe also measured (accessible) gets no
+/// event, since one probe of two is not enough, and the site only the first one measured does.
 async fn single_probe_rule_with_many_sites_per_upload(db: Db) {
     let app = spawn_on(db, test_config()).await;
     let (solo, other, witness) = (
@@ -328,16 +329,19 @@ async fn single_probe_rule_with_many_sites_per_upload(db: Db) {
     );
     let (one, two): (u32, u32) = (64_501, 64_502);
     let t0 = Utc::now() - TimeDelta::hours(3);
-    // The second network's other probe, before the runs: inside every run's window.
+    // The second network's other probe, before the runs: inside every run's window. Its
+    // record of another site does not count against b.test; its a.test does.
     app.upload(
         &witness,
-        &[measurement(
-            "unrelated.test",
-            two,
-            Status::Accessible,
-            None,
-            t0 - TimeDelta::minutes(30),
-        )],
+        &["unrelated.test", "a.test"].map(|d| {
+            measurement(
+                d,
+                two,
+                Status::Accessible,
+                None,
+                t0 - TimeDelta::minutes(30),
+            )
+        }),
     )
     .await;
     for run in 0..3 {
@@ -372,6 +376,7 @@ async fn single_probe_rule_with_many_sites_per_upload(db: Db) {
         vec![
             ("a.test".to_string(), one, "single_probe".to_string()),
             ("b.test".to_string(), one, "single_probe".to_string()),
+            ("b.test".to_string(), two, "single_probe".to_string()),
         ],
         "{events:#}"
     );

@@ -358,54 +358,123 @@ async fn concurrent_duplicate_uploads_store_each_record_once(db: Db) {
     assert_eq!(new_now + ids.len(), records.len());
 }
 
-/// The single-probe rule only needs 0, 1 or "more than one" probes on a network.
-async fn probe_count_stops_at_two(db: Db) {
+/// Who counts in the quorum: registered long enough ago, not revoked, and with uploads in
+/// enough distinct hours of arrival (several networks in one hour are one hour).
+async fn established_probes_need_age_and_hours(db: Db) {
     let (s, _, _guard) = open(db).await;
-    for p in ["p1", "p2", "p3"] {
-        probe(s.as_ref(), p).await;
-    }
-    let t0 = Utc::now() - TimeDelta::hours(1);
-    let window = |s: &Arc<dyn Store>| {
+    let now = Utc::now();
+    let register = |id: &'static str, age: TimeDelta| {
         let s = s.clone();
         async move {
-            s.network_probe_count(9198, t0 - TimeDelta::minutes(1), t0 + TimeDelta::hours(1))
-                .await
-                .unwrap()
+            let at = now - age;
+            let p = NewProbe {
+                id: id.into(),
+                token_hash: format!("hash-{id}"),
+                created_at: at,
+            };
+            assert!(s.register_probe(&p, None, at).await.unwrap());
         }
     };
-    assert_eq!(window(&s).await, 0);
-    let run = |n: i64| -> Vec<MeasurementRecord> {
-        (0..n)
-            .map(|i| record(&format!("s{i}.test"), t0 + TimeDelta::seconds(i)))
-            .collect()
+    register("old-busy", TimeDelta::days(4)).await;
+    register("old-quiet", TimeDelta::days(4)).await;
+    register("young-busy", TimeDelta::hours(20)).await;
+    register("revoked", TimeDelta::days(4)).await;
+    // One upload an hour for `hours` hours, on two networks in the same hour.
+    let upload = |id: &'static str, hours: i64| {
+        let s = s.clone();
+        async move {
+            for h in 0..hours {
+                let at = now - TimeDelta::hours(h);
+                let mut a = record(&format!("h{h}.test"), at);
+                let mut b = record(&format!("h{h}.test"), at);
+                b.asn = Some(64_999);
+                a.received_at = at;
+                b.received_at = at;
+                s.insert_measurements(id, at, &[a, b]).await.unwrap();
+            }
+        }
     };
-    s.insert_measurements("p1", Utc::now(), &run(50))
+    upload("old-busy", 19).await;
+    upload("old-quiet", 18).await;
+    upload("young-busy", 19).await;
+    upload("revoked", 19).await;
+    assert!(s.revoke("revoked", now).await.unwrap());
+    let all: Vec<String> = ["old-busy", "old-quiet", "young-busy", "revoked", "unknown"]
+        .map(String::from)
+        .to_vec();
+    let counted = s
+        .established_probes(&all, now - TimeDelta::days(3), 19)
         .await
         .unwrap();
-    assert_eq!(window(&s).await, 1);
-    // The second probe in the middle of the first one's run: neither the earliest nor the
-    // latest row of the network.
-    let middle = record("x.test", t0 + TimeDelta::milliseconds(25_500));
-    s.insert_measurements("p2", Utc::now(), &[middle])
+    assert_eq!(counted, HashSet::from(["old-busy".to_string()]));
+    // Without a bound on hours, age alone decides.
+    let counted = s
+        .established_probes(&all, now - TimeDelta::days(3), 0)
         .await
         .unwrap();
-    assert_eq!(window(&s).await, 2);
-    s.insert_measurements("p3", Utc::now(), &run(3))
-        .await
-        .unwrap();
-    assert_eq!(window(&s).await, 2);
-    // Outside the window, or on another network: none.
     assert_eq!(
-        s.network_probe_count(9198, t0 + TimeDelta::hours(2), t0 + TimeDelta::hours(3))
-            .await
-            .unwrap(),
-        0
+        counted,
+        HashSet::from(["old-busy".to_string(), "old-quiet".to_string()])
     );
+    assert!(s.established_probes(&[], now, 0).await.unwrap().is_empty());
+}
+
+/// Open events come first in the list, whatever ended after them: a flood of short events
+/// cannot push an open one off a page.
+async fn events_list_open_ones_first(db: Db) {
+    let (s, _, _guard) = open(db).await;
+    let other = |i: i64| EventKey {
+        domain: Some(format!("flood{i}.example")),
+        ..key()
+    };
+    // The real event opened first, long ago.
+    assert!(s
+        .open_event(&new_event("real", 1, None), &[])
+        .await
+        .unwrap()
+        .is_some());
+    for i in 0..30 {
+        let mut e = new_event(&format!("flood{i}"), 100 + i, None);
+        e.key = other(i);
+        assert!(s.open_event(&e, &[]).await.unwrap().is_some());
+        let mut c = close(101 + i, Some(100 + i));
+        c.key = other(i);
+        assert!(s.close_event(&c, &[]).await.unwrap().is_some());
+    }
+    let page = s
+        .events(&Filter {
+            limit: 10,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 10);
+    assert_eq!(page[0].id, "real");
+    assert!(page[1..].iter().all(|e| e.ended_at.is_some()));
+    // Then the ended ones, newest first.
+    assert_eq!(page[1].id, "flood29");
+    // The filters still hold.
+    let ended = s
+        .events(&Filter {
+            open: Some(false),
+            limit: 5,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 5);
+    assert!(ended.iter().all(|e| e.ended_at.is_some()));
+    let open = s
+        .events(&Filter {
+            open: Some(true),
+            limit: 5,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(
-        s.network_probe_count(29355, t0, t0 + TimeDelta::hours(1))
-            .await
-            .unwrap(),
-        0
+        open.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["real"]
     );
 }
 
@@ -651,7 +720,8 @@ both_stores!(
     invites_are_consumed_once,
     concurrent_duplicate_uploads_store_each_record_once,
     records_across_months_read_back_in_order,
-    probe_count_stops_at_two,
+    established_probes_need_age_and_hours,
+    events_list_open_ones_first,
     outbox_claims_are_disjoint,
     simultaneous_uploads_to_two_collectors_raise_one_event,
 );

@@ -38,8 +38,14 @@ impl CollectorProcess {
         Self::start_with(&config, &db)
     }
 
-    /// Start (again) with an existing config and database: a restart after a crash.
+    /// Start (again) with an existing config and database: a restart after a crash. The
+    /// config gets the [`FRESH_PROBES`] keys it does not set itself.
     pub fn start_with(config: &Path, db: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(config).context("reading the collector config")?;
+        let fresh = with_fresh_probes(&text);
+        if fresh != text {
+            std::fs::write(config, fresh).context("writing the collector config")?;
+        }
         let mut child = Command::new(collector_bin())
             .arg("--config")
             .arg(config)
@@ -112,6 +118,47 @@ impl CollectorProcess {
 impl Drop for CollectorProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// `[aggregation]` keys under which fresh test probes count at once and events follow every
+/// change: tests run for seconds, with probes registered a moment ago. Defaults guard against
+/// fake probes (issue 20: an established-probe quorum, hysteresis, a cap on transitions, a
+/// bound on back-dated records); `tests/tests/hostile_quorum.rs` tests them with values of
+/// its own, which this never overrides.
+pub const FRESH_PROBES: &[(&str, &str)] = &[
+    ("probe_min_age", "\"0s\""),
+    ("probe_min_hours", "0"),
+    ("min_event", "\"0s\""),
+    ("min_gap", "\"0s\""),
+    ("max_transitions_per_hour", "0"),
+    ("max_backfill", "\"30d\""),
+];
+
+/// `config` with each [`FRESH_PROBES`] key it does not set added to its `[aggregation]`
+/// section (made if missing).
+pub fn with_fresh_probes(config: &str) -> String {
+    let sets = |key: &str| {
+        config.lines().any(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+    };
+    let missing: String = FRESH_PROBES
+        .iter()
+        .filter(|(k, _)| !sets(k))
+        .map(|(k, v)| format!("{k} = {v}\n"))
+        .collect();
+    if missing.is_empty() {
+        return config.to_string();
+    }
+    match config.find("[aggregation]\n") {
+        Some(i) => {
+            let at = i + "[aggregation]\n".len();
+            format!("{}{missing}{}", &config[..at], &config[at..])
+        }
+        None => format!("{config}\n[aggregation]\n{missing}"),
     }
 }
 

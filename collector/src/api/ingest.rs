@@ -261,7 +261,7 @@ fn record(
         id: m.id,
         received_at: now,
         started_at: m.started_at,
-        domain: m.domain.to_ascii_lowercase(),
+        domain: crate::validate::site_key(&m.domain),
         url: m.url,
         category: m.category_code,
         asn: m.probe.asn,

@@ -90,7 +90,7 @@ fn filter(q: &ReadQuery, default_limit: u32) -> Result<Filter, ApiError> {
         country: q.country.as_ref().map(|c| c.to_ascii_uppercase()),
         asn: q.asn,
         category: q.category.clone(),
-        domain: q.domain.as_ref().map(|d| d.to_ascii_lowercase()),
+        domain: q.domain.as_deref().map(crate::validate::site_key),
         since: q.since,
         until: q.until,
         kind: q
@@ -273,7 +273,7 @@ pub async fn history(
     if domain.len() > 253 {
         return Err(ApiError::BadRequest("domain too long".into()));
     }
-    let domain = domain.to_ascii_lowercase();
+    let domain = crate::validate::site_key(&domain);
     let until = f.until.unwrap_or_else(Utc::now);
     f.since = Some(f.since.unwrap_or(until - TimeDelta::days(7)));
     f.until = Some(until);
@@ -348,8 +348,37 @@ pub async fn events(
     Ok(Json(json!({ "events": events })).into_response())
 }
 
+/// Fewer probes than this on a network are published as `null` ("one or two") by
+/// `/api/v1/probes`: an exact 1 would tell a censor where one fake probe weighs most, and
+/// point at a lone volunteer.
+pub const PUBLIC_MIN_PROBES: u64 = 3;
+
+/// A row of `/api/v1/probes`: [`crate::store::ProbeNetworkRow`] with the count coarsened.
+#[derive(Serialize)]
+struct PublicProbes {
+    asn: Option<u32>,
+    country: Option<String>,
+    /// `null` below [`PUBLIC_MIN_PROBES`].
+    probes: Option<u64>,
+    measurements: u64,
+    last_seen: DateTime<Utc>,
+}
+
+impl From<crate::store::ProbeNetworkRow> for PublicProbes {
+    fn from(r: crate::store::ProbeNetworkRow) -> Self {
+        PublicProbes {
+            asn: r.asn,
+            country: r.country,
+            probes: (r.probes >= PUBLIC_MIN_PROBES).then_some(r.probes),
+            measurements: r.measurements,
+            last_seen: r.last_seen,
+        }
+    }
+}
+
 /// `GET /api/v1/probes`: probes per network that uploaded in the period (default: the
-/// aggregation window). Never a probe id or an address.
+/// aggregation window), `null` when fewer than [`PUBLIC_MIN_PROBES`]. Never a probe id or an
+/// address.
 pub async fn probes(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -361,7 +390,13 @@ pub async fn probes(
     let since = f.since.unwrap_or(until - state.params.window);
     f.since = Some(since);
     f.until = Some(until);
-    let rows = state.store.probe_networks(&f).await?;
+    let rows: Vec<PublicProbes> = state
+        .store
+        .probe_networks(&f)
+        .await?
+        .into_iter()
+        .map(PublicProbes::from)
+        .collect();
     if wants_csv(&q, &headers)? {
         return csv_response(PROBES_CSV, rows);
     }

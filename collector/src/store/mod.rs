@@ -562,15 +562,16 @@ pub trait Store: Send + Sync + 'static {
     /// Presence runs of the probes of one network with `started_at > since`.
     async fn network_presence(&self, asn: u32, since: DateTime<Utc>) -> StoreResult<Vec<Presence>>;
 
-    /// Distinct probes that measured anything on a network in `[since, until]`, counted up to
-    /// 2: the event rule only asks whether a network has a single probe, and stopping at the
-    /// second one keeps this cheap on a busy network (it runs for every evaluated site).
-    async fn network_probe_count(
+    /// Of `probes`, those that count in the event quorum: not revoked, registered at or before
+    /// `registered_by`, and with uploads in at least `min_hours` distinct hours of arrival
+    /// (`probe_hours`). Fake probes made for an attack must first wait and upload like a
+    /// volunteer's (see `docs/collector-api.md`, "Who counts").
+    async fn established_probes(
         &self,
-        asn: u32,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> StoreResult<usize>;
+        probes: &[String],
+        registered_by: DateTime<Utc>,
+        min_hours: u32,
+    ) -> StoreResult<std::collections::HashSet<String>>;
 
     /// Per method, the open event and the latest decision time for a site (or, with `None`,
     /// the network itself) on a network.

@@ -70,6 +70,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "censor hop",
         include_str!("../../migrations/postgres/0006_censor_hop.sql"),
     ),
+    (
+        7,
+        "probe history",
+        include_str!("../../migrations/postgres/0007_probe_history.sql"),
+    ),
 ];
 
 /// Advisory lock (transaction level) serialising partition creation across collectors.

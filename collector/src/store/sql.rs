@@ -668,6 +668,45 @@ pub(crate) trait SqlStore: Send + Sync + 'static {
     }
 }
 
+/// The open (or the ended) events of `f`, newest first, at most `limit`.
+async fn events_part<S: SqlStore>(
+    s: &S,
+    f: &Filter,
+    open: bool,
+    limit: u32,
+) -> StoreResult<Vec<Event>> {
+    let mut q = S::query(&format!(
+        "SELECT {} FROM events WHERE 1 = 1",
+        event_columns("")
+    ));
+    if let Some(k) = f.kind {
+        q.push(" AND kind = ").bind(k.as_str());
+    }
+    let f_site = Filter {
+        since: None,
+        until: None,
+        status: None,
+        ..f.clone()
+    };
+    push_filters(&mut q, &f_site, "started_at");
+    // Events overlapping [since, until].
+    if let Some(since) = f.since {
+        q.push(" AND (ended_at IS NULL OR ended_at >= ")
+            .bind(since)
+            .push(")");
+    }
+    if let Some(u) = f.until {
+        q.push(" AND started_at <= ").bind(u);
+    }
+    q.push(if open {
+        " AND ended_at IS NULL"
+    } else {
+        " AND ended_at IS NOT NULL"
+    });
+    q.push(" ORDER BY started_at DESC, id LIMIT ").bind(limit);
+    s.all(&q).await?.iter().map(event_from_row).collect()
+}
+
 #[async_trait]
 impl<S: SqlStore> Store for S {
     async fn ping(&self) -> StoreResult<()> {
@@ -901,39 +940,35 @@ impl<S: SqlStore> Store for S {
             .collect()
     }
 
-    async fn network_probe_count(
+    async fn established_probes(
         &self,
-        asn: u32,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> StoreResult<usize> {
-        // Without reading every row of the network in the window (a DISTINCT would): the
-        // earliest and the latest row, each one step down the (asn, started_at) index; if
-        // their probes differ, that is two. Only when they are the same probe, walk from the
-        // start for another one (at most the length of that probe's run).
-        let mut q = S::query(
-            "WITH first AS (SELECT probe_id FROM measurements \
-                   WHERE asn = ? AND started_at >= ? AND started_at <= ? \
-                   ORDER BY started_at LIMIT 1), \
-                  last AS (SELECT probe_id FROM measurements \
-                   WHERE asn = ? AND started_at >= ? AND started_at <= ? \
-                   ORDER BY started_at DESC LIMIT 1) \
-             SELECT CASE \
-               WHEN NOT EXISTS (SELECT 1 FROM first) THEN CAST(0 AS BIGINT) \
-               WHEN (SELECT probe_id FROM first) <> (SELECT probe_id FROM last) \
-                 THEN CAST(2 AS BIGINT) \
-               ELSE 1 + (SELECT COUNT(*) FROM (SELECT 1 AS one FROM measurements \
-                   WHERE asn = ? AND started_at >= ? AND started_at <= ? \
-                     AND probe_id <> (SELECT probe_id FROM first) \
-                   ORDER BY started_at LIMIT 1) AS other) \
-             END AS n",
-        );
-        for _ in 0..3 {
-            q.arg(asn).arg(since).arg(until);
+        probes: &[String],
+        registered_by: DateTime<Utc>,
+        min_hours: u32,
+    ) -> StoreResult<HashSet<String>> {
+        let mut out = HashSet::new();
+        for part in probes.chunks(400) {
+            // Each probe's hours are one range of the (probe_id, hour) index, read only for
+            // the probes old enough; the count stops at `min_hours` rows.
+            let mut q = S::query(
+                "SELECT p.id AS probe_id FROM probes p \
+                 WHERE p.revoked_at IS NULL AND p.created_at <= ",
+            );
+            q.bind(registered_by)
+                .push(" AND p.id IN (")
+                .bind_list(part.iter().map(String::as_str))
+                .push(
+                    ") AND (SELECT COUNT(*) FROM (SELECT DISTINCT h.hour FROM probe_hours h \
+                     WHERE h.probe_id = p.id LIMIT ",
+                )
+                .bind(i64::from(min_hours))
+                .push(") AS hours) >= ")
+                .bind(i64::from(min_hours));
+            for r in self.all(&q).await? {
+                out.insert(r.string("probe_id")?);
+            }
         }
-        let rows = self.all(&q).await?;
-        let n = rows.first().map(|r| r.num("n")).transpose()?.unwrap_or(0);
-        Ok(usize::try_from(n).unwrap_or(0))
+        Ok(out)
     }
 
     async fn event_states(
@@ -1347,40 +1382,20 @@ impl<S: SqlStore> Store for S {
     }
 
     async fn events(&self, f: &Filter) -> StoreResult<Vec<Event>> {
-        let mut q = S::query(&format!(
-            "SELECT {} FROM events WHERE 1 = 1",
-            event_columns("")
-        ));
-        if let Some(k) = f.kind {
-            q.push(" AND kind = ").bind(k.as_str());
-        }
-        let f_site = Filter {
-            since: None,
-            until: None,
-            status: None,
-            ..f.clone()
+        // Open events first, then the ended ones, each newest first: a flood of short events
+        // cannot push an open one out of the page. Two queries, each a bounded range (the
+        // open ones are few, and the unique index holds exactly them).
+        let mut out = match f.open {
+            Some(false) => Vec::new(),
+            _ => events_part(self, f, true, f.limit).await?,
         };
-        push_filters(&mut q, &f_site, "started_at");
-        // Events overlapping [since, until].
-        if let Some(s) = f.since {
-            q.push(" AND (ended_at IS NULL OR ended_at >= ")
-                .bind(s)
-                .push(")");
+        let left = f
+            .limit
+            .saturating_sub(u32::try_from(out.len()).unwrap_or(u32::MAX));
+        if f.open != Some(true) && left > 0 {
+            out.extend(events_part(self, f, false, left).await?);
         }
-        if let Some(u) = f.until {
-            q.push(" AND started_at <= ").bind(u);
-        }
-        match f.open {
-            Some(true) => {
-                q.push(" AND ended_at IS NULL");
-            }
-            Some(false) => {
-                q.push(" AND ended_at IS NOT NULL");
-            }
-            None => {}
-        }
-        q.push(" ORDER BY started_at DESC, id LIMIT ").bind(f.limit);
-        self.all(&q).await?.iter().map(event_from_row).collect()
+        Ok(out)
     }
 
     async fn probe_networks(&self, f: &Filter) -> StoreResult<Vec<ProbeNetworkRow>> {

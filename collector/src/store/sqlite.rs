@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "censor hop",
         include_str!("../../migrations/sqlite/0006_censor_hop.sql"),
     ),
+    (
+        7,
+        "probe history",
+        include_str!("../../migrations/sqlite/0007_probe_history.sql"),
+    ),
 ];
 
 /// SQLite implementation of [`super::Store`].

@@ -93,6 +93,14 @@ pub fn test_config() -> Config {
     // Every test probe registers from 127.0.0.1: one client, as far as the limits can tell.
     c.server.register_per_client_per_hour = 1000;
     c.aggregation.evaluate_interval = HumanDuration::from_secs(0);
+    // Fresh test probes count at once, and events follow every change (tests of the guards
+    // against fake probes set their own).
+    c.aggregation.probe_min_age = HumanDuration::from_secs(0);
+    c.aggregation.probe_min_hours = 0;
+    c.aggregation.min_event = HumanDuration::from_secs(0);
+    c.aggregation.min_gap = HumanDuration::from_secs(0);
+    c.aggregation.max_transitions_per_hour = 0;
+    c.aggregation.max_backfill = c.ingest.max_age;
     c.webhook.initial_backoff = HumanDuration(Duration::from_millis(50));
     c.webhook.max_backoff = HumanDuration(Duration::from_millis(200));
     c

@@ -893,6 +893,12 @@ url = "{db}"
 min_probes = 1
 min_measurements = 1
 min_share = 0.5
+# Fresh lab probes count at once; events follow every change (see FRESH_PROBES).
+probe_min_age = "0s"
+probe_min_hours = 0
+min_event = "0s"
+min_gap = "0s"
+max_transitions_per_hour = 0
 
 [control]
 allow_anonymous = true
