@@ -99,7 +99,10 @@ pub async fn open(config: &StoreConfig) -> StoreResult<Arc<dyn Store>> {
         Backend::Postgres => {
             Arc::new(postgres::PostgresStore::open(url, config.max_connections).await?)
         }
-        Backend::Sqlite => Arc::new(sqlite::SqliteStore::open(url, config.max_connections).await?),
+        Backend::Sqlite => Arc::new(
+            sqlite::SqliteStore::open_with(url, config.max_connections, config.read_timeout.0)
+                .await?,
+        ),
     })
 }
 
