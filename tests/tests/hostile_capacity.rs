@@ -216,8 +216,9 @@ async fn one_address_cannot_take_every_connection() {
 /// readers hold their requests open.
 #[tokio::test]
 async fn slow_reads_cannot_starve_uploads() {
+    // The default read slots: 4 of the store's 8 connections.
     let (_dir, c) = collector(
-        "max_concurrent_reads = 4\n",
+        "",
         "[ingest]\nupload_burst = 50\nuploads_per_minute = 600\n",
     );
     let token = token(&c).await;
@@ -453,7 +454,8 @@ async fn a_flood_of_client_keys_does_not_slow_the_collector() {
 /// scrape and 1.24 GiB of memory. Now countries are the ISO 3166 codes (else `other`) and the
 /// networks with series of their own are at most `metrics.max_asn_labels` (here 50): after
 /// 10,000 records with random ASNs and countries, the scrape holds under 2,000 series and
-/// 400 KB, and the collector's memory grew by less than 150 MB.
+/// 400 KB, and the collector's memory grew by less than 125 MB (87 MB measured in a debug
+/// build, most of it the store's pages; 136 MB and 20,854 series with the labels unbounded).
 #[tokio::test]
 async fn random_networks_and_countries_cannot_grow_metrics() {
     let (_dir, c) = collector(
@@ -507,5 +509,5 @@ async fn random_networks_and_countries_cannot_grow_metrics() {
     );
     assert!(series < 2000, "{series} series");
     assert!(text.len() < 400_000, "{} bytes", text.len());
-    assert!(after < before + 150 * 1024, "RSS {before} -> {after} KiB");
+    assert!(after < before + 125 * 1024, "RSS {before} -> {after} KiB");
 }
