@@ -99,7 +99,8 @@ pub struct ServerConfig {
     /// Connections open at once from one client address (an IPv6 /64), so one client cannot
     /// hold the whole `max_connections`; further connections from it are closed at once.
     /// Not applied behind a proxy (`client_address_header` or `trusted_proxies` set), where
-    /// every connection comes from the proxy. 0: no limit. Default 64.
+    /// every connection comes from the proxy; a quarter of the cap by default so a proxy that
+    /// is not declared still has room. 0: no limit. Default 256.
     pub max_connections_per_client: usize,
     /// Time a client has to send a request's headers, counted from the first read of the
     /// request (and between requests on a kept-alive connection). Default `10s`.
@@ -154,7 +155,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             max_body_bytes: 8 * 1024 * 1024,
             max_connections: 1024,
-            max_connections_per_client: 64,
+            max_connections_per_client: 256,
             header_read_timeout: HumanDuration::from_secs(10),
             body_read_timeout: HumanDuration::from_secs(60),
             max_concurrent_reads: 4,

@@ -93,13 +93,14 @@ fn lock(r: &Shared) -> std::sync::MutexGuard<'_, Registry> {
 }
 
 impl Registry {
-    /// Register a connection from `client`, unless the client is at its share.
-    fn open(&mut self, client: IpAddr, max_per_client: usize) -> Option<(u64, Arc<Notify>)> {
-        let n = self.per_client.entry(client).or_default();
-        if max_per_client > 0 && *n >= max_per_client {
-            return None;
-        }
-        *n += 1;
+    /// May `client` open one more connection?
+    fn has_share(&self, client: IpAddr, max_per_client: usize) -> bool {
+        max_per_client == 0 || self.per_client.get(&client).copied().unwrap_or(0) < max_per_client
+    }
+
+    /// Register a connection from `client`, idle until its first request.
+    fn open(&mut self, client: IpAddr) -> (u64, Arc<Notify>) {
+        *self.per_client.entry(client).or_default() += 1;
         let id = self.next_id;
         self.next_id += 1;
         let now = Instant::now();
@@ -115,7 +116,7 @@ impl Registry {
             },
         );
         self.idle.insert((now, id));
-        Some((id, close))
+        (id, close)
     }
 
     fn closed(&mut self, id: u64) {
@@ -238,14 +239,20 @@ pub async fn serve(
         };
         let client = client_of(peer.ip());
         let permit = slots.clone().try_acquire_owned().ok();
-        // Over the cap with no idle connection to close, or over the client's share: close at
+        // Over the client's share, or over the cap with no idle connection to close: close at
         // once (dropping the stream). Not logged per connection: that would be a log flood
         // under attack; the metric is the open-connection gauge.
-        if permit.is_none() && !lock(&registry).evict_oldest_idle() {
-            drop(stream);
-            continue;
-        }
-        let Some((id, close)) = lock(&registry).open(client, limits.max_per_client) else {
+        let admitted = {
+            let mut reg = lock(&registry);
+            if !reg.has_share(client, limits.max_per_client)
+                || (permit.is_none() && !reg.evict_oldest_idle())
+            {
+                None
+            } else {
+                Some(reg.open(client))
+            }
+        };
+        let Some((id, close)) = admitted else {
             drop(stream);
             continue;
         };
@@ -264,10 +271,14 @@ pub async fn serve(
             // In place of an evicted idle connection: its slot comes free as it closes.
             let _permit = match permit {
                 Some(p) => p,
-                None => match tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    _ => return,
-                },
+                None => {
+                    // Not idle while it waits: no other newcomer may take its place.
+                    let _waiting = BusyGuard::new(&registry, id);
+                    match tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        _ => return,
+                    }
+                }
             };
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
@@ -316,4 +327,53 @@ pub async fn serve(
         conns.abort_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_idle_connection_goes_first_and_busy_ones_never() {
+        let mut r = Registry::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let (c1, n1) = r.open(a);
+        std::thread::sleep(Duration::from_millis(2));
+        let (c2, _) = r.open(a);
+        std::thread::sleep(Duration::from_millis(2));
+        let (c3, _) = r.open(a);
+        r.busy(c2);
+        assert!(r.evict_oldest_idle());
+        assert!(r.conns[&c1].evicted);
+        // Notified: the connection's task wakes and closes it.
+        assert!(futures::FutureExt::now_or_never(n1.notified()).is_some());
+        assert!(r.evict_oldest_idle());
+        assert!(r.conns[&c3].evicted);
+        assert!(!r.evict_oldest_idle(), "c2 is busy");
+        // Once done, c2 is idle again and can go.
+        r.done(c2);
+        assert!(r.evict_oldest_idle());
+        // An evicted connection never becomes idle again.
+        r.busy(c1);
+        r.done(c1);
+        assert!(!r.evict_oldest_idle());
+        for c in [c1, c2, c3] {
+            r.closed(c);
+        }
+        assert!(r.conns.is_empty() && r.idle.is_empty() && r.per_client.is_empty());
+    }
+
+    #[test]
+    fn a_client_has_its_share_and_ipv6_counts_by_64() {
+        let mut r = Registry::default();
+        let v6 = |s: &str| client_of(s.parse().unwrap());
+        assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:2:ffff::9"));
+        let c = v6("2001:db8:1:2::1");
+        assert!(r.has_share(c, 2));
+        r.open(c);
+        r.open(c);
+        assert!(!r.has_share(c, 2));
+        assert!(r.has_share(c, 0), "0: no limit");
+        assert!(r.has_share(v6("2001:db8:1:3::1"), 2));
+    }
 }
