@@ -20,7 +20,7 @@ use crate::control::{self, ControlServiceConfig, ProbeSlots};
 use crate::events::{Evaluator, Guards};
 use crate::listener::{self, ListenerLimits};
 use crate::metrics::Metrics;
-use crate::ratelimit::{ClientKeys, GlobalLimiter, KeyedLimiter};
+use crate::ratelimit::{ClientKeys, KeyedLimiter, RegistrationLimiter};
 use crate::store::Store;
 use crate::validate::Limits;
 use crate::webhook::Notifier;
@@ -47,12 +47,12 @@ pub struct SharedState {
     pub limits: Limits,
     /// Uploads per probe.
     pub upload_limiter: KeyedLimiter,
-    /// Open registrations, globally.
-    pub register_limiter: GlobalLimiter,
-    /// Open registrations per client (keyed by [`ClientKeys`]).
-    pub register_client_limiter: KeyedLimiter,
+    /// Open registrations: per client, per network prefix and globally.
+    pub register_limiter: RegistrationLimiter,
     /// Failed invite attempts per client.
     pub invite_failure_limiter: KeyedLimiter,
+    /// Slots for anonymous reads, so they cannot take every store connection.
+    pub read_gate: crate::readgate::ReadGate,
     /// Salted client keys for the per-client buckets.
     pub client_keys: ClientKeys,
     /// Control requests per probe.
@@ -122,7 +122,9 @@ impl AppState {
                 config.ingest.uploads_per_minute,
                 config.ingest.upload_burst,
             ),
-            register_limiter: GlobalLimiter::per_hour(
+            register_limiter: RegistrationLimiter::per_hour(
+                config.server.register_per_client_per_hour,
+                config.server.register_per_prefix_per_hour,
                 config.server.register_per_hour,
                 config.server.register_burst,
             ),
@@ -130,15 +132,15 @@ impl AppState {
                 config.control.requests_per_minute,
                 config.control.requests_per_minute.clamp(1, 60),
             ),
-            register_client_limiter: KeyedLimiter::per_hour(
-                config.server.register_per_client_per_hour,
-                config.server.register_per_client_per_hour,
-            ),
             invite_failure_limiter: KeyedLimiter::per_hour(
                 config.server.invite_failures_per_hour,
                 config.server.invite_failures_per_hour,
             ),
             client_keys: ClientKeys::default(),
+            read_gate: crate::readgate::ReadGate::new(
+                config.server.max_concurrent_reads,
+                config.server.max_reads_per_client,
+            ),
             control_slots: Arc::new(Semaphore::new(config.control.max_concurrency)),
             control_probe_slots: ProbeSlots::new(config.control.max_per_probe),
             config,
@@ -156,7 +158,10 @@ impl AppState {
 
 /// The API router; with `with_metrics`, `/metrics` too.
 pub fn router(state: AppState, with_metrics: bool) -> Router {
-    let mut r = api::router();
+    let mut r = api::router().layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::readgate::gate,
+    ));
     if with_metrics {
         r = r.merge(api::metrics::router());
     }
@@ -206,6 +211,12 @@ pub async fn serve_with(
     let limits = ListenerLimits {
         max_connections: state.config.server.max_connections,
         header_read_timeout: state.config.server.header_read_timeout.0,
+        // Behind a proxy every connection comes from the proxy: no per-address share.
+        max_per_client: if api::proxy_header(&state.config.server).is_some() {
+            0
+        } else {
+            state.config.server.max_connections_per_client
+        },
     };
     let metrics_server = match metrics_listener {
         Some(l) => {

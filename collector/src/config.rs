@@ -96,12 +96,25 @@ pub struct ServerConfig {
     /// Connections open at once on the API listener; further connections are closed at once.
     /// Default 1024.
     pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 /64), so one client cannot
+    /// hold the whole `max_connections`; further connections from it are closed at once.
+    /// Not applied behind a proxy (`client_address_header` or `trusted_proxies` set), where
+    /// every connection comes from the proxy; a quarter of the cap by default so a proxy that
+    /// is not declared still has room. 0: no limit. Default 256.
+    pub max_connections_per_client: usize,
     /// Time a client has to send a request's headers, counted from the first read of the
     /// request (and between requests on a kept-alive connection). Default `10s`.
     pub header_read_timeout: HumanDuration,
     /// Time a client has to send a request's body, counted once it is authenticated.
     /// Default `60s`.
     pub body_read_timeout: HumanDuration,
+    /// Read requests (`GET`, the health check aside) served at once; more wait up to 2 s,
+    /// then get 503. Keep it below `[store] max_connections` so uploads always find a store
+    /// connection while anonymous reads queue. Default 4.
+    pub max_concurrent_reads: usize,
+    /// Of those, read requests one client (address, or IPv6 /64) may have at once; more get
+    /// 429. Default 2.
+    pub max_reads_per_client: usize,
     /// `open` or `invite`. Default `open`.
     pub registration: Registration,
     /// Open registrations allowed per hour across all clients (token bucket refill).
@@ -113,13 +126,26 @@ pub struct ServerConfig {
     /// checked before the global bucket so one client cannot spend it all. The buckets live in
     /// memory only, keyed by a salted hash. Default 4.
     pub register_per_client_per_hour: u32,
+    /// Open registrations per hour from one network prefix (a /24 for IPv4, a /48 for IPv6),
+    /// so the addresses of one network share a bucket. A prefix with no registration within
+    /// its refill period may register even when the global bucket is empty, into a reserve
+    /// of `register_burst`: a few networks cannot keep registration closed for everyone else
+    /// (issue #20). Default 10.
+    pub register_per_prefix_per_hour: u32,
     /// Failed invite attempts per hour from one client; when spent, invite registrations from
     /// it are refused without touching the store. Default 10.
     pub invite_failures_per_hour: u32,
     /// Request header holding the client's address when a reverse proxy sits in front
-    /// (e.g. `X-Real-IP`). Used only for the control service's `your_address`, never stored or
-    /// logged. Default: none (the TCP peer address).
+    /// (e.g. `X-Real-IP`, which the proxy sets). Used for the control service's
+    /// `your_address` and, hashed, for the per-client buckets; never stored or logged. A list
+    /// (`X-Forwarded-For`) is read from the right (see `trusted_proxies`), never the first
+    /// entry, which the client writes. Default: none (the TCP peer address).
     pub client_address_header: Option<String>,
+    /// Reverse proxies in front of the collector that append to `X-Forwarded-For` (or to
+    /// `client_address_header`): the client is the entry this many places from the right.
+    /// 0 with no header set: proxy headers are ignored and the TCP peer is the client (a
+    /// client reaching the collector directly cannot pick its own address). Default 0.
+    pub trusted_proxies: u32,
 }
 
 impl Default for ServerConfig {
@@ -129,14 +155,19 @@ impl Default for ServerConfig {
             metrics_listen: None,
             max_body_bytes: 8 * 1024 * 1024,
             max_connections: 1024,
+            max_connections_per_client: 256,
             header_read_timeout: HumanDuration::from_secs(10),
             body_read_timeout: HumanDuration::from_secs(60),
+            max_concurrent_reads: 4,
+            max_reads_per_client: 2,
             registration: Registration::Open,
             register_per_hour: 60,
             register_burst: 10,
             register_per_client_per_hour: 4,
+            register_per_prefix_per_hour: 10,
             invite_failures_per_hour: 10,
             client_address_header: None,
+            trusted_proxies: 0,
         }
     }
 }
@@ -182,6 +213,10 @@ pub struct StoreConfig {
     pub url: String,
     /// Connection pool size. Default 8.
     pub max_connections: u32,
+    /// Longest time one read may keep the database busy: SQLite counts the time spent
+    /// executing (not waiting for a slow client), PostgreSQL's `statement_timeout` on the
+    /// connections of reads. A read past it gets 503. Default `30s`.
+    pub read_timeout: HumanDuration,
 }
 
 impl Default for StoreConfig {
@@ -189,6 +224,7 @@ impl Default for StoreConfig {
         StoreConfig {
             url: "sqlite://witness-collector.db".to_string(),
             max_connections: 8,
+            read_timeout: HumanDuration::from_secs(30),
         }
     }
 }
@@ -363,7 +399,9 @@ impl Default for ControlConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Distinct ASNs used as label values on counters; later ones are counted as `other`.
+    /// Distinct networks (ASN and country) with series of their own: on counters the first
+    /// ones seen, on the per-network gauges those with the most probes; the rest are counted
+    /// under `asn="other"` (their country is kept: it is from the closed ISO 3166 set).
     /// Default 2000.
     pub max_asn_labels: usize,
     /// Most `witness_site_blocked_ratio` series per scrape. Default 50000.
@@ -437,14 +475,25 @@ impl Config {
             return bad("server.register_per_hour and register_burst must be positive");
         }
         if self.server.register_per_client_per_hour == 0
+            || self.server.register_per_prefix_per_hour == 0
             || self.server.invite_failures_per_hour == 0
         {
             return bad(
-                "server.register_per_client_per_hour and invite_failures_per_hour must be positive",
+                "server.register_per_client_per_hour, register_per_prefix_per_hour and \
+                 invite_failures_per_hour must be positive",
             );
         }
         if self.server.max_connections == 0 {
             return bad("server.max_connections must be positive");
+        }
+        if self.server.max_concurrent_reads == 0 || self.server.max_reads_per_client == 0 {
+            return bad("server.max_concurrent_reads and max_reads_per_client must be positive");
+        }
+        if self.store.read_timeout.0.is_zero() {
+            return bad("store.read_timeout must be positive");
+        }
+        if self.server.trusted_proxies > 16 {
+            return bad("server.trusted_proxies must be at most 16");
         }
         if self.server.header_read_timeout.0.is_zero() || self.server.body_read_timeout.0.is_zero()
         {

@@ -50,6 +50,17 @@ pub enum ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        // A read stopped at `store.read_timeout`: SQLite's interrupt (code 9), PostgreSQL's
+        // query_canceled (57014). The client can narrow its query.
+        if let StoreError::Db(sqlx::Error::Database(d)) = &e {
+            if matches!(d.code().as_deref(), Some("9" | "57014")) {
+                return ApiError::Unavailable(
+                    "the query took too long: ask for a shorter since/until span or a smaller \
+                     limit"
+                        .into(),
+                );
+            }
+        }
         ApiError::Internal(e.to_string())
     }
 }

@@ -35,6 +35,7 @@ pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod ratelimit;
+pub mod readgate;
 pub mod readmodel;
 pub mod store;
 pub mod tokens;

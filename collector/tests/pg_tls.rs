@@ -17,6 +17,7 @@ fn store_config(url: &str) -> StoreConfig {
     StoreConfig {
         url: url.to_string(),
         max_connections: 2,
+        ..StoreConfig::default()
     }
 }
 

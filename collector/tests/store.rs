@@ -30,6 +30,7 @@ async fn open_url(url: &str) -> Arc<dyn Store> {
     store::open(&StoreConfig {
         url: url.to_string(),
         max_connections: 8,
+        ..StoreConfig::default()
     })
     .await
     .expect("open store")

@@ -26,6 +26,25 @@ use crate::store::{Cursor, Event, Filter, MeasurementRecord, Store};
 /// Largest `limit`.
 pub const MAX_LIMIT: u32 = 10_000;
 
+/// Longest `since`..`until` of a status or a site's history. A status in the past is computed
+/// from every measurement of its span, and `limit` cuts the result only after: unbounded, 16
+/// clients asking for a past year held every store connection (issue #20). With the read
+/// slots ([`crate::readgate`]) and the store's `read_timeout`, this bounds what one request
+/// costs; longer periods are asked for in parts.
+pub const MAX_SPAN: TimeDelta = TimeDelta::days(31);
+
+/// 400 when `[since, until]` is longer than [`MAX_SPAN`].
+fn check_span(since: DateTime<Utc>, until: DateTime<Utc>) -> Result<(), ApiError> {
+    if until - since > MAX_SPAN {
+        return Err(ApiError::BadRequest(format!(
+            "since..until spans more than {} days: ask for at most {} days at a time",
+            MAX_SPAN.num_days(),
+            MAX_SPAN.num_days()
+        )));
+    }
+    Ok(())
+}
+
 /// The routes (the raw export `GET /api/v1/measurements` is mounted with the upload).
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -233,6 +252,7 @@ pub async fn status(
     let now = Utc::now();
     let until = f.until.unwrap_or(now);
     let since = f.since.unwrap_or(until - state.params.window);
+    check_span(since, until)?;
     f.since = Some(since);
     f.until = Some(until);
     let mut sites = readmodel::site_statuses(state.store.as_ref(), &f, &state.params, now).await?;
@@ -277,6 +297,9 @@ pub async fn history(
     let until = f.until.unwrap_or_else(Utc::now);
     f.since = Some(f.since.unwrap_or(until - TimeDelta::days(7)));
     f.until = Some(until);
+    if let Some(since) = f.since {
+        check_span(since, until)?;
+    }
     let rows = state.store.history(&domain, &f).await?;
     if wants_csv(&q, &headers)? {
         return csv_response(HISTORY_CSV, rows);

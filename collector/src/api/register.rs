@@ -42,23 +42,26 @@ pub struct RegisterResponse {
 
 /// Register a probe.
 ///
-/// Limits, all in memory: open registrations per client, then globally (so one client cannot
-/// spend the global bucket and lock everyone out); failed invites per client, checked before
-/// the store is touched (a failed invite would otherwise cost a write transaction each).
+/// Limits, all in memory: open registrations per client, per network prefix and globally
+/// ([`crate::ratelimit::RegistrationLimiter`]: a few networks can neither spend the global
+/// bucket for everyone nor keep it empty); failed invites per client, checked before the store
+/// is touched (a failed invite would otherwise cost a write transaction each).
 pub async fn register(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    let client = client_address(
+    let address = client_address(
         &state,
         &headers,
         peer.map(|Extension(ConnectInfo(addr))| addr),
-    )
-    .map(|ip| state.client_keys.key(ip))
+    );
     // No address (a proxy header missing): all such clients share one bucket.
-    .unwrap_or_else(|| "unknown".to_string());
+    let (client, prefix) = match address {
+        Some(ip) => (state.client_keys.key(ip), state.client_keys.prefix_key(ip)),
+        None => ("unknown".to_string(), "unknown".to_string()),
+    };
     // Before the body: a client whose invite failures are spent is refused at once.
     state
         .invite_failure_limiter
@@ -85,17 +88,10 @@ pub async fn register(
                 "this collector registers probes by invite only: send {\"invite\": TOKEN}".into(),
             ))
         }
-        // Open registration: the client's bucket first, then the global one.
-        (Registration::Open, None) => {
-            state
-                .register_client_limiter
-                .check(&client)
-                .map_err(ApiError::RateLimited)?;
-            state
-                .register_limiter
-                .check()
-                .map_err(ApiError::RateLimited)?
-        }
+        (Registration::Open, None) => state
+            .register_limiter
+            .check(&client, &prefix)
+            .map_err(ApiError::RateLimited)?,
         _ => {}
     }
     let now = Utc::now();

@@ -96,10 +96,14 @@ pub fn redacted(url: &str) -> String {
 pub async fn open(config: &StoreConfig) -> StoreResult<Arc<dyn Store>> {
     let url = config.url.trim();
     Ok(match Backend::of(url)? {
-        Backend::Postgres => {
-            Arc::new(postgres::PostgresStore::open(url, config.max_connections).await?)
-        }
-        Backend::Sqlite => Arc::new(sqlite::SqliteStore::open(url, config.max_connections).await?),
+        Backend::Postgres => Arc::new(
+            postgres::PostgresStore::open_with(url, config.max_connections, config.read_timeout.0)
+                .await?,
+        ),
+        Backend::Sqlite => Arc::new(
+            sqlite::SqliteStore::open_with(url, config.max_connections, config.read_timeout.0)
+                .await?,
+        ),
     })
 }
 

@@ -87,7 +87,10 @@ const INSERT_ATTEMPTS: usize = 3;
 /// PostgreSQL implementation of [`super::Store`].
 #[derive(Debug)]
 pub struct PostgresStore {
+    /// Reads, each statement bounded by `[store] read_timeout` (`statement_timeout`).
     pool: PgPool,
+    /// Writes, unbounded: an accepted upload must commit, whatever the lock waits.
+    writes: PgPool,
     /// Months whose partition is known to exist: only saves DDL round trips (a miss costs one
     /// idempotent `CREATE TABLE IF NOT EXISTS`), never decides anything.
     partitions: Mutex<HashSet<(i32, u32)>>,
@@ -277,18 +280,47 @@ impl PostgresStore {
     /// holds an advisory lock meanwhile, so collectors starting together migrate once), and
     /// make sure this month's and next month's partitions exist.
     pub async fn open(url: &str, max_connections: u32) -> StoreResult<PostgresStore> {
+        Self::open_with(url, max_connections, Duration::from_secs(30)).await
+    }
+
+    /// [`open`](Self::open), with every read statement stopped after `read_timeout`. Reads
+    /// and writes have pools of their own (each up to `max_connections`, opened on demand):
+    /// the bound is the reads' session setting, and a long read never holds a connection a
+    /// write waits for. Set with `SET` after connecting, not as a startup option, which
+    /// PgBouncer refuses.
+    pub async fn open_with(
+        url: &str,
+        max_connections: u32,
+        read_timeout: Duration,
+    ) -> StoreResult<PostgresStore> {
         let options = PgConnectOptions::from_str(url)?.application_name("witness-collector");
-        let pool = PgPoolOptions::new()
+        let writes = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         Migrator::new(Embedded(MIGRATIONS))
             .await?
-            .run(&pool)
+            .run(&writes)
+            .await?;
+        let timeout_ms = read_timeout.as_millis().clamp(1, i32::MAX as u128);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    // An integer from the configuration, not input: safe to format in.
+                    sqlx::query(&format!("SET statement_timeout = {timeout_ms}"))
+                        .execute(&mut *conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect_with(options)
             .await?;
         let store = PostgresStore {
             pool,
+            writes,
             partitions: Mutex::new(HashSet::new()),
         };
         let now = Utc::now();
@@ -303,10 +335,10 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Where writes go: the same pool (PostgreSQL has many writers; the key locks and
+    /// Where writes go: the writers' pool (PostgreSQL has many writers; the key locks and
     /// constraints arbitrate).
     fn writer(&self) -> &PgPool {
-        &self.pool
+        &self.writes
     }
 
     fn known_partitions(&self) -> std::sync::MutexGuard<'_, HashSet<(i32, u32)>> {
@@ -331,7 +363,7 @@ impl PostgresStore {
         if missing.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer().begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(PARTITION_LOCK)
             .execute(&mut *tx)
@@ -365,7 +397,7 @@ impl PostgresStore {
     ) -> StoreResult<HashSet<Uuid>> {
         self.ensure_partitions(records.iter().map(|r| month_of(r.started_at)))
             .await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer().begin().await?;
         let fresh: Vec<String> = sqlx::query_scalar(
             "INSERT INTO measurement_ids (id, started_at) \
              SELECT u.id::uuid, u.started_at \

@@ -63,6 +63,37 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// `[store] read_timeout`'s default.
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SQLite instructions between two calls of the progress handler (well under a millisecond).
+const PROGRESS_OPS: i32 = 10_000;
+
+/// A gap between two progress calls longer than this is waiting (for a slow client to take
+/// rows, for the lock), not executing: it is not counted.
+const PROGRESS_GAP: Duration = Duration::from_millis(50);
+
+/// Stop whatever this reader connection runs once it has executed for `limit` since it was
+/// taken from the pool (SQLite's progress handler, reset at every acquire). A past status
+/// over a long span scanned for seconds per request, and 16 of them held every connection
+/// (issue #20). Only execution counts, so an export streaming to a slow reader is not cut.
+async fn bound_reads(conn: &mut sqlx::SqliteConnection, limit: Duration) -> sqlx::Result<()> {
+    let mut busy = Duration::ZERO;
+    let mut last = std::time::Instant::now();
+    conn.lock_handle()
+        .await?
+        .set_progress_handler(PROGRESS_OPS, move || {
+            let now = std::time::Instant::now();
+            let gap = now.saturating_duration_since(last);
+            last = now;
+            if gap < PROGRESS_GAP {
+                busy += gap;
+            }
+            busy < limit
+        });
+    Ok(())
+}
+
 /// SQLite implementation of [`super::Store`].
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -75,6 +106,16 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Open (creating if missing) the database at `url` (`sqlite://PATH` or a path) and migrate.
     pub async fn open(url: &str, max_connections: u32) -> StoreResult<SqliteStore> {
+        Self::open_with(url, max_connections, DEFAULT_READ_TIMEOUT).await
+    }
+
+    /// [`open`](Self::open), with reads stopped after `read_timeout` of execution
+    /// ([`bound_reads`]).
+    pub async fn open_with(
+        url: &str,
+        max_connections: u32,
+        read_timeout: Duration,
+    ) -> StoreResult<SqliteStore> {
         let options = if url.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url)?
         } else {
@@ -109,6 +150,10 @@ impl SqliteStore {
             .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
+            .after_connect(move |conn, _| Box::pin(bound_reads(conn, read_timeout)))
+            .before_acquire(move |conn, _| {
+                Box::pin(async move { bound_reads(conn, read_timeout).await.map(|()| true) })
+            })
             .connect_with(options)
             .await?;
         Ok(SqliteStore { pool, writer })
