@@ -364,6 +364,7 @@ fn measurement(
             tcp: vec![tcp_ok],
             tls: vec![tls_ok],
             http: vec![http(&domain, addr, true)],
+            age_secs: None,
         }),
         control_failure: None,
         path: None,

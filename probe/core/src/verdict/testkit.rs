@@ -245,6 +245,7 @@ pub(super) fn control(
         tcp,
         tls,
         http,
+        age_secs: None,
     }
 }
 
