@@ -18,7 +18,44 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::http::read_request;
-use crate::CENSORED_SOURCE;
+use crate::{CollectorProcess, CENSORED_SOURCE};
+
+/// Start the real collector with the SHIPPED `collector/collector.example.toml`, changing only
+/// what a lab must: the listen address (port 0), the database (in `dir`), registrations per
+/// client (every test probe registers from 127.0.0.1), private targets allowed and
+/// 127.0.0.0/8 public. `more` are further (from, to) replacements (the benchmark's).
+pub fn shipped_collector(dir: &std::path::Path, more: &[(&str, String)]) -> CollectorProcess {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../collector/collector.example.toml");
+    let mut text = std::fs::read_to_string(example).expect("reading the shipped config");
+    let db = dir.join("collector.db");
+    let lab = [
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:0\"".to_string(),
+        ),
+        (
+            "url = \"sqlite://witness-collector.db\"",
+            format!("url = \"sqlite://{}\"", db.display()),
+        ),
+        (
+            "register_per_client_per_hour = 4",
+            "register_per_client_per_hour = 1000".to_string(),
+        ),
+        ("allow_private = false", "allow_private = true".to_string()),
+        (
+            "lab_public_ranges = []",
+            "lab_public_ranges = [\"127.0.0.0/8\"]".to_string(),
+        ),
+    ];
+    for (from, to) in lab.iter().chain(more) {
+        assert!(text.contains(from), "the shipped config lost {from}");
+        text = text.replacen(from, to, 1);
+    }
+    let config = dir.join("collector.toml");
+    std::fs::write(&config, text).expect("writing the collector config");
+    CollectorProcess::start_with(&config, &db).expect("starting the collector")
+}
 
 /// How long a `/slow/` answer waits: under the control's shipped 10 s step timeout.
 pub const SLOW_HOLD: Duration = Duration::from_secs(8);

@@ -11,44 +11,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use witness_core::model::{ControlBatchLine, ControlReply, Measurement, Status};
-use witness_tests::fleet::{Sites, DL_HOPS};
+use witness_tests::fleet::{shipped_collector, Sites, DL_HOPS};
 use witness_tests::{witness_bin, CollectorProcess, CENSORED_SOURCE};
 
 const CONTROL_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Where the honest probe of the fairness test asks from: another client address.
 const HONEST_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
-
-/// The shipped collector config, with only what a lab must change.
-fn shipped_collector(dir: &Path) -> CollectorProcess {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/collector.example.toml");
-    let mut text = std::fs::read_to_string(example).unwrap();
-    let db = dir.join("collector.db");
-    for (from, to) in [
-        (
-            "listen = \"127.0.0.1:8080\"",
-            "listen = \"127.0.0.1:0\"".to_string(),
-        ),
-        (
-            "url = \"sqlite://witness-collector.db\"",
-            format!("url = \"sqlite://{}\"", db.display()),
-        ),
-        (
-            "register_per_client_per_hour = 4",
-            "register_per_client_per_hour = 1000".to_string(),
-        ),
-        ("allow_private = false", "allow_private = true".to_string()),
-        (
-            "lab_public_ranges = []",
-            "lab_public_ranges = [\"127.0.0.0/8\"]".to_string(),
-        ),
-    ] {
-        assert!(text.contains(from), "the shipped config lost {from}");
-        text = text.replacen(from, &to, 1);
-    }
-    let config = dir.join("collector.toml");
-    std::fs::write(&config, text).unwrap();
-    CollectorProcess::start_with(&config, &db).unwrap()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -127,7 +95,7 @@ fn a_default_install_answers_every_target_and_probes_share_one_fetch_per_site() 
     let rt = runtime();
     let sites = rt.block_on(Sites::start(CONTROL_SOURCE)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let collector = shipped_collector(dir.path());
+    let collector = shipped_collector(dir.path(), &[]);
     // 300 sites: 30 blackholed for the probe, 20 down for everyone.
     let mut paths = Vec::new();
     for i in 0..300 {
@@ -207,7 +175,7 @@ fn four_tokens_from_one_address_with_a_slow_site_cannot_starve_an_honest_probe()
     let rt = runtime();
     let sites = rt.block_on(Sites::start(CONTROL_SOURCE)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let collector = shipped_collector(dir.path());
+    let collector = shipped_collector(dir.path(), &[]);
     rt.block_on(async {
         let mut tokens = Vec::new();
         for _ in 0..5 {
@@ -292,7 +260,7 @@ fn the_control_is_not_a_downloader() {
     let rt = runtime();
     let sites = rt.block_on(Sites::start(CONTROL_SOURCE)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let collector = shipped_collector(dir.path());
+    let collector = shipped_collector(dir.path(), &[]);
     rt.block_on(async {
         let token = register(&collector).await;
         let started = Instant::now();
