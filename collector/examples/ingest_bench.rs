@@ -354,6 +354,7 @@ fn measurement(
             tcp: vec![tcp_ok],
             tls: vec![tls_ok],
             http: vec![http(&domain, addr, true)],
+            age_secs: None,
         }),
         connectivity: ConnectivitySummary {
             offline: false,

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 
 use crate::aggregate::Params;
 use crate::api;
 use crate::asn::AsnDb;
 use crate::config::Config;
-use crate::control::{self, ControlServiceConfig, ProbeSlots};
+use crate::control::{self, ByteBudget, ControlServiceConfig, ControlViews, FairSlots};
 use crate::events::{Evaluator, Guards};
 use crate::listener::{self, ListenerLimits};
 use crate::metrics::Metrics;
@@ -57,10 +57,14 @@ pub struct SharedState {
     pub client_keys: ClientKeys,
     /// Control requests per probe.
     pub control_limiter: KeyedLimiter,
-    /// Concurrent control measurements.
-    pub control_slots: Arc<Semaphore>,
-    /// Concurrent control measurements per probe.
-    pub control_probe_slots: ProbeSlots,
+    /// Control measurements in flight, queued fairly per probe and per client address.
+    pub control_slots: Arc<FairSlots>,
+    /// The shared control views (one measurement per URL per TTL).
+    pub control_views: Arc<ControlViews>,
+    /// Fresh control measurements per probe per hour.
+    pub control_measure_limiter: KeyedLimiter,
+    /// Bytes the control reads per probe per hour.
+    pub control_bytes: ByteBudget,
     /// How the control measures.
     pub control: ControlServiceConfig,
     /// The IP → ASN table, when `[asn] database` names one.
@@ -141,8 +145,22 @@ impl AppState {
                 config.server.max_concurrent_reads,
                 config.server.max_reads_per_client,
             ),
-            control_slots: Arc::new(Semaphore::new(config.control.max_concurrency)),
-            control_probe_slots: ProbeSlots::new(config.control.max_per_probe),
+            control_slots: Arc::new(FairSlots::new(
+                config.control.max_concurrency,
+                config.control.max_per_probe,
+                config.control.max_per_client,
+            )),
+            control_views: Arc::new(ControlViews::new(
+                config.control.cache_ttl.0,
+                config.control.cache_max_entries,
+                config.control.cache_max_bytes,
+                metrics.control_view_counters(),
+            )),
+            control_measure_limiter: KeyedLimiter::per_hour(
+                config.control.measurements_per_hour,
+                config.control.measurements_per_hour,
+            ),
+            control_bytes: ByteBudget::new(config.control.bytes_per_hour),
             config,
             store,
             metrics,

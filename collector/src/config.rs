@@ -356,18 +356,43 @@ pub struct ControlConfig {
     pub resolver: String,
     /// Extra trusted CA certificates (PEM files), on top of the Mozilla roots. Default: none.
     pub extra_ca_files: Vec<PathBuf>,
-    /// Control measurements running at once; more get 503. Default 16.
+    /// Control measurements running at once, across all probes; more wait in the fair queue.
+    /// Cache hits take none. Default 128.
     pub max_concurrency: usize,
-    /// Control measurements one probe may run at once, so one probe cannot fill every slot;
-    /// its further requests wait for one of its own slots (429 after `timeout_secs`).
-    /// Default 4.
+    /// Control measurements one probe token may run at once; its further ones wait in the
+    /// fair queue. Default 32, the probe's own default concurrency, so a probe alone is never
+    /// slowed by its control.
     pub max_per_probe: usize,
+    /// Control measurements one client address (an IPv6 /64) may run at once, all its tokens
+    /// together: several tokens do not buy a larger share. Default 32.
+    pub max_per_client: usize,
+    /// Longest a URL waits in the fair queue for a measurement slot before it is answered
+    /// 503 (its batch line says so). Default 60 seconds.
+    pub queue_wait: HumanDuration,
     /// Ports the control connects to; URLs on other ports are refused. Default `[80, 443]`.
     pub allowed_ports: Vec<u16>,
     /// Limit on one control measurement, seconds. Default 60.
     pub timeout_secs: u64,
-    /// Control requests per probe per minute. Default 120.
+    /// Control requests (HTTP requests: a batch of URLs counts once) per probe per minute.
+    /// Default 120.
     pub requests_per_minute: u32,
+    /// Fresh control measurements (cache misses) one probe may cause per hour; views served
+    /// from the cache are free. Default 6000: three runs an hour of a 2,000-site list with a
+    /// cold cache.
+    pub measurements_per_hour: u32,
+    /// Bytes the control may read from sites for one probe per hour. Default 1 GiB: 2,000
+    /// pages at the full 512 KiB body cap.
+    pub bytes_per_hour: u64,
+    /// How long one measurement of a URL is served to every probe asking for it. Default 10
+    /// minutes: within the time a probe takes to notice a change, a sixth of the hourly run.
+    pub cache_ttl: HumanDuration,
+    /// Most URLs whose view is kept. Default 50000.
+    pub cache_max_entries: usize,
+    /// Most bytes of views kept (their JSON). Default 64 MiB.
+    pub cache_max_bytes: usize,
+    /// Most redirects one control measurement follows (a redirect's body is never read).
+    /// Default 10.
+    pub max_redirects: u32,
     /// Timeout of each step of a control measurement (DNS, connect, handshake, HTTP),
     /// seconds. Default 10, as the probe's.
     pub step_timeout_secs: f64,
@@ -384,11 +409,19 @@ impl Default for ControlConfig {
             lab_public_ranges: Vec::new(),
             resolver: "system".to_string(),
             extra_ca_files: Vec::new(),
-            max_concurrency: 16,
-            max_per_probe: 4,
+            max_concurrency: 128,
+            max_per_probe: 32,
+            max_per_client: 32,
+            queue_wait: HumanDuration::from_secs(60),
             allowed_ports: vec![80, 443],
             timeout_secs: 60,
             requests_per_minute: 120,
+            measurements_per_hour: 6000,
+            bytes_per_hour: 1 << 30,
+            cache_ttl: HumanDuration::from_secs(600),
+            cache_max_entries: 50_000,
+            cache_max_bytes: 64 << 20,
+            max_redirects: 10,
             step_timeout_secs: 10.0,
             source_address: None,
         }
@@ -502,8 +535,17 @@ impl Config {
         if self.control.allowed_ports.is_empty() {
             return bad("control.allowed_ports must list at least one port (default [80, 443])");
         }
-        if self.control.max_per_probe == 0 {
-            return bad("control.max_per_probe must be positive");
+        if self.control.max_per_probe == 0 || self.control.max_per_client == 0 {
+            return bad("control.max_per_probe and max_per_client must be positive");
+        }
+        if self.control.measurements_per_hour == 0 || self.control.bytes_per_hour == 0 {
+            return bad("control.measurements_per_hour and bytes_per_hour must be positive");
+        }
+        if self.control.cache_max_entries == 0 || self.control.cache_max_bytes == 0 {
+            return bad("control.cache_max_entries and cache_max_bytes must be positive");
+        }
+        if self.control.max_redirects > 20 {
+            return bad("control.max_redirects must be at most 20");
         }
         if self.control.max_concurrency == 0 || self.control.timeout_secs == 0 {
             return bad("control.max_concurrency and timeout_secs must be positive");

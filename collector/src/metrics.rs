@@ -83,6 +83,13 @@ pub const PROCESS: &[&str] = &[
     PROCESS_THREADS,
 ];
 
+/// Control requests served from a shared view, or from a measurement already under way.
+pub const CONTROL_CACHE_HITS_TOTAL: &str = "witness_control_cache_hits_total";
+/// Control measurements made afresh (a URL without a view within its TTL, or a fresh ask).
+pub const CONTROL_CACHE_MISSES_TOTAL: &str = "witness_control_cache_misses_total";
+/// Control views dropped for room (entries or bytes) before their TTL ran out.
+pub const CONTROL_CACHE_EVICTIONS_TOTAL: &str = "witness_control_cache_evictions_total";
+
 /// Every `witness_` metric name, for tests and documentation.
 pub const ALL: &[&str] = &[
     MEASUREMENTS_RECEIVED_TOTAL,
@@ -96,6 +103,9 @@ pub const ALL: &[&str] = &[
     RECORDS_REJECTED_TOTAL,
     WEBHOOK_FAILURES_TOTAL,
     BUILD_INFO,
+    CONTROL_CACHE_HITS_TOTAL,
+    CONTROL_CACHE_MISSES_TOTAL,
+    CONTROL_CACHE_EVICTIONS_TOTAL,
 ];
 
 const UNKNOWN: &str = "unknown";
@@ -172,6 +182,7 @@ pub struct Metrics {
     pub ingest_duration: Histogram,
     rejected: IntCounterVec,
     webhook_failures: IntCounter,
+    control_views: crate::control::ViewCounters,
     limits: MetricsConfig,
     /// Networks labelled on counters so far, at most `max_asn_labels`.
     network_labels: Mutex<HashSet<(u32, &'static str)>>,
@@ -301,6 +312,29 @@ impl Metrics {
             &r,
             IntCounter::new(WEBHOOK_FAILURES_TOTAL, "Failed webhook delivery attempts.")?,
         );
+        let control_views = crate::control::ViewCounters {
+            hits: register(
+                &r,
+                IntCounter::new(
+                    CONTROL_CACHE_HITS_TOTAL,
+                    "Control requests served from a shared view.",
+                )?,
+            ),
+            misses: register(
+                &r,
+                IntCounter::new(
+                    CONTROL_CACHE_MISSES_TOTAL,
+                    "Control measurements made afresh.",
+                )?,
+            ),
+            evictions: register(
+                &r,
+                IntCounter::new(
+                    CONTROL_CACHE_EVICTIONS_TOTAL,
+                    "Control views dropped for room before their TTL ran out.",
+                )?,
+            ),
+        };
         register_build_and_process(&r)?;
         // Closed label sets start at zero, so rates and alerts work before the first event.
         for t in Transition::ALL {
@@ -322,10 +356,16 @@ impl Metrics {
             ingest_duration,
             rejected,
             webhook_failures,
+            control_views,
             limits,
             network_labels: Mutex::new(HashSet::new()),
             refresh: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The counters of the control's shared views.
+    pub fn control_view_counters(&self) -> crate::control::ViewCounters {
+        self.control_views.clone()
     }
 
     /// The labels of a network on counters: its own for the first `max_asn_labels` networks

@@ -72,7 +72,7 @@ async fn control_measures_a_lab_server_and_reports_the_callers_address() {
 }
 
 #[tokio::test]
-async fn control_concurrency_is_capped() {
+async fn control_concurrency_is_capped_and_the_queue_wait_bounded() {
     // A server that accepts and never answers keeps the only slot busy.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
@@ -87,6 +87,7 @@ async fn control_concurrency_is_capped() {
     cfg.control.allow_anonymous = true;
     cfg.control.max_concurrency = 1;
     cfg.control.timeout_secs = 3;
+    cfg.control.queue_wait = witness_collector::config::HumanDuration::from_secs(1);
     let app = spawn(cfg).await;
     let url = app.url("/api/v1/control");
     let body = json!({ "url": format!("http://{addr}/") });
@@ -95,8 +96,12 @@ async fn control_concurrency_is_capped() {
         tokio::spawn(async move { c.post(u).json(&b).send().await.map(|r| r.status()) })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = app.client.post(&url).json(&body).send().await.unwrap();
+    // Another URL queues for the slot, then gives up after queue_wait.
+    let other = json!({ "url": format!("http://{addr}/other") });
+    let start = std::time::Instant::now();
+    let r = app.client.post(&url).json(&other).send().await.unwrap();
     assert_eq!(r.status(), 503);
+    assert!(start.elapsed() >= Duration::from_millis(900), "it queued");
     let first = first.await.unwrap().unwrap();
     // The first one either finished (the engine gave up) or hit the overall limit.
     assert!(first == 200 || first == 503, "{first}");

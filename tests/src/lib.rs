@@ -22,6 +22,7 @@ pub mod client;
 pub mod collector;
 pub mod dashboards;
 pub mod dns;
+pub mod fleet;
 pub mod http;
 pub mod origin;
 pub mod pki;

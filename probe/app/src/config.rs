@@ -328,6 +328,7 @@ pub fn measure_config(
         timeout: Duration::from_secs_f64(run.timeout_secs),
         dns_linger: Duration::from_millis(run.dns_linger_ms.min(5000)),
         body_cap: run.body_cap_bytes,
+        redirect_body_cap: run.body_cap_bytes,
         max_redirects: run.max_redirects.min(50),
         target_deadline: Duration::from_secs_f64(run.deadline_secs),
         extra_cas,

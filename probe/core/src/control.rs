@@ -2,10 +2,17 @@
 //! calls to answer it with the probe's own measurement code.
 //!
 //! `POST {base}/api/v1/control` with a [`ControlRequest`] and `Authorization: Bearer TOKEN`
-//! answers a [`ControlReply`]; `GET {base}/api/v1/health` answers 200 when the service is up.
-//! See `docs/measurement-format.md`.
+//! answers a [`ControlReply`]; `POST {base}/api/v1/control/batch` with a
+//! [`ControlBatchRequest`] streams one [`ControlBatchLine`] per URL; `GET {base}/api/v1/health`
+//! answers 200 when the service is up. See `docs/collector-api.md`.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
 
 use crate::checks::MeasureConfig;
 use crate::engine::Engine;
@@ -13,13 +20,37 @@ use std::net::IpAddr;
 
 use crate::error::ControlError;
 use crate::model::{
-    AsnReply, AsnRequest, ControlReply, ControlRequest, ControlResponse, Software, MAX_ASN_ADDRS,
-    MAX_CONTROL_ADDRS,
+    AsnReply, AsnRequest, ControlBatchLine, ControlBatchRequest, ControlReply, ControlRequest,
+    ControlResponse, Software, MAX_ASN_ADDRS, MAX_CONTROL_ADDRS, MAX_CONTROL_BATCH,
 };
 
 /// Largest control answer accepted: the control is trusted more than a random server, but a
 /// compromised or misconfigured one must not exhaust the probe's memory.
 const MAX_CONTROL_REPLY: usize = 4 * 1024 * 1024;
+
+/// Batches a run keeps in flight: the control works on the next while the probe measures
+/// this one's targets, and a run's URLs do not all queue at the control at once.
+const BATCH_WINDOW: usize = 2;
+
+/// Longest one batch request may take, streaming included: its URLs are measured by the
+/// control one after another as its share of slots allows.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Fresh measurements a run may ask for (see [`ControlClient::measure_fresh`]): each is one
+/// request, counted in the control's request rate.
+const FRESH_PER_RUN: usize = 40;
+
+/// Where a prefetched URL's answer stands.
+#[derive(Clone, Debug)]
+enum Prefetch {
+    /// Its batch is under way.
+    Waiting,
+    /// The batch answered for it: the reply, or (status, message).
+    Ready(Box<Result<ControlReply, (u16, String)>>),
+    /// The batch failed as a whole (an older collector, a broken connection): ask the
+    /// single-URL endpoint instead.
+    Fallback,
+}
 
 /// Client for a control service.
 #[derive(Clone, Debug)]
@@ -27,6 +58,10 @@ pub struct ControlClient {
     base: url::Url,
     token: Option<String>,
     client: reqwest::Client,
+    /// The current run's prefetched URLs (see [`ControlClient::prefetch`]).
+    prefetched: Arc<Mutex<HashMap<String, watch::Receiver<Prefetch>>>>,
+    /// Fresh measurements left to this run.
+    fresh_left: Arc<AtomicUsize>,
 }
 
 impl ControlClient {
@@ -48,6 +83,8 @@ impl ControlClient {
             base,
             token,
             client,
+            prefetched: Arc::default(),
+            fresh_left: Arc::new(AtomicUsize::new(FRESH_PER_RUN)),
         })
     }
 
@@ -75,16 +112,196 @@ impl ControlClient {
         }
     }
 
-    /// Ask the control to measure `url`.
+    /// The control's view of `url`: from this run's batches when [`prefetch`](Self::prefetch)
+    /// named it, otherwise (or when its batch failed as a whole) from the single-URL endpoint.
     pub async fn measure(&self, url: &str, addrs: &[IpAddr]) -> Result<ControlReply, ControlError> {
+        let pending = self
+            .prefetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(url);
+        if let Some(mut rx) = pending {
+            let answer = rx
+                .wait_for(|p| !matches!(p, Prefetch::Waiting))
+                .await
+                .map(|p| p.clone());
+            if let Ok(Prefetch::Ready(answer)) = answer {
+                return match *answer {
+                    Ok(reply) => Ok(reply),
+                    Err((status, body)) => Err(ControlError::Status {
+                        status,
+                        body: Some(crate::scrub::scrub_ips(&body)),
+                    }),
+                };
+            }
+            // The batch failed, or the run stopped prefetching: ask for this one alone.
+        }
         self.post(
             "api/v1/control",
             &ControlRequest {
                 url: url.to_string(),
                 addrs: addrs.iter().take(MAX_CONTROL_ADDRS).copied().collect(),
+                fresh: false,
             },
         )
         .await
+    }
+
+    /// Ask for a fresh measurement of `url` rather than the shared view, for a site that failed
+    /// here while the view says it worked. `None` once this run has asked
+    /// [`FRESH_PER_RUN`] times; the collector grants one per URL per cache TTL and otherwise
+    /// serves the shared view.
+    pub async fn measure_fresh(&self, url: &str) -> Option<Result<ControlReply, ControlError>> {
+        let took = self
+            .fresh_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        took.ok()?;
+        let req = ControlRequest {
+            url: url.to_string(),
+            addrs: Vec::new(),
+            fresh: true,
+        };
+        Some(self.post("api/v1/control", &req).await)
+    }
+
+    /// Start a run: its URLs are asked of the control in batches of [`MAX_CONTROL_BATCH`]
+    /// ([`BATCH_WINDOW`] in flight), and [`measure`](Self::measure) then waits for each URL's
+    /// line. The URLs are registered at once; the batches are sent while the returned future
+    /// is polled (poll it alongside the run; dropping it sends the waiting URLs to the
+    /// single-URL endpoint).
+    pub fn prefetch(&self, urls: &[String]) -> impl std::future::Future<Output = ()> + '_ {
+        self.fresh_left.store(FRESH_PER_RUN, Ordering::Relaxed);
+        let mut senders: HashMap<String, watch::Sender<Prefetch>> = HashMap::new();
+        {
+            let mut map = self.prefetched.lock().unwrap_or_else(|p| p.into_inner());
+            map.clear();
+            for u in urls {
+                if !senders.contains_key(u) {
+                    let (tx, rx) = watch::channel(Prefetch::Waiting);
+                    senders.insert(u.clone(), tx);
+                    map.insert(u.clone(), rx);
+                }
+            }
+        }
+        let mut unique: Vec<String> = Vec::with_capacity(senders.len());
+        for u in urls {
+            if senders.contains_key(u) && !unique.contains(u) {
+                unique.push(u.clone());
+            }
+        }
+        let chunks: Vec<Vec<String>> = unique
+            .chunks(MAX_CONTROL_BATCH)
+            .map(<[String]>::to_vec)
+            .collect();
+        async move {
+            let senders = &senders;
+            futures::stream::iter(chunks)
+                .for_each_concurrent(BATCH_WINDOW, |chunk| async move {
+                    if let Err(e) = self.batch(&chunk, senders).await {
+                        tracing::info!(error = %e, "control batch failed; asking URL by URL");
+                    }
+                    // Whatever the batch left unanswered goes to the single-URL endpoint.
+                    for u in &chunk {
+                        if let Some(tx) = senders.get(u) {
+                            tx.send_if_modified(|p| {
+                                let waiting = matches!(p, Prefetch::Waiting);
+                                if waiting {
+                                    *p = Prefetch::Fallback;
+                                }
+                                waiting
+                            });
+                        }
+                    }
+                })
+                .await;
+        }
+    }
+
+    /// One batch: POST the URLs, and hand each streamed line to its URL's waiter.
+    async fn batch(
+        &self,
+        urls: &[String],
+        senders: &HashMap<String, watch::Sender<Prefetch>>,
+    ) -> Result<(), ControlError> {
+        let endpoint = self.endpoint("api/v1/control/batch")?;
+        let body = ControlBatchRequest {
+            urls: urls.to_vec(),
+        };
+        let mut req = self
+            .client
+            .post(endpoint)
+            .json(&body)
+            .timeout(BATCH_TIMEOUT);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req.send().await.map_err(|e| ControlError::request(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let mut text = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| ControlError::request(&e))? {
+                text.extend_from_slice(&chunk);
+                if text.len() > 4096 {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&text[..text.len().min(300)]).into_owned();
+            // An older collector has no batch endpoint: those URLs fall back one by one.
+            // Other refusals (rate, auth) hold for every URL of the batch.
+            if !matches!(status.as_u16(), 404 | 405) {
+                for u in urls {
+                    if let Some(tx) = senders.get(u) {
+                        let _ = tx.send(Prefetch::Ready(Box::new(Err((
+                            status.as_u16(),
+                            text.clone(),
+                        )))));
+                    }
+                }
+            }
+            return Err(ControlError::Status {
+                status: status.as_u16(),
+                body: Some(crate::scrub::scrub_ips(&text)),
+            });
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| ControlError::request(&e))? {
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                self.deliver(&line, senders);
+            }
+            if buf.len() > MAX_CONTROL_REPLY {
+                return Err(ControlError::TooLarge(MAX_CONTROL_REPLY));
+            }
+        }
+        if !buf.is_empty() {
+            self.deliver(&buf, senders);
+        }
+        Ok(())
+    }
+
+    /// One line of a batch answer to its URL's waiter; a line that does not parse, or names
+    /// a URL this run did not ask for, is skipped (its URL then falls back).
+    fn deliver(&self, line: &[u8], senders: &HashMap<String, watch::Sender<Prefetch>>) {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return;
+        }
+        let Ok(parsed) = serde_json::from_slice::<ControlBatchLine>(line) else {
+            tracing::info!("a control batch line did not parse");
+            return;
+        };
+        let Some(tx) = senders.get(&parsed.url) else {
+            return;
+        };
+        let answer = match (parsed.reply, parsed.error) {
+            (Some(reply), _) => Ok(reply),
+            (None, e) => Err((
+                parsed.status.unwrap_or(503),
+                e.unwrap_or_else(|| "no reply".into()),
+            )),
+        };
+        let _ = tx.send(Prefetch::Ready(Box::new(answer)));
     }
 
     /// Ask the collector which networks `addrs` (routers a localisation met, at most
@@ -169,26 +386,26 @@ pub enum ControlRefusal {
     Misconfigured(#[from] crate::error::SetupError),
 }
 
-/// Answer a control request by measuring the URL with the probe's own code.
-///
-/// What a caller cannot make the control do, unless `allow_private` (labs):
-/// - connect to a port outside `allowed_ports`;
-/// - connect to a private or reserved address, whether named in the URL, resolved, or among
-///   the probe's addresses;
-/// - connect anywhere for a name that does not resolve from the control: the probe's
-///   addresses are measured only next to the control's own, so a made-up name cannot point
-///   the control at an address of the caller's choosing (the reply then carries only the DNS
-///   observations: the name's failure is the evidence);
-/// - learn internal addresses: private and reserved addresses are removed from the reply
-///   (DNS answers, connects, handshakes, HTTP hops).
-pub async fn serve_control(
-    req: &ControlRequest,
+/// A URL the control will measure: checked, normalised, and the key of its shared view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlTarget {
+    /// The URL measured: parsed (host in lower case, default port left out, path
+    /// normalised), without its fragment.
+    pub url: url::Url,
+    /// `scheme://host:port/path?query`: every spelling of one URL shares one view.
+    pub key: String,
+}
+
+/// Check `url` against the control's rules (length, scheme, port, a private literal) and
+/// normalise it. Cheap: no network, so a refusal costs nothing and never reaches the cache.
+pub fn check_target(
+    url: &str,
     cfg: &ControlServiceConfig,
-) -> Result<ControlResponse, ControlRefusal> {
-    if req.url.len() > 2048 {
+) -> Result<ControlTarget, ControlRefusal> {
+    if url.len() > 2048 {
         return Err(ControlRefusal::BadUrl("URL longer than 2048 bytes".into()));
     }
-    let url = url::Url::parse(&req.url).map_err(|e| ControlRefusal::BadUrl(e.to_string()))?;
+    let mut url = url::Url::parse(url).map_err(|e| ControlRefusal::BadUrl(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ControlRefusal::BadUrl(format!(
             "scheme {} is not http or https",
@@ -206,17 +423,60 @@ pub async fn serve_control(
         let allowed: Vec<String> = cfg.allowed_ports.iter().map(u16::to_string).collect();
         return Err(ControlRefusal::Port(port, allowed.join(", ")));
     }
-    let literal = host.parse::<IpAddr>().ok();
-    if let Some(ip) = literal {
+    if let Ok(ip) = host.parse::<IpAddr>() {
         if !cfg.allow_private && cfg.measure.bogons.is_bogon(ip) {
             return Err(ControlRefusal::PrivateTarget(host));
         }
     }
+    url.set_fragment(None);
+    let key = format!(
+        "{}://{}:{port}{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        &url[url::Position::BeforePath..]
+    );
+    Ok(ControlTarget { url, key })
+}
+
+/// Answer a control request by measuring the URL with the probe's own code: [`check_target`],
+/// then [`measure_target`]. The probe's addresses are checked for count and otherwise not
+/// used: the control measures from its own resolution (see [`measure_target`]).
+pub async fn serve_control(
+    req: &ControlRequest,
+    cfg: &ControlServiceConfig,
+) -> Result<ControlResponse, ControlRefusal> {
+    let target = check_target(&req.url, cfg)?;
+    check_addrs(req)?;
+    measure_target(&target, cfg).await
+}
+
+/// At most [`MAX_CONTROL_ADDRS`] probe addresses per request.
+pub fn check_addrs(req: &ControlRequest) -> Result<(), ControlRefusal> {
     if req.addrs.len() > MAX_CONTROL_ADDRS {
         return Err(ControlRefusal::BadUrl(format!(
             "at most {MAX_CONTROL_ADDRS} addresses per request"
         )));
     }
+    Ok(())
+}
+
+/// Measure a checked URL from the control's vantage point, from its own resolution only: the
+/// one view that every probe asking within the cache TTL is served. Nothing a probe sends
+/// besides the URL shapes it, so no probe can plant a view that others are served.
+///
+/// What a caller cannot make the control do, unless `allow_private` (labs):
+/// - connect to a port outside `allowed_ports`;
+/// - connect to a private or reserved address, whether named in the URL or resolved;
+/// - connect to an address of the caller's choosing other than the URL's literal;
+/// - read a redirect's body (`redirect_body_cap` 0), or follow more redirects than
+///   `max_redirects`;
+/// - learn internal addresses: private and reserved addresses are removed from the reply
+///   (DNS answers, connects, handshakes, HTTP hops).
+pub async fn measure_target(
+    target: &ControlTarget,
+    cfg: &ControlServiceConfig,
+) -> Result<ControlResponse, ControlRefusal> {
+    let url = &target.url;
     let mut engine =
         Engine::new(cfg.measure.clone(), None).map_err(ControlRefusal::Misconfigured)?;
     engine.allow_bogon_targets = cfg.allow_private;
@@ -224,20 +484,13 @@ pub async fn serve_control(
 
     let t0 = std::time::Instant::now();
     let measured_at = chrono::Utc::now();
-    let (dns, resolved) = engine.resolve(&url, t0).await;
-    let mut addrs: Vec<IpAddr> = resolved.into_iter().filter(public).collect();
-    if !addrs.is_empty() {
-        for ip in req.addrs.iter().filter(|ip| public(ip)) {
-            if !addrs.contains(ip) {
-                addrs.push(*ip);
-            }
-        }
-    }
+    let (dns, resolved) = engine.resolve(url, t0).await;
+    let addrs: Vec<IpAddr> = resolved.into_iter().filter(public).collect();
     let obs = if addrs.is_empty() {
         crate::engine::Observations::default()
     } else {
         let deadline = tokio::time::Instant::from_std(t0) + cfg.measure.target_deadline;
-        engine.fetch(&url, &addrs, t0, deadline).await
+        engine.fetch(url, &addrs, t0, deadline).await
     };
     let mut response = ControlResponse {
         software: Software::default(),
@@ -246,11 +499,24 @@ pub async fn serve_control(
         tcp: obs.tcp,
         tls: obs.tls,
         http: obs.http,
+        age_secs: None,
     };
     if !cfg.allow_private {
         drop_internal_addresses(&mut response, &public);
     }
     Ok(response)
+}
+
+/// Bytes a control measurement read from the sites: bodies, and the headers it kept. What the
+/// collector's per-probe byte budget counts.
+pub fn bytes_read(r: &ControlResponse) -> u64 {
+    r.http
+        .iter()
+        .map(|h| {
+            let headers: usize = h.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+            h.body_length + headers as u64
+        })
+        .sum()
 }
 
 /// Remove every private or reserved address from a reply: the control must not tell a caller

@@ -132,6 +132,10 @@ impl Engine {
             // `concurrency` targets work at once; targets waiting out a stall give their slot
             // away, up to `in_flight` targets in all (see `slots`).
             let slots = Slots::new(concurrency);
+            // The control is asked for the whole run in a few batches up front; each target
+            // then waits for its URL's line instead of making a request of its own.
+            let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
+            let prefetch = self.control.as_ref().map(|c| c.prefetch(&urls));
             let measure_all = async {
                 let mut stream = futures::stream::iter(targets.into_iter().enumerate())
                     .map(|(i, t)| {
@@ -149,6 +153,18 @@ impl Engine {
             };
             // The line's reference transfers run alongside the targets: they cost the run no
             // time, and the verdicts are decided once everything is in.
+            let measure_all = async {
+                let Some(prefetch) = prefetch else {
+                    return measure_all.await;
+                };
+                let (main, prefetch) = (std::pin::pin!(measure_all), std::pin::pin!(prefetch));
+                // The batches end first, or the run does (then their rest is not needed).
+                if let futures::future::Either::Right(((), main)) =
+                    futures::future::select(main, prefetch).await
+                {
+                    main.await;
+                }
+            };
             let ((), references) = tokio::join!(measure_all, self.reference_transfers());
             connectivity.references = references;
         }
@@ -317,8 +333,17 @@ impl Engine {
             let (obs, control, linger) = tokio::join!(fetch, control, linger);
             (obs, control, linger, addrs)
         };
-        let ((mut obs, control, net_dns, addrs), ctl_dns) =
+        let ((mut obs, mut control, net_dns, addrs), ctl_dns) =
             tokio::join!(main, self.query_control_resolvers(url, t0));
+        if let (Some(c), Some(Ok(reply))) = (&self.control, &control) {
+            if wants_fresh_control(&obs, &reply.control) {
+                let fresh =
+                    tokio::time::timeout_at(deadline + CONTROL_GRACE, c.measure_fresh(&target.url));
+                if let Ok(Some(Ok(reply))) = fresh.await {
+                    control = Some(Ok(reply));
+                }
+            }
+        }
         obs.dns = net_dns;
         obs.dns.extend(ctl_dns);
         let control_http = match &control {
@@ -1129,8 +1154,25 @@ impl Engine {
             tcp: obs.tcp,
             tls: obs.tls,
             http: obs.http,
+            age_secs: None,
         }
     }
+}
+
+/// A shared control view older than this, which says the site worked where it failed here, is
+/// worth a fresh look (the site may have gone down since).
+const FRESH_CONTROL_AFTER_SECS: u64 = 60;
+
+/// Did the page fail here while a shared control view, older than
+/// [`FRESH_CONTROL_AFTER_SECS`], got one? Then the run asks for a fresh measurement.
+fn wants_fresh_control(obs: &Observations, control: &ControlResponse) -> bool {
+    let got_page = |http: &[HttpObservation]| {
+        http.iter()
+            .any(|h| h.failure.is_none() && h.status.is_some_and(|s| s < 300))
+    };
+    control.age_secs.unwrap_or(0) >= FRESH_CONTROL_AFTER_SECS
+        && got_page(&control.http)
+        && !got_page(&obs.http)
 }
 
 /// The figures of one reference transfer: the first completed real handshake, and the final

@@ -661,10 +661,44 @@ pub struct ControlRequest {
     /// same addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addrs: Vec<IpAddr>,
+    /// Ask for a fresh measurement instead of the shared view: for a site that failed for the
+    /// probe where the shared view says it worked. Granted once per URL per cache TTL (the
+    /// collector decides); otherwise the shared view is served.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
 }
 
 /// Most probe addresses a control request may carry.
 pub const MAX_CONTROL_ADDRS: usize = 8;
+
+/// Most URLs in one [`ControlBatchRequest`]: a 600-site run is six requests.
+pub const MAX_CONTROL_BATCH: usize = 100;
+
+/// `POST /api/v1/control/batch`: the control views of many URLs in one request. The answer is
+/// streamed, one [`ControlBatchLine`] per URL and per line of JSON, in the order they complete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlBatchRequest {
+    /// The URLs, at most [`MAX_CONTROL_BATCH`].
+    pub urls: Vec<String>,
+}
+
+/// One line of a batch answer: the URL as asked, and either its reply or why there is none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlBatchLine {
+    /// The URL exactly as the request named it.
+    pub url: String,
+    /// The control's view, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ControlReply>,
+    /// Why there is no reply (a refused URL, a spent budget, a busy service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The HTTP status the single-URL endpoint would have answered with this error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
 
 /// The control service's answer: the same observations the probe makes, from an uncensored
 /// vantage point, made by the same code. Bodies are never returned: only their length, hash
@@ -684,6 +718,11 @@ pub struct ControlResponse {
     pub tls: Vec<TlsObservation>,
     /// HTTP hops.
     pub http: Vec<HttpObservation>,
+    /// How old the control's view was when it was served, seconds: the control measures a URL
+    /// once per cache TTL and serves that view to every probe asking within it. Absent from
+    /// older controls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_secs: Option<u64>,
 }
 
 impl ControlResponse {

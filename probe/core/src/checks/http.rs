@@ -130,20 +130,24 @@ where
             (k.as_str().to_ascii_lowercase(), own.scrub(&val))
         })
         .collect();
+    let mut cap = cfg.body_cap;
     if resp.status().is_redirection() {
         obs.location = resp.headers().get(http::header::LOCATION).map(|v| {
             let mut s = String::from_utf8_lossy(v.as_bytes()).into_owned();
             truncate(&mut s, 2048);
             s
         });
+        cap = cfg.redirect_body_cap;
+        if cap == 0 {
+            // Not a byte of the body is read: the connection is closed with it unread.
+            obs.duration_ms = ms_since(start);
+            return Exchange { obs, body };
+        }
     }
 
     let body_start = Instant::now();
-    let read = tokio::time::timeout(
-        cfg.timeout,
-        read_capped(resp.into_body(), cfg.body_cap, &mut body),
-    )
-    .await;
+    let read =
+        tokio::time::timeout(cfg.timeout, read_capped(resp.into_body(), cap, &mut body)).await;
     let body_secs = body_start.elapsed().as_secs_f64();
     obs.body_ms = Some(body_secs * 1000.0);
     obs.body_length = body.len() as u64;

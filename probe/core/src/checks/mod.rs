@@ -92,6 +92,10 @@ pub struct MeasureConfig {
     pub dns_linger: Duration,
     /// Most body bytes read per response.
     pub body_cap: usize,
+    /// Most body bytes read from a redirect (3xx) response; 0 reads none. The probe reads them
+    /// (a censor's redirect may carry its notice); the control reads none, so a hostile site's
+    /// redirect chain cannot make it download (issue #20, item 11).
+    pub redirect_body_cap: usize,
     /// Most response header bytes accepted.
     pub max_header_bytes: usize,
     /// Most redirects followed (a browser follows 20).
@@ -122,6 +126,7 @@ impl Default for MeasureConfig {
             timeout: Duration::from_secs(10),
             dns_linger: Duration::from_millis(300),
             body_cap: 512 * 1024,
+            redirect_body_cap: 512 * 1024,
             max_header_bytes: 64 * 1024,
             max_redirects: MAX_REDIRECTS,
             target_deadline: DEFAULT_TARGET_DEADLINE,

@@ -247,6 +247,7 @@ pub(super) fn control(
         tcp,
         tls,
         http,
+        age_secs: None,
     }
 }
 
