@@ -704,6 +704,9 @@ mod tests {
     fn values_are_range_checked() {
         let err = Config::parse("[aggregation]\nmin_probes = 0\n").unwrap_err();
         assert!(err.to_string().contains("min_probes"), "{err}");
+        // Back-dating bounded tighter than the window would cut every window short.
+        let err = Config::parse("[aggregation]\nmax_backfill = \"1h\"\n").unwrap_err();
+        assert!(err.to_string().contains("max_backfill"), "{err}");
         let err = Config::parse("[webhook]\nurls = [\"ftp://x\"]\n").unwrap_err();
         assert!(err.to_string().contains("webhook.urls"), "{err}");
     }

@@ -230,23 +230,17 @@ impl Evaluator {
         Utc::now() - self.guards.max_backfill
     }
 
-    /// `series` without the measurements of probes that do not count yet (one query for all
-    /// the series of an upload).
-    async fn quorum(
+    /// Of `probes`, those that count in the quorum (one query); `None` when every probe does.
+    async fn counted<'a>(
         &self,
-        series: &mut HashMap<(String, u32), Vec<crate::model::Obs>>,
-    ) -> StoreResult<()> {
+        probes: impl IntoIterator<Item = &'a str>,
+    ) -> StoreResult<Option<HashSet<String>>> {
         if self.guards.everyone_counts() {
-            return Ok(());
+            return Ok(None);
         }
-        let mut probes: Vec<String> = series
-            .values()
-            .flatten()
-            .map(|o| o.probe.clone())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let mut probes: Vec<String> = probes.into_iter().map(str::to_string).collect();
         probes.sort_unstable();
+        probes.dedup();
         let counted = self
             .store
             .established_probes(
@@ -255,8 +249,20 @@ impl Evaluator {
                 self.guards.probe_min_hours,
             )
             .await?;
-        for v in series.values_mut() {
-            v.retain(|o| counted.contains(&o.probe));
+        Ok(Some(counted))
+    }
+
+    /// `series` without the measurements of probes that do not count yet (one query for all
+    /// the series of an upload).
+    async fn quorum(
+        &self,
+        series: &mut HashMap<(String, u32), Vec<crate::model::Obs>>,
+    ) -> StoreResult<()> {
+        let probes = series.values().flatten().map(|o| o.probe.as_str());
+        if let Some(counted) = self.counted(probes).await? {
+            for v in series.values_mut() {
+                v.retain(|o| counted.contains(&o.probe));
+            }
         }
         Ok(())
     }
@@ -581,18 +587,8 @@ impl Evaluator {
             since = since.min(open - self.params.window);
         }
         let mut presence = self.store.network_presence(asn, since).await?;
-        if !self.guards.everyone_counts() {
-            let mut probes: Vec<String> = presence.iter().map(|r| r.probe.clone()).collect();
-            probes.sort_unstable();
-            probes.dedup();
-            let counted = self
-                .store
-                .established_probes(
-                    &probes,
-                    Utc::now() - self.guards.probe_min_age,
-                    self.guards.probe_min_hours,
-                )
-                .await?;
+        let probes = presence.iter().map(|r| r.probe.as_str());
+        if let Some(counted) = self.counted(probes).await? {
             presence.retain(|r| counted.contains(&r.probe));
         }
         let not_before = self.not_before();

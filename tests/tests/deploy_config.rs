@@ -42,6 +42,7 @@ const COLLECTOR_METRICS: &[(&str, &[&str])] = &[
     ("witness_site_censor_hop", &["domain", "asn", "method"]),
     ("witness_probes_active", &["asn", "country"]),
     ("witness_events_total", &["kind"]),
+    ("witness_event_transitions_suppressed_total", &["kind"]),
     ("witness_network_offline", &["asn", "country"]),
     ("witness_ingest_duration_seconds", &[]),
     ("witness_records_rejected_total", &["reason"]),

@@ -94,6 +94,14 @@ fn record(domain: &str, asn: u32, blocked: bool, at: DateTime<Utc>) -> Measureme
     }
 }
 
+/// A record of a run without connectivity: what a shutdown is made of.
+fn offline(asn: u32, at: DateTime<Utc>) -> Measurement {
+    let mut m = record("any.example", asn, false, at);
+    m.verdict = Verdict::new(Status::Offline, None, "hostile quorum test");
+    m.connectivity.offline = true;
+    m
+}
+
 /// Upload `records` with `token`; asserts that all were accepted.
 async fn upload(c: &CollectorProcess, token: &str, records: &[Measurement]) {
     let resp = http()
@@ -288,8 +296,8 @@ async fn flapping_fakes_make_few_events_and_posts() {
 /// once registered 4 s ago with uploads in 1 hour; the fakes act within 4 s of registering).
 /// Two established honest probes see a block: three fresh fakes cannot close it; two fresh
 /// fakes cannot invent one where the honest see the site accessible, nor on an empty network;
-/// one fresh fake cannot open a single_probe event on an empty network; and records
-/// back-dated 29 to 20 days open no event at all.
+/// one fresh fake cannot open a single_probe event on an empty network; two cannot raise a
+/// shutdown; and records back-dated 29 to 20 days open no event at all.
 #[tokio::test]
 async fn fresh_fakes_and_back_dated_records_decide_nothing() {
     let (_dir, c) = collector(
@@ -334,6 +342,10 @@ async fn fresh_fakes_and_back_dated_records_decide_nothing() {
         upload(&c, f, &run("invented.example", empty, true, 3, now)).await;
     }
     upload(&c, &fakes[3], &run("lonely.example", empty, true, 5, now)).await;
+    // Two fakes report the honest network offline, as their latest word: no shutdown.
+    for f in &fakes[..2] {
+        upload(&c, f, &[offline(asn, now + TimeDelta::seconds(30))]).await;
+    }
     // Back-dated records, 29 to 20 days ago, from the established honest probes.
     for h in &honest {
         let old_records: Vec<Measurement> = (20..30)
