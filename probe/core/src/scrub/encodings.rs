@@ -253,12 +253,19 @@ impl Needles {
                     if !mid1.contains(&b) || !mid2.contains(&c) {
                         continue;
                     }
-                    let start = (1..=first.len().min(MAX_COMPONENT))
-                        .rev()
-                        .find(|&n| values(&first[first.len() - n..]).contains(&a));
-                    let end = (1..=last.len().min(MAX_COMPONENT))
-                        .rev()
-                        .find(|&n| values(&last[..n]).contains(&d));
+                    // A part of the first or last token counts when it is not cut out of a
+                    // longer number: `ip1.2.3.4x` is 1.2.3.4, `1.2.3.45` is not.
+                    let start = (1..=first.len().min(MAX_COMPONENT)).rev().find(|&n| {
+                        let at = first.len() - n;
+                        !(at > 0 && first[at - 1].is_ascii_digit() && first[at].is_ascii_digit())
+                            && values(&first[at..]).contains(&a)
+                    });
+                    let end = (1..=last.len().min(MAX_COMPONENT)).rev().find(|&n| {
+                        !(n < last.len()
+                            && last[n].is_ascii_digit()
+                            && last[n - 1].is_ascii_digit())
+                            && values(&last[..n]).contains(&d)
+                    });
                     if let (Some(s), Some(e)) = (start, end) {
                         out.push(w[0].end - s..w[3].start + e);
                     }

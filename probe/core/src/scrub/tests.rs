@@ -148,6 +148,7 @@ fn the_rest_of_the_text_stays() {
     );
     let kept = [
         "server 198.51.100.78 and 8.8.8.8",
+        "neighbours 198.51.100.7 and 198.51.100.770 and 1198.51.100.77x0",
         "at 12:30:45, version 1.2.3",
         "2001:db8:1234:5679::abcd is another /64",
         "0190a5e2-7c3b-7d1e-8f00-2b9c5d4e3f21",
