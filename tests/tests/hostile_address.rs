@@ -193,7 +193,10 @@ async fn echo_http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, peer: Ipv4Addr, 
         )
     } else {
         let body = format!(
-            "<html><head><title>You are {peer} ({})</title></head><body>{}</body></html>",
+            // The address straddles the 200-byte bound of a title: a cut before scrubbing
+            // would keep `127.0.`.
+            "<html><head><title>{} {peer} ({})</title></head><body>{}</body></html>",
+            "x".repeat(194),
             all[7],
             all.join(" | ")
         );
@@ -432,6 +435,11 @@ fn every_echo_of_the_probes_address_is_scrubbed_everywhere() {
     assert!(
         hops.iter().any(|h| h["status"] == 302) && hops.iter().any(|h| h["status"] == 200),
         "the redirect was followed: {hops:?}"
+    );
+    let title = hops.iter().find(|h| h["status"] == 200).unwrap()["title"].to_string();
+    assert!(
+        title.contains(" [scru") && !title.contains("127.0."),
+        "scrubbed before the cut: {title}"
     );
     assert!(
         lines[1]["tls"][0]["peer_certificates"]

@@ -937,7 +937,7 @@ pub async fn spool_and_upload(
     let Some((url, token)) = collector_target(args, file)? else {
         eprintln!(
             "witness: no collector configured; {} measurements wait in {}.",
-            spool.len()?,
+            crate::address::waiting(&spool),
             spool.dir().display()
         );
         return Ok(ExitCode::from(EXIT_UPLOAD));
