@@ -37,6 +37,8 @@ use super::SCRUBBED;
 const ROUNDS: usize = 3;
 /// Shortest base64 run examined (base64 of four bytes is six characters).
 const MIN_BASE64: usize = 6;
+/// Longest text parsed as one IPv6 address.
+const MAX_V6_TEXT: usize = 64;
 /// Longest number token read as an address component.
 const MAX_COMPONENT: usize = 12;
 
@@ -320,7 +322,10 @@ impl Needles {
             .chain(std::iter::once(text.len()))
             .collect();
         for (k, &s) in bounds.iter().enumerate() {
-            for &e in bounds[k + 1..].iter().rev() {
+            // An address (with a port) is under 64 characters and 9 colons: the windows are
+            // bounded, so a hostile run of colons costs linear time, not cubic.
+            let ends = bounds[k + 1..].iter().take(9);
+            for &e in ends.take_while(|&&e| e - s <= MAX_V6_TEXT) {
                 let part = text[s..e].trim_matches('.');
                 if part.len() < 2 {
                     continue;

@@ -274,3 +274,20 @@ fn json_keys_are_scrubbed() {
         serde_json::json!({"x-[scrubbed]": ["a", {"ip": "[scrubbed]"}]})
     );
 }
+
+#[test]
+fn hostile_texts_cost_linear_time() {
+    let n = needles();
+    let start = std::time::Instant::now();
+    for t in [
+        ":".repeat(64 * 1024),
+        "1:".repeat(32 * 1024),
+        "1.".repeat(32 * 1024),
+        "QUJD".repeat(16 * 1024),
+        "%25".repeat(20 * 1024),
+    ] {
+        let _ = n.scrub(&t);
+    }
+    let took = start.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
