@@ -37,6 +37,8 @@ use super::SCRUBBED;
 const ROUNDS: usize = 3;
 /// Shortest base64 run examined (base64 of four bytes is six characters).
 const MIN_BASE64: usize = 6;
+/// Shortest text form of an address (`1.1.1.1`).
+const MIN_TEXT: usize = 7;
 /// Longest text parsed as one IPv6 address.
 const MAX_V6_TEXT: usize = 64;
 /// Longest number token read as an address component.
@@ -381,7 +383,13 @@ impl Needles {
                     self.raw
                         .iter()
                         .any(|r| decoded.windows(r.len()).any(|w| w == &r[..]))
-                        || !self.find(&decoded, 1).is_empty()
+                        // Every text form of an address is printable ASCII of 7 bytes or
+                        // more: only such stretches are searched, so the decoding of a word
+                        // that was never base64 (binary noise) costs next to nothing.
+                        || decoded
+                            .split(|b| !(0x20..0x7f).contains(b))
+                            .filter(|t| t.len() >= MIN_TEXT)
+                            .any(|t| !self.find(t, 1).is_empty())
                 }
             });
             if hit {

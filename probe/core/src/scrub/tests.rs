@@ -291,3 +291,26 @@ fn hostile_texts_cost_linear_time() {
     let took = start.elapsed();
     assert!(took < std::time::Duration::from_secs(5), "{took:?}");
 }
+
+#[test]
+#[ignore = "a measurement, not a check: cargo test -p witness-core --lib scrub_cost -- --ignored --nocapture"]
+fn scrub_cost() {
+    let n = needles();
+    // A realistic record's text: headers, a certificate, evidence, hashes, times.
+    let mut record = String::new();
+    for i in 0..40 {
+        record.push_str(&format!(
+            r#"{{"t_ms":{i}.25,"addr":"203.0.113.{i}:443","headers":[["server","nginx/1.25.{i}"],["date","Mon, 07 Dec 2026 21:30:00 GMT"],["content-type","text/html; charset=utf-8"]],"sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","title":"Главная страница {i}","subject":"CN=site{i}.kz, O=Example LLP"}},"#
+        ));
+    }
+    let start = std::time::Instant::now();
+    let rounds = 20;
+    for _ in 0..rounds {
+        assert!(!n.found_in(&record));
+    }
+    eprintln!(
+        "{} bytes: {:?} per record",
+        record.len(),
+        start.elapsed() / rounds
+    );
+}
