@@ -110,6 +110,10 @@ fn encodings() -> Vec<(&'static str, String)> {
         "base64 in query",
         format!("/b?d={}", b64(V4.as_bytes(), false)),
     ));
+    let mut binary = vec![0xff, 0xfe, 0x00, 0x01, 0x80, 0x9f, 0xc3];
+    binary.extend_from_slice(V4.as_bytes());
+    binary.extend_from_slice(&[0x00, 0xff]);
+    v.push(("base64 of binary around it", b64(&binary, false)));
     v.push((
         "base64 glued",
         format!("ab{}", b64(b"ip=198.51.100.77", false)),
