@@ -196,6 +196,11 @@ pub fn release(spool: &Spool) -> Result<Released, SpoolError> {
     Ok(out)
 }
 
+/// Records waiting in `spool`, held back or not.
+pub fn waiting(spool: &Spool) -> usize {
+    spool.len().unwrap_or(0) + held(spool).and_then(|h| h.len()).unwrap_or(0)
+}
+
 /// Why records wait, in words for `witness upload` and the run's closing line.
 pub fn held_message(held: usize, spool: &Spool) -> String {
     format!(

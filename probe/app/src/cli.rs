@@ -461,7 +461,7 @@ async fn upload_cmd(args: UploadArgs, file: FileConfig) -> Result<ExitCode> {
         bail!("no collector configured: pass --collector URL or set collector.url in the config");
     };
     let up = crate::upload::Uploader::new(url, token).map_err(anyhow::Error::msg)?;
-    let waiting = spool.len()? + crate::address::held(&spool)?.len()?;
+    let waiting = crate::address::waiting(&spool);
     match up
         .drain_with_retries(&spool, 3, Duration::from_secs(2))
         .await
@@ -477,13 +477,14 @@ async fn upload_cmd(args: UploadArgs, file: FileConfig) -> Result<ExitCode> {
             );
             if s.held > 0 {
                 println!("{}", crate::address::held_message(s.held, &spool));
+                return Ok(ExitCode::from(EXIT_UPLOAD));
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!(
                 "witness: upload failed: {e}. {} measurements stay in {} and will be sent next time.",
-                spool.len().unwrap_or(waiting),
+                crate::address::waiting(&spool),
                 spool.dir().display()
             );
             Ok(ExitCode::from(EXIT_UPLOAD))
@@ -936,7 +937,7 @@ pub async fn spool_and_upload(
     let Some((url, token)) = collector_target(args, file)? else {
         eprintln!(
             "witness: no collector configured; {} measurements wait in {}.",
-            spool.len()?,
+            crate::address::waiting(&spool),
             spool.dir().display()
         );
         return Ok(ExitCode::from(EXIT_UPLOAD));
@@ -953,13 +954,14 @@ pub async fn spool_and_upload(
             );
             if s.held > 0 {
                 eprintln!("witness: {}", crate::address::held_message(s.held, &spool));
+                return Ok(ExitCode::from(EXIT_UPLOAD));
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!(
                 "witness: upload failed: {e}. The {} measurements are kept in {} and will be uploaded later (`witness upload`).",
-                spool.len().unwrap_or(measurements.len()),
+                crate::address::waiting(&spool),
                 spool.dir().display()
             );
             Ok(ExitCode::from(EXIT_UPLOAD))

@@ -193,11 +193,8 @@ impl Uploader {
         // are still held, an empty batch asks the collector which address it sees.
         let mut held = crate::address::release(spool)?.held;
         if held > 0 {
-            if let Ok(UploadReply {
-                your_address: Some(ip),
-                ..
-            }) = self.send_batch(&[]).await
-            {
+            // An unreachable collector is an upload failure, held records or not.
+            if let Some(ip) = self.send_batch(&[]).await?.your_address {
                 let known = crate::address::KnownAddresses::of(spool);
                 if let Err(e) = known.remember(ip, chrono::Utc::now()) {
                     tracing::warn!(error = %e, "cannot remember the probe's public address");

@@ -125,15 +125,16 @@ where
         .iter()
         .take(MAX_HEADERS)
         .map(|(k, v)| {
-            let mut val = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            // Scrubbed before the cut, which could leave a part of an address.
+            let mut val = own.scrub(&String::from_utf8_lossy(v.as_bytes()));
             truncate(&mut val, MAX_HEADER_VALUE);
-            (k.as_str().to_ascii_lowercase(), own.scrub(&val))
+            (k.as_str().to_ascii_lowercase(), val)
         })
         .collect();
     let mut cap = cfg.body_cap;
     if resp.status().is_redirection() {
         obs.location = resp.headers().get(http::header::LOCATION).map(|v| {
-            let mut s = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            let mut s = own.scrub(&String::from_utf8_lossy(v.as_bytes()));
             truncate(&mut s, 2048);
             s
         });
@@ -155,7 +156,11 @@ where
         obs.throughput_bps = Some(body.len() as f64 / body_secs);
     }
     obs.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
-    obs.title = extract_title(&body).map(|t| own.scrub(&t));
+    obs.title = full_title(&body).map(|t| {
+        let mut t = own.scrub(&t);
+        truncate(&mut t, MAX_TITLE);
+        t
+    });
     obs.blockpage =
         crate::fingerprints::Fingerprints::bundled().match_response(&obs.headers, &body);
     match read {
@@ -248,6 +253,14 @@ fn classify_hyper(e: &hyper::Error) -> Failure {
 
 /// The text of the first `<title>` in the first 64 KiB, whitespace collapsed and bounded.
 pub fn extract_title(body: &[u8]) -> Option<String> {
+    let mut title = full_title(body)?;
+    truncate(&mut title, MAX_TITLE);
+    Some(title)
+}
+
+/// [`extract_title`] before the bound: the probe's address is scrubbed first, so the cut
+/// never leaves a part of it (`127.0.0.7` of `127.0.0.77`) that no longer matches.
+fn full_title(body: &[u8]) -> Option<String> {
     let head = &body[..body.len().min(64 * 1024)];
     let text = String::from_utf8_lossy(head);
     let lower = text.to_ascii_lowercase();
@@ -255,8 +268,7 @@ pub fn extract_title(body: &[u8]) -> Option<String> {
     let start = open + lower[open..].find('>')? + 1;
     let end = start + lower[start..].find("</title")?;
     let raw = text.get(start..end)?;
-    let mut title = raw.split_whitespace().collect::<Vec<_>>().join(" ");
-    truncate(&mut title, MAX_TITLE);
+    let title = raw.split_whitespace().collect::<Vec<_>>().join(" ");
     (!title.is_empty()).then_some(title)
 }
 

@@ -37,6 +37,10 @@ use super::SCRUBBED;
 const ROUNDS: usize = 3;
 /// Shortest base64 run examined (base64 of four bytes is six characters).
 const MIN_BASE64: usize = 6;
+/// Shortest text form of an address (`1.1.1.1`).
+const MIN_TEXT: usize = 7;
+/// Longest text parsed as one IPv6 address.
+const MAX_V6_TEXT: usize = 64;
 /// Longest number token read as an address component.
 const MAX_COMPONENT: usize = 12;
 
@@ -253,12 +257,19 @@ impl Needles {
                     if !mid1.contains(&b) || !mid2.contains(&c) {
                         continue;
                     }
-                    let start = (1..=first.len().min(MAX_COMPONENT))
-                        .rev()
-                        .find(|&n| values(&first[first.len() - n..]).contains(&a));
-                    let end = (1..=last.len().min(MAX_COMPONENT))
-                        .rev()
-                        .find(|&n| values(&last[..n]).contains(&d));
+                    // A part of the first or last token counts when it is not cut out of a
+                    // longer number: `ip1.2.3.4x` is 1.2.3.4, `1.2.3.45` is not.
+                    let start = (1..=first.len().min(MAX_COMPONENT)).rev().find(|&n| {
+                        let at = first.len() - n;
+                        !(at > 0 && first[at - 1].is_ascii_digit() && first[at].is_ascii_digit())
+                            && values(&first[at..]).contains(&a)
+                    });
+                    let end = (1..=last.len().min(MAX_COMPONENT)).rev().find(|&n| {
+                        !(n < last.len()
+                            && last[n].is_ascii_digit()
+                            && last[n - 1].is_ascii_digit())
+                            && values(&last[..n]).contains(&d)
+                    });
                     if let (Some(s), Some(e)) = (start, end) {
                         out.push(w[0].end - s..w[3].start + e);
                     }
@@ -313,7 +324,10 @@ impl Needles {
             .chain(std::iter::once(text.len()))
             .collect();
         for (k, &s) in bounds.iter().enumerate() {
-            for &e in bounds[k + 1..].iter().rev() {
+            // An address (with a port) is under 64 characters and 9 colons: the windows are
+            // bounded, so a hostile run of colons costs linear time, not cubic.
+            let ends = bounds[k + 1..].iter().take(9);
+            for &e in ends.take_while(|&&e| e - s <= MAX_V6_TEXT) {
                 let part = text[s..e].trim_matches('.');
                 if part.len() < 2 {
                     continue;
@@ -369,7 +383,13 @@ impl Needles {
                     self.raw
                         .iter()
                         .any(|r| decoded.windows(r.len()).any(|w| w == &r[..]))
-                        || !self.find(&decoded, 1).is_empty()
+                        // Every text form of an address is printable ASCII of 7 bytes or
+                        // more: only such stretches are searched, so the decoding of a word
+                        // that was never base64 (binary noise) costs next to nothing.
+                        || decoded
+                            .split(|b| !(0x20..0x7f).contains(b))
+                            .filter(|t| t.len() >= MIN_TEXT)
+                            .any(|t| !self.find(t, 1).is_empty())
                 }
             });
             if hit {

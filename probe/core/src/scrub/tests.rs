@@ -110,6 +110,10 @@ fn encodings() -> Vec<(&'static str, String)> {
         "base64 in query",
         format!("/b?d={}", b64(V4.as_bytes(), false)),
     ));
+    let mut binary = vec![0xff, 0xfe, 0x00, 0x01, 0x80, 0x9f, 0xc3];
+    binary.extend_from_slice(V4.as_bytes());
+    binary.extend_from_slice(&[0x00, 0xff]);
+    v.push(("base64 of binary around it", b64(&binary, false)));
     v.push((
         "base64 glued",
         format!("ab{}", b64(b"ip=198.51.100.77", false)),
@@ -148,6 +152,7 @@ fn the_rest_of_the_text_stays() {
     );
     let kept = [
         "server 198.51.100.78 and 8.8.8.8",
+        "neighbours 198.51.100.7 and 198.51.100.770 and 1198.51.100.77x0",
         "at 12:30:45, version 1.2.3",
         "2001:db8:1234:5679::abcd is another /64",
         "0190a5e2-7c3b-7d1e-8f00-2b9c5d4e3f21",
@@ -271,5 +276,45 @@ fn json_keys_are_scrubbed() {
     assert_eq!(
         v,
         serde_json::json!({"x-[scrubbed]": ["a", {"ip": "[scrubbed]"}]})
+    );
+}
+
+#[test]
+fn hostile_texts_cost_linear_time() {
+    let n = needles();
+    let start = std::time::Instant::now();
+    for t in [
+        ":".repeat(64 * 1024),
+        "1:".repeat(32 * 1024),
+        "1.".repeat(32 * 1024),
+        "QUJD".repeat(16 * 1024),
+        "%25".repeat(20 * 1024),
+    ] {
+        let _ = n.scrub(&t);
+    }
+    let took = start.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+#[ignore = "a measurement, not a check: cargo test -p witness-core --lib scrub_cost -- --ignored --nocapture"]
+fn scrub_cost() {
+    let n = needles();
+    // A realistic record's text: headers, a certificate, evidence, hashes, times.
+    let mut record = String::new();
+    for i in 0..40 {
+        record.push_str(&format!(
+            r#"{{"t_ms":{i}.25,"addr":"203.0.113.{i}:443","headers":[["server","nginx/1.25.{i}"],["date","Mon, 07 Dec 2026 21:30:00 GMT"],["content-type","text/html; charset=utf-8"]],"sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","title":"Главная страница {i}","subject":"CN=site{i}.kz, O=Example LLP"}},"#
+        ));
+    }
+    let start = std::time::Instant::now();
+    let rounds = 20;
+    for _ in 0..rounds {
+        assert!(!n.found_in(&record));
+    }
+    eprintln!(
+        "{} bytes: {:?} per record",
+        record.len(),
+        start.elapsed() / rounds
     );
 }
