@@ -28,9 +28,10 @@ use crate::model::{
 /// compromised or misconfigured one must not exhaust the probe's memory.
 const MAX_CONTROL_REPLY: usize = 4 * 1024 * 1024;
 
-/// Batches a run keeps in flight: the control works on the next while the probe measures
-/// this one's targets, and a run's URLs do not all queue at the control at once.
-const BATCH_WINDOW: usize = 2;
+/// Batches a run keeps in flight: the default list's six at once, so a URL that holds the
+/// control for a whole deadline delays no other batch; a longer list's next batch goes when
+/// one ends, so its URLs do not all queue at the control at once.
+const BATCH_WINDOW: usize = 8;
 
 /// Longest one batch request may take, streaming included: its URLs are measured by the
 /// control one after another as its share of slots allows.
