@@ -323,9 +323,10 @@ impl Drop for Leader {
 // ---------------------------------------------------------------------------------------------
 // Fair queueing.
 
-/// Waiters queued at most per probe and per client address: beyond, a URL is refused at once
-/// (its batch line says so) rather than held.
-pub const MAX_QUEUED_PER_PROBE: usize = 4 * witness_core::model::MAX_CONTROL_BATCH;
+/// Waiters queued at most per probe (four times that per client address): beyond, a URL is
+/// refused at once (its batch line says so) rather than held. A probe sends up to eight
+/// batches of 100 at once; only URLs without a view queue, one per distinct URL.
+pub const MAX_QUEUED_PER_PROBE: usize = 10 * witness_core::model::MAX_CONTROL_BATCH;
 
 /// Control measurements in flight: `total` at once, at most `per_probe` for one probe token
 /// and `per_client` for one client address (all its tokens together). A request over its

@@ -309,3 +309,32 @@ fn the_control_is_not_a_downloader() {
         );
     });
 }
+
+/// A probe that saw a site fail where the view says it worked may ask for a fresh measurement:
+/// granted once per URL per TTL, whoever asks; the view is served otherwise.
+#[test]
+fn a_fresh_measurement_is_granted_once_per_url_per_ttl() {
+    let rt = runtime();
+    let sites = rt.block_on(Sites::start(CONTROL_SOURCE)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let collector = shipped_collector(dir.path(), &[]);
+    rt.block_on(async {
+        let (a, b) = (register(&collector).await, register(&collector).await);
+        let ask = |token: &str, fresh: bool| {
+            reqwest::Client::new()
+                .post(format!("{}api/v1/control", collector.url))
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "url": sites.url("/ok/fresh"), "fresh": fresh }))
+                .send()
+        };
+        let mut fetches = Vec::new();
+        for (token, fresh) in [(&a, false), (&a, true), (&b, true), (&a, true), (&b, false)] {
+            let r = ask(token, fresh).await.unwrap();
+            assert_eq!(r.status(), 200);
+            let reply: ControlReply = r.json().await.unwrap();
+            assert!(reply.control.age_secs.is_some());
+            fetches.push(sites.requests(CONTROL_SOURCE, "/ok/fresh"));
+        }
+        assert_eq!(fetches, [1, 2, 2, 2, 2], "one fresh look per TTL");
+    });
+}

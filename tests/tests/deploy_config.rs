@@ -48,6 +48,9 @@ const COLLECTOR_METRICS: &[(&str, &[&str])] = &[
     ("witness_records_rejected_total", &["reason"]),
     ("witness_webhook_failures_total", &[]),
     ("witness_build_info", &["version"]),
+    ("witness_control_cache_hits_total", &[]),
+    ("witness_control_cache_misses_total", &[]),
+    ("witness_control_cache_evictions_total", &[]),
 ];
 
 /// The collector's only histogram: queried through its `_bucket`, `_sum` and `_count` series.

@@ -552,20 +552,22 @@ async fn one_probe_cannot_take_every_control_slot() {
         .await
         .unwrap();
     // The control's DNS query is never answered: each measurement holds its slot for the
-    // step timeout (2 s).
-    dns.set("slow.example", DnsBehaviour::Drop);
+    // step timeout (2 s). Every call names its own URL: calls for one URL share one
+    // measurement (the shared view), which would hide the slots.
+    for i in 0..5 {
+        dns.set(&format!("slow{i}.example"), DnsBehaviour::Drop);
+    }
     let (_dir, c) = collector(&control_section(
         dns.addr(),
         "max_concurrency = 4\nmax_per_probe = 2",
     ));
     let greedy = register(&c).await;
     let other = register(&c).await;
-    let body = json!({ "url": "http://slow.example/" });
-    let greedy_calls =
-        futures::future::join_all((0..4).map(|_| control(&c, &greedy, body.clone())));
+    let body = |i: usize| json!({ "url": format!("http://slow{i}.example/") });
+    let greedy_calls = futures::future::join_all((0..4).map(|i| control(&c, &greedy, body(i))));
     let other_call = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        control(&c, &other, body.clone()).await
+        control(&c, &other, body(4)).await
     };
     let t0 = Instant::now();
     let (greedy_results, (other_result, other_done)) = tokio::join!(greedy_calls, async {

@@ -28,9 +28,10 @@ use crate::model::{
 /// compromised or misconfigured one must not exhaust the probe's memory.
 const MAX_CONTROL_REPLY: usize = 4 * 1024 * 1024;
 
-/// Batches a run keeps in flight: the control works on the next while the probe measures
-/// this one's targets, and a run's URLs do not all queue at the control at once.
-const BATCH_WINDOW: usize = 2;
+/// Batches a run keeps in flight: the default list's six at once, so a URL that holds the
+/// control for a whole deadline delays no other batch; a longer list's next batch goes when
+/// one ends, so its URLs do not all queue at the control at once.
+const BATCH_WINDOW: usize = 8;
 
 /// Longest one batch request may take, streaming included: its URLs are measured by the
 /// control one after another as its share of slots allows.
@@ -534,5 +535,116 @@ fn drop_internal_addresses(r: &mut ControlResponse, public: &impl Fn(&IpAddr) ->
         if h.addr.is_some_and(|a| !public(&a.ip())) {
             h.addr = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A control on loopback that answers `batch_status` to batches (with one line per URL
+    /// when 200) and a reply to single requests; returns its base URL and the paths asked.
+    async fn control_server(batch_status: u16) -> (url::Url, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
+        let reply = serde_json::json!({"control": {"software": Software::default(),
+            "measured_at": "2026-12-07T00:00:00Z", "dns": [], "tcp": [], "tls": [], "http": [],
+            "age_secs": 7}, "meta": {}});
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (log, reply) = (log.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // The head, then the body by Content-Length.
+                    let (head, body) = loop {
+                        let n = s.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse().ok())?
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= len {
+                                break (head.to_string(), body.to_string());
+                            }
+                        }
+                    };
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    log.lock().unwrap().push(path.clone());
+                    let (status, out) = if path.ends_with("/control/batch") {
+                        let req: ControlBatchRequest = serde_json::from_str(&body).unwrap();
+                        let lines: String = req
+                            .urls
+                            .iter()
+                            .map(|u| format!("{}\n", serde_json::json!({"url": u, "reply": reply})))
+                            .collect();
+                        (
+                            batch_status,
+                            if batch_status == 200 {
+                                lines
+                            } else {
+                                "{}".into()
+                            },
+                        )
+                    } else {
+                        (200, reply.to_string())
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}",
+                        out.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (base, asked)
+    }
+
+    async fn run(base: url::Url, urls: &[String]) -> Vec<Result<ControlReply, ControlError>> {
+        let client = ControlClient::new(base, None, Duration::from_secs(5)).unwrap();
+        let prefetch = client.prefetch(urls);
+        let measures = futures::future::join_all(urls.iter().map(|u| client.measure(u, &[])));
+        let (_, out) = tokio::join!(prefetch, measures);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_run_asks_in_batches_and_every_target_gets_its_line() {
+        let (base, asked) = control_server(200).await;
+        let urls: Vec<String> = (0..150)
+            .map(|i| format!("http://site{i}.example/"))
+            .collect();
+        let out = run(base, &urls).await;
+        assert!(out
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.control.age_secs == Some(7))));
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(
+            asked,
+            vec!["/api/v1/control/batch"; 2],
+            "two batches, no single"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_collector_without_batches_is_asked_url_by_url() {
+        let (base, asked) = control_server(404).await;
+        let urls: Vec<String> = (0..3).map(|i| format!("http://site{i}.example/")).collect();
+        let out = run(base, &urls).await;
+        assert!(out.iter().all(Result::is_ok));
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked.iter().filter(|p| p.ends_with("/control")).count(), 3);
     }
 }

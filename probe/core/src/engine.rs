@@ -151,8 +151,6 @@ impl Engine {
                     measurements.push((i, m));
                 }
             };
-            // The line's reference transfers run alongside the targets: they cost the run no
-            // time, and the verdicts are decided once everything is in.
             let measure_all = async {
                 let Some(prefetch) = prefetch else {
                     return measure_all.await;
@@ -165,6 +163,8 @@ impl Engine {
                     main.await;
                 }
             };
+            // The line's reference transfers run alongside the targets: they cost the run no
+            // time, and the verdicts are decided once everything is in.
             let ((), references) = tokio::join!(measure_all, self.reference_transfers());
             connectivity.references = references;
         }
@@ -319,7 +319,7 @@ impl Engine {
                 slots::done();
                 out
             };
-            // The control connects to the very addresses we got.
+            // The control is asked (or its batch line awaited) once the name resolved here.
             let control = async {
                 let c = self.control.as_ref()?;
                 let answer = tokio::time::timeout_at(

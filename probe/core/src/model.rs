@@ -656,9 +656,9 @@ impl Verdict {
 pub struct ControlRequest {
     /// The URL to measure, as the probe measures it.
     pub url: String,
-    /// The addresses the probe's resolver gave (at most [`MAX_CONTROL_ADDRS`]): the control
-    /// connects to these too, so "connect fails here, works for the control" compares the very
-    /// same addresses.
+    /// The addresses the probe's resolver gave (at most [`MAX_CONTROL_ADDRS`]). Checked and not
+    /// used: the control's view is shared by every probe, so it is measured from the control's
+    /// own resolution only (a probe's addresses must not shape what others are served).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addrs: Vec<IpAddr>,
     /// Ask for a fresh measurement instead of the shared view: for a site that failed for the
