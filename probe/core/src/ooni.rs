@@ -226,7 +226,7 @@ fn request(m: &Measurement, h: &HttpObservation, i: usize) -> Value {
 
 /// The page's final hop: the last `page` exchange.
 fn final_page(http: &[HttpObservation]) -> Option<&HttpObservation> {
-    http.iter().filter(|h| h.role == HttpRole::Page).next_back()
+    http.iter().rfind(|h| h.role == HttpRole::Page)
 }
 
 /// The control in the shape of OONI's test helper response (ts-017 `control`).
