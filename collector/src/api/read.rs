@@ -492,13 +492,20 @@ pub async fn measurements(
         .map(str::parse::<Cursor>)
         .transpose()
         .map_err(ApiError::BadRequest)?;
-    let csv = wants_csv(&q, &headers)?;
+    // `format=ooni`: OONI's data format, one measurement per line (docs/measurement-format.md).
+    let format = if q.format.as_deref() == Some("ooni") {
+        ExportFormat::Ooni
+    } else if wants_csv(&q, &headers)? {
+        ExportFormat::Csv
+    } else {
+        ExportFormat::Json
+    };
     let (chunks_tx, mut chunks) = mpsc::channel::<Result<Bytes, String>>(1);
     tokio::spawn(export(
         state.store.clone(),
         f,
         after,
-        csv,
+        format,
         EXPORT_MAX_BYTES,
         chunks_tx,
     ));
@@ -514,10 +521,10 @@ pub async fn measurements(
             .map(|c| (c.map_err(std::io::Error::other), rx))
     });
     let body = futures::stream::once(async move { Ok(first) }).chain(rest);
-    let content_type = if csv {
-        "text/csv; charset=utf-8"
-    } else {
-        "application/json"
+    let content_type = match format {
+        ExportFormat::Csv => "text/csv; charset=utf-8",
+        ExportFormat::Json => "application/json",
+        ExportFormat::Ooni => "application/x-ndjson",
     };
     Ok((
         [(header::CONTENT_TYPE, content_type)],
@@ -534,10 +541,13 @@ pub async fn export(
     store: Arc<dyn Store>,
     f: Filter,
     after: Option<Cursor>,
-    csv: bool,
+    format: impl Into<ExportFormat>,
     cap: usize,
     out: mpsc::Sender<Result<Bytes, String>>,
 ) {
+    let format = format.into();
+    let csv = format == ExportFormat::Csv;
+    let ooni = format == ExportFormat::Ooni;
     let limit = f.limit;
     let (rows_tx, mut rows) = mpsc::channel::<MeasurementRecord>(EXPORT_ROWS_AHEAD);
     // One row more than the page: if it comes, there is a next page.
@@ -561,7 +571,7 @@ pub async fn export(
     let mut buf: Vec<u8> = Vec::with_capacity(EXPORT_CHUNK);
     if csv {
         buf.extend_from_slice(MEASUREMENT_CSV_HEADER.as_bytes());
-    } else {
+    } else if !ooni {
         buf.extend_from_slice(b"{\"measurements\":[");
     }
     let (mut n, mut bytes, mut last, mut more) = (0u32, 0usize, None::<Cursor>, false);
@@ -576,6 +586,18 @@ pub async fn export(
             if let Err(e) = write_csv_row(&mut row_buf, &m) {
                 let _ = send(Err(e)).await;
                 return;
+            }
+        } else if ooni {
+            // The stored body was validated as a measurement at ingest.
+            match serde_json::from_str::<witness_core::Measurement>(&m.body) {
+                Ok(rec) => {
+                    row_buf.extend_from_slice(witness_core::ooni::to_ooni_line(&rec).as_bytes());
+                    row_buf.push(b'\n');
+                }
+                Err(e) => {
+                    let _ = send(Err(format!("export: record {}: {e}", m.id))).await;
+                    return;
+                }
             }
         } else {
             if n > 0 {
@@ -611,12 +633,35 @@ pub async fn export(
         }
     }
     let next = if more { last } else { None };
-    if !csv {
+    if !csv && !ooni {
         let next = serde_json::to_string(&next.map(|c| c.to_string())).unwrap_or_default();
         buf.extend_from_slice(format!("],\"next_cursor\":{next}}}").as_bytes());
     }
     if !buf.is_empty() {
         let _ = send(Ok(Bytes::from(buf))).await;
+    }
+}
+
+/// How an export page is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// `{"measurements": [...], "next_cursor": ...}`.
+    Json,
+    /// CSV rows with a header.
+    Csv,
+    /// OONI measurements, one JSON object per line ([`witness_core::ooni`]); the next page
+    /// continues after the last line's `x_witness` `started_at,id`.
+    Ooni,
+}
+
+impl From<bool> for ExportFormat {
+    /// The older `csv: bool` argument.
+    fn from(csv: bool) -> Self {
+        if csv {
+            ExportFormat::Csv
+        } else {
+            ExportFormat::Json
+        }
     }
 }
 

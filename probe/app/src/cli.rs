@@ -272,6 +272,10 @@ pub struct RunArgs {
     /// Also write the JSON Lines to this file (appended; checked before measuring).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Format of the `--json` and `--out` lines: Witness's own records, or OONI's
+    /// `web_connectivity` measurements (docs/measurement-format.md). Uploads stay Witness's.
+    #[arg(long, value_enum, default_value_t = RecordFormat::Witness)]
+    pub format: RecordFormat,
     /// I have read the consent notice (`witness consent`) and accept it.
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -284,6 +288,16 @@ pub struct RunArgs {
     /// Where to upload.
     #[command(flatten)]
     pub collector: CollectorArgs,
+}
+
+/// Which format `--json` and `--out` write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum RecordFormat {
+    /// Witness's measurement format.
+    #[default]
+    Witness,
+    /// OONI's data format (`web_connectivity`), for OONI's tools.
+    Ooni,
 }
 
 /// Entry point of the binary.
@@ -853,11 +867,18 @@ pub(crate) async fn run(args: RunArgs, file: FileConfig, color: ColorChoice) -> 
         .await;
     bar.finish_and_clear();
 
-    let lines: Vec<String> = outcome
-        .measurements
-        .iter()
-        .map(serde_json::to_string)
-        .collect::<Result<_, _>>()?;
+    let lines: Vec<String> = match args.format {
+        RecordFormat::Witness => outcome
+            .measurements
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()?,
+        RecordFormat::Ooni => outcome
+            .measurements
+            .iter()
+            .map(witness_core::ooni::to_ooni_line)
+            .collect(),
+    };
     let uploading = args.upload || file.collector.upload;
     // Results first, always: the table (or JSON) is printed before anything that can fail.
     let stdout = std::io::stdout();

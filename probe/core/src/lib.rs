@@ -5,6 +5,7 @@
 //!
 //! Layout, one module per concern:
 //! - [`model`]: the measurement format shared with the control service and the collector;
+//! - [`ooni`]: the same records in OONI's data format, for OONI's tools;
 //! - [`failure`]: the closed failure taxonomy;
 //! - [`checks`]: one module per step (DNS, TCP, TLS, HTTP), each recording observations;
 //! - [`engine`]: runs the steps for many targets concurrently ([`slots`]: how many at once);
@@ -24,6 +25,7 @@ pub mod error;
 pub mod failure;
 pub mod fingerprints;
 pub mod model;
+pub mod ooni;
 pub mod scrub;
 pub mod slots;
 pub mod spec;

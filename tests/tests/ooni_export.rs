@@ -1,0 +1,449 @@
+//! The OONI export read by OONI's own parser (issue #24): the real `witness` binary measures a
+//! loopback world of censors with the real collector as control and upload target, prints its
+//! records in OONI's format (`--format ooni`), and the collector exports the uploaded ones
+//! (`?format=ooni`). Every exported line is loaded with `oonidata`'s `load_measurement` (PyPI
+//! `oonidata`, in the virtualenv `.ci/run` creates; `WITNESS_OONIDATA_PYTHON` names its python)
+//! and what the parser read must equal what Witness measured.
+//!
+//! Without that python the test skips loudly; under `WITNESS_REQUIRE_TOOLS=1` (CI) it fails.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use witness_core::model::{
+    HopReply, HttpRole, Measurement, Method, PathAction, PathHop, PathObservation, PathTrigger,
+    Status, TcpObservation,
+};
+use witness_core::ooni::failure_name;
+use witness_core::Failure;
+use witness_tests::collector::get;
+use witness_tests::volunteer::{anchor_of, lab_control_section, ok, Probe};
+use witness_tests::world::DEFAULT_BLOCKPAGE;
+use witness_tests::CENSORED_SOURCE;
+use witness_tests::{Behaviour, CollectorProcess, DnsBehaviour, Page, Site, SiteDns, World};
+
+const ASN: u32 = 9198;
+
+/// What the parser read of one measurement, through its dataclasses (not the raw JSON).
+const SUMMARISE: &str = r#"
+import json, sys
+from datetime import datetime
+from oonidata.dataclient import load_measurement
+out = []
+for line in open(sys.argv[1], encoding="utf-8"):
+    if not line.strip():
+        continue
+    raw = json.loads(line)
+    m = load_measurement(msmt=raw)
+    tk = m.test_keys
+    datetime.strptime(m.measurement_start_time, "%Y-%m-%d %H:%M:%S")
+    datetime.strptime(m.test_start_time, "%Y-%m-%d %H:%M:%S")
+    out.append({
+        "class": type(m).__name__,
+        "id": raw["test_keys"]["x_witness"]["id"],
+        "input": m.input, "probe_asn": m.probe_asn, "probe_cc": m.probe_cc,
+        "probe_ip": m.probe_ip, "test_name": m.test_name, "software_name": m.software_name,
+        "data_format_version": m.data_format_version, "report_id": m.report_id,
+        "queries": [[q.hostname, q.query_type, q.failure,
+                     [a.ipv4 or a.ipv6 for a in (q.answers or []) if a.answer_type in ("A", "AAAA")]]
+                    for q in (tk.queries or [])],
+        "tcp_connect": [[t.ip, t.port, t.status.success, t.status.failure]
+                        for t in (tk.tcp_connect or [])],
+        "tls_handshakes": [[h.address, h.server_name, h.failure] for h in (tk.tls_handshakes or [])],
+        "requests": [[r.request.url, r.response.code if r.response else None, r.failure]
+                     for r in (tk.requests or [])],
+        "blocking": tk.blocking, "accessible": tk.accessible,
+        "dns_consistency": tk.dns_consistency,
+        "control_status": (tk.control.http_request.status_code
+                           if tk.control and tk.control.http_request else None),
+    })
+json.dump(out, sys.stdout)
+"#;
+
+/// The python with `oonidata`, or `None` after saying so (a panic under
+/// `WITNESS_REQUIRE_TOOLS=1`).
+fn oonidata_python() -> Option<PathBuf> {
+    let found = std::env::var_os("WITNESS_OONIDATA_PYTHON")
+        .map(PathBuf::from)
+        .filter(|p| {
+            Command::new(p)
+                .args(["-c", "import oonidata.dataclient"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        let msg = "SKIPPED: no python with oonidata (set WITNESS_OONIDATA_PYTHON to a \
+                   virtualenv's python with `pip install oonidata==0.3.0`, as .ci/run does)";
+        if std::env::var("WITNESS_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{msg}, and WITNESS_REQUIRE_TOOLS=1");
+        }
+        eprintln!("{msg}");
+    }
+    found
+}
+
+/// Loads every line of `lines` with oonidata; the summaries, by Witness id.
+fn parse_with_oonidata(python: &Path, dir: &Path, lines: &[String]) -> HashMap<String, Value> {
+    let file = dir.join(format!("ooni-{}.jsonl", uuid::Uuid::now_v7()));
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = Command::new(python)
+        .args(["-c", SUMMARISE])
+        .arg(&file)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "oonidata refused the export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).expect("summaries");
+    assert_eq!(list.len(), lines.len(), "one parsed measurement per line");
+    list.into_iter()
+        .map(|s| (s["id"].as_str().unwrap().to_string(), s))
+        .collect()
+}
+
+fn opt_failure(f: &Option<Failure>) -> Value {
+    f.as_ref().map_or(Value::Null, |f| failure_name(f).into())
+}
+
+/// What oonidata must have read, from the Witness record.
+fn expected_summary(m: &Measurement) -> Value {
+    json!({
+        "class": "WebConnectivity",
+        "id": m.id.to_string(),
+        "input": m.url,
+        "probe_asn": format!("AS{}", m.probe.asn.unwrap()),
+        "probe_cc": m.probe.country.clone().unwrap(),
+        "probe_ip": "127.0.0.1",
+        "test_name": "web_connectivity",
+        "software_name": "witness",
+        "data_format_version": "0.2.0",
+        "queries": m.dns.iter().map(|q| json!([
+            q.query,
+            format!("{:?}", q.query_type),
+            opt_failure(&q.failure),
+            q.answers.iter().map(|a| a.addr.to_string()).collect::<Vec<_>>(),
+        ])).collect::<Vec<_>>(),
+        "tcp_connect": m.tcp.iter().map(|t| json!([
+            t.addr.ip().to_string(), t.addr.port(), t.failure.is_none(), opt_failure(&t.failure),
+        ])).collect::<Vec<_>>(),
+        "tls_handshakes": m.tls.iter().map(|t| json!([
+            t.addr.to_string(),
+            t.server_name,
+            opt_failure(&t.failure.clone().or(t.verification_failure.clone())),
+        ])).collect::<Vec<_>>(),
+        "requests": m.http.iter().filter(|h| h.role == HttpRole::Page).rev().map(|h| json!([
+            h.url, h.status, opt_failure(&h.failure),
+        ])).collect::<Vec<_>>(),
+    })
+}
+
+/// OONI's `blocking` and `accessible` for each verdict, written out independently of the
+/// conversion (the table in docs/measurement-format.md).
+fn expected_blocking(m: &Measurement) -> (Value, Value) {
+    let page = m
+        .http
+        .iter()
+        .rfind(|h| h.role == HttpRole::Page)
+        .is_some_and(|h| h.status.is_some());
+    match (m.verdict.status, m.verdict.method) {
+        (Status::Accessible, _) => (json!(false), json!(true)),
+        (Status::Down, _) => (json!(false), json!(false)),
+        (Status::Blocked, Some(Method::Dns)) => (json!("dns"), json!(false)),
+        (Status::Blocked, Some(Method::Tcp)) => (json!("tcp_ip"), json!(false)),
+        (Status::Blocked, Some(Method::Tls | Method::Mitm)) => {
+            (json!("http-failure"), json!(false))
+        }
+        (Status::Blocked, Some(Method::Http)) if page => (json!("http-diff"), json!(false)),
+        (Status::Blocked, Some(Method::Http)) => (json!("http-failure"), json!(false)),
+        (Status::Blocked, Some(Method::Throttle)) => (json!(false), json!(true)),
+        _ => (Value::Null, Value::Null),
+    }
+}
+
+/// Checks every parsed summary against its Witness record; returns the mismatches.
+fn mismatches(records: &[&Measurement], parsed: &HashMap<String, Value>) -> Vec<String> {
+    let mut bad = Vec::new();
+    for m in records {
+        let Some(got) = parsed.get(&m.id.to_string()) else {
+            bad.push(format!("{}: not exported", m.domain));
+            continue;
+        };
+        let want = expected_summary(m);
+        for (key, w) in want.as_object().unwrap() {
+            if &got[key] != w {
+                bad.push(format!(
+                    "{} {key}: oonidata read {} want {w}",
+                    m.domain, got[key]
+                ));
+            }
+        }
+        let (blocking, accessible) = expected_blocking(m);
+        if got["blocking"] != blocking || got["accessible"] != accessible {
+            bad.push(format!(
+                "{} ({:?} {:?}): blocking {} accessible {}, want {blocking} {accessible}",
+                m.domain, m.verdict.status, m.verdict.method, got["blocking"], got["accessible"]
+            ));
+        }
+        let rid = got["report_id"].as_str().unwrap_or("");
+        if !rid.contains(&format!("_webconnectivity_KZ_{ASN}_")) {
+            bad.push(format!("{}: report_id {rid}", m.domain));
+        }
+    }
+    bad
+}
+
+fn big_page(title: &str) -> Page {
+    let mut page = Page::html(title, "large page");
+    page.body.extend(std::iter::repeat_n(b' ', 200 * 1024));
+    page
+}
+
+#[test]
+fn loopback_scenarios_exported_to_ooni_parse_with_oonidata() {
+    let Some(python) = oonidata_python() else {
+        return;
+    };
+    let world = World::builder()
+        .site(Site::new("fine.test"))
+        .site(Site::new("big1.test").page(big_page("Big one")))
+        .site(Site::new("big2.test").page(big_page("Big two")))
+        .site(Site::new("big3.test").page(big_page("Big three")))
+        .site(Site::new("nx.test").dns(SiteDns::Exactly(DnsBehaviour::Nxdomain)))
+        .site(Site::new("sni-reset.test").censored(Behaviour::ResetAfterClientHello))
+        .site(Site::new("mitm.test").censored(Behaviour::Mitm))
+        .site(
+            Site::new("http-reset.test")
+                .http_only()
+                .censored(Behaviour::ResetAfterRequest),
+        )
+        .site(
+            Site::new("blockpage.test")
+                .http_only()
+                .censored(Behaviour::Blockpage {
+                    status: 200,
+                    body: DEFAULT_BLOCKPAGE.to_string(),
+                }),
+        )
+        .site(Site::new("throttled.test").censored(Behaviour::Slow {
+            bytes_per_sec: 48_000,
+            body_len: 120 * 1024,
+        }))
+        .site(Site::new("gone.test").everyone(Behaviour::ResetAfterClientHello))
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let collector =
+        CollectorProcess::start(dir.path(), &lab_control_section(&world, false)).unwrap();
+    let list = world.write_list("list.csv").unwrap();
+    let list = list.to_str().unwrap();
+    let anchor = anchor_of(&world, "fine.test");
+    let probe = Probe::new(&world, CENSORED_SOURCE, ASN, &collector.url, &anchor);
+    ok(&probe.witness(&["register"]));
+    let out_file = dir.path().join("ooni-out.jsonl");
+    let stdout = ok(&probe.witness(&[
+        "run",
+        "--list",
+        list,
+        "--upload",
+        "--json",
+        "--no-progress",
+        "--format",
+        "ooni",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]));
+    let cli_lines: Vec<String> = stdout.lines().map(str::to_string).collect();
+    assert_eq!(
+        std::fs::read_to_string(&out_file).unwrap(),
+        stdout,
+        "--out follows --format"
+    );
+    // An offline network: control and anchor dead.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let cut = Probe::cut_off(
+        &world,
+        "127.0.0.5".parse().unwrap(),
+        ASN,
+        &collector.url,
+        &dead,
+    );
+    let offline_cli = ok(&cut.witness(&[
+        "run",
+        "--list",
+        list,
+        "--json",
+        "--no-progress",
+        "--format",
+        "ooni",
+    ]));
+
+    // What Witness measured: the records as the collector stores them.
+    let base = collector.url.trim_end_matches('/');
+    let (status, body) = get(&format!("{base}/api/v1/measurements?limit=1000")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let raw: Value = serde_json::from_str(&body).unwrap();
+    let records: Vec<Measurement> =
+        serde_json::from_value(raw["measurements"].clone()).expect("witness records");
+    assert_eq!(records.len(), cli_lines.len(), "every record uploaded");
+    let by_domain: HashMap<&str, &Measurement> =
+        records.iter().map(|m| (m.domain.as_str(), m)).collect();
+    use Status::*;
+    let scenarios: &[(&str, Status, Option<Method>)] = &[
+        ("fine.test", Accessible, None),
+        ("nx.test", Blocked, Some(Method::Dns)),
+        ("sni-reset.test", Blocked, Some(Method::Tls)),
+        ("mitm.test", Blocked, Some(Method::Mitm)),
+        ("http-reset.test", Blocked, Some(Method::Http)),
+        ("blockpage.test", Blocked, Some(Method::Http)),
+        ("throttled.test", Blocked, Some(Method::Throttle)),
+        ("gone.test", Down, None),
+    ];
+    for (domain, status, method) in scenarios {
+        let v = &by_domain[domain].verdict;
+        assert_eq!((v.status, v.method), (*status, *method), "{domain}: {v:?}");
+    }
+
+    // The collector's OONI export: JSON Lines, the same conversion of the same records.
+    let (status, ooni_body) = get(&format!(
+        "{base}/api/v1/measurements?limit=1000&format=ooni"
+    ))
+    .unwrap();
+    assert_eq!(status, 200, "{ooni_body}");
+    let collector_lines: Vec<String> = ooni_body.lines().map(str::to_string).collect();
+    assert_eq!(collector_lines.len(), records.len());
+    let as_values = |lines: &[String]| -> HashMap<String, Value> {
+        lines
+            .iter()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("one JSON object per line");
+                (
+                    v["test_keys"]["x_witness"]["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                    v,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        as_values(&cli_lines),
+        as_values(&collector_lines),
+        "the probe and the collector export the same OONI measurements"
+    );
+
+    // A blocked TCP connect with a localised censor: a synthetic record (the loopback world
+    // has no SYN filter; the lab has).
+    let mut tcp =
+        witness_tests::measurement("tcp.test", ASN, Blocked, Some(Method::Tcp), Utc::now());
+    let addr = "198.18.0.10:443".parse().unwrap();
+    tcp.tcp.push(TcpObservation {
+        addr,
+        t_ms: 3.0,
+        duration_ms: 1.0,
+        failure: Some(Failure::ConnectionReset),
+    });
+    tcp.path = Some(PathObservation {
+        trigger: PathTrigger::Syn,
+        addr,
+        action: PathAction::Reset,
+        censor_hop: Some(3),
+        unlocated: None,
+        hops: vec![
+            PathHop {
+                ttl: 1,
+                reply: HopReply::TimeExceeded,
+                addr: None,
+                asn: None,
+            },
+            PathHop {
+                ttl: 2,
+                reply: HopReply::TimeExceeded,
+                addr: None,
+                asn: Some(ASN),
+            },
+            PathHop {
+                ttl: 3,
+                reply: HopReply::Reset,
+                addr: None,
+                asn: None,
+            },
+        ],
+        max_ttl: 8,
+        probes: 4,
+        t_ms: 10.0,
+        duration_ms: 50.0,
+    });
+    let synthetic_line = witness_core::ooni::to_ooni_line(&tcp);
+
+    let mut all_lines = cli_lines.clone();
+    all_lines.extend(offline_cli.lines().map(str::to_string));
+    all_lines.push(synthetic_line.clone());
+    let parsed = parse_with_oonidata(&python, dir.path(), &all_lines);
+    let mut checked: Vec<&Measurement> = records.iter().collect();
+    checked.push(&tcp);
+    let bad = mismatches(&checked, &parsed);
+    assert!(
+        bad.is_empty(),
+        "oonidata read something else:\n{}",
+        bad.join("\n")
+    );
+
+    // The offline run: every line parses, and OONI's keys say "don't know".
+    assert_eq!(offline_cli.lines().count(), cli_lines.len());
+    for line in offline_cli.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let id = v["test_keys"]["x_witness"]["id"].as_str().unwrap();
+        let s = &parsed[id];
+        assert_eq!(
+            (&s["blocking"], &s["accessible"]),
+            (&Value::Null, &Value::Null),
+            "{line}"
+        );
+        assert_eq!(v["test_keys"]["x_witness"]["verdict"]["status"], "offline");
+        assert_eq!(s["probe_asn"], format!("AS{ASN}"));
+    }
+
+    // Spot checks of OONI's names for what the censors did.
+    let summary = |d: &str| &parsed[&by_domain[d].id.to_string()];
+    assert_eq!(summary("nx.test")["queries"][0][2], "dns_nxdomain_error");
+    assert_eq!(summary("nx.test")["dns_consistency"], "inconsistent");
+    assert_eq!(
+        summary("mitm.test")["tls_handshakes"][0][2],
+        "ssl_unknown_authority"
+    );
+    assert_eq!(summary("fine.test")["dns_consistency"], "consistent");
+    assert_eq!(summary("fine.test")["control_status"], 200);
+    assert_eq!(summary("blockpage.test")["blocking"], "http-diff");
+    assert_eq!(summary("http-reset.test")["blocking"], "http-failure");
+    let throttled = as_values(&cli_lines)[&by_domain["throttled.test"].id.to_string()].clone();
+    assert_eq!(
+        throttled["test_keys"]["x_witness"]["verdict"]["method"],
+        "throttle"
+    );
+    assert!(
+        !throttled["test_keys"]["x_witness"]["throttling"]["transfers"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "throttling figures under x_witness"
+    );
+    let path: Value = serde_json::from_str(&synthetic_line).unwrap();
+    assert_eq!(path["test_keys"]["x_witness"]["path"]["censor_hop"], 3);
+    assert_eq!(path["test_keys"]["x_witness"]["censor_asn"], ASN);
+    assert_eq!(parsed[&tcp.id.to_string()]["blocking"], "tcp_ip");
+
+    // Never the probe's address: only OONI's scrubbed 127.0.0.1.
+    for line in all_lines.iter().chain(&collector_lines) {
+        assert!(!line.contains(&CENSORED_SOURCE.to_string()), "{line}");
+        assert!(!line.contains("127.0.0.5"), "{line}");
+    }
+}
