@@ -816,6 +816,10 @@ pub(crate) async fn run(args: RunArgs, file: FileConfig, color: ColorChoice) -> 
     // Every input is checked before consent is asked and before anything is measured.
     let targets = collect_targets(&args.select, &file)?;
     let engine = build_engine(&args, &file)?;
+    if engine.cfg.resolver == witness_core::checks::ResolverSpec::System {
+        // No resolver would record every site as offline: say so and measure nothing.
+        witness_core::sysresolver::system_resolver()?;
+    }
     let mut out_file = match &args.out {
         Some(p) => Some(open_out(p)?),
         None => None,

@@ -27,6 +27,7 @@ pub mod model;
 pub mod scrub;
 pub mod slots;
 pub mod spec;
+pub mod sysresolver;
 pub mod targets;
 pub mod verdict;
 
