@@ -252,6 +252,22 @@ fn the_aarch64_probe_measures_in_a_termux_root_with_its_resolver_and_home() {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .count();
     assert_eq!(spooled, 2, "{}: {listing:?}", spool.display());
+
+    // The collector's name goes to Termux's resolver too, not to the C library's default of
+    // 127.0.0.1:53 (musl's, without /etc/resolv.conf), where nothing answers on a phone.
+    let before = world.probe_dns().queries("fine.test");
+    let out = root.witness(&[
+        "register".into(),
+        "--collector".into(),
+        world.url("fine.test"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        world.probe_dns().queries("fine.test") > before,
+        "the collector's name was not asked of Termux's resolver: {stderr}"
+    );
+    assert!(!stderr.contains("does not resolve"), "{stderr}");
+
     assert!(!root.host("/etc").exists(), "the probe wrote /etc");
     assert!(!root.host("/root").exists(), "the probe wrote outside HOME");
 }

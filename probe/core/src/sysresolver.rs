@@ -155,6 +155,63 @@ pub fn system_resolver() -> Result<SystemResolver, NoSystemResolver> {
     choose(&gather())
 }
 
+/// Names for the collector and control clients (reqwest). The static musl binary's own
+/// resolver reads only `/etc/resolv.conf` and, without it, asks 127.0.0.1:53, which nothing
+/// answers on Android: there, names go to [`system_resolver`]'s address instead. Where
+/// `/etc/resolv.conf` names the resolver, the C library's lookup (with `/etc/hosts`) is kept.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostResolver;
+
+/// How long one name lookup for the collector may take.
+const HOST_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl reqwest::dns::Resolve for HostResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = match system_resolver() {
+                Ok(r) if !etc_resolv_conf_names(r.addr) => lookup_at(r.addr, &host).await?,
+                _ => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// Whether `/etc/resolv.conf` names `addr` (then the C library finds it too).
+fn etc_resolv_conf_names(addr: SocketAddr) -> bool {
+    read_bounded(Path::new(ETC_RESOLV_CONF))
+        .and_then(|t| system_nameserver(&t))
+        .is_some_and(|a| a == addr)
+}
+
+/// A and AAAA for `host` from the resolver at `server`.
+async fn lookup_at(
+    server: SocketAddr,
+    host: &str,
+) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let mut ns = NameServerConfig::udp(server.ip());
+    for c in &mut ns.connections {
+        c.port = server.port();
+    }
+    let mut opts = ResolverOpts::default();
+    opts.timeout = HOST_LOOKUP_TIMEOUT / 2;
+    opts.attempts = 2;
+    let resolver = hickory_resolver::TokioResolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(opts)
+    .build()?;
+    let ips = tokio::time::timeout(HOST_LOOKUP_TIMEOUT, resolver.lookup_ip(host))
+        .await
+        .map_err(|_| format!("no answer for {host} from {server} in time"))??;
+    Ok(ips.iter().map(|ip| SocketAddr::new(ip, 0)).collect())
+}
+
 fn read_bounded(path: &Path) -> Option<String> {
     let mut text = String::new();
     std::fs::File::open(path)
