@@ -221,7 +221,8 @@ pub struct RunArgs {
     /// Which targets.
     #[command(flatten)]
     pub select: SelectArgs,
-    /// The network's resolver: `system` or IP[:PORT].
+    /// The network's resolver: `system` (/etc/resolv.conf, else Termux's, else Android's
+    /// net.dns1) or IP[:PORT].
     #[arg(long, value_name = "IP[:PORT]")]
     pub resolver: Option<String>,
     /// Encrypted control resolvers, tried in order, comma-separated: doh:IP#NAME, dot:IP#NAME,
