@@ -818,8 +818,14 @@ pub(crate) async fn run(args: RunArgs, file: FileConfig, color: ColorChoice) -> 
     let targets = collect_targets(&args.select, &file)?;
     let engine = build_engine(&args, &file)?;
     if engine.cfg.resolver == witness_core::checks::ResolverSpec::System {
-        // No resolver would record every site as offline: say so and measure nothing.
-        witness_core::sysresolver::system_resolver()?;
+        // No resolv.conf anywhere (Android without Termux's): every site would be recorded
+        // offline, so say how to name the resolver and measure nothing. A resolv.conf that
+        // names none is an offline machine: measuring says so.
+        if let Err(e) = witness_core::sysresolver::system_resolver() {
+            if e.unconfigured {
+                return Err(e.into());
+            }
+        }
     }
     let mut out_file = match &args.out {
         Some(p) => Some(open_out(p)?),
