@@ -221,7 +221,8 @@ pub struct RunArgs {
     /// Which targets.
     #[command(flatten)]
     pub select: SelectArgs,
-    /// The network's resolver: `system` or IP[:PORT].
+    /// The network's resolver: `system` (/etc/resolv.conf, else Termux's, else Android's
+    /// net.dns1) or IP[:PORT].
     #[arg(long, value_name = "IP[:PORT]")]
     pub resolver: Option<String>,
     /// Encrypted control resolvers, tried in order, comma-separated: doh:IP#NAME, dot:IP#NAME,
@@ -831,6 +832,16 @@ pub(crate) async fn run(args: RunArgs, file: FileConfig, color: ColorChoice) -> 
     // Every input is checked before consent is asked and before anything is measured.
     let targets = collect_targets(&args.select, &file)?;
     let engine = build_engine(&args, &file)?;
+    if engine.cfg.resolver == witness_core::checks::ResolverSpec::System {
+        // No resolv.conf anywhere (Android without Termux's): every site would be recorded
+        // offline, so say how to name the resolver and measure nothing. A resolv.conf that
+        // names none is an offline machine: measuring says so.
+        if let Err(e) = witness_core::sysresolver::system_resolver() {
+            if e.unconfigured {
+                return Err(e.into());
+            }
+        }
+    }
     let mut out_file = match &args.out {
         Some(p) => Some(open_out(p)?),
         None => None,

@@ -182,7 +182,8 @@ impl Default for RunSection {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkSection {
-    /// The network's resolver: `system` or `IP[:PORT]` (default `system`).
+    /// The network's resolver: `system` or `IP[:PORT]` (default `system`: `/etc/resolv.conf`,
+    /// else Termux's `$PREFIX/etc/resolv.conf`, else Android's `net.dns1`; docs/android.md).
     pub resolver: String,
     /// Encrypted control resolvers, a fallback chain tried in order, comma-separated:
     /// `doh:IP[:PORT]#NAME`, `dot:IP[:PORT]#NAME`, `udp:IP[:PORT]` (labs only), or `none`

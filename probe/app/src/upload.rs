@@ -127,6 +127,7 @@ impl Uploader {
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("witness/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(std::sync::Arc::new(witness_core::sysresolver::HostResolver))
             .build()
             .map_err(|e| format!("cannot build the upload client: {e}"))?;
         Ok(Uploader {

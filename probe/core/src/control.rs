@@ -78,6 +78,7 @@ impl ControlClient {
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("witness/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(Arc::new(crate::sysresolver::HostResolver))
             .build()
             .map_err(ControlError::Client)?;
         Ok(ControlClient {

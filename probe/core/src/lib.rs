@@ -29,6 +29,7 @@ pub mod ooni;
 pub mod scrub;
 pub mod slots;
 pub mod spec;
+pub mod sysresolver;
 pub mod targets;
 pub mod verdict;
 

@@ -36,14 +36,12 @@ const MAX_LATE_RESPONSES: usize = 4;
 /// Most addresses recorded per answer.
 const MAX_ANSWERS: usize = 32;
 
-/// The network resolver's address from `spec`, reading `/etc/resolv.conf` for `System`.
+/// The network resolver's address from `spec`; for `System`, looked up again on every call
+/// (a laptop changes networks) by [`crate::sysresolver`]: `/etc/resolv.conf`, Termux's, Android's.
 pub fn network_resolver_addr(spec: &ResolverSpec) -> Option<SocketAddr> {
     match spec {
         ResolverSpec::Udp(addr) => Some(*addr),
-        ResolverSpec::System => {
-            let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
-            system_nameserver(&text)
-        }
+        ResolverSpec::System => crate::sysresolver::system_resolver().ok().map(|r| r.addr),
     }
 }
 

@@ -18,7 +18,8 @@ use crate::bogon::BogonFilter;
 /// Where the network resolver is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResolverSpec {
-    /// The first nameserver of the system configuration (`/etc/resolv.conf`).
+    /// The first nameserver of the system configuration: `/etc/resolv.conf`, else Termux's
+    /// (see [`crate::sysresolver`]).
     System,
     /// A plain DNS server over UDP (with TCP fallback on truncation).
     Udp(std::net::SocketAddr),
