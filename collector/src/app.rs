@@ -16,7 +16,7 @@ use crate::aggregate::Params;
 use crate::api;
 use crate::asn::AsnDb;
 use crate::config::Config;
-use crate::control::{self, ByteBudget, ControlServiceConfig, ControlViews, FairSlots};
+use crate::control::{self, ControlServiceConfig, ControlViews, FairSlots, HourBudget};
 use crate::events::{Evaluator, Guards};
 use crate::listener::{self, ListenerLimits};
 use crate::metrics::Metrics;
@@ -64,7 +64,9 @@ pub struct SharedState {
     /// Fresh control measurements per probe per hour.
     pub control_measure_limiter: KeyedLimiter,
     /// Bytes the control reads per probe per hour.
-    pub control_bytes: ByteBudget,
+    pub control_bytes: HourBudget,
+    /// Milliseconds of measurement per probe per hour.
+    pub control_time: HourBudget,
     /// How the control measures.
     pub control: ControlServiceConfig,
     /// The IP → ASN table, when `[asn] database` names one.
@@ -160,7 +162,10 @@ impl AppState {
                 config.control.measurements_per_hour,
                 config.control.measurements_per_hour,
             ),
-            control_bytes: ByteBudget::new(config.control.bytes_per_hour),
+            control_bytes: HourBudget::new(config.control.bytes_per_hour),
+            control_time: HourBudget::new(
+                config.control.measure_seconds_per_hour.saturating_mul(1000),
+            ),
             config,
             store,
             metrics,

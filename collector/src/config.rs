@@ -383,6 +383,10 @@ pub struct ControlConfig {
     /// Bytes the control may read from sites for one probe per hour. Default 1 GiB: 2,000
     /// pages at the full 512 KiB body cap.
     pub bytes_per_hour: u64,
+    /// Seconds of measurement (slot time) one probe may cause per hour. Default 36000: a
+    /// 2,000-site list with a tenth of its sites hanging to the 30 s deadline takes ~8,000,
+    /// so three cold runs fit; ten slots busy all hour.
+    pub measure_seconds_per_hour: u64,
     /// How long one measurement of a URL is served to every probe asking for it. Default 10
     /// minutes: within the time a probe takes to notice a change, a sixth of the hourly run.
     pub cache_ttl: HumanDuration,
@@ -418,6 +422,7 @@ impl Default for ControlConfig {
             requests_per_minute: 120,
             measurements_per_hour: 6000,
             bytes_per_hour: 1 << 30,
+            measure_seconds_per_hour: 36_000,
             cache_ttl: HumanDuration::from_secs(600),
             cache_max_entries: 50_000,
             cache_max_bytes: 64 << 20,
@@ -538,8 +543,13 @@ impl Config {
         if self.control.max_per_probe == 0 || self.control.max_per_client == 0 {
             return bad("control.max_per_probe and max_per_client must be positive");
         }
-        if self.control.measurements_per_hour == 0 || self.control.bytes_per_hour == 0 {
-            return bad("control.measurements_per_hour and bytes_per_hour must be positive");
+        if self.control.measurements_per_hour == 0
+            || self.control.bytes_per_hour == 0
+            || self.control.measure_seconds_per_hour == 0
+        {
+            return bad(
+                "control.measurements_per_hour, bytes_per_hour and measure_seconds_per_hour must be positive",
+            );
         }
         if self.control.cache_max_entries == 0 || self.control.cache_max_bytes == 0 {
             return bad("control.cache_max_entries and cache_max_bytes must be positive");

@@ -3,7 +3,7 @@
 //! The calls into the probe crate are [`run_control`] and [`measure_target`], so the signatures
 //! live in one place. Around them: the shared views ([`ControlViews`], one measurement per URL
 //! per TTL, single flight), fair queueing of the measurements ([`FairSlots`], per probe and
-//! per client address), and the per-probe byte budget ([`ByteBudget`]).
+//! per client address), and the per-probe hourly budgets of bytes and time ([`HourBudget`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -546,30 +546,31 @@ impl Drop for FairPermit {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Byte budget.
+// Hourly budgets (bytes read, measurement time).
 
-/// Most probes tracked by [`ByteBudget`]; spent windows are dropped first when full.
+/// Most probes tracked by an [`HourBudget`]; spent windows are dropped first when full.
 const MAX_BUDGET_KEYS: usize = 100_000;
 
-/// Bytes the control may read from sites for one probe per hour (fixed windows of an hour
-/// from the probe's first measurement). Checked before a measurement and charged after it,
-/// so one measurement may overrun by at most its own bound (one body and its headers).
+/// What the control may spend for one probe per hour, in units of what it protects: bytes read
+/// from sites, or milliseconds of measurement slots (fixed windows of an hour from the probe's
+/// first measurement). Checked before a measurement and charged after it, so one measurement
+/// may overrun by at most its own bound (one body and its headers; `timeout_secs`).
 #[derive(Debug)]
-pub struct ByteBudget {
+pub struct HourBudget {
     per_hour: u64,
     map: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
-impl ByteBudget {
-    /// `per_hour` bytes per key.
+impl HourBudget {
+    /// `per_hour` units per key.
     pub fn new(per_hour: u64) -> Self {
-        ByteBudget {
+        HourBudget {
             per_hour,
             map: Mutex::default(),
         }
     }
 
-    /// `Ok` while `key` has bytes left, else how long until its window ends.
+    /// `Ok` while `key` has units left, else how long until its window ends.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(key) {
@@ -584,8 +585,8 @@ impl ByteBudget {
         }
     }
 
-    /// Count `bytes` against `key`.
-    pub fn charge(&self, key: &str, bytes: u64) {
+    /// Count `units` against `key`.
+    pub fn charge(&self, key: &str, units: u64) {
         let now = Instant::now();
         let hour = Duration::from_secs(3600);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -596,7 +597,7 @@ impl ByteBudget {
         if now.duration_since(e.0) >= hour {
             *e = (now, 0);
         }
-        e.1 = e.1.saturating_add(bytes);
+        e.1 = e.1.saturating_add(units);
     }
 }
 
@@ -764,7 +765,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn byte_budget_refuses_when_spent_until_the_hour_ends() {
-        let b = ByteBudget::new(1000);
+        let b = HourBudget::new(1000);
         assert!(b.check("p").is_ok());
         b.charge("p", 600);
         assert!(b.check("p").is_ok());

@@ -162,6 +162,10 @@ async fn view_of(
             .check(&who.probe)
             .map_err(ApiError::RateLimited)?;
         state
+            .control_time
+            .check(&who.probe)
+            .map_err(ApiError::RateLimited)?;
+        state
             .control_measure_limiter
             .check(&who.probe)
             .map_err(ApiError::RateLimited)?;
@@ -176,21 +180,26 @@ async fn view_of(
                 NoSlot::QueueFull => ApiError::RateLimited(Duration::from_secs(10)),
             })?;
         let limit = Duration::from_secs(cfg.timeout_secs);
-        let response =
-            match tokio::time::timeout(limit, measure_target(target, &state.control)).await {
-                Err(_) => {
-                    return Err(ApiError::Unavailable(format!(
-                        "control measurement did not finish within {}s",
-                        cfg.timeout_secs
-                    )))
-                }
-                Ok(Err(ControlRefusal::Misconfigured(detail))) => {
-                    tracing::error!(error = %detail, "control service misconfigured");
-                    return Err(ApiError::Unavailable("control service unavailable".into()));
-                }
-                Ok(Err(refusal)) => return Err(ApiError::Unprocessable(refusal.to_string())),
-                Ok(Ok(c)) => c,
-            };
+        let started = std::time::Instant::now();
+        let measured = tokio::time::timeout(limit, measure_target(target, &state.control)).await;
+        let held = started.elapsed().as_millis();
+        state
+            .control_time
+            .charge(&who.probe, u64::try_from(held).unwrap_or(u64::MAX));
+        let response = match measured {
+            Err(_) => {
+                return Err(ApiError::Unavailable(format!(
+                    "control measurement did not finish within {}s",
+                    cfg.timeout_secs
+                )))
+            }
+            Ok(Err(ControlRefusal::Misconfigured(detail))) => {
+                tracing::error!(error = %detail, "control service misconfigured");
+                return Err(ApiError::Unavailable("control service unavailable".into()));
+            }
+            Ok(Err(refusal)) => return Err(ApiError::Unprocessable(refusal.to_string())),
+            Ok(Ok(c)) => c,
+        };
         state
             .control_bytes
             .charge(&who.probe, bytes_read(&response));
