@@ -24,6 +24,7 @@ pub mod dashboards;
 pub mod dns;
 pub mod fleet;
 pub mod http;
+pub mod ooni;
 pub mod origin;
 pub mod pki;
 pub mod postgres;

@@ -493,7 +493,11 @@ pub async fn measurements(
         .transpose()
         .map_err(ApiError::BadRequest)?;
     // `format=ooni`: OONI's data format, one measurement per line (docs/measurement-format.md).
-    let format = if q.format.as_deref() == Some("ooni") {
+    let format = if q
+        .format
+        .as_deref()
+        .is_some_and(|f| f.eq_ignore_ascii_case("ooni"))
+    {
         ExportFormat::Ooni
     } else if wants_csv(&q, &headers)? {
         ExportFormat::Csv

@@ -78,9 +78,11 @@ fn failure(f: &Option<Failure>) -> Value {
     f.as_ref().map_or(Value::Null, |f| failure_name(f).into())
 }
 
-/// Milliseconds since the start of the measurement to OONI's seconds.
+/// Milliseconds since the start of the measurement to OONI's seconds. Not rounded: a record
+/// parsed again (the collector's copy) may differ in the last bit, and rounding would turn
+/// that into a microsecond.
 fn secs(ms: f64) -> f64 {
-    (ms * 1000.0).round() / 1_000_000.0
+    ms / 1000.0
 }
 
 /// OONI's response code number for Witness's rcode name (df-002 `rcode` is an integer).
@@ -617,7 +619,7 @@ pub fn to_ooni(m: &Measurement) -> Value {
         "software_version": m.software.version,
         "test_helpers": test_helpers,
         "test_name": TEST_NAME,
-        "test_runtime": m.runtime_ms / 1000.0,
+        "test_runtime": secs(m.runtime_ms),
         "test_start_time": start,
         "test_version": TEST_VERSION,
         "test_keys": {

@@ -689,4 +689,7 @@ pub fn hop_lab() {
         judge::passed(&rows),
         "the hop lab found wrong verdicts or hops (table above)"
     );
+    // Every record, localised paths included, in OONI's format read by OONI's parser.
+    let records: Vec<&Measurement> = results.values().collect();
+    witness_tests::ooni::check_records("the hop lab", &records);
 }

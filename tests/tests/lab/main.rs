@@ -1457,6 +1457,20 @@ fn censorship_lab() {
         judge::passed(&rows),
         "the lab found wrong verdicts (table above)"
     );
+    // Every record of every network in OONI's format, read back by OONI's parser.
+    let records: Vec<&Measurement> = [
+        &results.main,
+        &results.other,
+        &results.no_control,
+        &results.no_control_edns,
+        &results.slow_line,
+        &results.no_encrypted_dns,
+    ]
+    .into_iter()
+    .flat_map(|r| r.values())
+    .chain(results.single.values().flatten())
+    .collect();
+    witness_tests::ooni::check_records("the censorship lab", &records);
 }
 
 /// The hop lab (`lab/hops.rs`): the probe's localisation behind a chain of routers with
