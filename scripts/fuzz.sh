@@ -17,7 +17,7 @@ SECONDS_PER_TARGET="${1:-20}"
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(upload target_list dns_response http_response configs)
+  TARGETS=(upload target_list dns_response http_response configs scrub)
 fi
 
 export RUSTFLAGS="-Cpasses=sancov-module \
