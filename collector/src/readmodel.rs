@@ -2,7 +2,8 @@
 //!
 //! Every reader of "the current state" goes through this module: `/metrics`, the status API
 //! (`GET /api/v1/status`), the status page and its site pages. The event sweep reads the same
-//! tables through [`Store::recent_sites`] and [`Store::recent_networks`].
+//! tables through [`ReadModelStore::recent_sites`](crate::store::ReadModelStore::recent_sites) and
+//! [`ReadModelStore::recent_networks`](crate::store::ReadModelStore::recent_networks).
 //!
 //! The store keeps three small tables in the same transaction as the measurements
 //! (`migrations/*/0002_read_model.sql`):
@@ -22,7 +23,7 @@
 //! window stop counting (the reads filter on time); nothing needs deleting for that.
 //!
 //! A status query about the past (`until` more than [`CURRENT_SLACK`] ago) cannot use the read
-//! model, which only knows the present: it falls back to [`Store::latest_groups_scan`] over
+//! model, which only knows the present: it falls back to [`crate::store::MeasurementStore::latest_groups_scan`] over
 //! the measurements of the period.
 
 use std::collections::BTreeMap;
