@@ -32,14 +32,15 @@ use uuid::Uuid;
 use witness_core::model::{Method, Status};
 
 use super::{
-    hour_of, CloseEvent, Cursor, Event, EventKey, EventState, Filter, HistoryRow,
-    MeasurementRecord, NewEvent, NewInvite, NewProbe, Notification, PlaceDecision, ProbeNetworkRow,
-    RecentNetwork, RecentSite, Store, StoreError, StoreResult, TokenInfo,
+    CloseEvent, Cursor, Event, EventKey, EventState, Filter, HistoryRow, MeasurementRecord,
+    NewEvent, NewInvite, NewProbe, Notification, PlaceDecision, ProbeNetworkRow, RecentNetwork,
+    RecentSite, Store, StoreError, StoreResult, TokenInfo,
 };
 use super::{EventStore, MeasurementStore, OutboxStore, ReadModelStore, TokenStore};
 use crate::model::{
     CensorPlace, EventKind, Evidence, LatestGroup, Obs, PlaceGroup, Presence, Transition,
 };
+use crate::readmodel::delta::hour_of;
 pub(crate) use query::*;
 pub(crate) use rows::*;
 

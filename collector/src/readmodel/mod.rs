@@ -6,7 +6,7 @@
 //! [`ReadModelStore::recent_networks`](crate::store::ReadModelStore::recent_networks).
 //!
 //! The store keeps three small tables in the same transaction as the measurements
-//! (`migrations/*/0002_read_model.sql`):
+//! (`migrations/*/0002_read_model.sql`), by the rules of [`delta`]:
 //! - `latest_verdicts`: per probe, site and network, the latest non-offline verdict (status,
 //!   method, time, category, country). Upserts are idempotent (a duplicate record is not
 //!   stored, so it changes nothing) and monotonic in `(started_at, id)`: a back-filled older
@@ -25,6 +25,8 @@
 //! A status query about the past (`until` more than [`CURRENT_SLACK`] ago) cannot use the read
 //! model, which only knows the present: it falls back to [`crate::store::MeasurementStore::latest_groups_scan`] over
 //! the measurements of the period.
+
+pub(crate) mod delta;
 
 use std::collections::BTreeMap;
 
