@@ -35,7 +35,7 @@ use witness_core::model::{Method, Status};
 
 use crate::aggregate::{self, Params, PlaceVote};
 use crate::model::{LatestGroup, PlaceGroup, SiteStatus};
-use crate::store::{Filter, Store, StoreResult};
+use crate::store::{Filter, OpenShutdown, ProbeNetworkRow, Store, StoreResult};
 
 /// An `until` this close to now (or later) asks for the present: the read model answers.
 pub const CURRENT_SLACK: TimeDelta = TimeDelta::minutes(1);
@@ -111,6 +111,36 @@ pub async fn blocked_methods(
         v.dedup();
     }
     Ok(out)
+}
+
+/// The networks' current state: who is uploading, and where a shutdown is open.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkActivity {
+    /// Probes per network that uploaded at or after the `since` asked for, to the hour
+    /// (`probe_hours`).
+    pub networks: Vec<ProbeNetworkRow>,
+    /// The networks in an open shutdown.
+    pub shutdowns: Vec<OpenShutdown>,
+}
+
+/// [`NetworkActivity`] since `since`: one row per network and country, plus one per network in
+/// shutdown, whatever the number of measurements or events.
+pub async fn network_activity(
+    store: &dyn Store,
+    since: DateTime<Utc>,
+) -> StoreResult<NetworkActivity> {
+    let networks = store
+        .probe_networks(&Filter {
+            since: Some(since),
+            limit: u32::MAX,
+            ..Filter::default()
+        })
+        .await?;
+    let shutdowns = store.open_shutdowns().await?;
+    Ok(NetworkActivity {
+        networks,
+        shutdowns,
+    })
 }
 
 /// Fold latest-per-probe groups into one status per site and network.

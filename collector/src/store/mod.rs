@@ -408,6 +408,15 @@ pub struct ProbeNetworkRow {
     pub last_seen: DateTime<Utc>,
 }
 
+/// A network in an open shutdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenShutdown {
+    /// The network.
+    pub asn: u32,
+    /// The country the shutdown was raised for, if known.
+    pub country: Option<String>,
+}
+
 /// One pending webhook delivery.
 #[derive(Clone, Debug)]
 pub struct Notification {
@@ -699,6 +708,11 @@ pub trait OutboxStore: Send + Sync + 'static {
 /// kept current on ingest: reads whose cost follows the series, not the measurements.
 #[async_trait]
 pub trait ReadModelStore: Send + Sync + 'static {
+    /// The networks in an open shutdown, and the country each was raised for. Reads only the
+    /// open events (the partial unique index `events_one_open` holds exactly them): one row per
+    /// network in shutdown, whatever the number of events or measurements.
+    async fn open_shutdowns(&self) -> StoreResult<Vec<OpenShutdown>>;
+
     /// Sites measured on a network (ASN known) with a non-offline verdict with
     /// `started_at >= since` (read model).
     async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>>;

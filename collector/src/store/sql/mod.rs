@@ -33,8 +33,8 @@ use witness_core::model::{Method, Status};
 
 use super::{
     CloseEvent, Cursor, Event, EventKey, EventState, Filter, HistoryRow, MeasurementRecord,
-    NewEvent, NewInvite, NewProbe, Notification, PlaceDecision, ProbeNetworkRow, RecentNetwork,
-    RecentSite, Store, StoreError, StoreResult, TokenInfo,
+    NewEvent, NewInvite, NewProbe, Notification, OpenShutdown, PlaceDecision, ProbeNetworkRow,
+    RecentNetwork, RecentSite, Store, StoreError, StoreResult, TokenInfo,
 };
 use super::{EventStore, MeasurementStore, OutboxStore, ReadModelStore, TokenStore};
 use crate::model::{

@@ -1,6 +1,7 @@
 //! The query side of the read model: reads of the tables kept current on ingest
 //! (`latest_verdicts`, `probe_hours`, `blocked_methods`), whose cost follows the number of
-//! series, not of measurements. The rules that keep them are in [`crate::readmodel::delta`].
+//! series, not of measurements, and of the open shutdown events. The rules that keep the tables
+//! are in [`crate::readmodel::delta`].
 
 use async_trait::async_trait;
 
@@ -8,6 +9,23 @@ use super::*;
 
 #[async_trait]
 impl<S: SqlStore> ReadModelStore for S {
+    async fn open_shutdowns(&self) -> StoreResult<Vec<OpenShutdown>> {
+        let q = S::query(
+            "SELECT asn, country FROM events WHERE kind = 'shutdown' AND ended_at IS NULL \
+             ORDER BY asn",
+        );
+        self.all(&q)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(OpenShutdown {
+                    asn: r.asn("asn")?,
+                    country: r.text("country")?,
+                })
+            })
+            .collect()
+    }
+
     async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>> {
         let mut q = S::query(
             "SELECT domain, asn, MAX(country) AS country, MAX(category) AS category, \
