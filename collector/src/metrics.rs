@@ -25,7 +25,7 @@ use witness_core::model::{Method, Status};
 
 use crate::aggregate::Params;
 use crate::config::MetricsConfig;
-use crate::model::{EventKind, Transition};
+use crate::model::Transition;
 use crate::readmodel;
 use crate::store::{Filter, Store};
 use crate::validate::RejectReason;
@@ -428,7 +428,8 @@ impl Metrics {
         self.webhook_failures.inc();
     }
 
-    /// Recompute the state gauges from the store, then encode everything in the text format.
+    /// Recompute the state gauges from the read model (and nothing else: a scrape's cost follows
+    /// the series, not the data), then encode everything in the text format.
     pub async fn render(
         &self,
         store: &dyn Store,
@@ -443,21 +444,10 @@ impl Metrics {
         };
         let statuses = readmodel::site_statuses(store, &window_filter, params, now).await?;
         let methods = readmodel::blocked_methods(store, since).await?;
-        let networks = store
-            .probe_networks(&Filter {
-                since: Some(since),
-                limit: u32::MAX,
-                ..Filter::default()
-            })
-            .await?;
-        let shutdowns = store
-            .events(&Filter {
-                kind: Some(EventKind::Shutdown),
-                open: Some(true),
-                limit: u32::MAX,
-                ..Filter::default()
-            })
-            .await?;
+        let readmodel::NetworkActivity {
+            networks,
+            shutdowns,
+        } = readmodel::network_activity(store, since).await?;
 
         // Blocked ratio: every method seen blocking in the window, 0 when no probe's latest
         // verdict shows it any more.

@@ -14,7 +14,7 @@ use witness_collector::aggregate::{CensorPlace, EventKind, Evidence, Transition}
 use witness_collector::config::StoreConfig;
 use witness_collector::store::{
     self, Backend, CloseEvent, EventKey, Filter, MeasurementRecord, NewEvent, NewInvite, NewProbe,
-    PlaceDecision, Store,
+    OpenShutdown, PlaceDecision, Store,
 };
 use witness_core::model::{Method, Status};
 
@@ -479,6 +479,39 @@ async fn events_list_open_ones_first(db: Db) {
     );
 }
 
+/// `/metrics` reads the networks in shutdown from the open events only: a closed shutdown and
+/// an open block are not one.
+async fn open_shutdowns_are_the_open_shutdown_events(db: Db) {
+    let (s, _, _guard) = open(db).await;
+    let shutdown = |asn: u32| EventKey {
+        kind: EventKind::Shutdown,
+        domain: None,
+        asn,
+        method: None,
+    };
+    assert!(s.open_shutdowns().await.unwrap().is_empty());
+    assert!(s
+        .open_event(&new_event("block", 1, None), &[])
+        .await
+        .unwrap()
+        .is_some());
+    for (id, asn) in [("down-a", 9198), ("down-b", 48716)] {
+        let mut e = new_event(id, 2, None);
+        e.key = shutdown(asn);
+        assert!(s.open_event(&e, &[]).await.unwrap().is_some());
+    }
+    let mut c = close(3, Some(2));
+    c.key = shutdown(48716);
+    assert!(s.close_event(&c, &[]).await.unwrap().is_some());
+    assert_eq!(
+        s.open_shutdowns().await.unwrap(),
+        [OpenShutdown {
+            asn: 9198,
+            country: Some("KZ".into()),
+        }]
+    );
+}
+
 /// Records of several months land in the right monthly partitions (PostgreSQL) and read back
 /// the same from both stores, oldest first.
 async fn records_across_months_read_back_in_order(db: Db) {
@@ -723,6 +756,7 @@ both_stores!(
     records_across_months_read_back_in_order,
     established_probes_need_age_and_hours,
     events_list_open_ones_first,
+    open_shutdowns_are_the_open_shutdown_events,
     outbox_claims_are_disjoint,
     simultaneous_uploads_to_two_collectors_raise_one_event,
 );

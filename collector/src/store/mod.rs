@@ -1,6 +1,9 @@
-//! Storage behind one trait: SQLite for one collector, PostgreSQL for several.
+//! Storage behind one [`Store`] (the sum of a role trait per kind of data: [`TokenStore`],
+//! [`MeasurementStore`], [`EventStore`], [`OutboxStore`], [`ReadModelStore`]): SQLite for one
+//! collector, PostgreSQL for several. The queries are written once in `sql/`, one file per kind
+//! of data; `sqlite.rs` and `postgres.rs` hold what the two databases do differently.
 //!
-//! The trait is shaped for a database shared by several collector processes: every decision
+//! The traits are shaped for a database shared by several collector processes: every decision
 //! that must be unique (one open event per key, one copy of a measurement, one use of an invite,
 //! one claim of an outbox row) is a single call that the implementation settles inside the
 //! database with a unique constraint, a lock or a transaction, never with in-process state.
@@ -14,11 +17,10 @@ mod sql;
 pub mod sqlite;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
@@ -406,6 +408,15 @@ pub struct ProbeNetworkRow {
     pub last_seen: DateTime<Utc>,
 }
 
+/// A network in an open shutdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenShutdown {
+    /// The network.
+    pub asn: u32,
+    /// The country the shutdown was raised for, if known.
+    pub country: Option<String>,
+}
+
 /// One pending webhook delivery.
 #[derive(Clone, Debug)]
 pub struct Notification {
@@ -501,12 +512,19 @@ impl std::str::FromStr for Cursor {
     }
 }
 
-/// Everything the collector stores.
+/// Everything the collector stores: one role trait per kind of data, so a reader sees which
+/// part of the store a caller needs. Callers hold an `Arc<dyn Store>`.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    TokenStore + MeasurementStore + EventStore + OutboxStore + ReadModelStore + Send + Sync + 'static
+{
     /// Cheap liveness check.
     async fn ping(&self) -> StoreResult<()>;
+}
 
+/// Invites and probes: who may upload, and which probes count in a quorum.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
     /// Store an invite.
     async fn create_invite(&self, invite: &NewInvite) -> StoreResult<()>;
 
@@ -529,6 +547,21 @@ pub trait Store: Send + Sync + 'static {
     /// Revoke an invite or a probe by id; `false` when no such live id.
     async fn revoke(&self, id: &str, now: DateTime<Utc>) -> StoreResult<bool>;
 
+    /// Of `probes`, those that count in the event quorum: not revoked, registered at or before
+    /// `registered_by`, and with uploads in at least `min_hours` distinct hours of arrival
+    /// (`probe_hours`). Fake probes made for an attack must first wait and upload like a
+    /// volunteer's (see `docs/collector-api.md`, "Who counts").
+    async fn established_probes(
+        &self,
+        probes: &[String],
+        registered_by: DateTime<Utc>,
+        min_hours: u32,
+    ) -> StoreResult<std::collections::HashSet<String>>;
+}
+
+/// The measurements: written once per upload, read as series, history and export.
+#[async_trait]
+pub trait MeasurementStore: Send + Sync + 'static {
     /// Insert measurements in one transaction and mark the probe seen. Returns, per record,
     /// `true` when inserted and `false` when a record with that id already existed. Durable
     /// when it returns.
@@ -547,7 +580,7 @@ pub trait Store: Send + Sync + 'static {
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<Obs>>;
 
-    /// [`Store::site_series`] of many sites and networks in one read (a few, for thousands of
+    /// [`MeasurementStore::site_series`] of many sites and networks in one read (a few, for thousands of
     /// keys): each key's measurements with `started_at > since`, in the same order; keys with
     /// none are absent. The evaluation of an upload reads all its keys' series at once.
     async fn site_series_many(
@@ -556,27 +589,36 @@ pub trait Store: Send + Sync + 'static {
         since: DateTime<Utc>,
     ) -> StoreResult<std::collections::HashMap<(String, u32), Vec<Obs>>>;
 
-    /// [`Store::event_states`] of the `new_block` events of many sites and networks in one
-    /// read; keys without events are absent.
-    async fn block_states_many(
-        &self,
-        keys: &[(String, u32)],
-    ) -> StoreResult<std::collections::HashMap<(String, u32), Vec<EventState>>>;
-
     /// Presence runs of the probes of one network with `started_at > since`.
     async fn network_presence(&self, asn: u32, since: DateTime<Utc>) -> StoreResult<Vec<Presence>>;
 
-    /// Of `probes`, those that count in the event quorum: not revoked, registered at or before
-    /// `registered_by`, and with uploads in at least `min_hours` distinct hours of arrival
-    /// (`probe_hours`). Fake probes made for an attack must first wait and upload like a
-    /// volunteer's (see `docs/collector-api.md`, "Who counts").
-    async fn established_probes(
-        &self,
-        probes: &[String],
-        registered_by: DateTime<Utc>,
-        min_hours: u32,
-    ) -> StoreResult<std::collections::HashSet<String>>;
+    /// As [`ReadModelStore::latest_groups`], but the latest verdict within `[since, until]`, computed
+    /// from the measurements of the period: for status queries about the past only (its cost
+    /// grows with the measurements in the period).
+    async fn latest_groups_scan(&self, filter: &Filter) -> StoreResult<Vec<LatestGroup>>;
 
+    /// Hourly counts for one site.
+    async fn history(&self, domain: &str, filter: &Filter) -> StoreResult<Vec<HistoryRow>>;
+
+    /// Raw measurements, oldest first.
+    async fn measurements(&self, filter: &Filter) -> StoreResult<Vec<MeasurementRecord>>;
+
+    /// The export: measurements matching `filter` (its `limit` ignored) strictly after `after`
+    /// in `(started_at, id)` order, at most `limit`, sent one by one into `rows` as the database
+    /// returns them (never all at once: memory stays bounded by the channel's capacity, whatever
+    /// the records' size). Stops early, without error, when the receiver is dropped.
+    async fn export_measurements(
+        &self,
+        filter: &Filter,
+        after: Option<Cursor>,
+        limit: u32,
+        rows: tokio::sync::mpsc::Sender<MeasurementRecord>,
+    ) -> StoreResult<()>;
+}
+
+/// Events and their notifications, each change settled inside the database.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
     /// Per method, the open event and the latest decision time for a site (or, with `None`,
     /// the network itself) on a network.
     async fn event_states(
@@ -585,6 +627,13 @@ pub trait Store: Send + Sync + 'static {
         domain: Option<&str>,
         asn: u32,
     ) -> StoreResult<Vec<EventState>>;
+
+    /// [`EventStore::event_states`] of the `new_block` events of many sites and networks in one
+    /// read; keys without events are absent.
+    async fn block_states_many(
+        &self,
+        keys: &[(String, u32)],
+    ) -> StoreResult<std::collections::HashMap<(String, u32), Vec<EventState>>>;
 
     /// Open an event and queue its notifications, atomically. `None`, and nothing changed, when
     /// the key's latest decision time is no longer `event.floor` or an event is already open
@@ -614,32 +663,6 @@ pub trait Store: Send + Sync + 'static {
         since: DateTime<Utc>,
     ) -> StoreResult<std::collections::HashSet<(String, u32)>>;
 
-    /// Sites measured on a network (ASN known) with a non-offline verdict with
-    /// `started_at >= since` (read model).
-    async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>>;
-
-    /// Networks with measurements with `started_at >= since` uploaded within the hour before
-    /// `since` or later, and their latest time (read model).
-    async fn recent_networks(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentNetwork>>;
-
-    /// Each probe's latest verdict per site and network, from the read model (`latest_verdicts`,
-    /// kept on ingest), where that verdict is at or after `filter.since`, grouped by status and
-    /// method (offline verdicts excluded: they say nothing about a site). Filters on network,
-    /// country, category and site apply to the latest verdict. `filter.until` is not applied:
-    /// the read model knows only the present (see [`Store::latest_groups_scan`] for the past).
-    /// Reads one row per probe, site and network, whatever the number of measurements.
-    async fn latest_groups(&self, filter: &Filter) -> StoreResult<Vec<LatestGroup>>;
-
-    /// As [`Store::latest_groups`], but the latest verdict within `[since, until]`, computed
-    /// from the measurements of the period: for status queries about the past only (its cost
-    /// grows with the measurements in the period).
-    async fn latest_groups_scan(&self, filter: &Filter) -> StoreResult<Vec<LatestGroup>>;
-
-    /// Located blocked probes per site, network and censor place, from the read model
-    /// (`latest_verdicts`): each probe's latest verdict at or after `filter.since`, where it
-    /// names a censor place, with the same filters as [`Store::latest_groups`].
-    async fn place_groups(&self, filter: &Filter) -> StoreResult<Vec<PlaceGroup>>;
-
     /// Remember the censor place agreed for a site on a network and, when it differs from the
     /// last one agreed while the site is blocked, raise a `block_moved` event (stored already
     /// ended: a moment) and queue its notifications, atomically. Decisions older than the one
@@ -651,38 +674,13 @@ pub trait Store: Send + Sync + 'static {
         webhook_urls: &[String],
     ) -> StoreResult<Option<Event>>;
 
-    /// `(domain, asn, method)` seen blocked with `started_at >= since` (read model).
-    async fn blocked_methods_seen(
-        &self,
-        since: DateTime<Utc>,
-    ) -> StoreResult<Vec<(String, u32, Method)>>;
-
-    /// Hourly counts for one site.
-    async fn history(&self, domain: &str, filter: &Filter) -> StoreResult<Vec<HistoryRow>>;
-
     /// Events, newest first.
     async fn events(&self, filter: &Filter) -> StoreResult<Vec<Event>>;
+}
 
-    /// Probes per network that uploaded (received time) in the filter's period, to the hour:
-    /// read from the read model's hourly counts (`probe_hours`), so an upload counts when its
-    /// hour overlaps the period.
-    async fn probe_networks(&self, filter: &Filter) -> StoreResult<Vec<ProbeNetworkRow>>;
-
-    /// Raw measurements, oldest first.
-    async fn measurements(&self, filter: &Filter) -> StoreResult<Vec<MeasurementRecord>>;
-
-    /// The export: measurements matching `filter` (its `limit` ignored) strictly after `after`
-    /// in `(started_at, id)` order, at most `limit`, sent one by one into `rows` as the database
-    /// returns them (never all at once: memory stays bounded by the channel's capacity, whatever
-    /// the records' size). Stops early, without error, when the receiver is dropped.
-    async fn export_measurements(
-        &self,
-        filter: &Filter,
-        after: Option<Cursor>,
-        limit: u32,
-        rows: tokio::sync::mpsc::Sender<MeasurementRecord>,
-    ) -> StoreResult<()>;
-
+/// The notification outbox the webhook deliverer drains.
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
     /// Claim up to `limit` notifications due at `now`, oldest first: they are not due again
     /// before `lease_until`, so several collectors on one database do not deliver the same row
     /// (and a crash mid-delivery only delays it).
@@ -706,130 +704,44 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 }
 
-/// Start of the UTC hour of `t`.
-pub(crate) fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
-    t.duration_trunc(TimeDelta::hours(1)).unwrap_or(t)
-}
+/// The query side of the read model (`latest_verdicts`, `probe_hours`, `blocked_methods`),
+/// kept current on ingest: reads whose cost follows the series, not the measurements.
+#[async_trait]
+pub trait ReadModelStore: Send + Sync + 'static {
+    /// The networks in an open shutdown, and the country each was raised for. Reads only the
+    /// open events (the partial unique index `events_one_open` holds exactly them): one row per
+    /// network in shutdown, whatever the number of events or measurements.
+    async fn open_shutdowns(&self) -> StoreResult<Vec<OpenShutdown>>;
 
-/// One row of `probe_hours` to add to.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct HourDelta {
-    /// Start of the hour of arrival.
-    pub hour: DateTime<Utc>,
-    /// Network, `-1` when not claimed.
-    pub asn: i64,
-    /// Country, `""` when not claimed.
-    pub country: String,
-    /// Measurements to add.
-    pub measurements: i64,
-    /// Latest arrival.
-    pub last_received_at: DateTime<Utc>,
-    /// Latest `started_at`.
-    pub last_started_at: DateTime<Utc>,
-}
+    /// Sites measured on a network (ASN known) with a non-offline verdict with
+    /// `started_at >= since` (read model).
+    async fn recent_sites(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentSite>>;
 
-/// The newest non-offline record of a batch for one `(domain, asn)`, with what the batch says
-/// of the run of verdicts naming the censor's place (`latest_verdicts.censor_run`).
-#[derive(Debug)]
-pub(crate) struct LatestDelta<'a> {
-    /// The record.
-    pub record: &'a MeasurementRecord,
-    /// The batch's trailing records for this key (by time) that name the same censor place as
-    /// `record`; 0 when `record` names none.
-    pub run: i64,
-    /// Whether that run is every record of the batch for this key (or empty): only then does it
-    /// continue the run already stored, when the stored verdict names the same place.
-    pub continues: bool,
-}
+    /// Networks with measurements with `started_at >= since` uploaded within the hour before
+    /// `since` or later, and their latest time (read model).
+    async fn recent_networks(&self, since: DateTime<Utc>) -> StoreResult<Vec<RecentNetwork>>;
 
-impl LatestDelta<'_> {
-    /// The censor's hop as stored.
-    pub fn censor_hop(&self) -> Option<i64> {
-        self.record.censor_hop.map(i64::from)
-    }
+    /// Each probe's latest verdict per site and network, from the read model (`latest_verdicts`,
+    /// kept on ingest), where that verdict is at or after `filter.since`, grouped by status and
+    /// method (offline verdicts excluded: they say nothing about a site). Filters on network,
+    /// country, category and site apply to the latest verdict. `filter.until` is not applied:
+    /// the read model knows only the present (see [`MeasurementStore::latest_groups_scan`] for the past).
+    /// Reads one row per probe, site and network, whatever the number of measurements.
+    async fn latest_groups(&self, filter: &Filter) -> StoreResult<Vec<LatestGroup>>;
 
-    /// The censor's ASN as stored.
-    pub fn censor_asn(&self) -> Option<i64> {
-        self.record.censor_asn.map(i64::from)
-    }
-}
+    /// Located blocked probes per site, network and censor place, from the read model
+    /// (`latest_verdicts`): each probe's latest verdict at or after `filter.since`, where it
+    /// names a censor place, with the same filters as [`ReadModelStore::latest_groups`].
+    async fn place_groups(&self, filter: &Filter) -> StoreResult<Vec<PlaceGroup>>;
 
-/// What the new records of one batch (all from one probe) change in the read model, reduced to
-/// one row per key in key order, so each store writes every row once and concurrent batches
-/// lock rows in the same order. Both stores apply it with monotonic upserts.
-#[derive(Debug, Default)]
-pub(crate) struct ReadModelDelta<'a> {
-    /// Per `(domain, asn)`: the newest non-offline record of the batch.
-    pub latest: Vec<LatestDelta<'a>>,
-    /// Per `(domain, asn, method)` seen blocked: the latest `started_at`.
-    pub blocked: Vec<(&'a str, u32, Method, DateTime<Utc>)>,
-    /// Per hour of arrival, network and country.
-    pub hours: Vec<HourDelta>,
-}
+    /// `(domain, asn, method)` seen blocked with `started_at >= since` (read model).
+    async fn blocked_methods_seen(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<(String, u32, Method)>>;
 
-impl<'a> ReadModelDelta<'a> {
-    /// The delta of the newly stored `records`.
-    pub fn of(records: impl IntoIterator<Item = &'a MeasurementRecord>) -> Self {
-        let mut latest: BTreeMap<(&str, u32), Vec<&MeasurementRecord>> = BTreeMap::new();
-        let mut blocked: BTreeMap<(&str, u32, Method), DateTime<Utc>> = BTreeMap::new();
-        let mut hours: BTreeMap<(DateTime<Utc>, i64, &str), HourDelta> = BTreeMap::new();
-        for r in records {
-            let hour = hour_of(r.received_at);
-            let asn = r.asn.map_or(-1, i64::from);
-            let country = r.country.as_deref().unwrap_or("");
-            let h = hours
-                .entry((hour, asn, country))
-                .or_insert_with(|| HourDelta {
-                    hour,
-                    asn,
-                    country: country.to_string(),
-                    measurements: 0,
-                    last_received_at: r.received_at,
-                    last_started_at: r.started_at,
-                });
-            h.measurements += 1;
-            h.last_received_at = h.last_received_at.max(r.received_at);
-            h.last_started_at = h.last_started_at.max(r.started_at);
-            let Some(asn) = r.asn else { continue };
-            if r.status == Status::Offline {
-                continue;
-            }
-            latest.entry((r.domain.as_str(), asn)).or_default().push(r);
-            if let (Status::Blocked, Some(m)) = (r.status, r.method) {
-                let at = blocked
-                    .entry((r.domain.as_str(), asn, m))
-                    .or_insert(r.started_at);
-                *at = (*at).max(r.started_at);
-            }
-        }
-        let latest = latest
-            .into_values()
-            .filter_map(|mut v| {
-                v.sort_by_key(|r| (r.started_at, r.id));
-                let record = *v.last()?;
-                let place = |r: &MeasurementRecord| {
-                    (r.status == Status::Blocked && r.censor_hop.is_some())
-                        .then_some((r.censor_hop, r.censor_asn))
-                };
-                let run = match place(record) {
-                    Some(p) => v.iter().rev().take_while(|r| place(r) == Some(p)).count(),
-                    None => 0,
-                };
-                Some(LatestDelta {
-                    record,
-                    run: i64::try_from(run).unwrap_or(i64::MAX),
-                    // Without a place there is no run to continue (and nothing to reset).
-                    continues: run == 0 || run == v.len(),
-                })
-            })
-            .collect();
-        ReadModelDelta {
-            latest,
-            blocked: blocked
-                .into_iter()
-                .map(|((d, a, m), at)| (d, a, m, at))
-                .collect(),
-            hours: hours.into_values().collect(),
-        }
-    }
+    /// Probes per network that uploaded (received time) in the filter's period, to the hour:
+    /// read from the read model's hourly counts (`probe_hours`), so an upload counts when its
+    /// hour overlaps the period.
+    async fn probe_networks(&self, filter: &Filter) -> StoreResult<Vec<ProbeNetworkRow>>;
 }

@@ -34,9 +34,8 @@ use sqlx::Postgres;
 use uuid::Uuid;
 
 use super::sql::{event_columns, notification_from_row, sql_store, us, Dialect};
-use super::{
-    Embedded, EventKey, MeasurementRecord, Notification, ReadModelDelta, StoreError, StoreResult,
-};
+use super::{Embedded, EventKey, MeasurementRecord, Notification, StoreError, StoreResult};
+use crate::readmodel::delta::ReadModelDelta;
 
 /// Migrations compiled into the binary: `(version, description, sql)`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[

@@ -22,7 +22,8 @@ use sqlx::sqlite::{
 use sqlx::Sqlite;
 
 use super::sql::{event_columns, notification_from_row, sql_store, Dialect, SqlRow, SqlStore};
-use super::{Embedded, EventKey, MeasurementRecord, Notification, ReadModelDelta, StoreResult};
+use super::{Embedded, EventKey, MeasurementRecord, Notification, StoreResult};
+use crate::readmodel::delta::ReadModelDelta;
 
 /// Migrations compiled into the binary: `(version, description, sql)`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[

@@ -108,7 +108,7 @@ fn severity(status: Status) -> u8 {
     }
 }
 
-/// Hourly rows (as [`crate::store::Store::history`] returns them) folded into lanes: per
+/// Hourly rows (as [`crate::store::MeasurementStore::history`] returns them) folded into lanes: per
 /// network and hour the verdict with the most measurements (ties: blocked, down, inconclusive,
 /// accessible, offline), and runs of adjacent hours in one state merged into one segment.
 pub fn lanes(rows: &[HistoryRow]) -> Vec<Lane> {

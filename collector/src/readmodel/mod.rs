@@ -2,10 +2,11 @@
 //!
 //! Every reader of "the current state" goes through this module: `/metrics`, the status API
 //! (`GET /api/v1/status`), the status page and its site pages. The event sweep reads the same
-//! tables through [`Store::recent_sites`] and [`Store::recent_networks`].
+//! tables through [`ReadModelStore::recent_sites`](crate::store::ReadModelStore::recent_sites) and
+//! [`ReadModelStore::recent_networks`](crate::store::ReadModelStore::recent_networks).
 //!
 //! The store keeps three small tables in the same transaction as the measurements
-//! (`migrations/*/0002_read_model.sql`):
+//! (`migrations/*/0002_read_model.sql`), by the rules of [`delta`]:
 //! - `latest_verdicts`: per probe, site and network, the latest non-offline verdict (status,
 //!   method, time, category, country). Upserts are idempotent (a duplicate record is not
 //!   stored, so it changes nothing) and monotonic in `(started_at, id)`: a back-filled older
@@ -22,8 +23,10 @@
 //! window stop counting (the reads filter on time); nothing needs deleting for that.
 //!
 //! A status query about the past (`until` more than [`CURRENT_SLACK`] ago) cannot use the read
-//! model, which only knows the present: it falls back to [`Store::latest_groups_scan`] over
+//! model, which only knows the present: it falls back to [`crate::store::MeasurementStore::latest_groups_scan`] over
 //! the measurements of the period.
+
+pub(crate) mod delta;
 
 use std::collections::BTreeMap;
 
@@ -32,7 +35,7 @@ use witness_core::model::{Method, Status};
 
 use crate::aggregate::{self, Params, PlaceVote};
 use crate::model::{LatestGroup, PlaceGroup, SiteStatus};
-use crate::store::{Filter, Store, StoreResult};
+use crate::store::{Filter, OpenShutdown, ProbeNetworkRow, Store, StoreResult};
 
 /// An `until` this close to now (or later) asks for the present: the read model answers.
 pub const CURRENT_SLACK: TimeDelta = TimeDelta::minutes(1);
@@ -108,6 +111,36 @@ pub async fn blocked_methods(
         v.dedup();
     }
     Ok(out)
+}
+
+/// The networks' current state: who is uploading, and where a shutdown is open.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkActivity {
+    /// Probes per network that uploaded at or after the `since` asked for, to the hour
+    /// (`probe_hours`).
+    pub networks: Vec<ProbeNetworkRow>,
+    /// The networks in an open shutdown.
+    pub shutdowns: Vec<OpenShutdown>,
+}
+
+/// [`NetworkActivity`] since `since`: one row per network and country, plus one per network in
+/// shutdown, whatever the number of measurements or events.
+pub async fn network_activity(
+    store: &dyn Store,
+    since: DateTime<Utc>,
+) -> StoreResult<NetworkActivity> {
+    let networks = store
+        .probe_networks(&Filter {
+            since: Some(since),
+            limit: u32::MAX,
+            ..Filter::default()
+        })
+        .await?;
+    let shutdowns = store.open_shutdowns().await?;
+    Ok(NetworkActivity {
+        networks,
+        shutdowns,
+    })
 }
 
 /// Fold latest-per-probe groups into one status per site and network.
