@@ -34,7 +34,7 @@ fn collector(aggregation: &str, sections: &str) -> (tempfile::TempDir, Collector
     let config = dir.path().join("collector.toml");
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nregister_per_hour = 10000\nregister_burst = 1000\n\
-         register_per_client_per_hour = 10000\n\n[store]\nurl = \"sqlite://{}\"\n\n\
+         register_per_client_per_hour = 10000\nregister_per_prefix_per_hour = 10000\n\n[store]\nurl = \"sqlite://{}\"\n\n\
          [aggregation]\n{aggregation}\n{sections}\n",
         db.display()
     );
