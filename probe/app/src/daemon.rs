@@ -15,10 +15,9 @@ use std::time::Duration;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 
-use crate::cli::{
-    build_engine, collect_targets, collector_target, ensure_consent, open_spool, DaemonArgs,
-};
+use crate::cli::{build_engine, collect_targets, collector_target, open_spool, DaemonArgs};
 use crate::config::FileConfig;
+use crate::consent::ensure_consent;
 use crate::spool::Spool;
 use crate::upload::Uploader;
 

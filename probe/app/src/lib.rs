@@ -7,6 +7,7 @@ pub mod address;
 pub mod categories;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod daemon;
 pub mod report;
 pub mod spool;
