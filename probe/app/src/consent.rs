@@ -8,9 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::{collect_targets, ConsentArgs, RunArgs};
+use crate::cli::ConsentArgs;
 use crate::config::FileConfig;
 use crate::report;
+use crate::setup::{collect_targets, RunArgs};
 use witness_core::targets::Target;
 
 /// Where the service's consent is recorded (`witness consent --accept --system`); the packaged

@@ -10,5 +10,6 @@ pub mod config;
 pub mod consent;
 pub mod daemon;
 pub mod report;
+pub mod setup;
 pub mod spool;
 pub mod upload;
