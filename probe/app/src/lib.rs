@@ -10,6 +10,7 @@ pub mod config;
 pub mod consent;
 pub mod daemon;
 pub mod report;
+pub mod run;
 pub mod setup;
 pub mod spool;
 pub mod upload;
