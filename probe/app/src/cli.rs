@@ -1,4 +1,6 @@
-//! The `witness` command line: flags over the config file over defaults.
+//! The `witness` command line: the clap types, the entry point and the dispatch to each
+//! command's room (`run`, `consent`, `daemon`), plus the short `upload` and `register`
+//! commands. Resolving flags over the config file over defaults is `setup`'s job.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
