@@ -1,4 +1,5 @@
-//! Configuration in three layers: command-line flags over a TOML file over defaults.
+//! Configuration in three layers: command-line flags over a TOML file over defaults. This
+//! module is the file and the defaults; `setup` lays the flags over them.
 //!
 //! The file is parsed strictly (`deny_unknown_fields`): a misspelt key is an error that names
 //! the file, line and key, never silently ignored. `witness.example.toml` at the crate root is

@@ -14,13 +14,34 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
+use clap::Args;
 
-use crate::cli::{
-    build_engine, collect_targets, collector_target, ensure_consent, open_spool, DaemonArgs,
-};
 use crate::config::FileConfig;
+use crate::consent::ensure_consent;
+use crate::setup::{build_engine, collect_targets, collector_target, open_spool, RunArgs};
 use crate::spool::Spool;
 use crate::upload::Uploader;
+
+/// Flags of `witness daemon`.
+#[derive(Debug, Default, Args)]
+pub struct DaemonArgs {
+    /// Seconds between runs.
+    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    pub interval: f64,
+    /// Up to this many seconds of random delay added to each run, so probes do not all
+    /// measure at the same instant.
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub jitter: f64,
+    /// Seconds between upload attempts while measurements wait (e.g. during an outage).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub upload_retry: f64,
+    /// Stop after this many runs (default: never).
+    #[arg(long, value_name = "N")]
+    pub runs: Option<u64>,
+    /// Measurement flags, as for `witness run`.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
 
 fn state_path(spool: &Spool) -> PathBuf {
     spool.dir().join("daemon-last-run")
