@@ -16,7 +16,7 @@ use futures::StreamExt;
 use crate::checks::dns::ControlResolvers;
 use crate::checks::tls::TlsContext;
 use crate::checks::MeasureConfig;
-use crate::control::ControlClient;
+use crate::control::client::ControlClient;
 use crate::error::SetupError;
 use crate::model::{
     ConnectivitySummary, DnsObservation, HttpObservation, Measurement, ProbeNetwork,
