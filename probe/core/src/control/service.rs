@@ -132,9 +132,11 @@ pub async fn measure_target(
     cfg: &ControlServiceConfig,
 ) -> Result<ControlResponse, ControlRefusal> {
     let url = &target.url;
-    let mut engine =
-        Engine::new(cfg.measure.clone(), None).map_err(ControlRefusal::Misconfigured)?;
-    engine.allow_bogon_targets = cfg.allow_private;
+    // Bogon targets only in a lab (`allow_private`): otherwise the control is a door inward.
+    let engine = Engine::builder(cfg.measure.clone())
+        .danger_allow_bogon_targets(cfg.allow_private)
+        .build()
+        .map_err(ControlRefusal::Misconfigured)?;
     let public = |ip: &IpAddr| cfg.allow_private || !cfg.measure.bogons.is_bogon(*ip);
 
     let t0 = std::time::Instant::now();

@@ -58,12 +58,91 @@ pub struct Engine {
     /// The probe's own addresses, scrubbed from records.
     pub own: Arc<OwnAddresses>,
     /// The probe's network, recorded in every measurement.
-    pub probe: ProbeNetwork,
+    probe: ProbeNetwork,
     /// When false, the engine refuses to connect to bogon addresses (the control service's
     /// default: it must not become a door into its own private network).
-    pub allow_bogon_targets: bool,
+    allow_bogon_targets: bool,
     /// Anchors for the connectivity check: (host, port).
-    pub anchors: Vec<(String, u16)>,
+    anchors: Vec<(String, u16)>,
+}
+
+/// Builds an [`Engine`]: everything is set before the engine exists, so nothing assigns its
+/// fields afterwards. Switches that open the engine to private and reserved addresses are off
+/// unless named through [`EngineBuilder::danger_allow_bogon_targets`], as rustls names its
+/// `danger` settings.
+#[derive(Debug)]
+pub struct EngineBuilder {
+    cfg: MeasureConfig,
+    control: Option<ControlClient>,
+    interception_spki: Vec<(String, String)>,
+    probe: ProbeNetwork,
+    anchors: Vec<(String, u16)>,
+    allow_bogon_targets: bool,
+}
+
+impl EngineBuilder {
+    /// A builder for an engine with this step configuration, no control service, no anchors,
+    /// an unknown probe network, and bogon targets refused.
+    pub fn new(cfg: MeasureConfig) -> Self {
+        EngineBuilder {
+            cfg,
+            control: None,
+            interception_spki: Vec::new(),
+            probe: ProbeNetwork::default(),
+            anchors: Vec::new(),
+            allow_bogon_targets: false,
+        }
+    }
+
+    /// Ask this control service for its view of each target (`None`: no control).
+    pub fn control(mut self, control: Option<ControlClient>) -> Self {
+        self.control = control;
+        self
+    }
+
+    /// Use these interception keys in addition to the built-in names.
+    pub fn interception_spki(mut self, keys: Vec<(String, String)>) -> Self {
+        self.interception_spki = keys;
+        self
+    }
+
+    /// The probe's network, recorded in every measurement.
+    pub fn probe_network(mut self, probe: ProbeNetwork) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    /// Anchors for the connectivity check: (host, port).
+    pub fn anchors(mut self, anchors: Vec<(String, u16)>) -> Self {
+        self.anchors = anchors;
+        self
+    }
+
+    /// DANGER: connect to private, loopback and other bogon addresses. A probe needs it (a
+    /// censor's resolver may answer a private address that serves the blockpage, and labs and
+    /// tests run on 127.0.0.0/8); a control service must not have it outside a lab, or it
+    /// becomes a door into its own network for whoever holds a token.
+    pub fn danger_allow_bogon_targets(mut self, allow: bool) -> Self {
+        self.allow_bogon_targets = allow;
+        self
+    }
+
+    /// Build the engine; fails only on configuration errors (e.g. an unusable control
+    /// resolver).
+    pub fn build(self) -> Result<Engine, SetupError> {
+        let tls = TlsContext::new(&self.cfg)?.with_interception_spki(self.interception_spki);
+        let control_resolvers = ControlResolvers::new(&self.cfg.control_resolvers, &self.cfg)?;
+        Ok(Engine {
+            cfg: Arc::new(self.cfg),
+            tls,
+            control_resolvers,
+            control: self.control,
+            own: Arc::new(OwnAddresses::default()),
+            probe: self.probe,
+            allow_bogon_targets: self.allow_bogon_targets,
+            anchors: self.anchors,
+        })
+    }
 }
 
 /// The outcome of a whole run.
@@ -76,26 +155,9 @@ pub struct RunOutcome {
 }
 
 impl Engine {
-    /// Build an engine; fails only on configuration errors (e.g. an unusable control resolver).
-    pub fn new(cfg: MeasureConfig, control: Option<ControlClient>) -> Result<Self, SetupError> {
-        let tls = TlsContext::new(&cfg)?;
-        let control_resolvers = ControlResolvers::new(&cfg.control_resolvers, &cfg)?;
-        Ok(Engine {
-            cfg: Arc::new(cfg),
-            tls,
-            control_resolvers,
-            control,
-            own: Arc::new(OwnAddresses::default()),
-            probe: ProbeNetwork::default(),
-            allow_bogon_targets: true,
-            anchors: Vec::new(),
-        })
-    }
-
-    /// Use these interception keys in addition to the built-in names.
-    pub fn with_interception_spki(mut self, keys: Vec<(String, String)>) -> Self {
-        self.tls = self.tls.with_interception_spki(keys);
-        self
+    /// A builder: see [`EngineBuilder`].
+    pub fn builder(cfg: MeasureConfig) -> EngineBuilder {
+        EngineBuilder::new(cfg)
     }
 
     /// Measure every target with at most `concurrency` at once; `progress` is called after
