@@ -31,6 +31,8 @@ mod evidence;
 mod fetch;
 mod localise;
 mod measure;
+#[cfg(test)]
+mod tests;
 
 pub use localise::{finalize_verdicts, scrub_measurement};
 
