@@ -21,7 +21,7 @@ use futures::StreamExt;
 use witness_core::model::ControlBatchLine;
 use witness_tests::fleet::{shipped_collector, Sites};
 
-/// The probe's own batch size and window (probe/core/src/control.rs).
+/// The probe's own batch size and window (probe/core/src/control/client.rs).
 const BATCH: usize = 100;
 const WINDOW: usize = 8;
 

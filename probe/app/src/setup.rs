@@ -338,17 +338,23 @@ pub fn build_engine(args: &RunArgs, file: &FileConfig) -> Result<Engine> {
         .iter()
         .map(|s| config::parse_spki_pin(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut engine = Engine::new(cfg, control)
-        .map_err(anyhow::Error::msg)?
-        .with_interception_spki(pins);
-    engine.anchors = net
+    let anchors = net
         .anchors
         .iter()
         .map(|a| config::parse_anchor(a))
         .collect::<Result<Vec<_>, _>>()?;
-    engine.probe = ProbeNetwork {
-        asn: file.probe.asn,
-        country: file.probe.country.clone(),
-    };
+    // The probe connects to whatever its resolver answered, private addresses included (a
+    // censor's blockpage may live there), as it always has.
+    let engine = Engine::builder(cfg)
+        .control(control)
+        .interception_spki(pins)
+        .anchors(anchors)
+        .probe_network(ProbeNetwork {
+            asn: file.probe.asn,
+            country: file.probe.country.clone(),
+        })
+        .danger_allow_bogon_targets(true)
+        .build()
+        .map_err(anyhow::Error::msg)?;
     Ok(engine)
 }

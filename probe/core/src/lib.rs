@@ -13,7 +13,7 @@
 //! - [`targets`], [`fingerprints`], [`bogon`]: inputs and reference data;
 //! - [`spec`]: the string forms of settings, shared by the app and the collector;
 //! - [`error`]: the typed errors the core returns to the app and the collector;
-//! - [`control`]: the control service's client and server side.
+//! - [`control`]: the control protocol: [`control::client`] below the engine, [`control::service`] above it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
