@@ -8,38 +8,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, FileConfig};
+use crate::consent::ConsentArgs;
 use crate::daemon::DaemonArgs;
+pub use crate::exit::*;
+pub use crate::report::ColorChoice;
 use crate::setup::{
     collect_targets, collector_target, credentials_path, load_config, open_spool, CollectorArgs,
     Credentials, RunArgs, SelectArgs,
 };
-
-/// Exit status: every site was measured (and uploaded, when asked).
-pub const EXIT_OK: u8 = 0;
-/// Exit status: measured, but the results could not be written (`--out`, the spool), or the
-/// runtime could not start.
-pub const EXIT_FAILURE: u8 = 1;
-/// Exit status: a bad flag, config file, list or URL, or no consent: nothing was measured.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit status: measured and spooled, but the upload failed or no collector is configured; the
-/// results wait in the spool for `witness upload`.
-pub const EXIT_UPLOAD: u8 = 3;
-
-/// The exit statuses, for `--help` and the man page.
-pub const EXIT_STATUS_HELP: &str = "\
-Exit status:
-  0  success: every site was measured (and uploaded, with --upload)
-  1  measured, but the results could not be written (--out, the spool), or an internal failure
-  2  bad flag, config file, list or URL, or consent not given: nothing was measured
-  3  measured and spooled, but the upload failed (or no collector is set): the results wait in
-     the spool; `witness upload` sends them later
-
-Environment: WITNESS_CONFIG (config file), WITNESS_TOKEN, WITNESS_CONTROL_TOKEN,
-WITNESS_LOG (log filter, e.g. info or debug), WITNESS_CONSENT_FILE (where consent is recorded),
-NO_COLOR (no colour), TERM=dumb (no colour, no progress bar).";
 
 /// Witness: is this site blocked on my connection, and how?
 #[derive(Debug, Parser)]
@@ -61,39 +40,6 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// `--color`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum ColorChoice {
-    /// On a terminal, unless NO_COLOR is set or TERM is dumb.
-    #[default]
-    Auto,
-    /// Always, even into a pipe.
-    Always,
-    /// Never.
-    Never,
-}
-
-impl ColorChoice {
-    /// Whether to colour output going to a stream that `is_tty` or not.
-    pub fn enabled(self, is_tty: bool) -> bool {
-        match self {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => is_tty && !no_color_env() && !dumb_terminal(),
-        }
-    }
-}
-
-/// NO_COLOR set to anything non-empty (<https://no-color.org>).
-fn no_color_env() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
-}
-
-/// TERM=dumb: a terminal that cannot move the cursor (Emacs shell, some CI logs).
-pub(crate) fn dumb_terminal() -> bool {
-    std::env::var_os("TERM").is_some_and(|t| t == "dumb")
 }
 
 /// Subcommands.
@@ -123,21 +69,6 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `witness man | man -l -`.
     Man,
-}
-
-/// Flags of `witness consent`.
-#[derive(Debug, Default, Args)]
-pub struct ConsentArgs {
-    /// Record that you have read the notice and accept it (asks you to type yes).
-    #[arg(long)]
-    pub accept: bool,
-    /// With --accept: record it for the system service (/etc/witness/consent-accepted; needs
-    /// root), which does not measure before.
-    #[arg(long, requires = "accept")]
-    pub system: bool,
-    /// The lists whose categories the notice names.
-    #[command(flatten)]
-    pub select: SelectArgs,
 }
 
 /// Flags of `witness upload`.

@@ -7,12 +7,27 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 
-use crate::cli::ConsentArgs;
 use crate::config::FileConfig;
 use crate::report;
-use crate::setup::{collect_targets, RunArgs};
+use crate::setup::{collect_targets, RunArgs, SelectArgs};
 use witness_core::targets::Target;
+
+/// Flags of `witness consent`.
+#[derive(Debug, Default, Args)]
+pub struct ConsentArgs {
+    /// Record that you have read the notice and accept it (asks you to type yes).
+    #[arg(long)]
+    pub accept: bool,
+    /// With --accept: record it for the system service (/etc/witness/consent-accepted; needs
+    /// root), which does not measure before.
+    #[arg(long, requires = "accept")]
+    pub system: bool,
+    /// The lists whose categories the notice names.
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
 
 /// Where the service's consent is recorded (`witness consent --accept --system`); the packaged
 /// units point WITNESS_CONSENT_FILE here and do not start before it exists.

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use clap::ValueEnum;
+
 use witness_core::model::{ConnectivitySummary, Measurement, Method, Status};
 
 /// Widest site column.
@@ -146,4 +148,37 @@ pub fn method_words(m: Method) -> &'static str {
         Method::Http => "HTTP blocking",
         Method::Throttle => "throttling",
     }
+}
+
+/// `--color`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set or TERM is dumb.
+    #[default]
+    Auto,
+    /// Always, even into a pipe.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour output going to a stream that `is_tty` or not.
+    pub fn enabled(self, is_tty: bool) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => is_tty && !no_color_env() && !dumb_terminal(),
+        }
+    }
+}
+
+/// NO_COLOR set to anything non-empty (<https://no-color.org>).
+fn no_color_env() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// TERM=dumb: a terminal that cannot move the cursor (Emacs shell, some CI logs).
+pub(crate) fn dumb_terminal() -> bool {
+    std::env::var_os("TERM").is_some_and(|t| t == "dumb")
 }

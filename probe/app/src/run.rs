@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{dumb_terminal, ColorChoice, EXIT_FAILURE, EXIT_UPLOAD};
 use crate::config::FileConfig;
+use crate::exit::{EXIT_FAILURE, EXIT_UPLOAD};
 use crate::report;
+use crate::report::{dumb_terminal, ColorChoice};
 use crate::setup::{
     build_engine, collect_targets, collector_target, open_spool, spool_dir, CollectorArgs,
     RecordFormat, RunArgs,
