@@ -3,7 +3,8 @@
 //! network goes offline, and serves control measurements.
 //!
 //! Layout:
-//! - [`app`]: shared state, routers, [`app::serve`];
+//! - [`state`]: [`AppState`], what every handler and background task shares;
+//! - [`app`]: every router, [`app::serve`];
 //! - [`api`]: one module per endpoint group (ingest, register, control, read, metrics);
 //! - [`model`]: the domain types (events, evidence, verdict groups, site status);
 //! - [`aggregate`]: the pure event rule (table-tested, no I/O);
@@ -37,11 +38,13 @@ pub mod model;
 pub mod ratelimit;
 pub mod readgate;
 pub mod readmodel;
+pub mod state;
 pub mod store;
 pub mod tokens;
 pub mod ui;
 pub mod validate;
 pub mod webhook;
 
-pub use app::{serve, serve_with, AppState};
+pub use app::{serve, serve_with};
 pub use config::Config;
+pub use state::AppState;

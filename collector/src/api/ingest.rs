@@ -25,10 +25,10 @@ use witness_core::model::Measurement;
 use witness_core::scrub::Needles;
 
 use super::{authenticate, require_json};
-use crate::app::AppState;
 use crate::asn::AsnDb;
 use crate::error::ApiError;
 use crate::events::Touched;
+use crate::state::AppState;
 use crate::store::MeasurementRecord;
 use crate::validate;
 

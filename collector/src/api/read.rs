@@ -17,10 +17,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use witness_core::model::{Method, Status};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::model::EventKind;
 use crate::readmodel;
+use crate::state::AppState;
 use crate::store::{Cursor, Event, Filter, MeasurementRecord, Store};
 
 /// Largest `limit`.
