@@ -6,6 +6,7 @@
 //! - [`state`]: [`AppState`], what every handler and background task shares;
 //! - [`app`]: every router, [`app::serve`];
 //! - [`api`]: one module per endpoint group (ingest, register, control, read, metrics);
+//! - [`ingest`]: storing an upload's records (validation, the store's row, evaluation);
 //! - [`model`]: the domain types (events, evidence, verdict groups, site status);
 //! - [`aggregate`]: the pure event rule (table-tested, no I/O);
 //! - [`readmodel`]: the current state per site and network, kept on ingest, for every reader;
@@ -32,6 +33,7 @@ pub mod control;
 pub mod csvsafe;
 pub mod error;
 pub mod events;
+pub mod ingest;
 pub mod listener;
 pub mod metrics;
 pub mod model;
