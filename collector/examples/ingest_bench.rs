@@ -503,23 +503,7 @@ async fn preload(
             .into_iter()
             .map(|m| {
                 let body = serde_json::to_string(&m).unwrap_or_default();
-                store::MeasurementRecord {
-                    id: m.id,
-                    received_at: now,
-                    started_at: m.started_at,
-                    domain: m.domain,
-                    url: m.url,
-                    category: m.category_code,
-                    asn: m.probe.asn,
-                    country: m.probe.country,
-                    status: m.verdict.status,
-                    method: m.verdict.method,
-                    reason: m.verdict.reason,
-                    software_version: m.software.version,
-                    body,
-                    censor_hop: None,
-                    censor_asn: None,
-                }
+                witness_collector::ingest::to_record(m, &body, now, None)
             })
             .collect();
         let (store, id) = (store.clone(), probe.id.clone());

@@ -621,30 +621,40 @@ impl HumanDuration {
     }
 }
 
+/// Why a text is not a [`HumanDuration`]; each variant holds the (trimmed) text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// No leading whole number.
+    #[error("invalid duration {0:?}: expected e.g. 90s, 10m, 6h, 30d")]
+    Number(String),
+    /// A unit other than ms, s, m, h, d.
+    #[error("invalid duration unit in {0:?}: expected ms, s, m, h or d")]
+    Unit(String),
+    /// More milliseconds than a u64 holds.
+    #[error("duration {0:?} is too large")]
+    TooLarge(String),
+}
+
 impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = DurationError;
+    fn from_str(s: &str) -> Result<Self, DurationError> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 10m, 6h, 30d"))?;
+            .map_err(|_| DurationError::Number(s.to_string()))?;
         let mult_ms: u64 = match unit {
             "ms" => 1,
             "s" => 1000,
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            _ => {
-                return Err(format!(
-                    "invalid duration unit in {s:?}: expected ms, s, m, h or d"
-                ))
-            }
+            _ => return Err(DurationError::Unit(s.to_string())),
         };
         n.checked_mul(mult_ms)
             .map(|ms| HumanDuration(Duration::from_millis(ms)))
-            .ok_or_else(|| format!("duration {s:?} is too large"))
+            .ok_or_else(|| DurationError::TooLarge(s.to_string()))
     }
 }
 
@@ -703,6 +713,24 @@ mod tests {
         for bad in ["", "6", "h", "6 hours", "-1s", "1.5h"] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad}");
         }
+        // The messages a config error shows.
+        let err = |s: &str| s.parse::<HumanDuration>().unwrap_err().to_string();
+        assert_eq!(
+            err(" 6 hours"),
+            r#"invalid duration unit in "6 hours": expected ms, s, m, h or d"#
+        );
+        assert_eq!(
+            err("h"),
+            r#"invalid duration "h": expected e.g. 90s, 10m, 6h, 30d"#
+        );
+        assert_eq!(
+            err("99999999999999999999d"),
+            r#"invalid duration "99999999999999999999d": expected e.g. 90s, 10m, 6h, 30d"#
+        );
+        assert_eq!(
+            err("999999999999999d"),
+            r#"duration "999999999999999d" is too large"#
+        );
     }
 
     #[test]

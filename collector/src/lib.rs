@@ -3,8 +3,10 @@
 //! network goes offline, and serves control measurements.
 //!
 //! Layout:
-//! - [`app`]: shared state, routers, [`app::serve`];
+//! - [`state`]: [`AppState`], what every handler and background task shares;
+//! - [`app`]: every router, [`app::serve`];
 //! - [`api`]: one module per endpoint group (ingest, register, control, read, metrics);
+//! - [`ingest`]: storing an upload's records (validation, the store's row, evaluation);
 //! - [`model`]: the domain types (events, evidence, verdict groups, site status);
 //! - [`aggregate`]: the pure event rule (table-tested, no I/O);
 //! - [`readmodel`]: the current state per site and network, kept on ingest, for every reader;
@@ -31,17 +33,20 @@ pub mod control;
 pub mod csvsafe;
 pub mod error;
 pub mod events;
+pub mod ingest;
 pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod ratelimit;
 pub mod readgate;
 pub mod readmodel;
+pub mod state;
 pub mod store;
 pub mod tokens;
 pub mod ui;
 pub mod validate;
 pub mod webhook;
 
-pub use app::{serve, serve_with, AppState};
+pub use app::{serve, serve_with};
 pub use config::Config;
+pub use state::AppState;

@@ -23,8 +23,8 @@ use axum::Extension;
 use http_body_util::BodyExt;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// How long a read waits for a slot before 503.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);

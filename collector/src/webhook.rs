@@ -279,11 +279,11 @@ impl Notifier {
         }
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Result<(), String> {
+    async fn post(&self, url: &str, body: &Value) -> Result<(), PostError> {
         match self.client.post(url).json(body).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
-            Err(e) => Err(e.without_url().to_string()),
+            Ok(r) => Err(PostError::Status(r.status().as_u16())),
+            Err(e) => Err(PostError::Send(e.without_url())),
         }
     }
 
@@ -317,7 +317,7 @@ impl Notifier {
     }
 
     /// Record the outcome of one notification's delivery attempt.
-    async fn settle(&self, note: Notification, result: &Result<(), String>) -> StoreResult<()> {
+    async fn settle(&self, note: Notification, result: &Result<(), PostError>) -> StoreResult<()> {
         match result {
             Ok(()) => self.store.notification_delivered(note.id, Utc::now()).await,
             Err(error) => {
@@ -340,7 +340,7 @@ impl Notifier {
                     tracing::debug!(event_id = %note.event.id, attempts, error = %error, "webhook retry scheduled");
                 }
                 self.store
-                    .notification_failed(note.id, retry_at, error, Utc::now())
+                    .notification_failed(note.id, retry_at, &error.to_string(), Utc::now())
                     .await
             }
         }
@@ -386,6 +386,18 @@ fn by_url(notes: Vec<Notification>) -> Vec<Vec<Notification>> {
         }
     }
     groups
+}
+
+/// Why a webhook delivery failed; its text is recorded on the notification. The receiver's
+/// URL is left out (it may hold a secret).
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    /// The receiver answered, but not with a success.
+    #[error("HTTP {0}")]
+    Status(u16),
+    /// No answer: connection, TLS or timeout.
+    #[error("{0}")]
+    Send(reqwest::Error),
 }
 
 #[cfg(test)]

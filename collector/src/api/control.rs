@@ -20,11 +20,11 @@ use witness_core::model::{
 };
 
 use super::{authenticate, client_address, require_json};
-use crate::app::AppState;
 use crate::control::{
     bytes_read, check_target, measure_target, ControlRefusal, ControlTarget, Lookup, NoSlot, View,
 };
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Largest batch body: [`MAX_CONTROL_BATCH`] URLs of at most 2 KiB each.
 const MAX_BATCH_BODY: usize = (MAX_CONTROL_BATCH + 1) * 2200;

@@ -1,12 +1,13 @@
 //! `POST /api/v1/measurements`: batch upload.
 //!
-//! Each record is parsed and validated on its own, so one bad record does not fail the batch.
-//! Good records are committed in one transaction before the answer is sent; the probe then
-//! deletes `accepted` and `duplicates` from its spool. Uploads are idempotent by record id.
+//! The HTTP side only: token, rate limit, headers, the bounded body and its parse. Storing the
+//! records is [`crate::ingest`]: each is validated on its own, so one bad record does not fail
+//! the batch, and good records are committed in one transaction before the answer is sent; the
+//! probe then deletes `accepted` and `duplicates` from its spool. Uploads are idempotent by
+//! record id.
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
@@ -21,21 +22,12 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
-use witness_core::model::Measurement;
-use witness_core::scrub::Needles;
 
 use super::{authenticate, require_json};
-use crate::app::AppState;
-use crate::asn::AsnDb;
 use crate::error::ApiError;
-use crate::events::Touched;
-use crate::store::MeasurementRecord;
-use crate::validate;
-
-/// A parsed upload.
-struct Batch {
-    measurements: Vec<Box<RawValue>>,
-}
+use crate::ingest;
+pub use crate::ingest::Rejected;
+use crate::state::AppState;
 
 /// Why a batch could not be read.
 #[derive(Debug, PartialEq, Eq)]
@@ -190,17 +182,6 @@ impl<'de> Visitor<'de> for RecordsSeed<'_> {
     }
 }
 
-/// One refused record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rejected {
-    /// Position in the uploaded array.
-    pub index: usize,
-    /// The record's id, when it had a readable one.
-    pub id: Option<String>,
-    /// `reason: detail`, the reason from a closed set.
-    pub reason: String,
-}
-
 /// The answer to an upload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UploadResponse {
@@ -249,34 +230,7 @@ fn is_gzip(headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
-fn record(
-    m: Measurement,
-    body: &str,
-    now: chrono::DateTime<Utc>,
-    asn: Option<&AsnDb>,
-) -> MeasurementRecord {
-    let censor_hop = m.path.as_ref().and_then(|p| p.censor_hop);
-    let censor_asn = m.path.as_ref().and_then(|p| crate::asn::censor_asn(p, asn));
-    MeasurementRecord {
-        id: m.id,
-        received_at: now,
-        started_at: m.started_at,
-        domain: crate::validate::site_key(&m.domain),
-        url: m.url,
-        category: m.category_code,
-        asn: m.probe.asn,
-        country: m.probe.country,
-        status: m.verdict.status,
-        method: m.verdict.method,
-        reason: m.verdict.reason,
-        software_version: m.software.version,
-        body: body.to_string(),
-        censor_hop,
-        censor_asn,
-    }
-}
-
-/// Handle an upload.
+/// Handle an upload: authenticate, limit and decode; [`ingest::store_batch`] does the rest.
 pub async fn upload(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -308,61 +262,13 @@ pub async fn upload(
         parse_batch(&body, max).map_err(batch_error)?
     };
     drop(body);
-    let batch = Batch { measurements };
 
-    let now = Utc::now();
-    let mut rejected = Vec::new();
-    let mut records = Vec::with_capacity(batch.measurements.len());
-    let mut duplicates = Vec::new();
-    let mut seen = HashSet::new();
     let from = super::client_address(&state, &headers, peer.map(|Extension(ConnectInfo(a))| a));
-    let needles = uploader_needles(from);
-    for (index, raw) in batch.measurements.iter().enumerate() {
-        let parsed = validate::parse_record(raw.get(), &state.limits, now)
-            .and_then(|m| refuse_own_address(m, raw.get(), needles.as_ref()));
-        match parsed {
-            Ok(m) => {
-                if seen.insert(m.id) {
-                    records.push(record(m, raw.get(), now, state.asn.as_deref()));
-                } else {
-                    duplicates.push(m.id);
-                }
-            }
-            Err(r) => {
-                state.metrics.record_rejected(r.reason);
-                rejected.push(Rejected {
-                    index,
-                    id: validate::salvage_id(raw.get()),
-                    reason: r.to_string(),
-                });
-            }
-        }
-    }
-
-    // Durable once this returns: only then is anything acknowledged.
-    let inserted = state
-        .store
-        .insert_measurements(&probe_id, now, &records)
-        .await?;
-    let mut accepted = Vec::new();
-    let mut touched = Touched::default();
-    for (r, fresh) in records.iter().zip(inserted) {
-        if fresh {
-            accepted.push(r.id);
-            state
-                .metrics
-                .measurement_received(r.status, r.method, r.asn, r.country.as_deref());
-            touched.add(r);
-        } else {
-            duplicates.push(r.id);
-        }
-    }
-    if !touched.is_empty() {
-        if let Err(e) = state.evaluator.evaluate(&touched).await {
-            // The data is committed; the periodic sweep evaluates it again.
-            tracing::error!(error = %e, "event evaluation failed");
-        }
-    }
+    let ingest::Stored {
+        accepted,
+        duplicates,
+        rejected,
+    } = ingest::store_batch(&state, &probe_id, &measurements, from, Utc::now()).await?;
     tracing::debug!(
         accepted = accepted.len(),
         duplicates = duplicates.len(),
@@ -377,56 +283,11 @@ pub async fn upload(
     }))
 }
 
-/// The searches for the uploader's address, in every encoding. None for a loopback or
-/// unspecified peer: that is a proxy or the collector's own host, and identifies nobody.
-fn uploader_needles(from: Option<IpAddr>) -> Option<Needles> {
-    from.filter(|a| !a.is_loopback() && !a.is_unspecified())
-        .map(|a| Needles::new([a]))
-}
-
-/// The second line of defence: a record that holds the address it was uploaded from, in any
-/// encoding, is refused, not redacted. Redacting would store a record the probe failed to
-/// clean (other identifying text may sit next to the match), and a refusal tells the probe,
-/// which keeps the record aside locally, on the volunteer's own machine. The reason names no
-/// address.
-fn refuse_own_address(
-    m: Measurement,
-    raw: &str,
-    needles: Option<&Needles>,
-) -> Result<Measurement, validate::Rejection> {
-    match needles {
-        Some(n) if n.found_in(raw) => Err(validate::Rejection {
-            reason: validate::RejectReason::ProbeAddress,
-            detail: "the record holds the address it was uploaded from (in some encoding); \
-                     the probe must scrub its own address: update witness. Not stored"
-                .into(),
-        }),
-        _ => Ok(m),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use flate2::write::GzEncoder;
     use std::io::Write;
-
-    #[test]
-    fn the_uploaders_address_is_found_in_raw_json_in_any_encoding() {
-        assert!(uploader_needles(Some("127.0.0.1".parse().unwrap())).is_none());
-        assert!(uploader_needles(None).is_none());
-        let n = uploader_needles(Some("198.51.100.77".parse().unwrap())).unwrap();
-        for raw in [
-            r#"{"cnames":["77.100.51.198.in-addr.arpa."]}"#,
-            r#"{"title":"198\u002e51\u002e100\u002e77"}"#,
-            r#"{"headers":[["x-198-51-100-77","1"]]}"#,
-            r#"{"location":"/?ip=%31%39%38%2e%35%31%2e%31%30%30%2e%37%37"}"#,
-            r#"{"evidence":["0xc633644d"]}"#,
-        ] {
-            assert!(n.found_in(raw), "{raw}");
-        }
-        assert!(!n.found_in(r#"{"answers":["198.51.100.78"],"ttl":60}"#));
-    }
 
     #[test]
     fn batch_parse_is_bounded_and_strict() {

@@ -1,5 +1,6 @@
 //! HTTP API under `/api/v1`, documented in `docs/collector-api.md`. One module per concern,
-//! each exposing `router()`.
+//! each exposing `router()`, which
+//! [`crate::app`] puts together.
 
 pub mod control;
 pub mod health;
@@ -10,32 +11,11 @@ pub mod register;
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap};
-use axum::routing::post;
-use axum::Router;
 
-use crate::app::AppState;
 use crate::auth;
 use crate::error::ApiError;
-
-/// Every `/api/v1` route. The routes that take a body (upload, register, control) read it
-/// themselves after authentication, each with its own limit ([`crate::body`]); any other
-/// extractor that reads a body gets axum's limit, set to the control's small one.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .merge(health::router())
-        .merge(register::router())
-        .merge(control::router())
-        .merge(read::router())
-        .merge(crate::ui::router())
-        // Upload (POST) and raw export (GET) share a path.
-        .route(
-            "/api/v1/measurements",
-            post(ingest::upload).get(read::measurements),
-        )
-        .layer(DefaultBodyLimit::max(crate::body::MAX_CONTROL_BODY))
-}
+use crate::state::AppState;
 
 /// JSON 404 for unknown paths.
 pub async fn not_found() -> ApiError {

@@ -17,10 +17,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use witness_core::model::{Method, Status};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::model::EventKind;
 use crate::readmodel;
+use crate::state::AppState;
 use crate::store::{Cursor, Event, Filter, MeasurementRecord, Store};
 
 /// Largest `limit`.
@@ -85,9 +85,10 @@ pub struct ReadQuery {
     pub cursor: Option<String>,
 }
 
-type Q = Result<Query<ReadQuery>, QueryRejection>;
+/// The read query as axum extracts it: parsed, or why not (answered as 400 by [`query`]).
+type QueryOrRejection = Result<Query<ReadQuery>, QueryRejection>;
 
-fn query(q: Q) -> Result<ReadQuery, ApiError> {
+fn query(q: QueryOrRejection) -> Result<ReadQuery, ApiError> {
     q.map(|Query(q)| q)
         .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
@@ -243,7 +244,7 @@ struct StatusCsv<'a> {
 pub async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Q,
+    q: QueryOrRejection,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let mut f = filter(&q, 1000)?;
@@ -286,7 +287,7 @@ pub async fn history(
     State(state): State<AppState>,
     Path(domain): Path<String>,
     headers: HeaderMap,
-    q: Q,
+    q: QueryOrRejection,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let mut f = filter(&q, 1000)?;
@@ -360,7 +361,7 @@ impl<'a> From<&'a Event> for EventCsv<'a> {
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Q,
+    q: QueryOrRejection,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let f = filter(&q, 100)?;
@@ -405,7 +406,7 @@ impl From<crate::store::ProbeNetworkRow> for PublicProbes {
 pub async fn probes(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Q,
+    q: QueryOrRejection,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let mut f = filter(&q, 1000)?;
@@ -482,7 +483,7 @@ const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 pub async fn measurements(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Q,
+    q: QueryOrRejection,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let f = filter(&q, 100)?;
@@ -491,7 +492,7 @@ pub async fn measurements(
         .as_deref()
         .map(str::parse::<Cursor>)
         .transpose()
-        .map_err(ApiError::BadRequest)?;
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     // `format=ooni`: OONI's data format, one measurement per line (docs/measurement-format.md).
     let format = if q
         .format
@@ -588,7 +589,7 @@ pub async fn export(
         row_buf.clear();
         if csv {
             if let Err(e) = write_csv_row(&mut row_buf, &m) {
-                let _ = send(Err(e)).await;
+                let _ = send(Err(e.to_string())).await;
                 return;
             }
         } else if ooni {
@@ -674,12 +675,18 @@ const MEASUREMENT_CSV_HEADER: &str =
     "id,started_at,domain,url,category,asn,country,status,method,reason,software_version\n";
 
 /// One export row, its cells neutralised ([`crate::csvsafe`]).
-fn write_csv_row(out: &mut Vec<u8>, m: &MeasurementRecord) -> Result<(), String> {
+fn write_csv_row(out: &mut Vec<u8>, m: &MeasurementRecord) -> Result<(), CsvRowError> {
     let mut w = crate::csvsafe::SafeWriter::rows_only(&mut *out);
-    w.serialize(MeasurementCsv::from(m))
-        .map_err(|e| format!("csv: {e}"))?;
-    w.into_inner().map(|_| ()).map_err(|e| format!("csv: {e}"))
+    w.serialize(MeasurementCsv::from(m))?;
+    w.into_inner()?;
+    Ok(())
 }
+
+/// Why an export row could not be written (serializing it or flushing the writer); the stream
+/// ends with its text.
+#[derive(Debug, thiserror::Error)]
+#[error("csv: {0}")]
+struct CsvRowError(#[from] csv::Error);
 
 #[cfg(test)]
 mod csv_tests {

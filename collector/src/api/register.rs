@@ -11,10 +11,10 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::{client_address, require_json};
-use crate::app::AppState;
 use crate::auth;
 use crate::config::Registration;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::NewProbe;
 
 /// The route.

@@ -492,16 +492,19 @@ impl std::fmt::Display for Cursor {
     }
 }
 
-impl std::str::FromStr for Cursor {
-    type Err = String;
+/// A cursor that is not `STARTED_AT,ID`: the text, for the client's error message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cursor {0:?}: expected STARTED_AT,ID (RFC 3339 time and measurement id of the last row \
+     received, as in next_cursor)"
+)]
+pub struct BadCursor(pub String);
 
-    fn from_str(s: &str) -> Result<Cursor, String> {
-        let bad = || {
-            format!(
-                "cursor {s:?}: expected STARTED_AT,ID (RFC 3339 time and measurement id of the \
-                 last row received, as in next_cursor)"
-            )
-        };
+impl std::str::FromStr for Cursor {
+    type Err = BadCursor;
+
+    fn from_str(s: &str) -> Result<Cursor, BadCursor> {
+        let bad = || BadCursor(s.to_string());
         let (at, id) = s.split_once(',').ok_or_else(bad)?;
         Ok(Cursor {
             started_at: DateTime::parse_from_rfc3339(at.trim())
@@ -744,4 +747,23 @@ pub trait ReadModelStore: Send + Sync + 'static {
     /// read from the read model's hourly counts (`probe_hours`), so an upload counts when its
     /// hour overlaps the period.
     async fn probe_networks(&self, filter: &Filter) -> StoreResult<Vec<ProbeNetworkRow>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_cursor_says_what_a_cursor_is() {
+        let err = "yesterday".parse::<Cursor>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "cursor \"yesterday\": expected STARTED_AT,ID (RFC 3339 time and measurement id of \
+             the last row received, as in next_cursor)"
+        );
+        let c: Cursor = "2026-12-07T23:00:00Z,00000000-0000-0000-0000-000000000001"
+            .parse()
+            .unwrap();
+        assert_eq!(c.to_string().parse::<Cursor>().unwrap(), c);
+    }
 }

@@ -33,7 +33,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Postgres;
 use uuid::Uuid;
 
-use super::sql::{event_columns, notification_from_row, sql_store, us, Dialect};
+use super::sql::{event_columns, micros_of, notification_from_row, sql_store, Dialect};
 use super::{Embedded, EventKey, MeasurementRecord, Notification, StoreError, StoreResult};
 use crate::readmodel::delta::ReadModelDelta;
 
@@ -171,7 +171,7 @@ async fn apply_read_model(
             .bind(
                 broken
                     .iter()
-                    .map(|d| us(d.record.started_at))
+                    .map(|d| micros_of(d.record.started_at))
                     .collect::<Vec<_>>(),
             )
             .bind(
@@ -210,7 +210,7 @@ async fn apply_read_model(
         .bind(probe_id)
         .bind(column(l, |r| r.domain.clone()))
         .bind(column(l, |r| r.asn.map(i64::from)))
-        .bind(column(l, |r| us(r.started_at)))
+        .bind(column(l, |r| micros_of(r.started_at)))
         .bind(column(l, |r| r.id.to_string()))
         .bind(column(l, |r| r.status.as_str().to_string()))
         .bind(column(l, |r| r.method.map(|m| m.as_str().to_string())))
@@ -241,7 +241,7 @@ async fn apply_read_model(
         .bind(b.iter().map(|x| x.0.to_string()).collect::<Vec<_>>())
         .bind(b.iter().map(|x| i64::from(x.1)).collect::<Vec<_>>())
         .bind(b.iter().map(|x| x.2.as_str()).collect::<Vec<_>>())
-        .bind(b.iter().map(|x| us(x.3)).collect::<Vec<_>>())
+        .bind(b.iter().map(|x| micros_of(x.3)).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
@@ -262,12 +262,20 @@ async fn apply_read_model(
              last_started_at = GREATEST(probe_hours.last_started_at, EXCLUDED.last_started_at)",
         )
         .bind(probe_id)
-        .bind(h.iter().map(|x| us(x.hour)).collect::<Vec<_>>())
+        .bind(h.iter().map(|x| micros_of(x.hour)).collect::<Vec<_>>())
         .bind(h.iter().map(|x| x.asn).collect::<Vec<_>>())
         .bind(h.iter().map(|x| x.country.as_str()).collect::<Vec<_>>())
         .bind(h.iter().map(|x| x.measurements).collect::<Vec<_>>())
-        .bind(h.iter().map(|x| us(x.last_received_at)).collect::<Vec<_>>())
-        .bind(h.iter().map(|x| us(x.last_started_at)).collect::<Vec<_>>())
+        .bind(
+            h.iter()
+                .map(|x| micros_of(x.last_received_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            h.iter()
+                .map(|x| micros_of(x.last_started_at))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut **tx)
         .await?;
     }
@@ -369,7 +377,7 @@ impl PostgresStore {
             .await?;
         for month in &missing {
             let (from, to) = month_bounds(*month)?;
-            let micros = |d: NaiveDate| us(d.and_time(chrono::NaiveTime::MIN).and_utc());
+            let micros = |d: NaiveDate| micros_of(d.and_time(chrono::NaiveTime::MIN).and_utc());
             // Names and bounds come from integers, not from input: safe to format in.
             sqlx::query(&format!(
                 "CREATE TABLE IF NOT EXISTS {} PARTITION OF measurements \
@@ -404,7 +412,7 @@ impl PostgresStore {
              ON CONFLICT (id) DO NOTHING RETURNING id::text",
         )
         .bind(column(records, |r| r.id.to_string()))
-        .bind(column(records, |r| us(r.started_at)))
+        .bind(column(records, |r| micros_of(r.started_at)))
         .fetch_all(&mut *tx)
         .await?;
         let fresh: HashSet<Uuid> = fresh
@@ -435,8 +443,8 @@ impl PostgresStore {
             )
             .bind(probe_id)
             .bind(column(&new, |r| r.id.to_string()))
-            .bind(column(&new, |r| us(r.received_at)))
-            .bind(column(&new, |r| us(r.started_at)))
+            .bind(column(&new, |r| micros_of(r.received_at)))
+            .bind(column(&new, |r| micros_of(r.started_at)))
             .bind(column(&new, |r| r.domain.clone()))
             .bind(column(&new, |r| r.url.clone()))
             .bind(column(&new, |r| r.category.clone()))
@@ -454,7 +462,7 @@ impl PostgresStore {
         }
         apply_read_model(&mut tx, probe_id, &ReadModelDelta::of(new.iter().copied())).await?;
         sqlx::query("UPDATE probes SET last_seen_at = $1 WHERE id = $2")
-            .bind(us(now))
+            .bind(micros_of(now))
             .bind(probe_id)
             .execute(&mut *tx)
             .await?;

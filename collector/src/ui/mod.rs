@@ -31,9 +31,9 @@ use axum::Router;
 use chrono::{DurationRound, TimeDelta, Utc};
 use serde::Deserialize;
 
-use crate::app::AppState;
 use crate::model::EventKind;
 use crate::readmodel;
+use crate::state::AppState;
 use crate::store::{Filter, StoreError};
 
 /// Recent events on the status page.

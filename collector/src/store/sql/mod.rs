@@ -48,7 +48,7 @@ pub(crate) use rows::*;
 pub(super) const HOUR_US: i64 = 3_600_000_000;
 
 /// A time as stored: microseconds since the epoch.
-pub(crate) fn us(t: DateTime<Utc>) -> i64 {
+pub(crate) fn micros_of(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
@@ -280,8 +280,8 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2026-12-01T10:00:00.123456Z")
             .unwrap()
             .with_timezone(&Utc);
-        assert_eq!(us(t), 1_796_119_200_123_456);
-        assert_eq!(time_of(us(t)).unwrap(), t);
+        assert_eq!(micros_of(t), 1_796_119_200_123_456);
+        assert_eq!(time_of(micros_of(t)).unwrap(), t);
         assert!(time_of(i64::MAX).is_err());
     }
 }

@@ -29,12 +29,12 @@ impl From<u32> for Arg {
 }
 impl From<DateTime<Utc>> for Arg {
     fn from(t: DateTime<Utc>) -> Arg {
-        Arg::Int(Some(us(t)))
+        Arg::Int(Some(micros_of(t)))
     }
 }
 impl From<Option<DateTime<Utc>>> for Arg {
     fn from(t: Option<DateTime<Utc>>) -> Arg {
-        Arg::Int(t.map(us))
+        Arg::Int(t.map(micros_of))
     }
 }
 impl From<&str> for Arg {
