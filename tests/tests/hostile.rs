@@ -226,7 +226,10 @@ async fn a_body_that_trickles_is_cut_at_the_body_timeout() {
 }
 
 /// Before: no connection cap. Now connections over `server.max_connections` are closed at
-/// once, and the collector serves again as soon as the flood goes.
+/// once, and the collector serves again as soon as the flood goes. Since issue #20 a newcomer
+/// at the cap closes the connection idle the longest (a silent connection counts as idle) and
+/// waits up to 2 s (`EVICTION_WAIT`) for its slot, so which 20 close depends on timing; that
+/// exactly 20 do, within that wait plus scheduling on a loaded machine, does not.
 #[tokio::test]
 async fn connections_over_the_cap_are_closed_at_once() {
     let (_dir, c) = collector_with("max_connections = 20\nheader_read_timeout = \"30s\"\n", "");
@@ -238,7 +241,7 @@ async fn connections_over_the_cap_are_closed_at_once() {
     let closed = futures::future::join_all(
         conns
             .iter_mut()
-            .map(|s| closed_within(s, Duration::from_secs(2))),
+            .map(|s| closed_within(s, Duration::from_secs(6))),
     )
     .await;
     let n = closed.iter().filter(|c| **c).count();
