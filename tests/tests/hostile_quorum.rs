@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
-use witness_core::model::{
-    ConnectivitySummary, Measurement, Method, ProbeNetwork, Software, Status, Verdict,
-    SCHEMA_VERSION,
-};
+use witness_core::model::{Measurement, Method, Status};
 use witness_tests::{CollectorProcess, WebhookReceiver};
 
 /// The review's numbers: 1,000 networks in one upload, 1,001 events from two flapping fakes.
@@ -69,37 +66,12 @@ fn record(domain: &str, asn: u32, blocked: bool, at: DateTime<Utc>) -> Measureme
     } else {
         (Status::Accessible, None)
     };
-    Measurement {
-        schema_version: SCHEMA_VERSION,
-        id: uuid::Uuid::now_v7(),
-        software: Software::default(),
-        url: format!("https://{domain}/"),
-        domain: domain.to_string(),
-        category_code: Some("NEWS".into()),
-        started_at: at,
-        runtime_ms: 900.0,
-        probe: ProbeNetwork {
-            asn: Some(asn),
-            country: Some("KZ".into()),
-        },
-        dns: vec![],
-        tcp: vec![],
-        tls: vec![],
-        http: vec![],
-        control: None,
-        control_failure: None,
-        path: None,
-        connectivity: ConnectivitySummary::default(),
-        verdict: Verdict::new(status, method, "hostile quorum test"),
-    }
+    witness_tests::measurement(domain, asn, status, method, at)
 }
 
 /// A record of a run without connectivity: what a shutdown is made of.
 fn offline(asn: u32, at: DateTime<Utc>) -> Measurement {
-    let mut m = record("any.example", asn, false, at);
-    m.verdict = Verdict::new(Status::Offline, None, "hostile quorum test");
-    m.connectivity.offline = true;
-    m
+    witness_tests::measurement("any.example", asn, Status::Offline, None, at)
 }
 
 /// Upload `records` with `token`; asserts that all were accepted.
