@@ -38,6 +38,23 @@ impl CollectorProcess {
         Self::start_with(&config, &db)
     }
 
+    /// A collector on a fresh SQLite store in a new temporary directory (returned: the store
+    /// lives as long as it), with `server` as extra `[server]` keys and any further `sections`.
+    /// Unlike [`start`](Self::start), registration limits stay at their defaults: the hostile
+    /// suites set the ones they test.
+    pub fn sqlite(server: &str, sections: &str) -> Result<(tempfile::TempDir, Self)> {
+        let dir = tempfile::tempdir().context("creating the collector's directory")?;
+        let db = dir.path().join("collector.db");
+        let config = dir.path().join("collector.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n[store]\nurl = \"sqlite://{}\"\n\n{sections}\n",
+            db.display()
+        );
+        std::fs::write(&config, text).context("writing the collector config")?;
+        let c = Self::start_with(&config, &db)?;
+        Ok((dir, c))
+    }
+
     /// Start (again) with an existing config and database: a restart after a crash. The
     /// config gets the [`FRESH_PROBES`] keys it does not set itself.
     pub fn start_with(config: &Path, db: &Path) -> Result<Self> {

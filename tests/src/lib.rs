@@ -10,6 +10,7 @@
 //! - [`dns`]: a UDP+TCP DNS server answering per name (lies, NXDOMAIN, drops, injection...);
 //! - [`origin`]: a TLS or cleartext HTTP/1.1 origin with per-site censorship behaviours;
 //! - [`world`]: a scenario builder tying them together on distinct loopback addresses;
+//! - [`api`]: async clients of a running collector's API (register, upload, raw reads);
 //! - [`bins`]: builds and locates the real binaries;
 //! - [`client`]: small clients for tests, bound to a chosen source address;
 //! - [`postgres`]: a real PostgreSQL server in a temporary directory, a database per test;
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod bins;
 pub mod client;
 pub mod collector;

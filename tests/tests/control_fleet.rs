@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use witness_core::model::{ControlBatchLine, ControlReply, Measurement, Status};
+use witness_tests::api::register;
 use witness_tests::fleet::{shipped_collector, Sites, DL_HOPS};
 use witness_tests::{witness_bin, CollectorProcess, CENSORED_SOURCE};
 
@@ -24,18 +25,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-async fn register(collector: &CollectorProcess) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{}api/v1/register", collector.url))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
-    v["token"].as_str().unwrap().to_string()
 }
 
 fn write_list(dir: &Path, urls: &[String]) -> std::path::PathBuf {

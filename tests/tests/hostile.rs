@@ -10,14 +10,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use witness_core::model::{
-    ConnectivitySummary, HttpObservation, Measurement, Method, ProbeNetwork, Software, Status,
-    Verdict, SCHEMA_VERSION,
-};
+use witness_core::model::{HttpObservation, Measurement, Method, Status};
+use witness_tests::api::{client_from, closed_within, get, register, status_within, upload};
 use witness_tests::dns::{DnsBehaviour, DnsServer};
-use witness_tests::CollectorProcess;
+use witness_tests::{api, CollectorProcess};
 
 const MIB: u64 = 1024;
 
@@ -25,109 +23,17 @@ fn collector(sections: &str) -> (tempfile::TempDir, CollectorProcess) {
     collector_with("", sections)
 }
 
-/// A collector with extra `[server]` keys (the helper's own config already has the section).
+/// A collector with extra `[server]` keys.
 fn collector_with(server: &str, sections: &str) -> (tempfile::TempDir, CollectorProcess) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("collector.db");
-    let config = dir.path().join("collector.toml");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n[store]\nurl = \"sqlite://{}\"\n\n{sections}\n",
-        db.display()
-    );
-    std::fs::write(&config, text).unwrap();
-    let c = CollectorProcess::start_with(&config, &db).unwrap();
-    (dir, c)
+    CollectorProcess::sqlite(server, sections).unwrap()
 }
 
-fn client_from(source: Option<IpAddr>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
-    if let Some(ip) = source {
-        b = b.local_address(ip);
-    }
-    b.build().unwrap()
-}
-
-async fn register(c: &CollectorProcess) -> String {
-    let resp = client_from(None)
-        .post(format!("{}api/v1/register", c.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
-    v["token"].as_str().unwrap().to_string()
-}
-
+/// A blocked-by-TLS record of `https://{domain}/` with `reason` as its sentence.
 fn measurement(domain: &str, reason: &str) -> Measurement {
-    Measurement {
-        schema_version: SCHEMA_VERSION,
-        id: uuid::Uuid::now_v7(),
-        software: Software::default(),
-        url: format!("https://{domain}/"),
-        domain: domain.to_string(),
-        category_code: Some("NEWS".into()),
-        started_at: Utc::now() - TimeDelta::minutes(5),
-        runtime_ms: 900.0,
-        probe: ProbeNetwork {
-            asn: Some(64500),
-            country: Some("KZ".into()),
-        },
-        dns: vec![],
-        tcp: vec![],
-        tls: vec![],
-        http: vec![],
-        control: None,
-        control_failure: None,
-        path: None,
-        connectivity: ConnectivitySummary::default(),
-        verdict: Verdict::new(Status::Blocked, Some(Method::Tls), reason),
-    }
-}
-
-async fn get(url: &str) -> reqwest::Result<(u16, String)> {
-    let resp = client_from(None).get(url).send().await?;
-    let status = resp.status().as_u16();
-    Ok((status, resp.text().await?))
-}
-
-async fn upload(c: &CollectorProcess, token: &str, records: &[Value]) -> (u16, Value) {
-    let resp = client_from(None)
-        .post(format!("{}api/v1/measurements", c.url))
-        .bearer_auth(token)
-        .json(&json!({ "measurements": records }))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Read from `s` until EOF or an error, at most `within`: true when the server closed.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
-/// The status code of the response head read from `s` within `within`, if any.
-async fn status_within(s: &mut TcpStream, within: Duration) -> Option<u16> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + within;
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-            _ => return None,
-        }
-    }
-    let text = String::from_utf8_lossy(&head);
-    text.split_whitespace().nth(1)?.parse().ok()
+    let at = Utc::now() - TimeDelta::minutes(5);
+    let mut m = witness_tests::measurement(domain, 64500, Status::Blocked, Some(Method::Tls), at);
+    m.verdict.reason = reason.into();
+    m
 }
 
 // ------------------------------------------------------------------ connections and bodies
@@ -591,11 +497,7 @@ async fn one_probe_cannot_take_every_control_slot() {
 // ------------------------------------------------------------------------ registration
 
 async fn register_from(c: &CollectorProcess, source: IpAddr, body: Option<Value>) -> u16 {
-    let mut req = client_from(Some(source)).post(format!("{}api/v1/register", c.url));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    req.send().await.unwrap().status().as_u16()
+    api::register_from(c, Some(source), body).await.0
 }
 
 /// Before: one global bucket: one client spending it locked every new volunteer out. Now a

@@ -11,27 +11,15 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use witness_core::model::{
-    ConnectivitySummary, Measurement, Method, ProbeNetwork, Software, Status, Verdict,
-    SCHEMA_VERSION,
-};
+use tokio::io::AsyncWriteExt;
+use witness_core::model::{Method, Status};
+use witness_tests::api::{closed_within, status_within, upload};
 use witness_tests::client::connect_from;
-use witness_tests::CollectorProcess;
+use witness_tests::{api, CollectorProcess};
 
 /// A collector with extra `[server]` keys and other sections.
 fn collector(server: &str, sections: &str) -> (tempfile::TempDir, CollectorProcess) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("collector.db");
-    let config = dir.path().join("collector.toml");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n[store]\nurl = \"sqlite://{}\"\n\n{sections}\n",
-        db.display()
-    );
-    std::fs::write(&config, text).unwrap();
-    let c = CollectorProcess::start_with(&config, &db).unwrap();
-    (dir, c)
+    CollectorProcess::sqlite(server, sections).unwrap()
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -39,21 +27,11 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn client_from(source: IpAddr) -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .local_address(source)
-        .build()
-        .unwrap()
+    api::client_from(Some(source))
 }
 
 async fn register_from(c: &CollectorProcess, source: IpAddr) -> (u16, Value) {
-    let resp = client_from(source)
-        .post(format!("{}api/v1/register", c.url))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    api::register_from(c, Some(source), None).await
 }
 
 async fn token(c: &CollectorProcess) -> String {
@@ -62,77 +40,16 @@ async fn token(c: &CollectorProcess) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
+/// A blocked-by-TLS record of `https://{domain}/` from a probe on `asn` in `country`.
 fn measurement(domain: &str, asn: u32, country: &str) -> Value {
-    serde_json::to_value(Measurement {
-        schema_version: SCHEMA_VERSION,
-        id: uuid::Uuid::now_v7(),
-        software: Software::default(),
-        url: format!("https://{domain}/"),
-        domain: domain.to_string(),
-        category_code: Some("NEWS".into()),
-        started_at: Utc::now() - TimeDelta::minutes(5),
-        runtime_ms: 900.0,
-        probe: ProbeNetwork {
-            asn: Some(asn),
-            country: Some(country.into()),
-        },
-        dns: vec![],
-        tcp: vec![],
-        tls: vec![],
-        http: vec![],
-        control: None,
-        control_failure: None,
-        path: None,
-        connectivity: ConnectivitySummary::default(),
-        verdict: Verdict::new(Status::Blocked, Some(Method::Tls), "tls reset"),
-    })
-    .unwrap()
+    let at = Utc::now() - TimeDelta::minutes(5);
+    let mut m = witness_tests::measurement(domain, asn, Status::Blocked, Some(Method::Tls), at);
+    m.probe.country = Some(country.into());
+    serde_json::to_value(m).unwrap()
 }
 
 async fn get(url: &str) -> (u16, String) {
-    let resp = client_from(ip("127.0.0.1")).get(url).send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap())
-}
-
-async fn upload(c: &CollectorProcess, token: &str, records: &[Value]) -> (u16, Value) {
-    let resp = client_from(ip("127.0.0.1"))
-        .post(format!("{}api/v1/measurements", c.url))
-        .bearer_auth(token)
-        .json(&json!({ "measurements": records }))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Read a response head from `s` within `within`: its status code.
-async fn status_within(s: &mut TcpStream, within: Duration) -> Option<u16> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + within;
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-            _ => return None,
-        }
-    }
-    let text = String::from_utf8_lossy(&head);
-    text.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// True when the server closed `s` within `within`.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
+    api::get(url).await.unwrap()
 }
 
 const HEALTH: &[u8] = b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n";

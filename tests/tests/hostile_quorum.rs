@@ -15,9 +15,10 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 use witness_core::model::{Measurement, Method, Status};
-use witness_tests::{CollectorProcess, WebhookReceiver};
+use witness_tests::api::register;
+use witness_tests::{api, CollectorProcess, WebhookReceiver};
 
 /// The review's numbers: 1,000 networks in one upload, 1,001 events from two flapping fakes.
 const NETWORKS: u32 = 1000;
@@ -26,37 +27,16 @@ const NETWORKS: u32 = 1000;
 /// fresh-probe keys it does not set are added by [`CollectorProcess::start_with`]) and any
 /// further sections. Registration is loose: every test probe registers from 127.0.0.1.
 fn collector(aggregation: &str, sections: &str) -> (tempfile::TempDir, CollectorProcess) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("collector.db");
-    let config = dir.path().join("collector.toml");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nregister_per_hour = 10000\nregister_burst = 1000\n\
-         register_per_client_per_hour = 10000\nregister_per_prefix_per_hour = 10000\n\n[store]\nurl = \"sqlite://{}\"\n\n\
-         [aggregation]\n{aggregation}\n{sections}\n",
-        db.display()
-    );
-    std::fs::write(&config, text).unwrap();
-    let c = CollectorProcess::start_with(&config, &db).unwrap();
-    (dir, c)
+    CollectorProcess::sqlite(
+        "register_per_hour = 10000\nregister_burst = 1000\n\
+         register_per_client_per_hour = 10000\nregister_per_prefix_per_hour = 10000\n",
+        &format!("[aggregation]\n{aggregation}\n{sections}"),
+    )
+    .unwrap()
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-async fn register(c: &CollectorProcess) -> String {
-    let resp = http()
-        .post(format!("{}api/v1/register", c.url))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
-    v["token"].as_str().unwrap().to_string()
+    api::client_from(None)
 }
 
 /// A record of `https://{domain}/` on `asn`: blocked by TLS interference, or accessible.
@@ -76,22 +56,7 @@ fn offline(asn: u32, at: DateTime<Utc>) -> Measurement {
 
 /// Upload `records` with `token`; asserts that all were accepted.
 async fn upload(c: &CollectorProcess, token: &str, records: &[Measurement]) {
-    let resp = http()
-        .post(format!("{}api/v1/measurements", c.url))
-        .bearer_auth(token)
-        .json(&json!({ "measurements": records }))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["accepted"].as_array().map(Vec::len),
-        Some(records.len()),
-        "rejected: {}",
-        body["rejected"]
-    );
+    api::upload_all(c, token, records).await
 }
 
 async fn get_json(c: &CollectorProcess, path: &str) -> Value {
