@@ -151,9 +151,10 @@ pub struct RunSection {
     /// Total time one target may take, seconds, DNS to the last redirect hop (default 30): a
     /// hostile redirect chain cannot keep a target busy longer. At least the step timeout.
     pub deadline_secs: f64,
-    /// Query AAAA and measure IPv6 addresses too (default false: many home lines have no IPv6,
-    /// and a missing IPv6 route is not censorship).
-    pub ipv6: bool,
+    /// Query AAAA and measure IPv6 addresses too: `"auto"` (the default: where this host has
+    /// a global IPv6 address, and no IPv4 `source_address` is set), `true` or `false`. A home whose IPv6 turns out broken for
+    /// everything is judged over IPv4 alone (docs/verdicts.md).
+    pub ipv6: Ipv6Mode,
     /// List files in the Citizen Lab CSV format (default: none, use the embedded lists).
     pub lists: Vec<PathBuf>,
     /// Only these category codes (default: all).
@@ -171,7 +172,7 @@ impl Default for RunSection {
             body_cap_bytes: 512 * 1024,
             max_redirects: witness_core::checks::MAX_REDIRECTS,
             deadline_secs: witness_core::checks::DEFAULT_TARGET_DEADLINE.as_secs_f64(),
-            ipv6: false,
+            ipv6: Ipv6Mode::Auto,
             lists: vec![],
             categories: vec![],
             exclude_categories: vec![],
@@ -324,7 +325,7 @@ pub fn measure_config(
         })?;
         extra_cas.extend(certs);
     }
-    Ok(MeasureConfig {
+    let cfg = MeasureConfig {
         resolver: parse_resolver(&net.resolver)?,
         control_resolvers: parse_control_resolvers(&net.control_resolver)?,
         timeout: Duration::from_secs_f64(run.timeout_secs),
@@ -336,10 +337,63 @@ pub fn measure_config(
         extra_cas,
         source_address: net.source_address,
         decoy_sni: net.decoy_sni.clone(),
-        ipv6: run.ipv6,
         ..MeasureConfig::default()
     }
-    .with_lab_public(net.lab_public_ranges.clone()))
+    .with_lab_public(net.lab_public_ranges.clone());
+    let ipv6 = match run.ipv6 {
+        // A probe pinned to an IPv4 source address measures from it alone unless told.
+        Ipv6Mode::Auto => {
+            !cfg.source_address.is_some_and(|s| s.is_ipv4())
+                && witness_core::checks::has_global_ipv6(&cfg.bogons, cfg.source_address)
+        }
+        Ipv6Mode::On => true,
+        Ipv6Mode::Off => false,
+    };
+    Ok(MeasureConfig { ipv6, ..cfg })
+}
+
+/// `[run] ipv6`: `"auto"`, `true` or `false`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ipv6Mode {
+    /// Where this host has a global IPv6 address.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl Serialize for Ipv6Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Ipv6Mode::Auto => s.serialize_str("auto"),
+            Ipv6Mode::On => s.serialize_bool(true),
+            Ipv6Mode::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv6Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Ipv6Mode;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\", true or false")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Ipv6Mode, E> {
+                Ok(if v { Ipv6Mode::On } else { Ipv6Mode::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Ipv6Mode, E> {
+                match v {
+                    "auto" => Ok(Ipv6Mode::Auto),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[cfg(test)]
@@ -449,6 +503,27 @@ mod tests {
         assert_eq!(cfg.target_deadline, Duration::from_secs(5));
         run.deadline_secs = f64::NAN;
         assert!(measure_config(&run, &file.network).is_err());
+    }
+
+    #[test]
+    fn ipv6_is_auto_true_or_false() {
+        let parse =
+            |v: &str| FileConfig::parse(&format!("[run]\nipv6 = {v}\n"), Path::new("c.toml"));
+        assert_eq!(parse("\"auto\"").unwrap().run.ipv6, Ipv6Mode::Auto);
+        assert_eq!(parse("true").unwrap().run.ipv6, Ipv6Mode::On);
+        assert_eq!(parse("false").unwrap().run.ipv6, Ipv6Mode::Off);
+        let err = parse("\"yes\"").unwrap_err().to_string();
+        assert!(err.contains("\"auto\", true or false"), "{err}");
+        assert!(parse("1").is_err());
+        // Forced on and off reach the engine as they are.
+        let mut file = FileConfig::default();
+        file.run.ipv6 = Ipv6Mode::On;
+        assert!(measure_config(&file.run, &file.network).unwrap().ipv6);
+        file.run.ipv6 = Ipv6Mode::Off;
+        assert!(!measure_config(&file.run, &file.network).unwrap().ipv6);
+        // The example's value round-trips through the TOML writer.
+        let text = toml::to_string(&FileConfig::default()).unwrap();
+        assert!(text.contains("ipv6 = \"auto\""), "{text}");
     }
 
     #[test]

@@ -490,6 +490,12 @@ pub struct ConnectivitySummary {
     pub anchors_ok: u32,
     /// Anchors tried.
     pub anchors_tried: u32,
+    /// Whether IPv6 works here, from the anchors' IPv6 addresses: `true` when one answered
+    /// over IPv6; `false` when those tried over IPv6 all failed while IPv4 reached an anchor
+    /// (this network's IPv6 is broken for everything, so verdicts are judged over IPv4 alone);
+    /// absent when IPv6 was not measured or no anchor has an IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_ok: Option<bool>,
     /// Plain-language summary.
     pub summary: String,
     /// Reference transfers from the anchors, made during the run: this probe's own line

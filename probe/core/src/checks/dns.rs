@@ -198,7 +198,7 @@ async fn query_udp_first(
             return FirstResponse::done(obs);
         }
     };
-    let sock = match bind_udp(server, cfg.source_address).await {
+    let sock = match bind_udp(server, cfg.source_for(server.ip())).await {
         Ok(s) => s,
         Err(e) => {
             obs.failure = Some(Failure::from_io(&e));
@@ -245,7 +245,7 @@ async fn query_udp_first(
         obs.transport = "udp+tcp".into();
         match tokio::time::timeout(
             remaining,
-            query_tcp(server, &wire, id, name, qtype, cfg.source_address),
+            query_tcp(server, &wire, id, name, qtype, cfg.source_for(server.ip())),
         )
         .await
         {
@@ -604,7 +604,7 @@ impl ControlResolver {
         let (addr, name, tls) = self.endpoint.as_ref()?;
         let stream = match tokio::time::timeout(
             cfg.timeout,
-            super::tcp::connect_socket(*addr, cfg.source_address),
+            super::tcp::connect_socket(*addr, cfg.source_for(addr.ip())),
         )
         .await
         {

@@ -141,7 +141,41 @@ impl Default for MeasureConfig {
     }
 }
 
+/// Whether this host has a global IPv6 address with a route to the IPv6 internet: the source
+/// address the kernel picks for a public IPv6 destination (a UDP "connect", which sends
+/// nothing) is public. `bogons` decides what is public, so a lab's documentation prefix
+/// declared public counts. On by default where this holds: a home without IPv6 is never
+/// measured over it.
+pub fn has_global_ipv6(bogons: &BogonFilter, source: Option<IpAddr>) -> bool {
+    use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+    let bind = match source {
+        Some(ip @ IpAddr::V6(_)) => SocketAddr::new(ip, 0),
+        _ => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    };
+    // A well-known public resolver's address: only the route to it matters.
+    let public = SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0x4860, 0x4860, 0, 0, 0, 0, 0x8888)),
+        53,
+    );
+    let Ok(sock) = UdpSocket::bind(bind) else {
+        return false;
+    };
+    if sock.connect(public).is_err() {
+        return false;
+    }
+    sock.local_addr()
+        .is_ok_and(|a| !a.ip().is_unspecified() && !bogons.is_bogon(a.ip()))
+}
+
 impl MeasureConfig {
+    /// The source address for a socket towards `dest`: [`source_address`](Self::source_address)
+    /// when it is of `dest`'s family, else none (the system's choice). A probe bound to an IPv4
+    /// address still measures IPv6 addresses, from the system's IPv6 source.
+    pub fn source_for(&self, dest: IpAddr) -> Option<IpAddr> {
+        self.source_address
+            .filter(|s| s.is_ipv4() == dest.is_ipv4())
+    }
+
     /// Declare lab ranges public (see [`BogonFilter`]).
     pub fn with_lab_public(mut self, ranges: Vec<IpNet>) -> Self {
         self.bogons = BogonFilter::new(ranges);

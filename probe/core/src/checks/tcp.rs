@@ -40,7 +40,8 @@ pub async fn connect(
 ) -> (TcpObservation, Option<TcpStream>) {
     let t_ms = ms_since(t0);
     let start = Instant::now();
-    let res = tokio::time::timeout(cfg.timeout, connect_socket(addr, cfg.source_address)).await;
+    let res =
+        tokio::time::timeout(cfg.timeout, connect_socket(addr, cfg.source_for(addr.ip()))).await;
     let duration_ms = ms_since(start);
     let (failure, stream) = match res {
         Err(_) => (Some(Failure::GenericTimeout), None),

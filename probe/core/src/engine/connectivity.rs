@@ -68,15 +68,30 @@ impl Engine {
                 let answered = net.iter().any(|o| o.rcode.is_some());
                 (answered, ips)
             };
-            let mut reached = false;
-            for ip in ips.into_iter().take(2) {
-                let (obs, _) = tcp::connect(SocketAddr::new(ip, *port), &self.cfg, t0).await;
-                if obs.failure.is_none() {
-                    reached = true;
-                    break;
+            // Each family on its own, concurrently: whether IPv6 works is a finding too.
+            let family = |v6: bool| {
+                let ips: Vec<IpAddr> = ips
+                    .iter()
+                    .filter(|ip| ip.is_ipv6() == v6)
+                    .take(2)
+                    .copied()
+                    .collect();
+                async move {
+                    if ips.is_empty() {
+                        return None;
+                    }
+                    for ip in ips {
+                        let (obs, _) =
+                            tcp::connect(SocketAddr::new(ip, *port), &self.cfg, t0).await;
+                        if obs.failure.is_none() {
+                            return Some(true);
+                        }
+                    }
+                    Some(false)
                 }
-            }
-            (resolved, reached)
+            };
+            let (v4, v6) = tokio::join!(family(false), family(true));
+            (resolved, v4, v6)
         });
         let control_fut = async {
             match &self.control {
@@ -90,8 +105,13 @@ impl Engine {
             self.control_resolvers.check(&self.cfg)
         );
         let anchors_tried = anchors.len() as u32;
-        let anchors_ok = anchors.iter().filter(|(_, r)| *r).count() as u32;
-        let resolver_ok = (!anchors.is_empty()).then(|| anchors.iter().any(|(d, _)| *d));
+        let anchors_ok = anchors
+            .iter()
+            .filter(|(_, v4, v6)| *v4 == Some(true) || *v6 == Some(true))
+            .count() as u32;
+        let resolver_ok = (!anchors.is_empty()).then(|| anchors.iter().any(|(d, _, _)| *d));
+        let v4_ok = anchors.iter().any(|(_, v4, _)| *v4 == Some(true));
+        let ipv6_ok = ipv6_state(v4_ok, anchors.iter().map(|(_, _, v6)| *v6));
         let decidable = anchors_tried > 0 || control_ok.is_some();
         let offline = decidable && anchors_ok == 0 && control_ok != Some(true);
         let mut summary = if offline {
@@ -119,6 +139,12 @@ impl Engine {
                 }
             )
         };
+        if !offline && ipv6_ok == Some(false) {
+            summary.push_str(
+                " IPv6 does not work on this network (no anchor answered over it): verdicts are \
+                 judged over IPv4 alone.",
+            );
+        }
         if !offline {
             if let Some(text) = resolver_chain_summary(&control_resolvers) {
                 summary.push(' ');
@@ -131,10 +157,25 @@ impl Engine {
             control_ok,
             anchors_ok,
             anchors_tried,
+            ipv6_ok,
             summary,
             references: Vec::new(),
             control_resolvers,
         }
+    }
+}
+
+/// Whether IPv6 works, from each anchor's IPv6 result (`None`: none of its addresses is
+/// IPv6) and whether IPv4 reached any anchor. Broken (`false`) needs IPv4 working: with
+/// nothing reachable the run is offline, which says more.
+pub(super) fn ipv6_state(v4_ok: bool, v6: impl Iterator<Item = Option<bool>>) -> Option<bool> {
+    let tried: Vec<bool> = v6.flatten().collect();
+    if tried.iter().any(|ok| *ok) {
+        Some(true)
+    } else if !tried.is_empty() && v4_ok {
+        Some(false)
+    } else {
+        None
     }
 }
 

@@ -107,10 +107,9 @@ impl Engine {
         let port = url
             .port_or_known_default()
             .unwrap_or(if https { 443 } else { 80 });
-        let addrs: Vec<SocketAddr> = addrs
-            .iter()
-            .take(MAX_ADDRS)
-            .map(|ip| SocketAddr::new(*ip, port))
+        let addrs: Vec<SocketAddr> = pick_addrs(addrs, MAX_ADDRS)
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
             .collect();
 
         // TCP and TLS per address, concurrently; observations are kept as they complete.
@@ -408,6 +407,26 @@ impl Engine {
 
 /// Most addresses of one name measured: a CDN can return dozens.
 pub(super) const MAX_ADDRS: usize = 4;
+
+/// At most `max` of `addrs`, in their order, with both families represented when both are
+/// there: the first of each family alternately. A name with many A records must not crowd out
+/// its AAAA records, or a block of one family would never be seen.
+pub(super) fn pick_addrs(addrs: &[IpAddr], max: usize) -> Vec<IpAddr> {
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.iter().partition(|a| a.is_ipv4());
+    let mut out = Vec::with_capacity(max.min(addrs.len()));
+    let (mut a, mut b) = (v4.into_iter(), v6.into_iter());
+    while out.len() < max {
+        let (x, y) = (a.next(), b.next());
+        if x.is_none() && y.is_none() {
+            break;
+        }
+        out.extend(x);
+        if out.len() < max {
+            out.extend(y);
+        }
+    }
+    out
+}
 
 /// The DNS, TCP and TLS observations of one connect-and-handshake phase (or one redirect
 /// hop), as they complete.

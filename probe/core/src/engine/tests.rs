@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use super::connectivity::resolver_chain_summary;
-use super::fetch::{deadline_hop, url_host};
+use super::connectivity::{ipv6_state, resolver_chain_summary};
+use super::fetch::{deadline_hop, pick_addrs, url_host};
 use super::measure::wants_fresh_control;
 use super::{Engine, Observations};
 use crate::checks::MeasureConfig;
@@ -122,4 +122,55 @@ fn the_builder_refuses_bogon_targets_unless_the_danger_door_is_named() {
         .build()
         .unwrap();
     assert!(lab.allow_bogon_targets);
+}
+
+#[test]
+fn both_families_are_measured_when_a_name_has_many_addresses() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let many_v4: Vec<_> = (1..=6).map(|i| ip(&format!("192.0.2.{i}"))).collect();
+    let v6 = [ip("2001:db8::1"), ip("2001:db8::2")];
+    let all: Vec<_> = many_v4.iter().chain(&v6).copied().collect();
+    assert_eq!(
+        pick_addrs(&all, 4),
+        vec![
+            ip("192.0.2.1"),
+            ip("2001:db8::1"),
+            ip("192.0.2.2"),
+            ip("2001:db8::2")
+        ]
+    );
+    // One family alone: the first `max`, in order.
+    assert_eq!(pick_addrs(&many_v4, 4), many_v4[..4].to_vec());
+    assert_eq!(pick_addrs(&v6, 4), v6.to_vec());
+    // An odd cap keeps IPv4 first, as resolvers list it.
+    assert_eq!(
+        pick_addrs(&all, 3),
+        vec![ip("192.0.2.1"), ip("2001:db8::1"), ip("192.0.2.2")]
+    );
+    assert!(pick_addrs(&[], 4).is_empty());
+}
+
+#[test]
+fn ipv6_is_broken_only_when_ipv4_works_and_no_anchor_answers_over_ipv6() {
+    /// IPv4 reached an anchor; each anchor's IPv6 result; the finding.
+    type Case = (bool, &'static [Option<bool>], Option<bool>);
+    let cases: &[Case] = &[
+        // One anchor answered over IPv6: it works.
+        (true, &[Some(false), Some(true)], Some(true)),
+        (false, &[Some(true)], Some(true)),
+        // Tried over IPv6, none answered, IPv4 works: broken.
+        (true, &[Some(false), None, Some(false)], Some(false)),
+        // Nothing works at all: offline says it, not "IPv6 broken".
+        (false, &[Some(false)], None),
+        // No anchor has an IPv6 address, or no anchors: unknown.
+        (true, &[None, None], None),
+        (true, &[], None),
+    ];
+    for (v4_ok, v6, want) in cases {
+        assert_eq!(
+            ipv6_state(*v4_ok, v6.iter().copied()),
+            *want,
+            "{v4_ok} {v6:?}"
+        );
+    }
 }

@@ -32,6 +32,35 @@ pub enum DnsResult {
     Failed(String),
 }
 
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4.
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+}
+
+impl Family {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        })
+    }
+}
+
 /// How a decoy handshake (another SNI, same server) ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DecoyResult {
@@ -159,6 +188,15 @@ pub enum Evidence {
     },
     /// `tcp.ipv6=no_route`.
     TcpNoIpv6Route,
+    /// `net.ipv6=broken`: no anchor answered over IPv6 while IPv4 works, so the verdict was
+    /// judged over IPv4 alone.
+    Ipv6Broken,
+    /// `tcp.blocked_family=ipv4|ipv6`: every connect of this family failed here while the
+    /// control connected over it, and the other family works.
+    FamilyBlocked(Family),
+    /// `tcp.failed_family=ipv4|ipv6`: every connect of this family failed here, the other
+    /// family works, and the control did not connect over it (so no block is claimed).
+    FamilyFailed(Family),
     /// `tcp.failure=NAME@ADDR`.
     TcpFailure(Failure, SocketAddr),
     /// `tcp.control=ok` / `tcp.control=failed`.
@@ -299,6 +337,9 @@ impl fmt::Display for Evidence {
                 page_result(f, result)
             }
             TcpNoIpv6Route => f.write_str("tcp.ipv6=no_route"),
+            Ipv6Broken => f.write_str("net.ipv6=broken"),
+            FamilyBlocked(fam) => write!(f, "tcp.blocked_family={fam}"),
+            FamilyFailed(fam) => write!(f, "tcp.failed_family={fam}"),
             TcpFailure(x, addr) => write!(f, "tcp.failure={}@{addr}", x.name()),
             TcpControl(true) => f.write_str("tcp.control=ok"),
             TcpControl(false) => f.write_str("tcp.control=failed"),
@@ -494,6 +535,15 @@ mod tests {
                 "dns.control_address_page=generic_timeout@tls",
             ),
             (Evidence::TcpNoIpv6Route, "tcp.ipv6=no_route"),
+            (Evidence::Ipv6Broken, "net.ipv6=broken"),
+            (
+                Evidence::FamilyBlocked(Family::Ipv6),
+                "tcp.blocked_family=ipv6",
+            ),
+            (
+                Evidence::FamilyFailed(Family::Ipv4),
+                "tcp.failed_family=ipv4",
+            ),
             (
                 Evidence::TcpFailure(Failure::GenericTimeout, a),
                 "tcp.failure=generic_timeout@198.18.0.10:443",

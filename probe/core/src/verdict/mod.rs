@@ -3,9 +3,10 @@
 //!
 //! No I/O and no clock, so every rule is table-tested and the collector can re-run it on stored
 //! records. One module per stage, run in a fixed order by [`decide`]: [`offline`], [`dns`],
-//! [`tcp`], [`tls`], [`http`], then [`throttle`] (against the [`mod@baseline`]); the first stage
-//! that decides wins. Every fact a rule cites is an [`Evidence`] value, spelled as a
-//! `key=value` line in the JSON. `docs/verdicts.md` documents the procedure, the thresholds and
+//! [`tcp`], [`tls`], [`http`], then, for a target found accessible, `family` (a block of one
+//! address family) and [`throttle`] (against the [`mod@baseline`]); the first stage that decides
+//! wins. A network with broken IPv6 is judged over IPv4 alone (`family`). Every fact a rule
+//! cites is an [`Evidence`] value, spelled as a `key=value` line in the JSON. `docs/verdicts.md` documents the procedure, the thresholds and
 //! how it differs from OONI's Web Connectivity: keep the two in step.
 //!
 //! Two principles run through every rule: a plain failure is never called a block without a
@@ -28,6 +29,7 @@ pub mod compare;
 pub mod dns;
 pub mod evidence;
 mod facts;
+mod family;
 pub mod http;
 pub mod offline;
 pub mod tcp;
@@ -56,19 +58,30 @@ pub struct RunContext {
 /// The verdict for one measurement. `m.verdict` is ignored; `m.control` is used only when
 /// `m.control_failure` is `None`. Called once per target, after the run's baseline is known.
 pub fn decide(m: &Measurement, ctx: &RunContext) -> Verdict {
-    let f = Facts::new(m);
+    let ipv4_view = family::ipv4_view(m);
+    let ipv6_broken = ipv4_view.is_some();
+    let f = Facts::new(ipv4_view.as_ref().unwrap_or(m));
     let mut ev = Vec::new();
     if f.control.is_none() {
         ev.push(Evidence::ControlUnavailable);
     }
+    if ipv6_broken {
+        ev.push(Evidence::Ipv6Broken);
+    }
     let staged = offline::stage(&f, ctx.offline, &mut ev)
         .or_else(|| dns::stage(&f, &mut ev))
+        .or_else(|| family::only_broken_family(&f, ipv6_broken))
         .or_else(|| tcp::stage(&f, &mut ev))
         .or_else(|| tls::stage(&f, &mut ev));
     let mut outcome = match staged {
         Some(o) => o,
         None => http::stage(&f, &mut ev),
     };
+    if outcome.status == Status::Accessible {
+        if let Some(blocked) = family::stage(&f, &mut ev) {
+            outcome = blocked;
+        }
+    }
     if outcome.status == Status::Accessible {
         if let Some(throttled) = throttle::stage(&f, ctx.baseline, &mut ev) {
             outcome = throttled;

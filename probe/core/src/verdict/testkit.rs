@@ -814,6 +814,7 @@ pub(super) fn all_cases() -> Vec<Case> {
         super::tls::tests::CASES,
         super::http::tests::CASES,
         super::throttle::tests::CASES,
+        super::family::tests::CASES,
     ]
     .concat()
 }
