@@ -194,6 +194,9 @@ pub enum Evidence {
     /// `tcp.blocked_family=ipv4|ipv6`: every connect of this family failed here while the
     /// control connected over it, and the other family works.
     FamilyBlocked(Family),
+    /// `dns.forged_family=ipv4|ipv6`: the network resolver's answers of this family share
+    /// nothing with the control's and none connects, while the other family works.
+    FamilyForged(Family),
     /// `tcp.failed_family=ipv4|ipv6`: every connect of this family failed here, the other
     /// family works, and the control did not connect over it (so no block is claimed).
     FamilyFailed(Family),
@@ -340,6 +343,7 @@ impl fmt::Display for Evidence {
             Ipv6Broken => f.write_str("net.ipv6=broken"),
             FamilyBlocked(fam) => write!(f, "tcp.blocked_family={fam}"),
             FamilyFailed(fam) => write!(f, "tcp.failed_family={fam}"),
+            FamilyForged(fam) => write!(f, "dns.forged_family={fam}"),
             TcpFailure(x, addr) => write!(f, "tcp.failure={}@{addr}", x.name()),
             TcpControl(true) => f.write_str("tcp.control=ok"),
             TcpControl(false) => f.write_str("tcp.control=failed"),
@@ -543,6 +547,10 @@ mod tests {
             (
                 Evidence::FamilyFailed(Family::Ipv4),
                 "tcp.failed_family=ipv4",
+            ),
+            (
+                Evidence::FamilyForged(Family::Ipv6),
+                "dns.forged_family=ipv6",
             ),
             (
                 Evidence::TcpFailure(Failure::GenericTimeout, a),

@@ -11,6 +11,8 @@
 //! - A site that loads over one family while every connect of the other fails is blocked over
 //!   that family only, when the control connected over it ([`stage`]). Without that comparison
 //!   it stays accessible, with the failure cited: a family can fail for reasons of the site's.
+//!   When the resolver's answers of that family share nothing with the control's, the answers
+//!   were forged (an ISP forging AAAA only): `blocked/dns`.
 
 use std::net::SocketAddr;
 
@@ -85,15 +87,46 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
                 .iter()
                 .any(|t| Family::of(t.addr.ip()) == fam && t.failure.is_none())
         });
+        let (name, works_over) = match fam {
+            Family::Ipv6 => ("IPv6", "IPv4"),
+            Family::Ipv4 => ("IPv4", "IPv6"),
+        };
+        // The resolver's answers of this family share nothing with the control's (the control
+        // service's or the encrypted resolver's): the answers, not the site, are the problem.
+        let of_fam = |addrs: &[std::net::IpAddr]| -> Vec<std::net::IpAddr> {
+            addrs
+                .iter()
+                .filter(|a| Family::of(**a) == fam)
+                .copied()
+                .collect()
+        };
+        let (net, ctl) = (of_fam(&f.net_addrs), of_fam(&f.ctl_addrs));
+        let forged = !net.is_empty() && !ctl.is_empty() && net.iter().all(|a| !ctl.contains(a));
+        let family_works_here = match fam {
+            Family::Ipv6 => f.m.connectivity.ipv6_ok == Some(true),
+            Family::Ipv4 => false,
+        };
+        if forged && (control_connected || family_works_here) {
+            ev.push(Evidence::FamilyForged(fam));
+            let record = match fam {
+                Family::Ipv6 => "AAAA",
+                Family::Ipv4 => "A",
+            };
+            return Some(Outcome::blocked(
+                Method::Dns,
+                format!(
+                    "the {name} addresses this network's resolver gave for {} are not the \
+                     control's and none of them connects, while {works_over} works: its {record} \
+                     answers are forged",
+                    f.domain
+                ),
+            ));
+        }
         if !control_connected {
             ev.push(Evidence::FamilyFailed(fam));
             return None;
         }
         ev.push(Evidence::FamilyBlocked(fam));
-        let (name, works_over) = match fam {
-            Family::Ipv6 => ("IPv6", "IPv4"),
-            Family::Ipv4 => ("IPv4", "IPv6"),
-        };
         return Some(Outcome::blocked(
             Method::Tcp,
             format!(
@@ -200,7 +233,28 @@ pub(super) mod tests {
         m
     }
 
+    /// The ISP's resolver forges the AAAA answer (an address that goes nowhere); A is honest.
+    pub(in crate::verdict) fn forged_aaaa() -> Measurement {
+        let mut m = dual_stack_accessible();
+        let forged = "2001:db8:bad::1";
+        m.dns[2] = aaaa(ResolverRole::Network, &[forged]);
+        m.tcp[1] = tcp(sa(forged, 443), Some(Failure::GenericTimeout));
+        m.tls.truncate(1);
+        m.dns.push(aaaa(ResolverRole::Control, &[V6]));
+        m
+    }
+
+    /// The same with no control service but the encrypted resolver's answers, on a network
+    /// whose IPv6 works (an anchor answered over it).
+    pub(in crate::verdict) fn forged_aaaa_no_control() -> Measurement {
+        let mut m = forged_aaaa();
+        no_control(&mut m);
+        m
+    }
+
     pub(in crate::verdict) const CASES: &[Case] = cases! {
+        forged_aaaa Plain => Blocked / Dns;
+        forged_aaaa_no_control Plain => Blocked / Dns;
         dual_stack_accessible Plain => Accessible;
         ipv6_only_block Plain => Blocked / Tcp;
         ipv6_fails_no_control Plain => Accessible;
@@ -221,6 +275,9 @@ pub(super) mod tests {
         let v = verdict_of(ipv6_only_block, Ctx::Plain);
         assert!(cites(&v, "tcp.blocked_family=ipv6"), "{v:?}");
         assert!(v.reason.contains("blocked over IPv6 only"), "{}", v.reason);
+        let v = verdict_of(forged_aaaa, Ctx::Plain);
+        assert!(cites(&v, "dns.forged_family=ipv6"), "{v:?}");
+        assert!(v.reason.contains("AAAA answers are forged"), "{}", v.reason);
         let v = verdict_of(ipv4_only_block, Ctx::Plain);
         assert!(cites(&v, "tcp.blocked_family=ipv4"), "{v:?}");
         let v = verdict_of(ipv6_fails_no_control, Ctx::Plain);
