@@ -18,6 +18,7 @@
 //! One test binary, `lab`: cargo builds `tests/lab/main.rs` as the test and the files beside it
 //! as its modules (not as tests of their own); nothing else includes them.
 
+mod dualstack;
 mod hops;
 mod judge;
 mod netlab;
@@ -1479,6 +1480,11 @@ fn censorship_lab() {
 #[test]
 fn hop_lab() {
     hops::hop_lab();
+}
+
+#[test]
+fn dual_stack_lab() {
+    dualstack::dual_stack_lab();
 }
 
 /// Without root: the comparison the lab uses reports a real probe verdict that contradicts the

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ use crate::netlab::{lab_origin_bin, Lab};
 
 /// The range the lab lives in; the probe and the control are told it is public.
 pub const LAB_RANGE: &str = "198.18.0.0/15";
+/// The lab's IPv6 internet: the documentation prefix, declared public like [`LAB_RANGE`].
+pub const LAB_RANGE_V6: &str = "2001:db8::/32";
 /// The collector (and control service).
 pub const COLLECTOR: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 10);
 /// The collector's port.
@@ -102,6 +104,10 @@ pub struct Site {
     pub hosted_with: Option<String>,
     /// The honest resolver knows the name (false: NXDOMAIN everywhere).
     pub in_dns: bool,
+    /// Also served on an IPv6 address of [`LAB_RANGE_V6`], with an AAAA record.
+    pub ipv6: bool,
+    /// The honest resolver has no A record for it (an IPv6-only site).
+    pub no_a: bool,
 }
 
 impl Site {
@@ -113,6 +119,8 @@ impl Site {
             size: 0,
             hosted_with: None,
             in_dns: true,
+            ipv6: false,
+            no_a: false,
         }
     }
     /// HTTPS and HTTP, the normal page.
@@ -149,6 +157,17 @@ impl Site {
     }
     pub fn not_in_dns(mut self) -> Self {
         self.in_dns = false;
+        self
+    }
+    /// Served over IPv6 too (an AAAA record and an origin on an IPv6 address).
+    pub fn dual_stack(mut self) -> Self {
+        self.ipv6 = true;
+        self
+    }
+    /// Served over IPv6 alone: an AAAA record and no A record.
+    pub fn ipv6_only(mut self) -> Self {
+        self.ipv6 = true;
+        self.no_a = true;
         self
     }
 }
@@ -233,6 +252,8 @@ pub struct Internet {
     pub ns: String,
     /// Host → address.
     pub ips: HashMap<String, Ipv4Addr>,
+    /// Host → IPv6 address, for the sites served over IPv6.
+    pub ips6: HashMap<String, Ipv6Addr>,
     /// Hosts the honest resolver knows, in the order the sites were given.
     pub in_dns: Vec<String>,
     /// The lab CA (signs the origins' certificates).
@@ -265,8 +286,13 @@ fn site_ip(k: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, (k / 250) as u8, (k % 250 + 1) as u8)
 }
 
+/// The IPv6 address of the `k`th site: `2001:db8:19::k`.
+fn site_ip6(k: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, k as u16 + 1)
+}
+
 /// Starts a dnsmasq (under a guard) and waits until it answers `check` from `from_ns`.
-fn dnsmasq(
+pub fn dnsmasq(
     lab: &Lab,
     ns: &str,
     label: &str,
@@ -317,7 +343,8 @@ fn wait_dns(lab: &Lab, label: &str, from_ns: &str, server: Ipv4Addr, name: &str)
 pub fn build_internet(lab: &Lab, sites: &[Site]) -> Result<Internet> {
     let ns = lab.netns("inet")?;
     let mut ips: HashMap<String, Ipv4Addr> = HashMap::new();
-    let mut origins: BTreeMap<Ipv4Addr, Vec<Value>> = BTreeMap::new();
+    let mut ips6: HashMap<String, Ipv6Addr> = HashMap::new();
+    let mut origins: BTreeMap<IpAddr, Vec<Value>> = BTreeMap::new();
     let mut next = 0;
     for site in sites {
         if ips.contains_key(&site.host) {
@@ -335,16 +362,28 @@ pub fn build_internet(lab: &Lab, sites: &[Site]) -> Result<Internet> {
             }
         };
         ips.insert(site.host.clone(), ip);
-        let entry = origins.entry(ip).or_default();
-        if site.https.is_some() || site.http.is_some() {
-            let mut spec = json!({"names": [site.host], "size": site.size});
-            if let Some(b) = &site.https {
-                spec["https"] = b.clone();
+        let mut at: Vec<IpAddr> = vec![ip.into()];
+        if site.ipv6 {
+            let ip6 = site_ip6(next);
+            lab.ip(
+                &ns,
+                &["-6", "addr", "add", &format!("{ip6}/128"), "dev", "lo"],
+            )?;
+            ips6.insert(site.host.clone(), ip6);
+            at.push(ip6.into());
+        }
+        for ip in at {
+            let entry = origins.entry(ip).or_default();
+            if site.https.is_some() || site.http.is_some() {
+                let mut spec = json!({"names": [site.host], "size": site.size});
+                if let Some(b) = &site.https {
+                    spec["https"] = b.clone();
+                }
+                if let Some(b) = &site.http {
+                    spec["http"] = b.clone();
+                }
+                entry.push(spec);
             }
-            if let Some(b) = &site.http {
-                spec["http"] = b.clone();
-            }
-            entry.push(spec);
         }
     }
     for ip in [COLLECTOR, HONEST_DNS, ENCRYPTED_DNS] {
@@ -370,7 +409,16 @@ pub fn build_internet(lab: &Lab, sites: &[Site]) -> Result<Internet> {
     let mut records: Vec<String> = sites
         .iter()
         .filter(|s| s.in_dns)
-        .map(|s| format!("--host-record={},{}", s.host, ips[&s.host]))
+        .map(|s| {
+            let mut addrs: Vec<String> = Vec::new();
+            if !s.no_a {
+                addrs.push(ips[&s.host].to_string());
+            }
+            if let Some(ip6) = ips6.get(&s.host) {
+                addrs.push(ip6.to_string());
+            }
+            format!("--host-record={},{}", s.host, addrs.join(","))
+        })
         .collect();
     // Authoritative for the lab's zone: an unknown name is NXDOMAIN, for everyone.
     records.push("--local=/lab/".to_owned());
@@ -392,6 +440,7 @@ pub fn build_internet(lab: &Lab, sites: &[Site]) -> Result<Internet> {
     Ok(Internet {
         ns,
         ips,
+        ips6,
         in_dns,
         ca,
     })
@@ -903,7 +952,7 @@ max_transitions_per_hour = 0
 [control]
 allow_anonymous = true
 allow_private = true
-lab_public_ranges = ["{LAB_RANGE}"]
+lab_public_ranges = ["{LAB_RANGE}", "{LAB_RANGE_V6}"]
 resolver = "{HONEST_DNS}:53"
 extra_ca_files = ["{ca}"]
 max_concurrency = 128

@@ -70,11 +70,16 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
         if this.is_empty() || works(&this) || !works(&other) {
             continue;
         }
-        // No IPv6 route at all is this network's shape (the TCP stage cites it), not a block.
-        if this
+        let family_works_here = match fam {
+            Family::Ipv6 => f.m.connectivity.ipv6_ok == Some(true),
+            Family::Ipv4 => false,
+        };
+        // No IPv6 route at all is this network's shape (the TCP stage cites it), not a block;
+        // unless IPv6 is known to work here (an anchor answered over it).
+        let no_route = this
             .iter()
-            .all(|t| t.failure == Some(Failure::NetworkUnreachable))
-        {
+            .all(|t| t.failure == Some(Failure::NetworkUnreachable));
+        if no_route && !family_works_here {
             continue;
         }
         for t in this.iter().take(MAX_EVIDENCE_ADDRS) {
@@ -102,10 +107,6 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Option<Outcome> {
         };
         let (net, ctl) = (of_fam(&f.net_addrs), of_fam(&f.ctl_addrs));
         let forged = !net.is_empty() && !ctl.is_empty() && net.iter().all(|a| !ctl.contains(a));
-        let family_works_here = match fam {
-            Family::Ipv6 => f.m.connectivity.ipv6_ok == Some(true),
-            Family::Ipv4 => false,
-        };
         if forged && (control_connected || family_works_here) {
             ev.push(Evidence::FamilyForged(fam));
             let record = match fam {
