@@ -18,6 +18,7 @@
 //! One test binary, `lab`: cargo builds `tests/lab/main.rs` as the test and the files beside it
 //! as its modules (not as tests of their own); nothing else includes them.
 
+mod fleet;
 mod hops;
 mod judge;
 mod netlab;
@@ -1479,6 +1480,12 @@ fn censorship_lab() {
 #[test]
 fn hop_lab() {
     hops::hop_lab();
+}
+
+/// The fleet lab (`lab/fleet.rs`): four probes on one network share the control.
+#[test]
+fn fleet_lab() {
+    fleet::fleet_lab();
 }
 
 /// Without root: the comparison the lab uses reports a real probe verdict that contradicts the
