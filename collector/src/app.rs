@@ -89,6 +89,14 @@ pub async fn serve_with(
             stop_rx.clone(),
         )));
     }
+    let resync = state.config.metrics.resync_interval.0;
+    if !resync.is_zero() {
+        background.push(tokio::spawn(resync_loop(
+            state.clone(),
+            resync,
+            stop_rx.clone(),
+        )));
+    }
     let limits = ListenerLimits {
         max_connections: state.config.server.max_connections,
         header_read_timeout: state.config.server.header_read_timeout.0,
@@ -144,6 +152,26 @@ async fn sweep_loop(evaluator: Evaluator, every: Duration, mut stop: watch::Rece
             Ok(0) => {}
             Ok(n) => tracing::info!(transitions = n, "evaluation sweep applied transitions"),
             Err(e) => tracing::warn!(error = %e, "evaluation sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Merge the store's read model into the in-memory one behind `/metrics` every `every`, so the
+/// gauges include what other replicas ingested (a load at start, then on the interval).
+async fn resync_loop(state: AppState, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        let t = std::time::Instant::now();
+        match state
+            .metrics
+            .resync(state.store.as_ref(), &state.params, chrono::Utc::now())
+            .await
+        {
+            Ok(rows) => tracing::debug!(rows, elapsed = ?t.elapsed(), "metrics read model merged"),
+            Err(e) => tracing::warn!(error = %e, "metrics read model merge failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

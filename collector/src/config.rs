@@ -442,15 +442,22 @@ pub struct MetricsConfig {
     /// under `asn="other"` (their country is kept: it is from the closed ISO 3166 set).
     /// Default 2000.
     pub max_asn_labels: usize,
-    /// Most `witness_site_blocked_ratio` series per scrape. Default 50000.
+    /// Most `witness_site_blocked_ratio` series per scrape. Default 100000: a country's size
+    /// (618 sites × 20 networks × 6 methods is ~75,000) fits, a flood of fake sites does not.
     pub max_site_series: usize,
+    /// How often the in-memory read model behind `/metrics` is merged with the store's, so a
+    /// replica's gauges include what other replicas sharing the database ingested (its own
+    /// uploads count at once). The staleness bound of the gauges across replicas. `0s`: only
+    /// once, before the first scrape. Default 15s.
+    pub resync_interval: HumanDuration,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             max_asn_labels: 2000,
-            max_site_series: 50_000,
+            max_site_series: 100_000,
+            resync_interval: HumanDuration::from_secs(15),
         }
     }
 }

@@ -129,6 +129,9 @@ pub struct ViewCounters {
     pub misses: IntCounter,
     /// Dropped for room (entries or bytes), before their TTL ran out.
     pub evictions: IntCounter,
+    /// Fresh measurements granted to a probe that saw a site fail where the view said it
+    /// worked (once per URL per TTL; each is also a miss).
+    pub fresh: IntCounter,
 }
 
 enum Entry {
@@ -243,6 +246,7 @@ impl ControlViews {
                 }
                 *fresh_granted = true;
                 fresh_lead = true;
+                self.counters.fresh.inc();
             }
             Some(Entry::Pending { rx, .. }) => {
                 self.counters.hits.inc();
@@ -610,6 +614,7 @@ mod tests {
             hits: IntCounter::new("h", "h").unwrap(),
             misses: IntCounter::new("m", "m").unwrap(),
             evictions: IntCounter::new("e", "e").unwrap(),
+            fresh: IntCounter::new("f", "f").unwrap(),
         }
     }
 

@@ -699,6 +699,15 @@ impl Evaluator {
         };
         self.transitioned(key);
         self.metrics.event(transition);
+        match transition {
+            Transition::Shutdown => {
+                self.metrics
+                    .live()
+                    .shutdown(event.asn, event.country.clone(), true)
+            }
+            Transition::ShutdownEnd => self.metrics.live().shutdown(event.asn, None, false),
+            _ => {}
+        }
         tracing::info!(
             transition = transition.as_str(),
             event_id = %event.id,

@@ -117,6 +117,15 @@ pub async fn store_batch(
         .store
         .insert_measurements(probe_id, now, &records)
         .await?;
+    // The state gauges' in-memory read model takes the same records the store's took.
+    state.metrics.stored(
+        probe_id,
+        records
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, fresh)| **fresh)
+            .map(|(r, _)| r),
+    );
     let mut accepted = Vec::new();
     let mut touched = Touched::default();
     for (r, fresh) in records.iter().zip(inserted) {

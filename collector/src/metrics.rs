@@ -8,26 +8,27 @@
 //! scrape at most `max_site_series`. Random networks and countries from a few probes gave
 //! 161,000 series, an 11 MB scrape and 1.24 GiB of memory before these caps (issue #20).
 //!
-//! Gauges describing current state are computed at scrape time from the read model
-//! ([`crate::readmodel`], kept on ingest, so a scrape costs one row per series, not one per
-//! measurement): reset, then refilled, so series of sites and networks that went quiet
-//! disappear.
+//! Gauges describing current state are rendered at scrape time from the read model kept in
+//! memory ([`crate::readmodel::live`]: updated by this process's ingest and event transitions,
+//! merged with the store's every `metrics.resync_interval`), so a scrape reads no database and
+//! costs O(series) whatever the number of measurements: reset, then refilled, so series of
+//! sites and networks that went quiet disappear.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use witness_core::model::{Method, Status};
 
 use crate::aggregate::Params;
 use crate::config::MetricsConfig;
 use crate::model::Transition;
-use crate::readmodel;
-use crate::store::{Filter, Store};
+use crate::readmodel::live::{GaugeInputs, LiveReadModel};
+use crate::store::{MeasurementRecord, Store};
 use crate::validate::RejectReason;
 
 /// Accepted measurements, by verdict: `{status, method, asn, country}`.
@@ -90,6 +91,14 @@ pub const CONTROL_CACHE_MISSES_TOTAL: &str = "witness_control_cache_misses_total
 /// Control views dropped for room (entries or bytes) before their TTL ran out.
 pub const CONTROL_CACHE_EVICTIONS_TOTAL: &str = "witness_control_cache_evictions_total";
 
+/// Fresh control measurements granted (a probe saw a site fail where the shared view said it
+/// worked; once per URL per TTL). Each is also a miss.
+pub const CONTROL_CACHE_FRESH_TOTAL: &str = "witness_control_cache_fresh_total";
+/// Control views held now (per replica: each has its own cache).
+pub const CONTROL_CACHE_ENTRIES: &str = "witness_control_cache_entries";
+/// Bytes of the control views held now.
+pub const CONTROL_CACHE_BYTES: &str = "witness_control_cache_bytes";
+
 /// Every `witness_` metric name, for tests and documentation.
 pub const ALL: &[&str] = &[
     MEASUREMENTS_RECEIVED_TOTAL,
@@ -106,6 +115,9 @@ pub const ALL: &[&str] = &[
     CONTROL_CACHE_HITS_TOTAL,
     CONTROL_CACHE_MISSES_TOTAL,
     CONTROL_CACHE_EVICTIONS_TOTAL,
+    CONTROL_CACHE_FRESH_TOTAL,
+    CONTROL_CACHE_ENTRIES,
+    CONTROL_CACHE_BYTES,
 ];
 
 const UNKNOWN: &str = "unknown";
@@ -183,11 +195,15 @@ pub struct Metrics {
     rejected: IntCounterVec,
     webhook_failures: IntCounter,
     control_views: crate::control::ViewCounters,
+    control_cache_entries: IntGauge,
+    control_cache_bytes: IntGauge,
     limits: MetricsConfig,
     /// Networks labelled on counters so far, at most `max_asn_labels`.
     network_labels: Mutex<HashSet<(u32, &'static str)>>,
     /// Serialises scrape-time refreshes so concurrent scrapes do not interleave reset/refill.
     refresh: tokio::sync::Mutex<()>,
+    /// The read model in memory, which the state gauges are rendered from.
+    live: LiveReadModel,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -334,7 +350,22 @@ impl Metrics {
                     "Control views dropped for room before their TTL ran out.",
                 )?,
             ),
+            fresh: register(
+                &r,
+                IntCounter::new(
+                    CONTROL_CACHE_FRESH_TOTAL,
+                    "Fresh control measurements granted where the view said a failing site worked.",
+                )?,
+            ),
         };
+        let control_cache_entries = register(
+            &r,
+            IntGauge::new(CONTROL_CACHE_ENTRIES, "Control views held.")?,
+        );
+        let control_cache_bytes = register(
+            &r,
+            IntGauge::new(CONTROL_CACHE_BYTES, "Bytes of the control views held.")?,
+        );
         register_build_and_process(&r)?;
         // Closed label sets start at zero, so rates and alerts work before the first event.
         for t in Transition::ALL {
@@ -357,15 +388,26 @@ impl Metrics {
             rejected,
             webhook_failures,
             control_views,
+            control_cache_entries,
+            control_cache_bytes,
             limits,
             network_labels: Mutex::new(HashSet::new()),
             refresh: tokio::sync::Mutex::new(()),
+            live: LiveReadModel::default(),
         })
     }
 
     /// The counters of the control's shared views.
     pub fn control_view_counters(&self) -> crate::control::ViewCounters {
         self.control_views.clone()
+    }
+
+    /// The size of the control's shared views (`ControlViews::len`), set before a scrape.
+    pub fn control_cache_size(&self, (entries, bytes): (usize, usize)) {
+        self.control_cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.control_cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// The labels of a network on counters: its own for the first `max_asn_labels` networks
@@ -406,6 +448,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Count an upload's newly stored records into the state gauges (the store committed them).
+    pub fn stored<'a>(
+        &self,
+        probe_id: &str,
+        fresh: impl IntoIterator<Item = &'a MeasurementRecord>,
+    ) {
+        self.live.apply(probe_id, fresh);
+    }
+
     /// Count a refused record.
     pub fn record_rejected(&self, reason: RejectReason) {
         self.rejected.with_label_values(&[reason.as_str()]).inc();
@@ -428,8 +479,25 @@ impl Metrics {
         self.webhook_failures.inc();
     }
 
-    /// Recompute the state gauges from the read model (and nothing else: a scrape's cost follows
-    /// the series, not the data), then encode everything in the text format.
+    /// The in-memory read model the state gauges are rendered from.
+    pub fn live(&self) -> &LiveReadModel {
+        &self.live
+    }
+
+    /// Merge the store's read model into the in-memory one (what other replicas ingested), and
+    /// drop what left the window. Returns the rows read.
+    pub async fn resync(
+        &self,
+        store: &dyn Store,
+        params: &Params,
+        now: DateTime<Utc>,
+    ) -> Result<usize, RenderError> {
+        Ok(self.live.load(store, now - params.window).await?)
+    }
+
+    /// Render every metric, the state gauges from the in-memory read model: a scrape reads no
+    /// database (but the first of the process, which loads the model), so its cost follows
+    /// the series, not the data. Scrapes are serialised: each resets and refills the gauges.
     pub async fn render(
         &self,
         store: &dyn Store,
@@ -437,18 +505,29 @@ impl Metrics {
         now: DateTime<Utc>,
     ) -> Result<String, RenderError> {
         let _guard = self.refresh.lock().await;
-        let since = now - params.window;
-        let window_filter = Filter {
-            since: Some(since),
-            ..Filter::default()
-        };
-        let statuses = readmodel::site_statuses(store, &window_filter, params, now).await?;
-        let methods = readmodel::blocked_methods(store, since).await?;
-        let readmodel::NetworkActivity {
+        if !self.live.loaded() {
+            self.live.load(store, now - params.window).await?;
+        }
+        let inputs = self.live.inputs(params, now);
+        self.fill_and_encode(&inputs)
+    }
+
+    /// Render every metric with the state gauges made of `inputs` (the tests give it
+    /// [`GaugeInputs::from_store`], the store's own answer, to compare with [`Metrics::render`]).
+    pub async fn render_inputs(&self, inputs: &GaugeInputs) -> Result<String, RenderError> {
+        let _guard = self.refresh.lock().await;
+        self.fill_and_encode(inputs)
+    }
+
+    /// Reset and refill the state gauges from `inputs` (so series of sites and networks that
+    /// went quiet vanish), then encode the registry.
+    fn fill_and_encode(&self, inputs: &GaugeInputs) -> Result<String, RenderError> {
+        let GaugeInputs {
+            statuses,
+            methods,
             networks,
             shutdowns,
-        } = readmodel::network_activity(store, since).await?;
-
+        } = inputs;
         // Blocked ratio: every method seen blocking in the window, 0 when no probe's latest
         // verdict shows it any more.
         // The censor's hop: only where one is agreed, so its series are at most the blocked
@@ -505,15 +584,15 @@ impl Metrics {
         // an open shutdown; then which networks keep series of their own.
         let mut probes: HashMap<(Option<u32>, &'static str), u64> = HashMap::new();
         let mut country_of: BTreeMap<u32, &'static str> = BTreeMap::new();
-        for n in &networks {
-            let country = country_label(n.country.as_deref());
-            *probes.entry((n.asn, country)).or_default() += n.probes;
-            if let Some(a) = n.asn {
-                country_of.entry(a).or_insert(country);
+        for ((asn, country), n) in networks {
+            let country = country_label(country.as_deref());
+            *probes.entry((*asn, country)).or_default() += n;
+            if let Some(a) = asn {
+                country_of.entry(*a).or_insert(country);
             }
         }
         let mut offline: BTreeMap<u32, &'static str> = BTreeMap::new();
-        for e in &shutdowns {
+        for e in shutdowns {
             let country = match e.country.as_deref() {
                 Some(c) => country_label(Some(c)),
                 None => country_of.get(&e.asn).copied().unwrap_or(UNKNOWN),

@@ -51,6 +51,9 @@ const COLLECTOR_METRICS: &[(&str, &[&str])] = &[
     ("witness_control_cache_hits_total", &[]),
     ("witness_control_cache_misses_total", &[]),
     ("witness_control_cache_evictions_total", &[]),
+    ("witness_control_cache_fresh_total", &[]),
+    ("witness_control_cache_entries", &[]),
+    ("witness_control_cache_bytes", &[]),
 ];
 
 /// The collector's only histogram: queried through its `_bucket`, `_sum` and `_count` series.

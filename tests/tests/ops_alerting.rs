@@ -470,7 +470,8 @@ fn two_replicas_count_each_probe_and_block_once() {
             std::fs::write(
                 &config,
                 format!(
-                    "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{}\"\nmax_connections = 4\n",
+                    "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{}\"\nmax_connections = 4\n\
+                     [metrics]\nresync_interval = \"1s\"\n",
                     db.url
                 ),
             )
@@ -529,9 +530,13 @@ fn two_replicas_count_each_probe_and_block_once() {
             std::thread::sleep(Duration::from_millis(250));
         }
     };
-    // Each replica reports the whole fleet: a plain sum counts it twice (the test can fail).
+    // Each replica reports the whole fleet (what the others ingested within its
+    // resync_interval): a plain sum counts it twice (the test can fail).
     let _ = prom
         .wait_for("count(witness_probes_active) == 2", Duration::from_secs(30))
+        .unwrap();
+    let _ = prom
+        .wait_for("sum(witness_probes_active) == 6", Duration::from_secs(30))
         .unwrap();
     assert_eq!(scalar("sum(witness_probes_active)"), 6.0);
     // The recording rules count once.

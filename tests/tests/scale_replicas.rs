@@ -228,6 +228,7 @@ fn replicas_on_one_postgres_store_each_measurement_once_and_raise_each_event_onc
                  [store]\nurl = \"{url}\"\nmax_connections = 8\n\
                  [ingest]\nuploads_per_minute = 100000\nupload_burst = 100000\n\
                  [aggregation]\nevaluate_interval = \"2s\"\n\
+                 [metrics]\nresync_interval = \"1s\"\n\
                  [webhook]\nurls = [\"{hook}\"]\nformat = \"generic\"\n\
                  initial_backoff = \"100ms\"\ntimeout = \"5s\"\n",
                 url = db.url,
@@ -448,17 +449,28 @@ fn replicas_on_one_postgres_store_each_measurement_once_and_raise_each_event_onc
     let repeated: Vec<_> = notified.iter().filter(|(_, &n)| n > 1).collect();
     assert!(repeated.len() <= 1, "{repeated:?}");
 
-    // Metrics: the state gauges come from the database at scrape time, so both survivors say
-    // the same; counters are per process and add up to what each acknowledged.
-    let texts: Vec<String> = urls[1..].iter().map(|u| metrics(u)).collect();
+    // Metrics: each replica keeps the state gauges in memory and merges the database's read
+    // model every `metrics.resync_interval` (1 s here), so the survivors agree within it;
+    // counters are per process and add up to what each acknowledged.
     let gauges = [
         "witness_site_blocked_ratio",
         "witness_probes_active",
         "witness_network_offline",
     ];
-    let a = samples(&texts[0], &gauges);
-    let b = samples(&texts[1], &gauges);
-    assert_eq!(a, b, "replicas disagree on the state gauges");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (texts, a) = loop {
+        let texts: Vec<String> = urls[1..].iter().map(|u| metrics(u)).collect();
+        let a = samples(&texts[0], &gauges);
+        let b = samples(&texts[1], &gauges);
+        if a == b {
+            break (texts, a);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas disagree on the state gauges after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let blocked: Vec<_> = a
         .iter()
         .filter(|(k, v)| k.starts_with("witness_site_blocked_ratio{") && **v == 1.0)

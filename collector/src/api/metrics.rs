@@ -16,6 +16,7 @@ pub fn router() -> Router<AppState> {
 
 /// Refresh the state gauges from the store and render every metric.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    state.metrics.control_cache_size(state.control_views.len());
     let text = state
         .metrics
         .render(state.store.as_ref(), &state.params, chrono::Utc::now())

@@ -27,6 +27,7 @@
 //! the measurements of the period.
 
 pub(crate) mod delta;
+pub mod live;
 
 use std::collections::BTreeMap;
 

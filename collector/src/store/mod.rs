@@ -747,6 +747,63 @@ pub trait ReadModelStore: Send + Sync + 'static {
     /// read from the read model's hourly counts (`probe_hours`), so an upload counts when its
     /// hour overlaps the period.
     async fn probe_networks(&self, filter: &Filter) -> StoreResult<Vec<ProbeNetworkRow>>;
+
+    /// The read model's rows that can count at or after `since` (`latest_verdicts` and
+    /// `blocked_methods` by time, `probe_hours` by hour overlapping): what the in-memory copy
+    /// behind `/metrics` ([`crate::readmodel::live`]) loads and merges. One row per probe × site
+    /// × network, whatever the number of measurements.
+    async fn read_model_rows(&self, since: DateTime<Utc>) -> StoreResult<ReadModelRows>;
+}
+
+/// One row of `latest_verdicts`: a probe's latest verdict on a site and network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatestVerdictRow {
+    /// Site key.
+    pub domain: String,
+    /// Network.
+    pub asn: u32,
+    /// The probe.
+    pub probe_id: String,
+    /// When the verdict's measurement started.
+    pub started_at: DateTime<Utc>,
+    /// The measurement's id (the tie-break of the monotonic upsert, compared as text).
+    pub measurement_id: String,
+    /// Verdict.
+    pub status: Status,
+    /// Method, with `blocked`.
+    pub method: Option<Method>,
+    /// Category.
+    pub category: Option<String>,
+    /// Country claimed.
+    pub country: Option<String>,
+    /// Where the verdict places the censor.
+    pub censor: Option<CensorPlace>,
+    /// The probe's consecutive latest verdicts naming that place.
+    pub censor_run: u64,
+}
+
+/// One probe's latest hour of uploads on a network: what `probe_hours` says of "active".
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeHourRow {
+    /// Network, when claimed.
+    pub asn: Option<u32>,
+    /// Country, when claimed.
+    pub country: Option<String>,
+    /// The probe.
+    pub probe_id: String,
+    /// Start of its latest hour of arrival with an upload.
+    pub hour: DateTime<Utc>,
+}
+
+/// The read model's rows within a window ([`ReadModelStore::read_model_rows`]).
+#[derive(Clone, Debug, Default)]
+pub struct ReadModelRows {
+    /// `latest_verdicts`.
+    pub latest: Vec<LatestVerdictRow>,
+    /// `blocked_methods`: site, network, method, last seen.
+    pub blocked: Vec<(String, u32, Method, DateTime<Utc>)>,
+    /// `probe_hours`, reduced to each probe's latest hour per network.
+    pub hours: Vec<ProbeHourRow>,
 }
 
 #[cfg(test)]

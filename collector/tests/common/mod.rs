@@ -57,6 +57,8 @@ pub enum StoreGuard {
     Dir(tempfile::TempDir),
     /// The PostgreSQL database (dropped with the guard).
     Pg(witness_tests::postgres::PgDatabase),
+    /// A store another guard keeps (a second replica's).
+    Shared,
 }
 
 /// A fresh, empty store location: its URL and the guard that removes it.
@@ -112,9 +114,15 @@ pub async fn spawn(config: Config) -> TestApp {
 }
 
 /// The app on a fresh store of the given kind.
-pub async fn spawn_on(db: Db, mut config: Config) -> TestApp {
+pub async fn spawn_on(db: Db, config: Config) -> TestApp {
     let (url, guard) = fresh_store(db);
-    config.store.url = url;
+    spawn_at(&url, guard, config).await
+}
+
+/// The app on the store at `url`, kept by `guard` (`StoreGuard::Shared` for a second replica of
+/// a store another app keeps).
+pub async fn spawn_at(url: &str, guard: StoreGuard, mut config: Config) -> TestApp {
+    config.store.url = url.to_string();
     let store = store::open(&config.store).await.expect("open store");
     let state = AppState::new(config, store).expect("state");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

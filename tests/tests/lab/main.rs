@@ -19,6 +19,7 @@
 //! as its modules (not as tests of their own); nothing else includes them.
 
 mod dualstack;
+mod fleet;
 mod hops;
 mod judge;
 mod netlab;
@@ -1482,9 +1483,16 @@ fn hop_lab() {
     hops::hop_lab();
 }
 
+/// The dual-stack lab (`lab/dualstack.rs`): IPv6 homes against dual-stack sites.
 #[test]
 fn dual_stack_lab() {
     dualstack::dual_stack_lab();
+}
+
+/// The fleet lab (`lab/fleet.rs`): four probes on one network share the control.
+#[test]
+fn fleet_lab() {
+    fleet::fleet_lab();
 }
 
 /// Without root: the comparison the lab uses reports a real probe verdict that contradicts the

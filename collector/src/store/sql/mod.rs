@@ -37,6 +37,7 @@ use super::{
     RecentNetwork, RecentSite, Store, StoreError, StoreResult, TokenInfo,
 };
 use super::{EventStore, MeasurementStore, OutboxStore, ReadModelStore, TokenStore};
+use super::{LatestVerdictRow, ProbeHourRow, ReadModelRows};
 use crate::model::{
     CensorPlace, EventKind, Evidence, LatestGroup, Obs, PlaceGroup, Presence, Transition,
 };

@@ -181,4 +181,82 @@ impl<S: SqlStore> ReadModelStore for S {
             })
             .collect()
     }
+
+    async fn read_model_rows(&self, since: DateTime<Utc>) -> StoreResult<ReadModelRows> {
+        let mut q = S::query(
+            "SELECT domain, asn, probe_id, started_at, measurement_id, status, method, category, \
+             country, CAST(censor_hop AS BIGINT) AS hop, censor_asn, \
+             CAST(censor_run AS BIGINT) AS run FROM latest_verdicts WHERE started_at >= ?",
+        );
+        q.arg(since);
+        let latest = self
+            .all(&q)
+            .await?
+            .iter()
+            .map(|r| {
+                let censor = match r.opt_hop("hop")? {
+                    Some(hop) => Some(CensorPlace {
+                        hop,
+                        asn: r.opt_asn("censor_asn")?,
+                    }),
+                    None => None,
+                };
+                Ok(LatestVerdictRow {
+                    domain: r.string("domain")?,
+                    asn: r.asn("asn")?,
+                    probe_id: r.string("probe_id")?,
+                    started_at: r.time("started_at")?,
+                    measurement_id: r.string("measurement_id")?,
+                    status: r.parsed("status")?,
+                    method: r.method("method")?,
+                    category: r.text("category")?,
+                    country: r.text("country")?,
+                    censor,
+                    censor_run: r.count("run")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut q =
+            S::query("SELECT domain, asn, method, last_at FROM blocked_methods WHERE last_at >= ?");
+        q.arg(since);
+        let blocked = self
+            .all(&q)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.string("domain")?,
+                    r.asn("asn")?,
+                    r.parsed("method")?,
+                    r.time("last_at")?,
+                ))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Hours overlapping [since, now], as probe_networks reads them.
+        let mut q = S::query(
+            "SELECT asn, country, probe_id, MAX(hour) AS hour FROM probe_hours WHERE hour > ? \
+             GROUP BY asn, country, probe_id",
+        );
+        q.arg(since - TimeDelta::hours(1));
+        let hours = self
+            .all(&q)
+            .await?
+            .iter()
+            .map(|r| {
+                let asn = r.num("asn")?;
+                let country = r.string("country")?;
+                Ok(ProbeHourRow {
+                    asn: (asn >= 0).then(|| asn_of(asn)).transpose()?,
+                    country: (!country.is_empty()).then_some(country),
+                    probe_id: r.string("probe_id")?,
+                    hour: r.time("hour")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(ReadModelRows {
+            latest,
+            blocked,
+            hours,
+        })
+    }
 }
