@@ -768,6 +768,7 @@ mod tests {
             control_failure: None,
             connectivity: ConnectivitySummary::default(),
             path: None,
+            ab: vec![],
             verdict: Verdict::new(Status::Accessible, None, "fine"),
         }
     }

@@ -1,6 +1,7 @@
 //! One module per measurement step. Each records observations; none returns a network failure
 //! as an `Err`: failures are data.
 
+pub mod ab;
 pub mod dns;
 pub mod http;
 pub mod path;
