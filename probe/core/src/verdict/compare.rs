@@ -236,6 +236,7 @@ pub(super) mod tests {
         ab_http_timeout_no_control_name_differs Plain => Inconclusive;
         ab_http_reset_no_control_site_answered Plain => Inconclusive;
         ab_http_reset_no_control_innocent_failed Plain => Inconclusive;
+        ab_http_blockpage_name_differs Plain => Blocked / Http;
     };
 
     #[test]
@@ -264,6 +265,9 @@ pub(super) mod tests {
         let v = verdict_of(ab_http_reset_no_control_name_differs, Ctx::Plain);
         assert!(cites(&v, "ab.http=name_differs@198.18.0.10:80"), "{v:?}");
         assert!(v.reason.contains("innocent Host header"), "{}", v.reason);
+        let v = verdict_of(ab_http_blockpage_name_differs, Ctx::Plain);
+        assert!(cites(&v, "ab.http=name_differs@198.18.0.10:80"), "{v:?}");
+        assert!(cites(&v, "http.blockpage=kz-test"), "{v:?}");
         let v = verdict_of(ab_http_reset_no_control_innocent_failed, Ctx::Plain);
         assert!(cites(&v, "ab.http=innocent_failed@198.18.0.10:80"), "{v:?}");
     }

@@ -50,6 +50,10 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
         if h.hop > 0 {
             ev.push(Evidence::BlockpageHop(h.hop));
         }
+        // The blockpage proves the block by itself; the A/B test is cited as extra evidence.
+        if let Some((finding, addr)) = h.addr.and_then(|a| ab_at(&f.ab, AbKind::Http, &[a])) {
+            ev.push(Evidence::Ab(AbKind::Http, finding, addr));
+        }
         return Outcome::blocked(
             Method::Http,
             format!("the answer for {domain} is a known blockpage ({bp})"),

@@ -1293,3 +1293,21 @@ pub(super) fn ab_http_reset_no_control_innocent_failed() -> Measurement {
     m.ab[0].trials = vec![ab_trial(AbName::Innocent, false, false)];
     m
 }
+
+/// A blockpage for the site's Host, the server's own answer for the innocent one: blocked by
+/// the blockpage, the A/B cited.
+pub(super) fn ab_http_blockpage_name_differs() -> Measurement {
+    let mut m = accessible_http();
+    no_control(&mut m);
+    m.http[0].blockpage = Some("kz-test".into());
+    m.ab = vec![ab_test(
+        AbKind::Http,
+        sa(IP, 80),
+        AbTrigger::Blockpage,
+        vec![
+            ab_trial(AbName::Innocent, true, false),
+            ab_trial(AbName::Site, false, false),
+        ],
+    )];
+    m
+}
