@@ -189,13 +189,25 @@ pub async fn run(
     let Some(slowest) = slowest else {
         return;
     };
-    let repeat = Duration::from_secs_f64(slowest.max(0.0) / 1000.0 * f64::from(AB_REPEAT_FACTOR))
-        .clamp(AB_REPEAT_MIN, limit.max(AB_REPEAT_MIN));
+    let repeat = repeat_wait(slowest, limit);
     let site = match plan.kind {
         AbKind::Tls => tls_trial(plan, AbName::Site, innocent, repeat, tls, cfg, t0).await,
         AbKind::Http => http_trial(plan, AbName::Site, innocent, repeat, cfg, own, t0).await,
     };
     record(site);
+}
+
+/// How long the site's repeated exchange may take: [`AB_REPEAT_FACTOR`] times the slowest
+/// innocent exchange that was answered (`slowest_ms`), at least [`AB_REPEAT_MIN`], at most
+/// `limit` (which wins over the minimum).
+pub fn repeat_wait(slowest_ms: f64, limit: Duration) -> Duration {
+    let ms = if slowest_ms.is_finite() {
+        slowest_ms.max(0.0)
+    } else {
+        0.0
+    };
+    let scaled = Duration::from_secs_f64((ms / 1000.0 * f64::from(AB_REPEAT_FACTOR)).min(3600.0));
+    scaled.clamp(AB_REPEAT_MIN.min(limit), limit)
 }
 
 /// The record of a test from the trials it made (all of them, or those made before a deadline).
@@ -429,6 +441,19 @@ mod tests {
             plan(&u("https://example.com/"), &cut, &[], "example.com"),
             None
         );
+    }
+
+    #[test]
+    fn the_repeat_waits_a_few_times_the_innocent_answer() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(repeat_wait(3.0, s(5)), AB_REPEAT_MIN);
+        assert_eq!(repeat_wait(400.0, s(5)), ms(1600));
+        assert_eq!(repeat_wait(4000.0, s(5)), s(5));
+        assert_eq!(repeat_wait(f64::NAN, s(5)), AB_REPEAT_MIN);
+        assert_eq!(repeat_wait(f64::INFINITY, s(5)), AB_REPEAT_MIN);
+        // A step timeout below the minimum wins.
+        assert_eq!(repeat_wait(3.0, ms(300)), ms(300));
     }
 
     #[test]

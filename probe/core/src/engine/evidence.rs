@@ -115,6 +115,10 @@ impl Engine {
         )
         .await;
         let trials = trials.into_inner().unwrap_or_else(|e| e.into_inner());
+        if trials.is_empty() {
+            // The deadline left no time for a single exchange: nothing was tested.
+            return None;
+        }
         Some(ab::observation(
             &plan,
             innocent,
