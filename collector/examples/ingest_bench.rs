@@ -362,6 +362,7 @@ fn measurement(
             control_ok: Some(true),
             anchors_ok: 2,
             anchors_tried: 2,
+            ipv6_ok: None,
             summary: "online: 2 of 2 anchors reachable".into(),
             references: vec![],
             control_resolvers: vec![],

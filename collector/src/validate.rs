@@ -613,6 +613,7 @@ mod tests {
             control: None,
             control_failure: None,
             path: None,
+            ab: vec![],
             connectivity: ConnectivitySummary::default(),
             verdict: Verdict::new(
                 Status::Blocked,

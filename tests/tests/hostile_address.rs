@@ -581,6 +581,7 @@ async fn refusal(collector: &CollectorProcess) {
             control: None,
             control_failure: None,
             path: None,
+            ab: vec![],
             connectivity: ConnectivitySummary::default(),
             verdict: Verdict::new(Status::Inconclusive, None, "x"),
         };

@@ -199,8 +199,8 @@ pub struct NetworkSection {
     /// Reserved ranges to treat as public: for labs built in 198.18.0.0/15 or on loopback.
     /// Default: none. Never set this on a real network.
     pub lab_public_ranges: Vec<IpNet>,
-    /// SNI of the decoy handshake that tells SNI filtering from a dead server
-    /// (default `example.com`).
+    /// SNI of the decoy handshake, and the innocent name (SNI, `Host:`) of the A/B test, that
+    /// tell name filtering from a dead server (default `example.com`).
     pub decoy_sni: String,
     /// Hosts (`host:port`) whose reachability says whether the network works at all: a
     /// domestic and a foreign one at least. Default: egov.kz, wikipedia.org, one.one.one.one.

@@ -92,6 +92,12 @@ pub struct Measurement {
     /// absent when not attempted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathObservation>,
+    /// The A/B test: the site's failed exchange repeated to the same address with an innocent
+    /// name (and, for TLS, with none), to tell a middlebox acting on the name from a failing
+    /// server. Only for targets that failed in a censor-like way; empty (and absent from the
+    /// JSON) otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ab: Vec<AbObservation>,
     /// The verdict computed from all of the above.
     pub verdict: Verdict,
 }
@@ -474,6 +480,108 @@ impl PathObservation {
             .filter(|h| h.ttl < n)
             .find_map(|h| h.asn)
     }
+}
+
+/// Which exchange an A/B test repeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbKind {
+    /// The TLS handshake: the name is the SNI.
+    Tls,
+    /// The cleartext HTTP request: the name is the `Host:` header.
+    Http,
+}
+
+/// What the site's own exchange got, which made the probe run the A/B test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbTrigger {
+    /// The connection was reset (or refused).
+    Reset,
+    /// The connection was closed without a reset.
+    Close,
+    /// Nothing came back within the step timeout.
+    Timeout,
+    /// A certificate that does not verify for the site's name.
+    ForgedCertificate,
+    /// A known blockpage.
+    Blockpage,
+}
+
+/// Which name an A/B trial sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbName {
+    /// The site's own name, sent again: a failure that does not repeat was not the name's.
+    Site,
+    /// The innocent name (`AbObservation::innocent`).
+    Innocent,
+    /// No name at all: a ClientHello without the SNI extension (TLS only).
+    None,
+}
+
+/// One exchange of an A/B test, on a fresh connection to the same address and port.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbTrial {
+    /// The name sent.
+    pub sent: AbName,
+    /// Start, milliseconds since the start of the measurement.
+    pub t_ms: f64,
+    /// Connect plus exchange, milliseconds.
+    pub duration_ms: f64,
+    /// Why the exchange failed (the connect's failure included); `None` when the server
+    /// answered: a completed handshake whatever its certificate, or any HTTP response.
+    pub failure: Option<Failure>,
+    /// TLS: SHA-256 of the leaf certificate presented, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_sha256: Option<String>,
+    /// TLS: whether the chain presented verifies for the site's name (whatever name was sent):
+    /// a server that proves the site's name to an innocent ClientHello holds the site's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for_site: Option<bool>,
+    /// TLS: the known state interception CA the chain leads to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interception_ca: Option<String>,
+    /// HTTP: the response's status code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// HTTP: the blockpage signature the response matched, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blockpage: Option<String>,
+}
+
+impl AbTrial {
+    /// The server answered as a server would, not as the censor: a handshake that completed
+    /// without a state CA, or an HTTP response that is not a known blockpage.
+    pub fn answered(&self) -> bool {
+        self.failure.is_none() && self.interception_ca.is_none() && self.blockpage.is_none()
+    }
+}
+
+/// The A/B test of one target: its failed exchange repeated to the same server address and
+/// port with an innocent name (OONI's `sni_blocking`/`tlsmiddlebox`, CenTrace's control
+/// domain). A server serves every name it hosts alike; only something in between acts on the
+/// name the site's exchange carried.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbObservation {
+    /// The exchange repeated.
+    pub kind: AbKind,
+    /// The server address and port, the site's own from this run's DNS.
+    pub addr: SocketAddr,
+    /// The site's name (the SNI or `Host:` of the failed exchange).
+    pub name: String,
+    /// The innocent name sent instead (`decoy_sni`, default `example.com`).
+    pub innocent: String,
+    /// What the site's own exchange got.
+    pub trigger: AbTrigger,
+    /// The exchanges, in the order they were started.
+    pub trials: Vec<AbTrial>,
+    /// Start, milliseconds since the start of the measurement.
+    pub t_ms: f64,
+    /// How long the whole test took, milliseconds.
+    pub duration_ms: f64,
 }
 
 /// Run-level connectivity: can this probe reach anything at all?

@@ -597,6 +597,7 @@ pub fn to_ooni(m: &Measurement) -> Value {
         "censor_asn": m.path.as_ref().and_then(|p| p.censor_asn()),
         "dns_late_responses": late,
         "extra_requests": extra_requests,
+        "ab": m.ab,
         "control_age_secs": m.control.as_ref().and_then(|c| c.age_secs),
         "control_measured_at": m.control.as_ref().map(|c| c.measured_at),
     });
@@ -768,6 +769,7 @@ mod tests {
             control_failure: None,
             connectivity: ConnectivitySummary::default(),
             path: None,
+            ab: vec![],
             verdict: Verdict::new(Status::Accessible, None, "fine"),
         }
     }
@@ -997,6 +999,38 @@ mod tests {
             .collect();
         assert_eq!(urls, ["https://site.kz/home", "https://site.kz/"]);
         assert_eq!(k["x_witness"]["extra_requests"][0]["x_role"], "decoy_host");
+    }
+
+    #[test]
+    fn the_ab_test_is_under_x_witness() {
+        use crate::model::{AbKind, AbName, AbObservation, AbTrial, AbTrigger};
+        let mut m = accessible();
+        assert_eq!(to_ooni(&m)["test_keys"]["x_witness"]["ab"], json!([]));
+        m.ab.push(AbObservation {
+            kind: AbKind::Tls,
+            addr: sa("198.18.0.10:443"),
+            name: "site.kz".into(),
+            innocent: "example.com".into(),
+            trigger: AbTrigger::Reset,
+            trials: vec![AbTrial {
+                sent: AbName::None,
+                t_ms: 1.0,
+                duration_ms: 2.0,
+                failure: Some(Failure::ConnectionReset),
+                leaf_sha256: None,
+                valid_for_site: None,
+                interception_ca: None,
+                status: None,
+                blockpage: None,
+            }],
+            t_ms: 1.0,
+            duration_ms: 3.0,
+        });
+        let ab = &to_ooni(&m)["test_keys"]["x_witness"]["ab"][0];
+        assert_eq!(ab["kind"], "tls");
+        assert_eq!(ab["trigger"], "reset");
+        assert_eq!(ab["trials"][0]["sent"], "none");
+        assert_eq!(ab["trials"][0]["failure"], "connection_reset");
     }
 
     #[test]

@@ -439,7 +439,7 @@ fn no_control_network(main: &[Scenario]) -> (Censor, Vec<(&'static str, &'static
         (
             "control_unreachable_tls_sni_timeout",
             "https://tls-sni-timeout.lab/",
-            Expect::blocked(Method::Tls).evidence(&["tls.decoy=ok"]),
+            Expect::blocked(Method::Tls).evidence(&["tls.decoy=ok", "ab.tls=name_differs@"]),
         ),
         (
             "control_unreachable_dns_bogon",
@@ -472,6 +472,7 @@ fn no_control_network(main: &[Scenario]) -> (Censor, Vec<(&'static str, &'static
             Expect::blocked(Method::Http).evidence(&[
                 "http.hop0.failure=connection_reset@http",
                 "http.decoy_host=ok@",
+                "ab.http=name_differs@",
             ]),
         ),
         (
@@ -488,7 +489,7 @@ fn no_control_network(main: &[Scenario]) -> (Censor, Vec<(&'static str, &'static
         (
             "control_unreachable_tls_sni_reset",
             "https://tls-sni-reset.lab/",
-            Expect::blocked(Method::Tls).evidence(&["tls.decoy=ok"]),
+            Expect::blocked(Method::Tls).evidence(&["tls.decoy=ok", "ab.tls=name_differs@"]),
         ),
         (
             "control_unreachable_redirect_to_blocked_site",

@@ -1,6 +1,7 @@
 //! One module per measurement step. Each records observations; none returns a network failure
 //! as an `Err`: failures are data.
 
+pub mod ab;
 pub mod dns;
 pub mod http;
 pub mod path;
@@ -111,7 +112,8 @@ pub struct MeasureConfig {
     pub bogons: BogonFilter,
     /// Local address to bind outgoing sockets to, if any.
     pub source_address: Option<IpAddr>,
-    /// SNI of the decoy handshake made after a failed one, to tell SNI filtering apart.
+    /// SNI of the decoy handshake made after a failed one, and the innocent name of the A/B
+    /// test (see [`ab`]), to tell name filtering apart.
     pub decoy_sni: String,
     /// Whether to query AAAA records and measure IPv6 addresses.
     pub ipv6: bool,

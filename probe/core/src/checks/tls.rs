@@ -92,6 +92,8 @@ pub fn verifying_client_config(cfg: &MeasureConfig) -> Result<ClientConfig, Setu
 #[derive(Clone)]
 pub struct TlsContext {
     connector: TlsConnector,
+    /// The same client without the SNI extension, for the A/B test's nameless ClientHello.
+    no_sni: TlsConnector,
     verifier: Arc<WebPkiServerVerifier>,
     extra_spki: Vec<(String, String)>,
 }
@@ -118,8 +120,11 @@ impl TlsContext {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         // Every handshake is a fresh measurement: no resumption that would skip the certificate.
         config.resumption = rustls::client::Resumption::disabled();
+        let mut nameless = config.clone();
+        nameless.enable_sni = false;
         Ok(TlsContext {
             connector: TlsConnector::from(Arc::new(config)),
+            no_sni: TlsConnector::from(Arc::new(nameless)),
             verifier,
             extra_spki: Vec::new(),
         })
@@ -197,6 +202,57 @@ impl TlsContext {
         (obs, Some(tls))
     }
 
+    /// A handshake for the A/B test on `stream`: `sni` is sent (`None`: no SNI extension at
+    /// all), and the chain presented is verified for `site`, the site's own name, whatever was
+    /// sent. Bounded by `timeout`; the connection is dropped afterwards.
+    pub async fn bare_handshake(
+        &self,
+        stream: TcpStream,
+        sni: Option<&str>,
+        site: &str,
+        timeout: std::time::Duration,
+    ) -> BareHandshake {
+        let mut out = BareHandshake::default();
+        let (connector, name) = match sni {
+            Some(n) => (&self.connector, n),
+            None => (&self.no_sni, site),
+        };
+        let (Ok(sent), Ok(site_name)) = (
+            ServerName::try_from(name.to_string()),
+            ServerName::try_from(site.to_string()),
+        ) else {
+            out.failure = Some(Failure::unknown("bad server name"));
+            return out;
+        };
+        let tls = match tokio::time::timeout(timeout, connector.connect(sent, stream)).await {
+            Err(_) => {
+                out.failure = Some(Failure::GenericTimeout);
+                return out;
+            }
+            Ok(Err(e)) => {
+                out.failure = Some(Failure::from_io(&e));
+                return out;
+            }
+            Ok(Ok(s)) => s,
+        };
+        let chain: Vec<CertificateDer<'static>> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| {
+                c.iter()
+                    .take(MAX_CHAIN)
+                    .map(|c| c.clone().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let described: Vec<CertificateInfo> = chain.iter().map(|c| describe(c)).collect();
+        out.leaf_sha256 = described.first().map(|c| c.sha256.clone());
+        out.valid_for_site = self.verify(&chain, &site_name).is_none();
+        out.interception_ca = self.interception_ca(&described);
+        out
+    }
+
     /// Verify a chain against the trusted roots; `None` when it verifies.
     pub fn verify(
         &self,
@@ -237,6 +293,19 @@ impl TlsContext {
         }
         None
     }
+}
+
+/// What one A/B handshake got (see [`TlsContext::bare_handshake`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BareHandshake {
+    /// Why the handshake failed; `None` when it completed, whatever the certificate.
+    pub failure: Option<Failure>,
+    /// SHA-256 of the leaf presented, hex.
+    pub leaf_sha256: Option<String>,
+    /// Whether the chain verifies for the site's name.
+    pub valid_for_site: bool,
+    /// The known state interception CA the chain leads to, if any.
+    pub interception_ca: Option<String>,
 }
 
 /// Whether an RFC 4514 style DN contains the attribute `needle` (e.g. `C=KZ`) as a whole

@@ -7,10 +7,14 @@ use std::time::Instant;
 
 use super::fetch::{deadline_hop, url_host, Steps};
 use super::{Engine, Observations};
+use crate::checks::ab;
 use crate::checks::http::{self};
+use crate::checks::ms_since;
 use crate::checks::tcp;
 use crate::failure::Failure;
-use crate::model::{resolved_addrs, DnsObservation, HttpObservation, HttpRole, ResolverRole, Step};
+use crate::model::{
+    resolved_addrs, AbObservation, DnsObservation, HttpObservation, HttpRole, ResolverRole, Step,
+};
 use crate::verdict::{self};
 
 impl Engine {
@@ -82,6 +86,46 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// The A/B test (see [`ab`]) for a target whose handshake or cleartext request failed in a
+    /// censor-like way: the same exchange to the same address with an innocent name. Never to a
+    /// bogon unless the engine allows them; within the target's deadline, keeping the trials
+    /// made before it.
+    pub(super) async fn ab_test(
+        &self,
+        url: &url::Url,
+        obs: &Observations,
+        t0: Instant,
+        deadline: tokio::time::Instant,
+    ) -> Option<AbObservation> {
+        let innocent = self.cfg.decoy_sni.as_str();
+        let plan = ab::plan(url, &obs.tls, &obs.http, innocent)?;
+        if !self.allow_bogon_targets && self.cfg.bogons.is_bogon(plan.addr.ip()) {
+            return None;
+        }
+        let t_ms = ms_since(t0);
+        let start = Instant::now();
+        let trials = Mutex::new(Vec::new());
+        let _ = tokio::time::timeout_at(
+            deadline,
+            ab::run(
+                &plan, innocent, &self.tls, &self.cfg, &self.own, t0, &trials,
+            ),
+        )
+        .await;
+        let trials = trials.into_inner().unwrap_or_else(|e| e.into_inner());
+        if trials.is_empty() {
+            // The deadline left no time for a single exchange: nothing was tested.
+            return None;
+        }
+        Some(ab::observation(
+            &plan,
+            innocent,
+            trials,
+            t_ms,
+            ms_since(start),
+        ))
     }
 
     /// Two DNS answers, two fetches: when the network resolver's addresses have none in common

@@ -69,9 +69,10 @@ impl Engine {
             Some(Ok(reply)) => reply.control.http.as_slice(),
             _ => &[],
         };
-        let (extra, second) = tokio::join!(
+        let (extra, second, ab) = tokio::join!(
             self.local_evidence(url, &addrs, &obs, control_http, t0, deadline),
-            self.control_address_fetch(url, &addrs, &obs, t0, deadline)
+            self.control_address_fetch(url, &addrs, &obs, t0, deadline),
+            self.ab_test(url, &obs, t0, deadline)
         );
         for more in [extra, second] {
             obs.tcp.extend(more.tcp);
@@ -112,6 +113,7 @@ impl Engine {
             control,
             control_failure,
             path: None,
+            ab: ab.into_iter().collect(),
             connectivity,
             verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
         }
@@ -139,6 +141,7 @@ impl Engine {
             control: None,
             control_failure: Some("not attempted: no connectivity".into()),
             path: None,
+            ab: vec![],
             connectivity: connectivity.clone(),
             verdict: Verdict::new(Status::Offline, None, "not analysed yet"),
         }

@@ -3,9 +3,12 @@
 //! questions, so they live here rather than in either stage.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::model::{DnsObservation, HttpObservation, LateDnsResponse};
+use crate::model::{
+    AbKind, AbName, AbObservation, AbTrial, AbTrigger, DnsObservation, HttpObservation,
+    LateDnsResponse,
+};
 
 use super::evidence::Evidence;
 use super::facts::join_addrs;
@@ -60,6 +63,98 @@ fn titles_compare(a: &HttpObservation, b: &HttpObservation) -> Option<bool> {
     ) {
         (Some(x), Some(y)) if !x.is_empty() && !y.is_empty() => Some(x == y),
         _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The A/B test: the site's name against an innocent one, same server.
+
+/// What an A/B test shows about the site's name (see [`crate::checks::ab`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbFinding {
+    /// An innocent exchange (this one) was answered by the server, and the site's name failed
+    /// again when repeated right after: the difference is the name, which only something on
+    /// the path acts on.
+    NameDiffers(AbName),
+    /// A forged certificate for the site's name, while this innocent handshake got a chain
+    /// that verifies for the site's name, and the site's name got a forged one again: the
+    /// server holds the real certificate, the other came from the path.
+    CertificateDiffers(AbName),
+    /// The site's own exchange succeeded when repeated: the failure did not repeat.
+    SiteAnswered,
+    /// The innocent handshakes completed, but none with a certificate valid for the site's
+    /// name: a server presents per-name certificates, so this proves nothing.
+    OtherCertificate,
+    /// Every innocent exchange failed too: nothing about the name (the address may be blocked,
+    /// or the server down).
+    InnocentFailed,
+    /// The test was cut before it could tell (the target's deadline).
+    Incomplete,
+}
+
+impl AbFinding {
+    /// The stable name in the `ab.tls=` / `ab.http=` evidence line.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AbFinding::NameDiffers(_) => "name_differs",
+            AbFinding::CertificateDiffers(_) => "certificate_differs",
+            AbFinding::SiteAnswered => "site_answered",
+            AbFinding::OtherCertificate => "other_certificate",
+            AbFinding::InnocentFailed => "innocent_failed",
+            AbFinding::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// What one A/B test shows. Pure: the verdict's whole reading of the test.
+pub fn ab_finding(o: &AbObservation) -> AbFinding {
+    let innocents: Vec<&AbTrial> = o.trials.iter().filter(|t| t.sent != AbName::Site).collect();
+    let site = o.trials.iter().find(|t| t.sent == AbName::Site);
+    if innocents.is_empty() {
+        return AbFinding::Incomplete;
+    }
+    if o.trigger == AbTrigger::ForgedCertificate {
+        let proof = innocents
+            .iter()
+            .find(|t| t.answered() && t.valid_for_site == Some(true));
+        return match (proof, site) {
+            (_, Some(s)) if s.answered() && s.valid_for_site == Some(true) => {
+                AbFinding::SiteAnswered
+            }
+            (Some(p), Some(s)) if s.failure.is_none() => AbFinding::CertificateDiffers(p.sent),
+            (Some(_), _) => AbFinding::Incomplete,
+            (None, _) if innocents.iter().any(|t| t.answered()) => AbFinding::OtherCertificate,
+            (None, _) => AbFinding::InnocentFailed,
+        };
+    }
+    let Some(answered) = innocents.iter().find(|t| t.answered()) else {
+        return AbFinding::InnocentFailed;
+    };
+    match site {
+        None => AbFinding::Incomplete,
+        Some(s) if s.answered() => AbFinding::SiteAnswered,
+        Some(_) => AbFinding::NameDiffers(answered.sent),
+    }
+}
+
+/// The A/B test of this kind made at one of `addrs`, with what it shows.
+pub(super) fn ab_at(
+    tests: &[&AbObservation],
+    kind: AbKind,
+    addrs: &[SocketAddr],
+) -> Option<(AbFinding, SocketAddr)> {
+    tests
+        .iter()
+        .find(|o| o.kind == kind && addrs.contains(&o.addr))
+        .map(|o| (ab_finding(o), o.addr))
+}
+
+/// How a reason names the innocent exchange that was answered.
+pub(super) fn ab_innocent_phrase(by: AbName, kind: AbKind) -> &'static str {
+    match (by, kind) {
+        (AbName::None, _) => "a ClientHello with no name at all",
+        (_, AbKind::Tls) => "a ClientHello naming an innocent site",
+        (_, AbKind::Http) => "a request with an innocent Host header",
     }
 }
 
@@ -121,9 +216,150 @@ pub(super) fn injected_evidence(o: &DnsObservation, l: &LateDnsResponse) -> Evid
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::testkit::*;
-    use super::pages_similar;
+    use super::{ab_finding, pages_similar, AbFinding};
+    use crate::model::{AbKind, AbName, AbTrigger, Measurement, Method, Status};
+
+    /// The A/B rules, each decided in full.
+    pub(in crate::verdict) const AB_CASES: &[Case] = cases! {
+        ab_tls_reset_no_control_name_differs Plain => Blocked / Tls;
+        ab_tls_timeout_no_control_innocent_failed Plain => Inconclusive;
+        ab_tls_timeout_no_control_site_answered Plain => Inconclusive;
+        ab_tls_timeout_no_control_incomplete Plain => Inconclusive;
+        ab_tls_down_with_control_name_differs Plain => Down;
+        ab_tls_reset_with_control_name_differs Plain => Blocked / Tls;
+        ab_forged_certificate_no_control Plain => Blocked / Mitm;
+        ab_forged_certificate_no_control_other_certificate Plain => Inconclusive;
+        ab_expired_everywhere_certificate_differs Plain => Down;
+        ab_http_reset_no_control_name_differs Plain => Blocked / Http;
+        ab_http_timeout_no_control_name_differs Plain => Inconclusive;
+        ab_http_reset_no_control_site_answered Plain => Inconclusive;
+        ab_http_reset_no_control_innocent_failed Plain => Inconclusive;
+        ab_http_blockpage_name_differs Plain => Blocked / Http;
+    };
+
+    #[test]
+    fn ab_table() {
+        check(AB_CASES);
+    }
+
+    #[test]
+    fn ab_evidence_and_reasons() {
+        let v = verdict_of(ab_tls_reset_no_control_name_differs, Ctx::Plain);
+        assert!(cites(&v, "ab.tls=name_differs@198.18.0.10:443"), "{v:?}");
+        assert!(v.reason.contains("no name at all"), "{}", v.reason);
+        let v = verdict_of(ab_tls_down_with_control_name_differs, Ctx::Plain);
+        assert!(cites(&v, "ab.tls=name_differs@198.18.0.10:443"), "{v:?}");
+        let v = verdict_of(ab_tls_reset_with_control_name_differs, Ctx::Plain);
+        assert!(cites(&v, "ab.tls=name_differs@198.18.0.10:443"), "{v:?}");
+        assert!(cites(&v, "tls.control=ok"), "{v:?}");
+        let v = verdict_of(ab_tls_timeout_no_control_site_answered, Ctx::Plain);
+        assert!(cites(&v, "ab.tls=site_answered@198.18.0.10:443"), "{v:?}");
+        let v = verdict_of(ab_forged_certificate_no_control, Ctx::Plain);
+        assert!(
+            cites(&v, "ab.tls=certificate_differs@198.18.0.10:443"),
+            "{v:?}"
+        );
+        assert!(v.reason.contains("substituted on the path"), "{}", v.reason);
+        let v = verdict_of(ab_http_reset_no_control_name_differs, Ctx::Plain);
+        assert!(cites(&v, "ab.http=name_differs@198.18.0.10:80"), "{v:?}");
+        assert!(v.reason.contains("innocent Host header"), "{}", v.reason);
+        let v = verdict_of(ab_http_blockpage_name_differs, Ctx::Plain);
+        assert!(cites(&v, "ab.http=name_differs@198.18.0.10:80"), "{v:?}");
+        assert!(cites(&v, "http.blockpage=kz-test"), "{v:?}");
+        let v = verdict_of(ab_http_reset_no_control_innocent_failed, Ctx::Plain);
+        assert!(cites(&v, "ab.http=innocent_failed@198.18.0.10:80"), "{v:?}");
+    }
+
+    /// What a test shows, trial by trial (`true`: answered; for a forged certificate, the
+    /// third flag is a chain valid for the site).
+    #[test]
+    fn ab_findings() {
+        use AbName::{Innocent, None as NoName, Site};
+        let t = |s, ok, valid| ab_trial(s, ok, valid);
+        let addr = sa(IP, 443);
+        let cases = [
+            (AbTrigger::Reset, vec![], AbFinding::Incomplete),
+            (
+                AbTrigger::Reset,
+                vec![t(Innocent, true, false)],
+                AbFinding::Incomplete,
+            ),
+            (
+                AbTrigger::Reset,
+                vec![t(Innocent, true, false), t(Site, false, false)],
+                AbFinding::NameDiffers(Innocent),
+            ),
+            (
+                AbTrigger::Timeout,
+                vec![
+                    t(Innocent, false, false),
+                    t(NoName, true, false),
+                    t(Site, false, false),
+                ],
+                AbFinding::NameDiffers(NoName),
+            ),
+            (
+                AbTrigger::Close,
+                vec![t(Innocent, true, false), t(Site, true, true)],
+                AbFinding::SiteAnswered,
+            ),
+            (
+                AbTrigger::Reset,
+                vec![t(Innocent, false, false), t(NoName, false, false)],
+                AbFinding::InnocentFailed,
+            ),
+            (
+                AbTrigger::ForgedCertificate,
+                vec![t(Innocent, true, true), t(Site, true, false)],
+                AbFinding::CertificateDiffers(Innocent),
+            ),
+            (
+                AbTrigger::ForgedCertificate,
+                vec![t(Innocent, true, true), t(Site, false, false)],
+                AbFinding::Incomplete,
+            ),
+            (
+                AbTrigger::ForgedCertificate,
+                vec![t(Innocent, true, true), t(Site, true, true)],
+                AbFinding::SiteAnswered,
+            ),
+            (
+                AbTrigger::ForgedCertificate,
+                vec![t(Innocent, true, false), t(Site, true, false)],
+                AbFinding::OtherCertificate,
+            ),
+            (
+                AbTrigger::ForgedCertificate,
+                vec![t(Innocent, false, false), t(NoName, false, false)],
+                AbFinding::InnocentFailed,
+            ),
+        ];
+        for (trigger, trials, want) in cases {
+            let o = ab_test(AbKind::Tls, addr, trigger, trials.clone());
+            assert_eq!(ab_finding(&o), want, "{trigger:?} {trials:?}");
+        }
+        // A blockpage answer is the censor's, not the server's; so is a state CA's chain.
+        let mut page = t(Innocent, true, false);
+        page.blockpage = Some("kz".into());
+        let o = ab_test(
+            AbKind::Http,
+            addr,
+            AbTrigger::Blockpage,
+            vec![page, t(Site, false, false)],
+        );
+        assert_eq!(ab_finding(&o), AbFinding::InnocentFailed);
+        let mut ca = t(Innocent, true, true);
+        ca.interception_ca = Some(STATE_CA.into());
+        let o = ab_test(
+            AbKind::Tls,
+            addr,
+            AbTrigger::Reset,
+            vec![ca, t(Site, false, false)],
+        );
+        assert_eq!(ab_finding(&o), AbFinding::InnocentFailed);
+    }
 
     #[test]
     fn page_similarity() {

@@ -8,8 +8,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::failure::Failure;
-use crate::model::Step;
+use crate::model::{AbKind, Step};
 
+use super::compare::AbFinding;
 use super::facts::{join_addrs, short_title};
 
 /// Which resolver a DNS summary line describes.
@@ -220,6 +221,10 @@ pub enum Evidence {
     TlsFailure(Failure, SocketAddr),
     /// `tls.decoy=ok@ADDR` or `tls.decoy=NAME@ADDR`.
     TlsDecoy(DecoyResult, SocketAddr),
+    /// `ab.tls=FINDING@ADDR` or `ab.http=FINDING@ADDR`: what the A/B test at that address
+    /// showed (`name_differs`, `certificate_differs`, `site_answered`, `other_certificate`,
+    /// `innocent_failed`, `incomplete`).
+    Ab(AbKind, AbFinding, SocketAddr),
     /// `http.blockpage=NAME`.
     Blockpage(String),
     /// `http.blockpage.hop=N`.
@@ -361,6 +366,13 @@ impl fmt::Display for Evidence {
             TlsFailure(x, addr) => write!(f, "tls.failure={}@{addr}", x.name()),
             TlsDecoy(DecoyResult::Ok, addr) => write!(f, "tls.decoy=ok@{addr}"),
             TlsDecoy(DecoyResult::Failed(name), addr) => write!(f, "tls.decoy={name}@{addr}"),
+            Ab(kind, finding, addr) => {
+                let kind = match kind {
+                    AbKind::Tls => "tls",
+                    AbKind::Http => "http",
+                };
+                write!(f, "ab.{kind}={}@{addr}", finding.as_str())
+            }
             Blockpage(name) => write!(f, "http.blockpage={name}"),
             BlockpageHop(hop) => write!(f, "http.blockpage.hop={hop}"),
             HttpStatus {
@@ -449,6 +461,7 @@ fn page_result(f: &mut fmt::Formatter<'_>, result: &HttpsWitnessResult) -> fmt::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::AbName;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -537,6 +550,14 @@ mod tests {
                     Some(Step::Tls),
                 )),
                 "dns.control_address_page=generic_timeout@tls",
+            ),
+            (
+                Evidence::Ab(AbKind::Tls, AbFinding::NameDiffers(AbName::None), a),
+                "ab.tls=name_differs@198.18.0.10:443",
+            ),
+            (
+                Evidence::Ab(AbKind::Http, AbFinding::InnocentFailed, a),
+                "ab.http=innocent_failed@198.18.0.10:443",
             ),
             (Evidence::TcpNoIpv6Route, "tcp.ipv6=no_route"),
             (Evidence::Ipv6Broken, "net.ipv6=broken"),

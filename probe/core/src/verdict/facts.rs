@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use crate::failure::Failure;
 use crate::model::{
-    ControlResponse, DnsObservation, HttpObservation, HttpRole, Measurement, Method, ResolverRole,
-    Status, Step, TcpObservation, TlsObservation,
+    AbObservation, ControlResponse, DnsObservation, HttpObservation, HttpRole, Measurement, Method,
+    ResolverRole, Status, Step, TcpObservation, TlsObservation,
 };
 
 /// Most per-address lines of one kind in the evidence: enough to show the pattern, bounded for
@@ -53,6 +53,8 @@ pub(super) struct Facts<'a> {
     /// The page fetched from the encrypted resolver's addresses ([`HttpRole::ControlAddress`]),
     /// in hop order: made only when the network's addresses had none in common with them.
     pub(super) second: Vec<&'a HttpObservation>,
+    /// The A/B tests of the target's name (see [`crate::checks::ab`]).
+    pub(super) ab: Vec<&'a AbObservation>,
     /// The addresses that second fetch connected to (the control's, not the network's): their
     /// connects and handshakes are not the target's.
     pub(super) second_ips: Vec<IpAddr>,
@@ -121,6 +123,10 @@ impl<'a> Facts<'a> {
         let hops = role(HttpRole::Page);
         let decoy_hosts = role(HttpRole::DecoyHost);
         let witness = role(HttpRole::HttpsWitness);
+        let ab =
+            m.ab.iter()
+                .filter(|o| norm_host(&o.name) == domain)
+                .collect();
         Facts {
             m,
             domain,
@@ -138,6 +144,7 @@ impl<'a> Facts<'a> {
             hops,
             decoy_hosts,
             witness,
+            ab,
             second,
             second_ips,
         }

@@ -5,11 +5,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::failure::Failure;
 use crate::model::{
-    ControlResponse, DnsObservation, HttpObservation, Measurement, Method, ResolverRole, Step,
-    TlsObservation,
+    AbKind, ControlResponse, DnsObservation, HttpObservation, Measurement, Method, ResolverRole,
+    Step, TlsObservation,
 };
 
-use super::compare::{injected_answers, injected_evidence, pages_similar};
+use super::compare::{
+    ab_at, ab_innocent_phrase, injected_answers, injected_evidence, pages_similar, AbFinding,
+};
 use super::evidence::{DecoyResult, Evidence, HttpsWitnessResult};
 use super::facts::{
     final_response, fmt_bytes, join_addrs, norm_host, same_site, short_title, url_host, Facts,
@@ -47,6 +49,10 @@ pub(super) fn stage(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
         ev.push(Evidence::Blockpage(bp.to_string()));
         if h.hop > 0 {
             ev.push(Evidence::BlockpageHop(h.hop));
+        }
+        // The blockpage proves the block by itself; the A/B test is cited as extra evidence.
+        if let Some((finding, addr)) = h.addr.and_then(|a| ab_at(&f.ab, AbKind::Http, &[a])) {
+            ev.push(Evidence::Ab(AbKind::Http, finding, addr));
         }
         return Outcome::blocked(
             Method::Http,
@@ -161,6 +167,13 @@ fn hop_failure(f: &Facts, h: &HttpObservation, ev: &mut Vec<Evidence>) -> Outcom
     if let Some((result, addr)) = &decoy_host {
         ev.push(Evidence::HttpDecoyHost(result.clone(), *addr));
     }
+    let ab = match (step, h.addr) {
+        (Step::Http, Some(a)) => ab_at(&f.ab, AbKind::Http, &[a]),
+        _ => None,
+    };
+    if let Some((finding, addr)) = ab {
+        ev.push(Evidence::Ab(AbKind::Http, finding, addr));
+    }
     let what = hop_failure_phrase(f, h, step, &failure);
     if let Some(outcome) = site_own_redirect_failure(f, h, &failure, &what, ev) {
         return outcome;
@@ -177,8 +190,21 @@ fn hop_failure(f: &Facts, h: &HttpObservation, ev: &mut Vec<Evidence>) -> Outcom
             "{what}, and the control failed the same way: the site is down or broken"
         ));
     }
+    if let Some(outcome) = ab_request_cut(&what, &failure, ab) {
+        return outcome;
+    }
+    let flaky = matches!(ab, Some((AbFinding::SiteAnswered, _)));
     if let Some((method, why)) = local_evidence(f, h, step, &failure, ev) {
-        return Outcome::blocked(method, format!("{what}, and {why}"));
+        // The decoy Host proves a block only if the failure repeats.
+        if !(flaky && method == Method::Http) {
+            return Outcome::blocked(method, format!("{what}, and {why}"));
+        }
+    }
+    if flaky {
+        return Outcome::inconclusive(format!(
+            "{what}, but the same request was answered when repeated: an intermittent failure, \
+             not one that follows the name"
+        ));
     }
     if let Some((DecoyResult::Ok, _)) = &decoy_host {
         if failure == Failure::GenericTimeout {
@@ -201,6 +227,32 @@ fn hop_failure(f: &Facts, h: &HttpObservation, ev: &mut Vec<Evidence>) -> Outcom
             "{what}, and the control recorded no result to compare with"
         )),
     }
+}
+
+/// The A/B rule for a cleartext request cut after it was sent, when the control could not
+/// compare: reset or closed twice with the site's `Host:` where the same server answered an
+/// innocent one → `blocked/http`. A request that only timed out proves nothing this way (a
+/// site's own virtual host can hang while the server's default one answers), nor does any
+/// other finding.
+fn ab_request_cut(
+    what: &str,
+    failure: &Failure,
+    ab: Option<(AbFinding, std::net::SocketAddr)>,
+) -> Option<Outcome> {
+    let (AbFinding::NameDiffers(by), _) = ab? else {
+        return None;
+    };
+    if !matches!(failure, Failure::ConnectionReset | Failure::Eof) {
+        return None;
+    }
+    Some(Outcome::blocked(
+        Method::Http,
+        format!(
+            "{what}, and again when repeated, while the same server answered {}: Host \
+             filtering, shown locally by the A/B test",
+            ab_innocent_phrase(by, AbKind::Http)
+        ),
+    ))
 }
 
 /// The target's total deadline ran out: a spent budget, never evidence of a block by itself

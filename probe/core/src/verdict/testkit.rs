@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::facts::url_host;
 use super::*;
 use crate::failure::Failure;
+use crate::model::{AbKind, AbName, AbObservation, AbTrial, AbTrigger};
 use crate::model::{CertificateInfo, ConnectivitySummary, DnsAnswer, ProbeNetwork, Software};
 use crate::model::{
     ControlResponse, DnsObservation, HttpObservation, HttpRole, LateDnsResponse, Method, QueryType,
@@ -54,6 +55,7 @@ pub(super) fn blank(url: &str) -> Measurement {
         control: None,
         control_failure: None,
         path: None,
+        ab: vec![],
         connectivity: ConnectivitySummary::default(),
         verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
     }
@@ -815,6 +817,7 @@ pub(super) fn all_cases() -> Vec<Case> {
         super::http::tests::CASES,
         super::throttle::tests::CASES,
         super::family::tests::CASES,
+        super::compare::tests::AB_CASES,
     ]
     .concat()
 }
@@ -1107,5 +1110,205 @@ pub(super) fn dns_nxdomain_doh_blocked() -> Measurement {
             failure: None,
         },
     ];
+    m
+}
+
+// ---- the A/B test: the site's name against an innocent one, same server ------------------
+
+/// One A/B trial: `ok` answered (for TLS with a chain valid for the site when `valid`).
+pub(super) fn ab_trial(sent: AbName, ok: bool, valid: bool) -> AbTrial {
+    AbTrial {
+        sent,
+        t_ms: 100.0,
+        duration_ms: 12.0,
+        failure: (!ok).then_some(Failure::ConnectionReset),
+        leaf_sha256: ok.then(|| "c3".repeat(32)),
+        valid_for_site: ok.then_some(valid),
+        interception_ca: None,
+        status: None,
+        blockpage: None,
+    }
+}
+
+/// An A/B test at `addr` with these trials (innocent, no SNI, then the site's repeat).
+pub(super) fn ab_test(
+    kind: AbKind,
+    addr: SocketAddr,
+    trigger: AbTrigger,
+    trials: Vec<AbTrial>,
+) -> AbObservation {
+    AbObservation {
+        kind,
+        addr,
+        name: SITE.into(),
+        innocent: "example.com".into(),
+        trigger,
+        trials,
+        t_ms: 90.0,
+        duration_ms: 40.0,
+    }
+}
+
+/// TLS reset after the ClientHello, no control, the decoy (`example.com`) reset too (a censor
+/// that blocks the innocent name as well); the nameless ClientHello is answered and the site's
+/// name is reset again.
+pub(super) fn ab_tls_reset_no_control_name_differs() -> Measurement {
+    let mut m = tls_timeout_no_control_no_decoy();
+    m.tls[0].failure = Some(Failure::ConnectionReset);
+    m.ab = vec![ab_test(
+        AbKind::Tls,
+        sa(IP, 443),
+        AbTrigger::Reset,
+        vec![
+            ab_trial(AbName::Innocent, false, false),
+            ab_trial(AbName::None, true, true),
+            ab_trial(AbName::Site, false, false),
+        ],
+    )];
+    m
+}
+
+/// Same, every innocent handshake failed too: nothing about the name.
+pub(super) fn ab_tls_timeout_no_control_innocent_failed() -> Measurement {
+    let mut m = tls_timeout_no_control_no_decoy();
+    m.ab = vec![ab_test(
+        AbKind::Tls,
+        sa(IP, 443),
+        AbTrigger::Timeout,
+        vec![
+            ab_trial(AbName::Innocent, false, false),
+            ab_trial(AbName::None, false, false),
+        ],
+    )];
+    m
+}
+
+/// The decoy handshake worked, but the site's name was answered when repeated: a flaky
+/// server, not the name.
+pub(super) fn ab_tls_timeout_no_control_site_answered() -> Measurement {
+    let mut m = tls_timeout_no_control_decoy_ok();
+    m.ab = vec![ab_test(
+        AbKind::Tls,
+        sa(IP, 443),
+        AbTrigger::Timeout,
+        vec![
+            ab_trial(AbName::Innocent, true, false),
+            ab_trial(AbName::None, true, true),
+            ab_trial(AbName::Site, true, true),
+        ],
+    )];
+    m
+}
+
+/// Cut before the site's name was repeated: no proof, no decoy.
+pub(super) fn ab_tls_timeout_no_control_incomplete() -> Measurement {
+    let mut m = ab_tls_reset_no_control_name_differs();
+    m.ab[0].trials.pop();
+    m
+}
+
+/// The control's handshake failed too (`down`): the A/B difference is cited, and changes
+/// nothing (a server that routes by SNI to a dead backend looks the same).
+pub(super) fn ab_tls_down_with_control_name_differs() -> Measurement {
+    let mut m = tls_timeout_everywhere();
+    m.ab = ab_tls_reset_no_control_name_differs().ab;
+    m
+}
+
+/// The control completed the handshake: `blocked` as before, with the A/B cited.
+pub(super) fn ab_tls_reset_with_control_name_differs() -> Measurement {
+    let mut m = tls_reset_with_control();
+    m.ab = ab_tls_reset_no_control_name_differs().ab;
+    m
+}
+
+/// A certificate from an unknown CA for the site's name, no control; the same server proves
+/// the site's name to a nameless ClientHello, and the site's name gets the forged one again.
+pub(super) fn ab_forged_certificate_no_control() -> Measurement {
+    let mut m = mitm_unverified_vs_control_verified();
+    no_control(&mut m);
+    m.ab = vec![ab_test(
+        AbKind::Tls,
+        sa(IP, 443),
+        AbTrigger::ForgedCertificate,
+        vec![
+            ab_trial(AbName::Innocent, true, false),
+            ab_trial(AbName::None, true, true),
+            ab_trial(AbName::Site, true, false),
+        ],
+    )];
+    m
+}
+
+/// The innocent handshakes got certificates, none valid for the site: a server presents one
+/// per name, so nothing is proved.
+pub(super) fn ab_forged_certificate_no_control_other_certificate() -> Measurement {
+    let mut m = ab_forged_certificate_no_control();
+    m.ab[0].trials[1].valid_for_site = Some(false);
+    m
+}
+
+/// The site's certificate is invalid for the control too (`down`): the A/B changes nothing.
+pub(super) fn ab_expired_everywhere_certificate_differs() -> Measurement {
+    let mut m = expired_cert_everywhere();
+    m.ab = ab_forged_certificate_no_control().ab;
+    m
+}
+
+/// A `Host:` reset, no control, no decoy-Host request; the innocent Host is answered, and the
+/// site's Host is reset again.
+pub(super) fn ab_http_reset_no_control_name_differs() -> Measurement {
+    let mut m = http_reset_after_request();
+    no_control(&mut m);
+    m.ab = vec![ab_test(
+        AbKind::Http,
+        sa(IP, 80),
+        AbTrigger::Reset,
+        vec![
+            ab_trial(AbName::Innocent, true, false),
+            ab_trial(AbName::Site, false, false),
+        ],
+    )];
+    m
+}
+
+/// The same with a timeout: a site's own virtual host can hang, so no proof.
+pub(super) fn ab_http_timeout_no_control_name_differs() -> Measurement {
+    let mut m = ab_http_reset_no_control_name_differs();
+    m.http[0].failure = Some(Failure::GenericTimeout);
+    m.ab[0].trigger = AbTrigger::Timeout;
+    m
+}
+
+/// The decoy Host was answered, but so was the site's Host when repeated: not the name.
+pub(super) fn ab_http_reset_no_control_site_answered() -> Measurement {
+    let mut m = http_host_reset_decoy_ok_no_control();
+    m.ab = ab_http_reset_no_control_name_differs().ab;
+    m.ab[0].trials[1] = ab_trial(AbName::Site, true, false);
+    m
+}
+
+/// Every Host is reset at that address: nothing about the name.
+pub(super) fn ab_http_reset_no_control_innocent_failed() -> Measurement {
+    let mut m = ab_http_reset_no_control_name_differs();
+    m.ab[0].trials = vec![ab_trial(AbName::Innocent, false, false)];
+    m
+}
+
+/// A blockpage for the site's Host, the server's own answer for the innocent one: blocked by
+/// the blockpage, the A/B cited.
+pub(super) fn ab_http_blockpage_name_differs() -> Measurement {
+    let mut m = accessible_http();
+    no_control(&mut m);
+    m.http[0].blockpage = Some("kz-test".into());
+    m.ab = vec![ab_test(
+        AbKind::Http,
+        sa(IP, 80),
+        AbTrigger::Blockpage,
+        vec![
+            ab_trial(AbName::Innocent, true, false),
+            ab_trial(AbName::Site, false, false),
+        ],
+    )];
     m
 }

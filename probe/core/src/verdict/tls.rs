@@ -2,8 +2,9 @@
 //! cut after the ClientHello; compared with the control's handshakes and the decoy's.
 
 use crate::failure::Failure;
-use crate::model::{Method, Step, TlsObservation};
+use crate::model::{AbKind, Method, Step, TlsObservation};
 
+use super::compare::{ab_at, ab_innocent_phrase, AbFinding};
 use super::evidence::{ControlTlsEvidence, DecoyResult, Evidence};
 use super::facts::{Facts, Outcome, MAX_EVIDENCE_ADDRS};
 
@@ -112,7 +113,21 @@ fn tls_unverified(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
         .find(|t| completed(t))
         .map(|t| verification_name(t))
         .unwrap_or("unverified");
-    match control_tls(f) {
+    let unverified: Vec<_> = f
+        .tls
+        .iter()
+        .filter(|t| completed(t))
+        .map(|t| t.addr)
+        .collect();
+    let ab = ab_at(&f.ab, AbKind::Tls, &unverified);
+    if let Some((finding, addr)) = ab {
+        ev.push(Evidence::Ab(AbKind::Tls, finding, addr));
+    }
+    let control = control_tls(f);
+    if let Some(outcome) = ab_forged_certificate(domain, why, control, ab) {
+        return outcome;
+    }
+    match control {
         ControlTls::Verified => {
             if let Some(leaf) = f
                 .ctl_tls
@@ -150,6 +165,57 @@ fn tls_unverified(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
     }
 }
 
+/// The A/B rule for a certificate that does not verify: when the control did not verify the
+/// site's certificate itself (none, or no handshake), a handshake to the same server with an
+/// innocent name (or none) that got a chain valid for the site's name, while the site's name
+/// got an invalid one twice, shows the server holds the real certificate: the other was
+/// substituted on the path. A control that found the site's certificate invalid too (`down`)
+/// is left alone.
+fn ab_forged_certificate(
+    domain: &str,
+    why: &str,
+    control: ControlTls,
+    ab: Option<(AbFinding, std::net::SocketAddr)>,
+) -> Option<Outcome> {
+    let Some((AbFinding::CertificateDiffers(by), _)) = ab else {
+        return None;
+    };
+    if !matches!(
+        control,
+        ControlTls::Unavailable | ControlTls::NotReached | ControlTls::Failed
+    ) {
+        return None;
+    }
+    Some(Outcome::blocked(
+        Method::Mitm,
+        format!(
+            "the certificate presented for {domain} does not verify ({why}), while the same              server answered {} with a certificate valid for {domain}: the certificate is              substituted on the path, shown locally by the A/B test",
+            ab_innocent_phrase(by, AbKind::Tls)
+        ),
+    ))
+}
+
+/// The A/B rule for a cut handshake, when the control cannot compare (none, or no
+/// handshake): the site's name failed twice where an innocent one (or none) was answered by the
+/// same server → `blocked/tls`; the site's name answered when repeated → `inconclusive`, even
+/// when the decoy handshake worked (an intermittent failure is not the name). Anything else
+/// leaves the other rules to decide.
+fn ab_interrupted(what: &str, ab: Option<(AbFinding, std::net::SocketAddr)>) -> Option<Outcome> {
+    match ab? {
+        (AbFinding::NameDiffers(by), _) => Some(Outcome::blocked(
+            Method::Tls,
+            format!(
+                "{what}, and again when repeated, while the same server answered {}: SNI                  filtering, shown locally by the A/B test",
+                ab_innocent_phrase(by, AbKind::Tls)
+            ),
+        )),
+        (AbFinding::SiteAnswered, _) => Some(Outcome::inconclusive(format!(
+            "{what}, but the same handshake succeeded when repeated: an intermittent failure,              not one that follows the name"
+        ))),
+        _ => None,
+    }
+}
+
 /// No handshake with the real name got as far as the certificate.
 fn tls_interrupted(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
     let domain = &f.domain;
@@ -182,7 +248,18 @@ fn tls_interrupted(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
     let decoy_failed = !decoys.is_empty() && !decoy_ok;
     let what = interruption_phrase(failure.as_ref(), domain);
     let interruption = failure.as_ref().is_some_and(Failure::is_interruption);
-    match control_tls(f) {
+    let cut: Vec<_> = failed.iter().map(|t| t.addr).collect();
+    let ab = ab_at(&f.ab, AbKind::Tls, &cut);
+    if let Some((finding, addr)) = ab {
+        ev.push(Evidence::Ab(AbKind::Tls, finding, addr));
+    }
+    let control = control_tls(f);
+    if matches!(control, ControlTls::NotReached | ControlTls::Unavailable) {
+        if let Some(outcome) = ab_interrupted(&what, ab) {
+            return outcome;
+        }
+    }
+    match control {
         ControlTls::Verified | ControlTls::Unverified => {
             ev.push(Evidence::TlsControl(ControlTlsEvidence::Ok));
             let tail = if decoy_failed {
