@@ -234,6 +234,8 @@ mod tests {
             probes: 8,
             t_ms: 0.0,
             duration_ms: 1.0,
+            shared_with: None,
+            censor_range: None,
         };
         use HopReply::*;
         let cases = [

@@ -581,6 +581,8 @@ mod tests {
             probes: 16,
             t_ms: 10.0,
             duration_ms: 20.0,
+            shared_with: None,
+            censor_range: None,
         });
     }
 

@@ -216,6 +216,8 @@ fn located(domain: &str, at: chrono::DateTime<chrono::Utc>, hop: u8, censor_asn:
         probes: u32::from(hop) + 1,
         t_ms: 10.0,
         duration_ms: 20.0,
+        shared_with: None,
+        censor_range: None,
     });
     serde_json::to_string(&m).unwrap()
 }

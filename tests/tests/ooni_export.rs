@@ -252,6 +252,8 @@ fn loopback_scenarios_exported_to_ooni_parse_with_oonidata() {
         probes: 4,
         t_ms: 10.0,
         duration_ms: 50.0,
+        shared_with: None,
+        censor_range: None,
     });
     let synthetic_line = witness_core::ooni::to_ooni_line(&tcp);
 

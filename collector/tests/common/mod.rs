@@ -247,6 +247,8 @@ pub fn located(mut m: Measurement, hop: u8, asn: Option<u32>) -> Measurement {
         probes: u32::from(hop) + 1,
         t_ms: 10.0,
         duration_ms: 20.0,
+        shared_with: None,
+        censor_range: None,
     });
     m
 }

@@ -435,6 +435,9 @@ pub enum PathUnlocated {
     NotRepeatable,
     /// The localisation ran out of its time budget.
     Budget,
+    /// Routers that sent no ICMP (or rate-limited it) hide the exact hop: `censor_range` says
+    /// between which hops the censor is.
+    SilentRouters,
 }
 
 /// Where on the network path a block happens: the exchange that triggered it, repeated with
@@ -464,6 +467,27 @@ pub struct PathObservation {
     pub t_ms: f64,
     /// How long the localisation took, milliseconds.
     pub duration_ms: f64,
+    /// Set when this target was not localised itself: the id of the measurement of the same
+    /// run whose localisation it shares (the same address, exchange and censor action, so the
+    /// same censor); the fields above are that localisation's. Absent when localised itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_with: Option<Uuid>,
+    /// Where the censor sits when routers that send no ICMP (or rate-limit it) hide its exact
+    /// hop: `unlocated` is then `silent_routers`, and this says between which hops it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub censor_range: Option<HopRange>,
+}
+
+/// The hops a censor is known to sit between, both included ("between hop 3 and hop 5"); no
+/// `to` when nothing past `from` answered (a drop past the last router that answered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopRange {
+    /// The first hop the censor may be at.
+    pub from: u8,
+    /// The last hop it may be at; absent: unbounded (anywhere from `from` on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u8>,
 }
 
 impl PathObservation {

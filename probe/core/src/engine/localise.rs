@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -16,77 +15,140 @@ use crate::model::{Measurement, PathUnlocated, MAX_ASN_ADDRS};
 use crate::scrub::OwnAddresses;
 use crate::verdict::{self, RunContext};
 
+/// A blocked target found during the run: its place in the run and what to repeat.
+pub(super) type Found = (usize, path::Plan);
+
+/// One group's localisation: the target localised (its place in the run), the result, and
+/// when it started (for the records' times).
+pub(super) struct GroupResult {
+    rep: usize,
+    located: path::Located,
+    started: chrono::DateTime<Utc>,
+}
+
 impl Engine {
-    /// Localise the blocked targets of a finished run to a network hop (see
-    /// [`crate::checks::path`]): at most `path.max_targets` of them, two at a time, all within
-    /// `path.run_budget`, each within its own bound. Adds the `path` observation and the
-    /// `path.censor_hop` evidence line; the verdict itself is never changed. A localisation
-    /// cut by the run's budget is recorded as such.
-    pub async fn localise_blocks(&self, measurements: &mut [Measurement]) {
+    /// What to localise for a target just measured, decided with the verdict it will get
+    /// (without the run's baseline, which only throttling reads, and throttling is never
+    /// localised): so the localisation starts while the run goes on.
+    pub(super) fn live_plan(&self, m: &Measurement) -> Option<path::Plan> {
+        let mut probe = m.clone();
+        probe.verdict = verdict::decide(m, &RunContext::default());
+        path::plan(&probe)
+    }
+
+    /// Localise blocked targets as they are found (see [`crate::checks::path`]): targets that
+    /// share a [`path::GroupKey`] (address, exchange, censor action) share one localisation,
+    /// made for the first of them; at most `path.max_targets` localisations, up to
+    /// [`PATH_CONCURRENCY`] at once, all within `path.run_budget` from the first, each within
+    /// its own bound. Ends when `found` is closed and every localisation is done.
+    pub(super) async fn localise_groups(
+        &self,
+        mut found: tokio::sync::mpsc::UnboundedReceiver<Found>,
+    ) -> HashMap<path::GroupKey, GroupResult> {
         let pc = &self.cfg.path;
-        let plans: Vec<(usize, path::Plan)> = measurements
+        let ctx = path::ProbeContext::new(&self.cfg, &self.tls, &self.own);
+        let slots = tokio::sync::Semaphore::new(PATH_CONCURRENCY);
+        let mut groups: HashMap<path::GroupKey, GroupResult> = HashMap::new();
+        let mut pending: std::collections::HashSet<path::GroupKey> = Default::default();
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut run_deadline: Option<tokio::time::Instant> = None;
+        let mut open = true;
+        loop {
+            tokio::select! {
+                msg = found.recv(), if open => {
+                    let Some((i, plan)) = msg else {
+                        open = false;
+                        continue;
+                    };
+                    let key = plan.group_key();
+                    if groups.contains_key(&key) || pending.contains(&key) {
+                        continue;
+                    }
+                    if pending.len() + groups.len() >= pc.max_targets {
+                        continue;
+                    }
+                    pending.insert(key.clone());
+                    let deadline = *run_deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + pc.run_budget
+                    });
+                    let (ctx, slots) = (&ctx, &slots);
+                    running.push(async move {
+                        let started = Utc::now();
+                        let start = Instant::now();
+                        let work = async {
+                            let _slot = slots.acquire().await;
+                            tokio::time::timeout(pc.per_target(), path::localise(&plan, ctx, start))
+                                .await
+                        };
+                        let located = match tokio::time::timeout_at(deadline, work).await {
+                            Ok(Ok(l)) => l,
+                            _ => path::unlocated(&plan, PathUnlocated::Budget, 0.0, ms_since(start))
+                                .into(),
+                        };
+                        (key, GroupResult { rep: i, located, started })
+                    });
+                }
+                Some((key, result)) = running.next(), if !running.is_empty() => {
+                    pending.remove(&key);
+                    groups.insert(key, result);
+                }
+                else => break,
+            }
+        }
+        groups
+    }
+
+    /// Put the localisations into the records of a finished run, whose verdicts are final:
+    /// each blocked target gets its group's result (its own, or the one it shares, with
+    /// `shared_with`), and blocked targets not localised during the run (their verdict changed
+    /// at the end) are localised now. Adds the `path.censor_hop` evidence line; the verdict
+    /// itself is never changed.
+    pub(super) async fn attach_paths(
+        &self,
+        measurements: &mut [Measurement],
+        mut groups: HashMap<path::GroupKey, GroupResult>,
+    ) {
+        let planned: Vec<(usize, path::Plan)> = measurements
             .iter()
             .enumerate()
             .filter_map(|(i, m)| Some((i, path::plan(m)?)))
-            .take(pc.max_targets)
             .collect();
-        if plans.is_empty() {
-            return;
-        }
-        let ctx = path::ProbeContext::new(&self.cfg, &self.tls, &self.own);
-        let t0 = Instant::now();
-        let run_deadline = tokio::time::Instant::from_std(t0) + pc.run_budget;
-        let results = Mutex::new(Vec::new());
-        let all = futures::stream::iter(plans.iter()).for_each_concurrent(
-            PATH_CONCURRENCY,
-            |(i, plan)| {
-                let ctx = &ctx;
-                let results = &results;
-                async move {
-                    let start = Instant::now();
-                    let located = match tokio::time::timeout(
-                        pc.per_target(),
-                        path::localise(plan, ctx, start),
-                    )
-                    .await
-                    {
-                        Ok(o) => o,
-                        Err(_) => {
-                            path::unlocated(plan, PathUnlocated::Budget, 0.0, ms_since(start))
-                                .into()
-                        }
-                    };
-                    results
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((*i, located));
-                }
-            },
-        );
-        let _ = tokio::time::timeout_at(run_deadline, all).await;
-        let mut done = results.into_inner().unwrap_or_else(|e| e.into_inner());
-        for (i, plan) in &plans {
-            if !done.iter().any(|(j, _)| j == i) {
-                done.push((
-                    *i,
-                    path::unlocated(plan, PathUnlocated::Budget, 0.0, 0.0).into(),
-                ));
+        let late: Vec<&(usize, path::Plan)> = planned
+            .iter()
+            .filter(|(_, p)| !groups.contains_key(&p.group_key()))
+            .collect();
+        if !late.is_empty() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            for (i, p) in late {
+                let _ = tx.send((*i, p.clone()));
             }
+            drop(tx);
+            groups.extend(self.localise_groups(rx).await);
         }
-        let known = self.router_networks(&done).await;
-        for (i, path::Located { mut obs, routers }) in done {
-            let m = &mut measurements[i];
+        let located: Vec<(usize, path::Located)> = groups
+            .values()
+            .map(|g| (g.rep, g.located.clone()))
+            .collect();
+        let known = self.router_networks(&located).await;
+        for (i, plan) in planned {
+            let Some(g) = groups.get(&plan.group_key()) else {
+                continue;
+            };
+            let path::Located { mut obs, routers } = g.located.clone();
             path::fill_asns(
                 &mut obs,
                 &routers,
                 &self.cfg.bogons,
                 &self.own,
                 &known,
-                m.probe.asn,
+                measurements[i].probe.asn,
             );
+            if g.rep != i {
+                obs.shared_with = Some(measurements[g.rep].id);
+            }
+            let m = &mut measurements[i];
             // Times relative to the measurement's start, like every other observation.
-            let since_start = (Utc::now() - m.started_at).num_milliseconds().max(0) as f64;
-            obs.t_ms = (since_start - obs.duration_ms).max(0.0);
+            obs.t_ms = (g.started - m.started_at).num_milliseconds().max(0) as f64;
             m.path = Some(obs);
             verdict::add_path_evidence(m);
         }
@@ -134,8 +196,8 @@ impl Engine {
     }
 }
 
-/// Blocked targets localised at once: each sends `2 × max_ttl` connections.
-pub(super) const PATH_CONCURRENCY: usize = 2;
+/// Localisations made at once: each sends one TTL's exchange at a time on its own flow.
+pub(super) const PATH_CONCURRENCY: usize = 8;
 
 /// How long the run waits for the collector to name its routers' networks.
 pub(super) const ASN_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -178,6 +178,7 @@ impl Engine {
         let mut connectivity = self.check_connectivity().await;
         let total = targets.len();
         let mut measurements: Vec<(usize, Measurement)> = Vec::with_capacity(total);
+        let mut groups = std::collections::HashMap::new();
         if connectivity.offline {
             for (i, t) in targets.iter().enumerate() {
                 let m = self.offline_measurement(t, &connectivity);
@@ -193,7 +194,12 @@ impl Engine {
             // then waits for its URL's line instead of making a request of its own.
             let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
             let prefetch = self.control.as_ref().map(|c| c.prefetch(&urls));
+            // Blocked targets are localised as soon as they are measured, alongside the run.
+            let (found, found_rx) = tokio::sync::mpsc::unbounded_channel();
+            let localising = self.cfg.path.enabled;
             let measure_all = async {
+                // Owned here, so the localisations learn the run has ended when this does.
+                let found = found;
                 let mut stream = futures::stream::iter(targets.into_iter().enumerate())
                     .map(|(i, t)| {
                         let conn = conn.clone();
@@ -205,6 +211,11 @@ impl Engine {
                 while let Some((i, m)) = stream.next().await {
                     done += 1;
                     progress(done, total, &m);
+                    if localising {
+                        if let Some(plan) = self.live_plan(&m) {
+                            let _ = found.send((i, plan));
+                        }
+                    }
                     measurements.push((i, m));
                 }
             };
@@ -222,8 +233,17 @@ impl Engine {
             };
             // The line's reference transfers run alongside the targets: they cost the run no
             // time, and the verdicts are decided once everything is in.
-            let ((), references) = tokio::join!(measure_all, self.reference_transfers());
+            let localise = async {
+                if localising {
+                    self.localise_groups(found_rx).await
+                } else {
+                    Default::default()
+                }
+            };
+            let ((), references, located) =
+                tokio::join!(measure_all, self.reference_transfers(), localise);
             connectivity.references = references;
+            groups = located;
         }
         measurements.sort_by_key(|(i, _)| *i);
         let mut measurements: Vec<Measurement> = measurements.into_iter().map(|(_, m)| m).collect();
@@ -232,7 +252,7 @@ impl Engine {
         }
         finalize_verdicts(&mut measurements, connectivity.offline);
         if self.cfg.path.enabled && !connectivity.offline {
-            self.localise_blocks(&mut measurements).await;
+            self.attach_paths(&mut measurements, groups).await;
         }
         // The control may have told us our public address only after early records were made.
         for m in &mut measurements {

@@ -185,6 +185,8 @@ mod tests {
             probes: 16,
             t_ms: 0.0,
             duration_ms: 0.0,
+            shared_with: None,
+            censor_range: None,
         };
         m.path = Some(path.clone());
         let after = decide(&m, &RunContext::default());

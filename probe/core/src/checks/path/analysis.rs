@@ -30,7 +30,8 @@ pub struct PathConfig {
     pub max_ttl: u8,
     /// How long one TTL's exchange waits for an answer (and the full-TTL connect before it).
     pub probe_timeout: Duration,
-    /// Most blocked targets localised per run.
+    /// Most localisations per run, each for a group of blocked targets that share an address,
+    /// an exchange and a censor action.
     pub max_targets: usize,
     /// Total time the localisations of one run may take.
     pub run_budget: Duration,
@@ -78,6 +79,35 @@ pub struct Plan {
     pub fingerprint: Option<String>,
     /// The blockpage signature it matched, if any.
     pub blockpage: Option<String>,
+}
+
+/// What makes blocked targets share one localisation: the same address, the same exchange
+/// repeated, and the same censor action (for a blockpage, the same signature or page; for a
+/// forged certificate, the same issuer). Targets alike in all of these meet the same censor
+/// on the same path, so one localisation speaks for the group.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    addr: SocketAddr,
+    trigger: PathTrigger,
+    action: PathAction,
+    signature: Option<String>,
+}
+
+impl Plan {
+    /// The group this plan's localisation speaks for ([`GroupKey`]).
+    pub fn group_key(&self) -> GroupKey {
+        let signature = match self.action {
+            PathAction::Blockpage => self.blockpage.clone().or_else(|| self.fingerprint.clone()),
+            PathAction::ForgedCertificate => self.fingerprint.clone(),
+            _ => None,
+        };
+        GroupKey {
+            addr: self.addr,
+            trigger: self.trigger,
+            action: self.action,
+            signature,
+        }
+    }
 }
 
 fn action_of(f: &Failure) -> Option<PathAction> {
@@ -297,6 +327,8 @@ pub fn observation(
         probes,
         t_ms,
         duration_ms,
+        shared_with: None,
+        censor_range: None,
     }
 }
 
@@ -313,6 +345,8 @@ pub fn unlocated(plan: &Plan, why: PathUnlocated, t_ms: f64, duration_ms: f64) -
         probes: 0,
         t_ms,
         duration_ms,
+        shared_with: None,
+        censor_range: None,
     }
 }
 
