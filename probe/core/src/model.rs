@@ -429,6 +429,9 @@ pub enum PathUnlocated {
     NotRepeatable,
     /// The localisation ran out of its time budget.
     Budget,
+    /// This platform gives an unprivileged program no routers' ICMP replies (Windows: no
+    /// `IP_RECVERR`), so nothing was sent.
+    PlatformUnsupported,
 }
 
 /// Where on the network path a block happens: the exchange that triggered it, repeated with
