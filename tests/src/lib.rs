@@ -14,7 +14,8 @@
 //! - [`bins`]: builds and locates the real binaries;
 //! - [`client`]: small clients for tests, bound to a chosen source address;
 //! - [`postgres`]: a real PostgreSQL server in a temporary directory, a database per test;
-//! - [`synthetic`]: [`measurement`], a record with nothing observed but its verdict.
+//! - [`synthetic`]: [`measurement`], a record with nothing observed but its verdict;
+//! - [`release`]: the artifacts of `deploy/release.sh` for the tests that check them.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -31,6 +32,7 @@ pub mod origin;
 pub mod pki;
 pub mod postgres;
 pub mod promstack;
+pub mod release;
 pub mod synthetic;
 mod tasks;
 pub mod throttle;

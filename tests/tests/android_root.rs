@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use witness_core::model::{Measurement, Method, Status};
-use witness_tests::bins::workspace_root;
 use witness_tests::promstack::require_tool;
+use witness_tests::release::{artifact, version};
 use witness_tests::volunteer::anchor_of;
 use witness_tests::{Site, SiteDns, World, CENSORED_SOURCE};
 
@@ -31,35 +31,12 @@ const RESOLVER_IP: Ipv4Addr = Ipv4Addr::new(127, 53, 25, 1);
 /// How long a relayed query waits for the upstream's (possibly several) responses.
 const RELAY_LINGER: Duration = Duration::from_secs(3);
 
-fn version() -> String {
-    let manifest = std::fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap();
-    manifest
-        .lines()
-        .skip_while(|l| l.trim() != "[workspace.package]")
-        .find_map(|l| l.strip_prefix("version = "))
-        .map(|v| v.trim_matches('"').to_string())
-        .expect("workspace version")
-}
-
 /// The static aarch64 probe, or None after a loud skip.
 fn aarch64_probe() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("WITNESS_AARCH64_PROBE") {
-        return Some(PathBuf::from(p));
-    }
-    match std::env::var_os("WITNESS_RELEASE_DIR") {
-        Some(d) if Path::new(&d).join("SHA256SUMS").is_file() => {
-            Some(Path::new(&d).join(format!("witness-{}-aarch64-unknown-linux-musl", version())))
-        }
-        _ => {
-            let msg = "SKIPPED: no aarch64 probe: run `deploy/release.sh DIR` and set \
-                       WITNESS_RELEASE_DIR=DIR, or set WITNESS_AARCH64_PROBE to a static build";
-            if std::env::var("WITNESS_REQUIRE_RELEASE").as_deref() == Ok("1") {
-                panic!("{msg}, and WITNESS_REQUIRE_RELEASE=1");
-            }
-            eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
-            None
-        }
-    }
+    artifact(
+        "WITNESS_AARCH64_PROBE",
+        &format!("witness-{}-aarch64-unknown-linux-musl", version()),
+    )
 }
 
 /// Whether we may chroot; a loud skip (or a failure under WITNESS_REQUIRE_TOOLS=1) if not.

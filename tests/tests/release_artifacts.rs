@@ -16,36 +16,11 @@ use std::process::{Command, Output, Stdio};
 use witness_core::model::{Measurement, Status};
 use witness_tests::bins::workspace_root;
 use witness_tests::promstack::require_tool;
+use witness_tests::release::{release_dir, version};
 use witness_tests::volunteer::anchor_of;
 use witness_tests::{Site, World, CENSORED_SOURCE};
 
 const MAX_PROBE_BYTES: u64 = 12 * 1024 * 1024;
-
-fn version() -> String {
-    let manifest = std::fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap();
-    manifest
-        .lines()
-        .skip_while(|l| l.trim() != "[workspace.package]")
-        .find_map(|l| l.strip_prefix("version = "))
-        .map(|v| v.trim_matches('"').to_string())
-        .expect("workspace version")
-}
-
-/// The directory release.sh wrote, or None after a loud skip.
-fn release_dir() -> Option<PathBuf> {
-    match std::env::var_os("WITNESS_RELEASE_DIR") {
-        Some(d) if Path::new(&d).join("SHA256SUMS").is_file() => Some(PathBuf::from(d)),
-        _ => {
-            let msg = "SKIPPED: no release artifacts: run `deploy/release.sh DIR` and set \
-                       WITNESS_RELEASE_DIR=DIR (and WITNESS_SIGNING_KEY)";
-            if std::env::var("WITNESS_REQUIRE_RELEASE").as_deref() == Ok("1") {
-                panic!("{msg}, and WITNESS_REQUIRE_RELEASE=1");
-            }
-            eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
-            None
-        }
-    }
-}
 
 /// (target, artifact name, what `file` says about the machine).
 fn probes() -> Vec<(&'static str, String, &'static str)> {

@@ -257,14 +257,15 @@ async fn register_cmd(args: RegisterArgs, file: FileConfig) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Write a file only the owner can read (the token is a secret).
+/// Write a file only the owner can read (the token is a secret). On Windows there is no mode:
+/// the file inherits the ACL of its directory, and `%APPDATA%` is readable by its user (and
+/// administrators) only.
 fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).write(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(text.as_bytes())?;

@@ -274,7 +274,8 @@ impl FileConfig {
         Self::parse(&text, path)
     }
 
-    /// The user's default config file, if there is one: `~/.config/witness/config.toml`.
+    /// The user's default config file, if there is one: `~/.config/witness/config.toml`
+    /// (Windows: `%APPDATA%\witness\config.toml`).
     pub fn default_path() -> Option<PathBuf> {
         dirs::config_dir().map(|d| d.join("witness").join("config.toml"))
     }

@@ -168,9 +168,24 @@ impl ColorChoice {
         match self {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => is_tty && !no_color_env() && !dumb_terminal(),
+            ColorChoice::Auto => {
+                is_tty && !no_color_env() && !dumb_terminal() && console_takes_ansi()
+            }
         }
     }
+}
+
+/// Whether the console shows ANSI colour codes rather than printing them. Windows' console
+/// does only once a program turns on its virtual-terminal mode (Windows 10 and later); where
+/// that fails the table stays plain.
+fn console_takes_ansi() -> bool {
+    #[cfg(windows)]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| anstyle_query::windows::enable_ansi_colors().unwrap_or(false))
+    }
+    #[cfg(not(windows))]
+    true
 }
 
 /// NO_COLOR set to anything non-empty (<https://no-color.org>).

@@ -138,7 +138,8 @@ pub enum RecordFormat {
     Ooni,
 }
 
-/// Saved registration: `~/.local/share/witness/credentials.json`.
+/// Saved registration: `~/.local/share/witness/credentials.json` (Windows:
+/// `%APPDATA%\witness\credentials.json`).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Credentials {
     pub(crate) collector: String,

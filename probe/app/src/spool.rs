@@ -77,7 +77,8 @@ impl Spool {
         })
     }
 
-    /// The default directory: `~/.local/share/witness/spool`.
+    /// The default directory: `~/.local/share/witness/spool` (Windows:
+    /// `%APPDATA%\witness\spool`).
     pub fn default_dir() -> Option<PathBuf> {
         dirs::data_dir().map(|d| d.join("witness").join("spool"))
     }

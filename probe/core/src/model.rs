@@ -438,6 +438,9 @@ pub enum PathUnlocated {
     /// Routers that sent no ICMP (or rate-limited it) hide the exact hop: `censor_range` says
     /// between which hops the censor is.
     SilentRouters,
+    /// This platform gives an unprivileged program no routers' ICMP replies (Windows: no
+    /// `IP_RECVERR`), so nothing was sent.
+    PlatformUnsupported,
 }
 
 /// Where on the network path a block happens: the exchange that triggered it, repeated with

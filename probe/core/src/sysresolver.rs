@@ -5,6 +5,10 @@
 //! property until version 8 (later versions hide it from apps, so `getprop` prints nothing).
 //! The order is decided by [`choose`], a pure function over what [`gather`] found, so it is
 //! tested without the machine; when nothing is found the message names `--resolver`.
+//!
+//! Windows keeps the resolver per network adapter: it is read from the adapters' settings
+//! (`GetAdaptersAddresses`, through hickory's system configuration), the first DNS server of
+//! an adapter that is up; when that API fails the message names `--resolver` as above.
 
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +51,8 @@ pub enum Source {
     File(PathBuf),
     /// Android's `net.dns1` property.
     AndroidProperty,
+    /// The DNS servers of Windows' network adapters that are up.
+    WindowsAdapters,
 }
 
 /// The network's resolver and where it was found.
@@ -160,13 +166,45 @@ pub fn gather() -> Found {
 
 /// The network's resolver as this machine configures it.
 pub fn system_resolver() -> Result<SystemResolver, NoSystemResolver> {
+    #[cfg(windows)]
+    return windows_resolver();
+    #[cfg(not(windows))]
     choose(&gather())
+}
+
+/// The first DNS server of a Windows network adapter that is up. No adapter with one is an
+/// offline machine (measuring says so), as a resolv.conf without a nameserver is on Linux;
+/// adapters that cannot be read leave the resolver unknown, and the message names
+/// `--resolver`.
+#[cfg(windows)]
+fn windows_resolver() -> Result<SystemResolver, NoSystemResolver> {
+    const WHERE: &str = "Windows network adapters";
+    match hickory_resolver::system_conf::read_system_conf() {
+        Ok((conf, _)) => conf
+            .name_servers()
+            .iter()
+            .map(|ns| ns.ip)
+            .find(|ip| !ip.is_unspecified())
+            .map(|ip| SystemResolver {
+                addr: SocketAddr::new(ip, 53),
+                source: Source::WindowsAdapters,
+            })
+            .ok_or_else(|| NoSystemResolver {
+                looked: vec![format!("{WHERE}: no DNS server on an adapter that is up")],
+                unconfigured: false,
+            }),
+        Err(e) => Err(NoSystemResolver {
+            looked: vec![format!("{WHERE}: not readable ({e})")],
+            unconfigured: true,
+        }),
+    }
 }
 
 /// Names for the collector and control clients (reqwest). The static musl binary's own
 /// resolver reads only `/etc/resolv.conf` and, without it, asks 127.0.0.1:53, which nothing
 /// answers on Android: there, names go to [`system_resolver`]'s address instead. Where
-/// `/etc/resolv.conf` names the resolver, the C library's lookup (with `/etc/hosts`) is kept.
+/// `/etc/resolv.conf` names the resolver, the C library's lookup (with `/etc/hosts`) is kept,
+/// as Windows' own lookup always is.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HostResolver;
 
@@ -178,7 +216,9 @@ impl reqwest::dns::Resolve for HostResolver {
         let host = name.as_str().to_string();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = match system_resolver() {
-                Ok(r) if !etc_resolv_conf_names(r.addr) => lookup_at(r.addr, &host).await?,
+                Ok(r) if !cfg!(windows) && !etc_resolv_conf_names(r.addr) => {
+                    lookup_at(r.addr, &host).await?
+                }
                 _ => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
             };
             let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());

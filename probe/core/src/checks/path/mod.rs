@@ -32,4 +32,4 @@ pub use analysis::{
     fill_asns, keep_router_addr, locate, observation, plan, public_router, unlocated, GroupKey,
     PathConfig, Plan, MAX_TTL_LIMIT, MIN_SILENT_TTLS,
 };
-pub use recverr::{localise, syn_probe, Located, ProbeContext, SynReply};
+pub use recverr::{localise, syn_probe, Located, ProbeContext, SynReply, LOCALISATION_SUPPORTED};

@@ -2,11 +2,19 @@
 //! the ICMP errors Linux queues on the socket with `IP_RECVERR` (read with
 //! `recvmsg(MSG_ERRQUEUE)`, no raw socket). [`localise`] runs every TTL at once and hands the
 //! replies to the pure [`super::analysis`].
+//!
+//! Only Linux (and Android) have `IP_RECVERR`. Elsewhere (Windows) the socket code compiles
+//! out and [`localise`] records `unlocated: platform_unsupported` for every planned block, so
+//! a record from such a probe says why it names no hop ([`LOCALISATION_SUPPORTED`]).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use std::net::{Ipv4Addr, Ipv6Addr};
+#[cfg(any(target_os = "linux", target_os = "android"))]
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
 use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
 };
@@ -19,6 +27,12 @@ use crate::checks::{http, ms_since, tcp, MeasureConfig};
 use crate::failure::Failure;
 use crate::model::{HopReply, PathAction, PathObservation, PathTrigger, PathUnlocated};
 use crate::scrub::OwnAddresses;
+
+/// Whether this platform can localise: Linux's `IP_RECVERR` error queue gives the routers'
+/// ICMP replies to an unprivileged socket. Windows has no such option (its ICMP API sends
+/// echo requests, not the triggering exchange), so there the localisation is recorded as
+/// [`PathUnlocated::PlatformUnsupported`] instead of being skipped silently.
+pub const LOCALISATION_SUPPORTED: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
 /// What a SYN sent with a given TTL met, and the router that answered with an ICMP error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +57,7 @@ fn new_socket(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<Socke
 }
 
 /// Set the TTL (hop limit) and ask for ICMP errors on the socket.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn set_ttl_recverr<S: std::os::fd::AsFd>(sock: &S, v6: bool, ttl: u8) -> std::io::Result<()> {
     let r = SockRef::from(sock);
     if v6 {
@@ -55,7 +70,21 @@ fn set_ttl_recverr<S: std::os::fd::AsFd>(sock: &S, v6: bool, ttl: u8) -> std::io
     Ok(())
 }
 
+/// Without `IP_RECVERR` (see [`LOCALISATION_SUPPORTED`]): unsupported, never reached through
+/// [`localise`].
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_ttl_recverr<S>(_sock: &S, _v6: bool, _ttl: u8) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// Without an error queue there is nothing to read.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn read_error_queue<S>(_sock: &S) -> Option<(HopReply, Option<IpAddr>)> {
+    None
+}
+
 /// The first ICMP error queued on the socket: (its reply kind, the sender).
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn read_error_queue<S: AsRawFd>(sock: &S) -> Option<(HopReply, Option<IpAddr>)> {
     let mut data = [0u8; 256];
     let mut iov = [std::io::IoSliceMut::new(&mut data)];
@@ -308,6 +337,9 @@ impl From<PathObservation> for Located {
 pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> Located {
     let t_ms = ms_since(t0);
     let start = Instant::now();
+    if !LOCALISATION_SUPPORTED {
+        return unlocated(plan, PathUnlocated::PlatformUnsupported, t_ms, 0.0).into();
+    }
     let pc = &ctx.cfg.path;
     let max_ttl = pc.max_ttl.clamp(1, MAX_TTL_LIMIT);
     let per_ttl = (1..=max_ttl).map(|ttl| async move {
@@ -343,7 +375,7 @@ pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> Locat
     Located { obs, routers }
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
 mod tests {
     use super::*;
     use HopReply::*;
@@ -377,7 +409,7 @@ mod tests {
 /// Real sockets on loopback. TTL 1 already reaches 127.0.0.1, so these prove the I/O (SYN
 /// probes, the TTL-limited trigger on a full-TTL connection, the reading of replies), not the
 /// hop arithmetic: the lab's routers prove that (`tests/tests/lab/`).
-#[cfg(test)]
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
 mod loopback {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
