@@ -35,6 +35,21 @@ enum Act {
     Hold,
     /// Complete the handshake with a certificate from a CA the probe does not trust.
     Forged,
+    /// Refuse the name with a TLS alert, as a server that no longer hosts it does.
+    Alert,
+}
+
+/// A certificate resolver with nothing for anyone: rustls answers with an alert.
+#[derive(Debug)]
+struct NoCertificate;
+
+impl rustls::server::ResolvesServerCert for NoCertificate {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
 }
 
 /// Decides from the name sent (`None`: no SNI) and how many connections carried it before.
@@ -86,9 +101,10 @@ async fn tls_server(site: &str, pki: &LabPki, forger: &LabPki, policy: Policy) -
     valid.insert(&[site], pki.leaf(&[site]).unwrap());
     let mut forged = SniResolver::default();
     forged.insert(&[site], forger.leaf(&[site]).unwrap());
-    let (valid, forged) = (
+    let (valid, forged, refuse) = (
         server_config(Arc::new(valid)).unwrap(),
         server_config(Arc::new(forged)).unwrap(),
+        server_config(Arc::new(NoCertificate)).unwrap(),
     );
     let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -96,11 +112,12 @@ async fn tls_server(site: &str, pki: &LabPki, forger: &LabPki, policy: Policy) -
     let title = site.to_string();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (policy, counts, valid, forged, title) = (
+            let (policy, counts, valid, forged, refuse, title) = (
                 policy.clone(),
                 counts.clone(),
                 valid.clone(),
                 forged.clone(),
+                refuse.clone(),
                 title.clone(),
             );
             tokio::spawn(async move {
@@ -114,6 +131,7 @@ async fn tls_server(site: &str, pki: &LabPki, forger: &LabPki, policy: Policy) -
                     Act::Reset => return reset(start.io),
                     Act::Hold => return hold(start.io).await,
                     Act::Forged => forged,
+                    Act::Alert => refuse,
                     Act::Serve => valid,
                 };
                 let accept = tokio::time::timeout(SERVER_WAIT, start.into_stream(config)).await;
@@ -144,7 +162,7 @@ async fn http_server(policy: Policy) -> SocketAddr {
                 match policy(host.as_deref(), counts.next(host.as_deref())) {
                     Act::Reset => reset(stream),
                     Act::Hold => hold(stream).await,
-                    Act::Serve | Act::Forged => {
+                    Act::Serve | Act::Forged | Act::Alert => {
                         let body = b"<html><head><title>Plain</title></head><body>ok</body></html>";
                         let _ = write_response(&mut stream, 200, &[], body, false).await;
                         let _ = stream.shutdown().await;
@@ -196,6 +214,11 @@ async fn an_innocent_name_that_passes_proves_the_block_without_a_control() {
         _ => Act::Serve,
     });
     let dead = policy(|_, _| Act::Reset);
+    // The server itself refuses the site's name with an alert: not a middlebox.
+    let alert = policy(|sni, _| match sni {
+        Some("alert.test") => Act::Alert,
+        _ => Act::Serve,
+    });
     let host = policy(|h, _| match h {
         Some("host.test") => Act::Reset,
         _ => Act::Serve,
@@ -208,6 +231,7 @@ async fn an_innocent_name_that_passes_proves_the_block_without_a_control() {
         ("forged.test", forged),
         ("flaky.test", flaky),
         ("dead.test", dead),
+        ("alert.test", alert),
         ("fine.test", fine),
     ] {
         let addr = tls_server(site, &pki, &forger, p).await;
@@ -369,6 +393,19 @@ async fn an_innocent_name_that_passes_proves_the_block_without_a_control() {
     assert!(ab_line(m, "ab.tls")
         .unwrap()
         .starts_with("ab.tls=innocent_failed@"));
+
+    // A TLS alert is the server's own answer: no A/B test, and the decoy proves nothing.
+    let m = get("alert.test");
+    assert_eq!(m.verdict.status, Status::Inconclusive, "{:?}", m.verdict);
+    assert!(
+        m.verdict
+            .evidence
+            .iter()
+            .any(|l| l.starts_with("tls.failure=ssl_failed_handshake@")),
+        "{:?}",
+        m.verdict
+    );
+    assert!(m.ab.is_empty(), "{:?}", m.ab);
 
     // Host filtering in cleartext.
     let m = get("host.test");

@@ -95,8 +95,13 @@ pub fn plan(
             return None;
         }
         let chosen = own.iter().find_map(|t| {
+            // A TLS alert or garbage is the server's own answer, not a middlebox's: only a
+            // reset, a close or silence after the ClientHello is censor-like.
             let trigger = match &t.failure {
-                Some(f) if f.is_interruption() => interruption_trigger(f),
+                Some(f @ (Failure::ConnectionReset | Failure::Eof | Failure::GenericTimeout)) => {
+                    interruption_trigger(f)
+                }
+                Some(f) if f.is_interruption() => return None,
                 Some(f) if !f.is_certificate() => return None,
                 _ if (t.failure.is_some() || t.verification_failure.is_some())
                     && t.interception_ca.is_none() =>
@@ -403,6 +408,8 @@ mod tests {
             ),
             (None, None, None),
             (Some(Failure::unknown("x")), None, None),
+            // The server's own alert (e.g. unrecognized_name) is not a middlebox's doing.
+            (Some(Failure::SslFailedHandshake), None, None),
         ];
         for (failure, verification, want) in cases {
             let t = [hs("site.test", failure.clone(), verification.clone())];

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::failure::Failure;
 use crate::model::{
     AbKind, AbName, AbObservation, AbTrial, AbTrigger, DnsObservation, HttpObservation,
     LateDnsResponse,
@@ -82,6 +83,9 @@ pub enum AbFinding {
     CertificateDiffers(AbName),
     /// The site's own exchange succeeded when repeated: the failure did not repeat.
     SiteAnswered,
+    /// The site's repeat got the server's own refusal (a TLS alert, a malformed answer), not a
+    /// reset, silence, close or blockpage: the server treats the name differently, not the path.
+    SiteRefused,
     /// The innocent handshakes completed, but none with a certificate valid for the site's
     /// name: a server presents per-name certificates, so this proves nothing.
     OtherCertificate,
@@ -99,6 +103,7 @@ impl AbFinding {
             AbFinding::NameDiffers(_) => "name_differs",
             AbFinding::CertificateDiffers(_) => "certificate_differs",
             AbFinding::SiteAnswered => "site_answered",
+            AbFinding::SiteRefused => "site_refused",
             AbFinding::OtherCertificate => "other_certificate",
             AbFinding::InnocentFailed => "innocent_failed",
             AbFinding::Incomplete => "incomplete",
@@ -133,8 +138,25 @@ pub fn ab_finding(o: &AbObservation) -> AbFinding {
     match site {
         None => AbFinding::Incomplete,
         Some(s) if s.answered() => AbFinding::SiteAnswered,
-        Some(_) => AbFinding::NameDiffers(answered.sent),
+        Some(s) if censor_like(s) => AbFinding::NameDiffers(answered.sent),
+        Some(_) => AbFinding::SiteRefused,
     }
+}
+
+/// A failure only something on the path produces as often as a server: a reset, a close,
+/// silence, a blockpage or a state CA's chain.
+fn censor_like(t: &AbTrial) -> bool {
+    t.blockpage.is_some()
+        || t.interception_ca.is_some()
+        || matches!(
+            t.failure,
+            Some(
+                Failure::ConnectionReset
+                    | Failure::ConnectionRefused
+                    | Failure::Eof
+                    | Failure::GenericTimeout
+            )
+        )
 }
 
 /// The A/B test of this kind made at one of `addrs`, with what it shows.
@@ -278,6 +300,11 @@ pub(super) mod tests {
     fn ab_findings() {
         use AbName::{Innocent, None as NoName, Site};
         let t = |s, ok, valid| ab_trial(s, ok, valid);
+        let alert = |s| {
+            let mut a = ab_trial(s, false, false);
+            a.failure = Some(crate::failure::Failure::SslFailedHandshake);
+            a
+        };
         let addr = sa(IP, 443);
         let cases = [
             (AbTrigger::Reset, vec![], AbFinding::Incomplete),
@@ -309,6 +336,11 @@ pub(super) mod tests {
                 AbTrigger::Reset,
                 vec![t(Innocent, false, false), t(NoName, false, false)],
                 AbFinding::InnocentFailed,
+            ),
+            (
+                AbTrigger::Reset,
+                vec![t(Innocent, true, false), alert(Site)],
+                AbFinding::SiteRefused,
             ),
             (
                 AbTrigger::ForgedCertificate,

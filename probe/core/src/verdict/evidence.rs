@@ -222,8 +222,8 @@ pub enum Evidence {
     /// `tls.decoy=ok@ADDR` or `tls.decoy=NAME@ADDR`.
     TlsDecoy(DecoyResult, SocketAddr),
     /// `ab.tls=FINDING@ADDR` or `ab.http=FINDING@ADDR`: what the A/B test at that address
-    /// showed (`name_differs`, `certificate_differs`, `site_answered`, `other_certificate`,
-    /// `innocent_failed`, `incomplete`).
+    /// showed (`name_differs`, `certificate_differs`, `site_answered`, `site_refused`,
+    /// `other_certificate`, `innocent_failed`, `incomplete`).
     Ab(AbKind, AbFinding, SocketAddr),
     /// `http.blockpage=NAME`.
     Blockpage(String),

@@ -17,7 +17,7 @@ use super::facts::{
     final_response, fmt_bytes, join_addrs, norm_host, same_site, short_title, url_host, Facts,
     Outcome,
 };
-use super::tls::completed;
+use super::tls::{completed, path_like_tls_failure};
 
 // ---------------------------------------------------------------------------------------------
 // 5 and 6. HTTP.
@@ -437,7 +437,7 @@ fn local_evidence(
             ));
         }
     }
-    if step == Step::Tls && failure.is_interruption() {
+    if step == Step::Tls && path_like_tls_failure(failure) {
         let cut: Vec<SocketAddr> = tls
             .iter()
             .filter(|t| !completed(t))

@@ -476,6 +476,14 @@ pub(super) fn tls_timeout_no_control_decoy_ok() -> Measurement {
     m
 }
 
+/// The server answers the site's name with a TLS alert (`unrecognized_name`: it no longer
+/// hosts it) and the decoy name with its default certificate: the server's doing.
+pub(super) fn tls_alert_no_control_decoy_ok() -> Measurement {
+    let mut m = tls_timeout_no_control_decoy_ok();
+    m.tls[0].failure = Some(Failure::SslFailedHandshake);
+    m
+}
+
 pub(super) fn tls_timeout_no_control_no_decoy() -> Measurement {
     let mut m = tls_timeout_no_control_decoy_ok();
     m.tls[1] = decoy(sa(IP, 443), false);

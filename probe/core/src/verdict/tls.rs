@@ -248,6 +248,7 @@ fn tls_interrupted(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
     let decoy_failed = !decoys.is_empty() && !decoy_ok;
     let what = interruption_phrase(failure.as_ref(), domain);
     let interruption = failure.as_ref().is_some_and(Failure::is_interruption);
+    let path_like = failure.as_ref().is_some_and(path_like_tls_failure);
     let cut: Vec<_> = failed.iter().map(|t| t.addr).collect();
     let ab = ab_at(&f.ab, AbKind::Tls, &cut);
     if let Some((finding, addr)) = ab {
@@ -280,6 +281,12 @@ fn tls_interrupted(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
                 "{what}, and the control's handshake failed too: the site's TLS server is down"
             ))
         }
+        ControlTls::NotReached | ControlTls::Unavailable if decoy_ok && !path_like => {
+            Outcome::inconclusive(format!(
+                "{what}, while a handshake with another name to the same server succeeded: a \
+                 server refusing one name with a TLS alert does that too, so this proves no block"
+            ))
+        }
         ControlTls::NotReached | ControlTls::Unavailable if decoy_ok => Outcome::blocked(
             Method::Tls,
             format!(
@@ -296,6 +303,16 @@ fn tls_interrupted(f: &Facts, ev: &mut Vec<Evidence>) -> Outcome {
              server"
         )),
     }
+}
+
+/// A handshake failure a middlebox produces (a reset, a close, silence), as opposed to the
+/// server's own answer (a TLS alert such as `unrecognized_name`, garbage): only those, set
+/// against another name that passes, prove a block without the control.
+pub(super) fn path_like_tls_failure(f: &Failure) -> bool {
+    matches!(
+        f,
+        Failure::ConnectionReset | Failure::Eof | Failure::GenericTimeout
+    )
 }
 
 fn interruption_phrase(failure: Option<&Failure>, domain: &str) -> String {
@@ -326,6 +343,7 @@ pub(super) mod tests {
         tls_reset_with_control Plain => Blocked / Tls;
         tls_timeout_no_control_decoy_ok Plain => Blocked / Tls;
         tls_timeout_no_control_no_decoy Plain => Inconclusive;
+        tls_alert_no_control_decoy_ok Plain => Inconclusive;
         tls_timeout_everywhere Plain => Down;
         mitm_state_ca_with_control Plain => Blocked / Mitm;
         mitm_state_ca_no_control Plain => Blocked / Mitm;
