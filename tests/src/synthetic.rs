@@ -39,6 +39,7 @@ pub fn measurement(
         control: None,
         control_failure: None,
         path: None,
+        app: None,
         connectivity: ConnectivitySummary {
             offline: status == Status::Offline,
             ..ConnectivitySummary::default()

@@ -79,6 +79,7 @@ fn measurement(domain: &str, reason: &str) -> Measurement {
         control: None,
         control_failure: None,
         path: None,
+        app: None,
         connectivity: ConnectivitySummary::default(),
         verdict: Verdict::new(Status::Blocked, Some(Method::Tls), reason),
     }

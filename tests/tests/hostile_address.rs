@@ -581,6 +581,7 @@ async fn refusal(collector: &CollectorProcess) {
             control: None,
             control_failure: None,
             path: None,
+            app: None,
             connectivity: ConnectivitySummary::default(),
             verdict: Verdict::new(Status::Inconclusive, None, "x"),
         };

@@ -83,6 +83,7 @@ fn measurement(domain: &str, asn: u32, country: &str) -> Value {
         control: None,
         control_failure: None,
         path: None,
+        app: None,
         connectivity: ConnectivitySummary::default(),
         verdict: Verdict::new(Status::Blocked, Some(Method::Tls), "tls reset"),
     })

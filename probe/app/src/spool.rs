@@ -242,6 +242,7 @@ pub(crate) mod tests {
             control: None,
             control_failure: None,
             path: None,
+            app: None,
             connectivity: ConnectivitySummary::default(),
             verdict: Verdict::new(Status::Offline, None, "test"),
         }

@@ -112,6 +112,7 @@ impl Engine {
             control,
             control_failure,
             path: None,
+            app: None,
             connectivity,
             verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
         }
@@ -139,6 +140,7 @@ impl Engine {
             control: None,
             control_failure: Some("not attempted: no connectivity".into()),
             path: None,
+            app: None,
             connectivity: connectivity.clone(),
             verdict: Verdict::new(Status::Offline, None, "not analysed yet"),
         }

@@ -254,6 +254,7 @@ fn records_are_scrubbed_in_every_string_and_key() {
             b64(b"ip=198.51.100.77", true)
         )),
         path: None,
+        app: None,
         connectivity: ConnectivitySummary::default(),
         verdict: Verdict::new(Status::Inconclusive, None, "x"),
     };

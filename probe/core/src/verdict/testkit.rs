@@ -54,6 +54,7 @@ pub(super) fn blank(url: &str) -> Measurement {
         control: None,
         control_failure: None,
         path: None,
+        app: None,
         connectivity: ConnectivitySummary::default(),
         verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
     }
