@@ -58,7 +58,12 @@ pub fn to_record(
         id: m.id,
         received_at: now,
         started_at: m.started_at,
-        domain: crate::validate::site_key(&m.domain),
+        // An app's series are keyed `app:NAME`: never a hostname, so no website record can
+        // land in an app's series (or the other way round).
+        domain: match &m.app {
+            Some(_) => m.url.clone(),
+            None => crate::validate::site_key(&m.domain),
+        },
         url: m.url,
         category: m.category_code,
         asn: m.probe.asn,

@@ -403,6 +403,39 @@ pub fn validate(m: &Measurement, limits: &Limits, now: DateTime<Utc>) -> Result<
         }
     }
 
+    if let Some(app) = &m.app {
+        validate_app(m, app)?;
+    } else {
+        validate_site(m)?;
+    }
+
+    if m.verdict.method.is_some() && m.verdict.status != Status::Blocked {
+        return Err(Rejection::new(
+            Inconsistent,
+            format!(
+                "verdict.method is set but verdict.status is {}",
+                m.verdict.status
+            ),
+        ));
+    }
+    if let Some(p) = &m.path {
+        validate_path(p, m.verdict.status)?;
+    }
+    if m.connectivity.offline && m.verdict.status != Status::Offline {
+        return Err(Rejection::new(
+            Inconsistent,
+            format!(
+                "connectivity.offline is true but verdict.status is {}",
+                m.verdict.status
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A website record: an `http(s)` URL whose host is the domain.
+fn validate_site(m: &Measurement) -> Result<(), Rejection> {
+    use RejectReason::*;
     let url = url::Url::parse(&m.url)
         .map_err(|e| Rejection::new(Inconsistent, format!("url does not parse: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -429,27 +462,43 @@ pub fn validate(m: &Measurement, limits: &Limits, now: DateTime<Utc>) -> Result<
             "domain does not match the url's host",
         ));
     }
+    Ok(())
+}
 
-    if m.verdict.method.is_some() && m.verdict.status != Status::Blocked {
+/// An app record: `url` is `app:NAME`, `domain` the app's name, and every endpoint within
+/// bounds, its outcome consistent.
+fn validate_app(
+    m: &Measurement,
+    app: &witness_core::model::AppObservation,
+) -> Result<(), Rejection> {
+    use RejectReason::*;
+    let name_ok = (1..=32).contains(&app.name.len())
+        && app
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok {
         return Err(Rejection::new(
-            Inconsistent,
-            format!(
-                "verdict.method is set but verdict.status is {}",
-                m.verdict.status
-            ),
+            InvalidField,
+            "app.name must be 1-32 of a-z, 0-9 and '-'",
         ));
     }
-    if let Some(p) = &m.path {
-        validate_path(p, m.verdict.status)?;
-    }
-    if m.connectivity.offline && m.verdict.status != Status::Offline {
+    if m.url != Measurement::app_url(&app.name) || m.domain != app.name {
         return Err(Rejection::new(
             Inconsistent,
-            format!(
-                "connectivity.offline is true but verdict.status is {}",
-                m.verdict.status
-            ),
+            "an app record's url must be app:NAME and its domain NAME",
         ));
+    }
+    too_large("app.list", app.list.len(), MAX_URL)?;
+    too_large("app.endpoints", app.endpoints.len(), MAX_OBSERVATIONS)?;
+    for e in &app.endpoints {
+        too_large("app.endpoints.host", e.host.len(), MAX_DOMAIN)?;
+        if e.method.is_some() && e.status != Status::Blocked {
+            return Err(Rejection::new(
+                Inconsistent,
+                "an endpoint's method is set but its status is not blocked",
+            ));
+        }
     }
     Ok(())
 }
@@ -616,12 +665,69 @@ mod tests {
             control_failure: None,
             path: None,
             ab: vec![],
+            app: None,
             connectivity: ConnectivitySummary::default(),
             verdict: Verdict::new(
                 Status::Blocked,
                 Some(Method::Tls),
                 "timeout after ClientHello",
             ),
+        }
+    }
+
+    fn app(m: &mut Measurement, name: &str) {
+        use witness_core::model::{AppKind, AppObservation};
+        m.url = Measurement::app_url(name);
+        m.domain = name.into();
+        m.app = Some(AppObservation {
+            name: name.into(),
+            kind: AppKind::Messaging,
+            list: "embedded:apps.txt@2026-12-08".into(),
+            endpoints: vec![],
+        });
+    }
+
+    #[test]
+    fn app_records_are_keyed_by_name_and_kept_apart_from_sites() {
+        let now = Utc::now();
+        type Edit = fn(&mut Measurement);
+        let cases: &[(&str, Edit, Option<RejectReason>)] = &[
+            ("app", |m| app(m, "telegram"), None),
+            (
+                "bad name",
+                |m| app(m, "Tele gram"),
+                Some(RejectReason::InvalidField),
+            ),
+            (
+                "url not app:NAME",
+                |m| {
+                    app(m, "telegram");
+                    m.url = "https://telegram/".into();
+                },
+                Some(RejectReason::Inconsistent),
+            ),
+            (
+                "domain not NAME",
+                |m| {
+                    app(m, "telegram");
+                    m.domain = "whatsapp".into();
+                },
+                Some(RejectReason::Inconsistent),
+            ),
+            (
+                "a site record with an app url",
+                |m| {
+                    m.url = "app:telegram".into();
+                    m.domain = "telegram".into();
+                },
+                Some(RejectReason::Inconsistent),
+            ),
+        ];
+        for (name, edit, want) in cases {
+            let mut m = good(now);
+            edit(&mut m);
+            let got = validate(&m, &limits(), now).err().map(|r| r.reason);
+            assert_eq!(got, *want, "{name}");
         }
     }
 

@@ -40,6 +40,7 @@ pub fn measurement(
         control_failure: None,
         path: None,
         ab: vec![],
+        app: None,
         connectivity: ConnectivitySummary {
             offline: status == Status::Offline,
             ..ConnectivitySummary::default()

@@ -582,6 +582,7 @@ async fn refusal(collector: &CollectorProcess) {
             control_failure: None,
             path: None,
             ab: vec![],
+            app: None,
             connectivity: ConnectivitySummary::default(),
             verdict: Verdict::new(Status::Inconclusive, None, "x"),
         };

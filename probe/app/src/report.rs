@@ -147,6 +147,8 @@ pub fn method_words(m: Method) -> &'static str {
         Method::Mitm => "TLS interception",
         Method::Http => "HTTP blocking",
         Method::Throttle => "throttling",
+        Method::Protocol => "protocol blocking",
+        Method::Udp => "UDP blocking",
     }
 }
 

@@ -37,7 +37,12 @@ fn open_out(path: &Path) -> Result<std::fs::File> {
 
 pub(crate) async fn run(args: RunArgs, file: FileConfig, color: ColorChoice) -> Result<ExitCode> {
     // Every input is checked before consent is asked and before anything is measured.
-    let targets = collect_targets(&args.select, &file)?;
+    let apps = crate::setup::apps_list(&args)?;
+    let targets = if args.apps_only {
+        Vec::new()
+    } else {
+        collect_targets(&args.select, &file)?
+    };
     let engine = build_engine(&args, &file)?;
     if engine.cfg.resolver == witness_core::checks::ResolverSpec::System {
         // No resolv.conf anywhere (Android without Termux's): every site would be recorded
@@ -62,7 +67,8 @@ pub(crate) async fn run(args: RunArgs, file: FileConfig, color: ColorChoice) -> 
 
     let show_progress = !args.no_progress && std::io::stderr().is_terminal() && !dumb_terminal();
     let bar = if show_progress {
-        let bar = indicatif::ProgressBar::new(targets.len() as u64);
+        let apps_n = apps.as_ref().map_or(0, |l| l.apps.len());
+        let bar = indicatif::ProgressBar::new((targets.len() + apps_n) as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
@@ -78,10 +84,15 @@ pub(crate) async fn run(args: RunArgs, file: FileConfig, color: ColorChoice) -> 
         indicatif::ProgressBar::hidden()
     };
     let outcome = engine
-        .run(targets, concurrency, |_, _, m: &Measurement| {
-            bar.set_message(m.domain.clone());
-            bar.inc(1);
-        })
+        .run_with_apps(
+            targets,
+            apps.as_ref(),
+            concurrency,
+            |_, _, m: &Measurement| {
+                bar.set_message(m.domain.clone());
+                bar.inc(1);
+            },
+        )
         .await;
     bar.finish_and_clear();
 

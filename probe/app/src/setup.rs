@@ -114,6 +114,17 @@ pub struct RunArgs {
     /// `web_connectivity` measurements (docs/measurement-format.md). Uploads stay Witness's.
     #[arg(long, value_enum, default_value_t = RecordFormat::Witness)]
     pub format: RecordFormat,
+    /// Also measure the messaging apps, Tor and the protocol reflectors of the apps list
+    /// (network observers can see these attempts; see `witness consent`).
+    #[arg(long)]
+    pub apps: bool,
+    /// Measure only the apps list, no websites (implies --apps).
+    #[arg(long)]
+    pub apps_only: bool,
+    /// The apps list to measure instead of the embedded one (implies --apps); see
+    /// targets/apps.txt for the format.
+    #[arg(long, value_name = "FILE")]
+    pub apps_list: Option<PathBuf>,
     /// I have read the consent notice (`witness consent`) and accept it.
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -258,6 +269,17 @@ pub fn collect_targets(args: &SelectArgs, file: &FileConfig) -> Result<Vec<Targe
         );
     }
     Ok(all)
+}
+
+/// The apps list a run measures: `--apps-list FILE`, else the embedded list with `--apps` or
+/// `--apps-only`, else none. A bad file stops the run before anything is measured.
+pub fn apps_list(args: &RunArgs) -> Result<Option<targets::apps::AppsList>> {
+    if let Some(p) = &args.apps_list {
+        return Ok(Some(targets::apps::load_apps_list(p).with_context(
+            || "the --apps-list file is refused; nothing was measured".to_string(),
+        )?));
+    }
+    Ok((args.apps || args.apps_only).then(targets::apps::embedded_apps))
 }
 
 /// Build the engine from flags over file over defaults.

@@ -244,6 +244,7 @@ pub(crate) mod tests {
             control_failure: None,
             path: None,
             ab: vec![],
+            app: None,
             connectivity: ConnectivitySummary::default(),
             verdict: Verdict::new(Status::Offline, None, "test"),
         }

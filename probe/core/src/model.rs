@@ -98,8 +98,122 @@ pub struct Measurement {
     /// JSON) otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ab: Vec<AbObservation>,
+    /// An app or tool test (a messaging app, Tor, a protocol reflector): its endpoints, each
+    /// with its own outcome. Absent for a website; `url` is then `app:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppObservation>,
     /// The verdict computed from all of the above.
     pub verdict: Verdict,
+}
+
+impl Measurement {
+    /// The URL an app test is recorded under: `app:NAME`, never a website's URL.
+    pub fn app_url(name: &str) -> String {
+        format!("app:{name}")
+    }
+}
+
+/// What an app test measures (see `probe/core/src/apps/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppKind {
+    /// A messaging app, endpoint by endpoint as OONI's app tests.
+    Messaging,
+    /// Tor: directory authorities, default bridges, Snowflake.
+    Tor,
+    /// A VPN or proxy protocol against a Witness protocol reflector.
+    Reflector,
+}
+
+/// How one endpoint is probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointProbe {
+    /// A TCP connect.
+    Tcp,
+    /// A TCP connect and a TLS handshake (verified, or Tor's self-signed OR port).
+    Tls,
+    /// A TLS handshake and `GET /`: any HTTP response counts.
+    Https,
+    /// A cleartext `GET` of Tor's consensus from a directory port.
+    Dirport,
+    /// A WireGuard handshake initiation (UDP), answered by the reflector's responder.
+    Wireguard,
+    /// OpenVPN `P_CONTROL_HARD_RESET_CLIENT_V2` over UDP.
+    OpenvpnUdp,
+    /// OpenVPN `P_CONTROL_HARD_RESET_CLIENT_V2` over TCP.
+    OpenvpnTcp,
+    /// A QUIC Initial with an unknown version, answered by version negotiation.
+    Quic,
+    /// A Shadowsocks-like fully random first packet (TCP), echoed.
+    Shadowsocks,
+    /// A STUN binding request (UDP).
+    Stun,
+}
+
+/// One app test: every endpoint of one app or tool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppObservation {
+    /// The app or tool, as the list names it (`telegram`, `tor`, `wireguard`, ...).
+    pub name: String,
+    /// What kind of test.
+    pub kind: AppKind,
+    /// The endpoint list: `embedded:apps.txt@DATE` or the file given with `--apps-list`.
+    pub list: String,
+    /// Every endpoint, in list order.
+    pub endpoints: Vec<EndpointObservation>,
+}
+
+/// One endpoint of an app, measured. Its DNS queries, connects and handshakes are in the
+/// measurement's `dns`, `tcp` and `tls` too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointObservation {
+    /// The host (name or address) as listed.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// How it was probed.
+    pub probe: EndpointProbe,
+    /// The address reached (or tried), when the name resolved.
+    pub addr: Option<SocketAddr>,
+    /// Start, milliseconds since the start of the measurement.
+    pub t_ms: f64,
+    /// How long the endpoint took, milliseconds.
+    pub duration_ms: f64,
+    /// The step that failed, if any.
+    pub failed_step: Option<Step>,
+    /// Failure, if any.
+    pub failure: Option<Failure>,
+    /// The HTTP status, for `https` and `dirport`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Bytes sent in the protocol's first message (reflector protocols).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_bytes: Option<u32>,
+    /// A same-size random payload sent to the same address and port after the real handshake
+    /// failed: tells a blocked protocol from a blocked port (reflector protocols).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin: Option<TwinObservation>,
+    /// This endpoint's own outcome (decided with the verdict).
+    pub status: Status,
+    /// How it is blocked; only with `blocked`.
+    pub method: Option<Method>,
+}
+
+/// The random twin of a reflector handshake.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwinObservation {
+    /// Bytes sent: the size of the real handshake.
+    pub sent_bytes: u32,
+    /// Whether the reflector's echo came back.
+    pub answered: bool,
+    /// Failure, if it did not.
+    pub failure: Option<Failure>,
+    /// How long it took, milliseconds.
+    pub duration_ms: f64,
 }
 
 /// Which resolver a DNS observation came from.
@@ -260,6 +374,9 @@ pub enum Step {
     Tls,
     /// The HTTP exchange.
     Http,
+    /// A protocol's own handshake (WireGuard, OpenVPN, QUIC, STUN, ...): the answer did not
+    /// come, or was not the protocol's.
+    Protocol,
 }
 
 impl fmt::Display for Step {
@@ -269,6 +386,7 @@ impl fmt::Display for Step {
             Step::Tcp => "tcp",
             Step::Tls => "tls",
             Step::Http => "http",
+            Step::Protocol => "protocol",
         })
     }
 }
@@ -716,6 +834,11 @@ pub enum Method {
     Http,
     /// Much slower than this probe's own baseline.
     Throttle,
+    /// A protocol's handshake gets no answer where a same-size random payload to the same
+    /// address and port does: blocked by content (app tests with a reflector).
+    Protocol,
+    /// Nothing at all passes to a UDP port where the same server answers on others.
+    Udp,
 }
 
 macro_rules! snake_enum_str {
@@ -761,6 +884,8 @@ snake_enum_str!(Method {
     Mitm => "mitm",
     Http => "http",
     Throttle => "throttle",
+    Protocol => "protocol",
+    Udp => "udp",
 });
 
 /// The verdict for one target.

@@ -399,6 +399,8 @@ fn blocking_accessible(m: &Measurement) -> (Value, Value) {
             }
             // OONI has no throttling: the page arrives, slowly. x_witness says throttled.
             Some(Method::Throttle) => (json!(false), json!(true)),
+            // App-test methods: no web_connectivity counterpart.
+            Some(Method::Protocol) | Some(Method::Udp) => (json!("tcp_ip"), json!(false)),
             None => (Value::Null, Value::Null),
         },
     }
@@ -770,6 +772,7 @@ mod tests {
             connectivity: ConnectivitySummary::default(),
             path: None,
             ab: vec![],
+            app: None,
             verdict: Verdict::new(Status::Accessible, None, "fine"),
         }
     }

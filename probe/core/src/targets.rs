@@ -18,6 +18,8 @@ use std::path::Path;
 
 use url::{Host, Url};
 
+pub mod apps;
+
 /// The header of a Citizen Lab test list, column by column.
 const CITIZENLAB_HEADER: [&str; 6] = [
     "url",

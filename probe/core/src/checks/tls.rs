@@ -109,9 +109,14 @@ impl std::fmt::Debug for TlsContext {
 impl TlsContext {
     /// Build from the measurement configuration.
     pub fn new(cfg: &MeasureConfig) -> Result<Self, SetupError> {
+        Self::with_roots(root_store(cfg))
+    }
+
+    /// Like [`TlsContext::new`], verifying against these roots instead of Mozilla's (an app
+    /// with its own CA, as Signal).
+    pub fn with_roots(roots: RootCertStore) -> Result<Self, SetupError> {
         let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(cfg)), provider())
-                .build()?;
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()

@@ -111,6 +111,7 @@ impl Engine {
         let planned: Vec<(usize, path::Plan)> = measurements
             .iter()
             .enumerate()
+            .filter(|(_, m)| m.app.is_none())
             .filter_map(|(i, m)| Some((i, path::plan(m)?)))
             .collect();
         let late: Vec<&(usize, path::Plan)> = planned
@@ -207,6 +208,10 @@ pub(super) const ASN_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn finalize_verdicts(measurements: &mut [Measurement], offline: bool) {
     let samples = verdict::Samples::collect(measurements);
     for m in measurements.iter_mut() {
+        if m.app.is_some() {
+            super::apps::decide_app(m, offline);
+            continue;
+        }
         let ctx = RunContext {
             offline,
             baseline: samples.baseline(Some(m.id)),

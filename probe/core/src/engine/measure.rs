@@ -114,6 +114,7 @@ impl Engine {
             control_failure,
             path: None,
             ab: ab.into_iter().collect(),
+            app: None,
             connectivity,
             verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
         }
@@ -142,6 +143,7 @@ impl Engine {
             control_failure: Some("not attempted: no connectivity".into()),
             path: None,
             ab: vec![],
+            app: None,
             connectivity: connectivity.clone(),
             verdict: Verdict::new(Status::Offline, None, "not analysed yet"),
         }

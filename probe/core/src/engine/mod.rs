@@ -24,8 +24,10 @@ use crate::model::{
 };
 use crate::scrub::OwnAddresses;
 use crate::slots::{self, Slots};
+use crate::targets::apps::AppsList;
 use crate::targets::Target;
 
+pub mod apps;
 mod connectivity;
 mod evidence;
 mod fetch;
@@ -170,6 +172,19 @@ impl Engine {
         concurrency: usize,
         progress: impl Fn(usize, usize, &Measurement) + Send + Sync,
     ) -> RunOutcome {
+        self.run_with_apps(targets, None, concurrency, progress)
+            .await
+    }
+
+    /// [`Engine::run`], then the app and tool tests of `apps` (after the websites, with the
+    /// same connectivity check); their records follow the websites'.
+    pub async fn run_with_apps(
+        &self,
+        targets: Vec<Target>,
+        apps: Option<&AppsList>,
+        concurrency: usize,
+        progress: impl Fn(usize, usize, &Measurement) + Send + Sync,
+    ) -> RunOutcome {
         // Our own addresses, before anything is recorded: the interfaces' and the source.
         self.own.add_local_interfaces();
         if let Some(ip) = self.cfg.source_address {
@@ -253,6 +268,19 @@ impl Engine {
         finalize_verdicts(&mut measurements, connectivity.offline);
         if self.cfg.path.enabled && !connectivity.offline {
             self.attach_paths(&mut measurements, groups).await;
+        }
+        if let Some(list) = apps {
+            let done = measurements.len();
+            let total = done + list.apps.len();
+            for (i, m) in self
+                .measure_apps(list, &connectivity)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                progress(done + i + 1, total, &m);
+                measurements.push(m);
+            }
         }
         // The control may have told us our public address only after early records were made.
         for m in &mut measurements {

@@ -255,6 +255,7 @@ fn records_are_scrubbed_in_every_string_and_key() {
         )),
         path: None,
         ab: vec![],
+        app: None,
         connectivity: ConnectivitySummary::default(),
         verdict: Verdict::new(Status::Inconclusive, None, "x"),
     };

@@ -151,7 +151,8 @@ fn hop_failure(f: &Facts, h: &HttpObservation, ev: &mut Vec<Evidence>) -> Outcom
         Step::Tcp => Method::Tcp,
         Step::Tls if failure.is_certificate() => Method::Mitm,
         Step::Tls => Method::Tls,
-        Step::Http => Method::Http,
+        // Web hops never record a protocol step; an HTTP exchange is the nearest.
+        Step::Http | Step::Protocol => Method::Http,
     };
     ev.push(Evidence::HopFailure {
         hop: h.hop,
@@ -344,7 +345,7 @@ fn step_phrase(step: Step) -> &'static str {
         Step::Dns => "could not be resolved",
         Step::Tcp => "could not connect",
         Step::Tls => "failed during the TLS handshake",
-        Step::Http => "failed during the HTTP exchange",
+        Step::Http | Step::Protocol => "failed during the HTTP exchange",
     }
 }
 

@@ -56,6 +56,7 @@ pub(super) fn blank(url: &str) -> Measurement {
         control_failure: None,
         path: None,
         ab: vec![],
+        app: None,
         connectivity: ConnectivitySummary::default(),
         verdict: Verdict::new(Status::Inconclusive, None, "not analysed yet"),
     }

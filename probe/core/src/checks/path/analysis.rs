@@ -197,7 +197,8 @@ pub fn plan(m: &Measurement) -> Option<Plan> {
                 p.url = Some(h.url.clone());
                 Some(p)
             }),
-        Method::Dns | Method::Throttle => None,
+        // App-test methods: a reflector's protocol is not localised (yet).
+        Method::Dns | Method::Throttle | Method::Protocol | Method::Udp => None,
     }
 }
 

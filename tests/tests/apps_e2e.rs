@@ -1,0 +1,219 @@
+//! App and tool tests (#23) end to end: the real `witness` binary with `--apps-only
+//! --apps-list FILE`, an endpoint list pointing at servers on 127.0.0.0/8 that the world's
+//! censor treats as it treats websites (SNI reset, interception, a lying resolver), and a Tor
+//! directory port served here. Every app gets the verdict its endpoints earn, and the list's
+//! mistakes stop the run with the line that is wrong.
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use witness_core::model::{AppKind, EndpointProbe, Measurement, Method, Status};
+use witness_tests::{witness_bin, Behaviour, DnsBehaviour, Site, SiteDns, World, CENSORED_SOURCE};
+
+fn port_of(url: &str) -> u16 {
+    witness_core::targets::Target::from_url(url, "test")
+        .unwrap()
+        .port()
+}
+
+fn run(world: &World, list: &std::path::Path, extra: &[&str]) -> Output {
+    let anchor = format!(
+        "{}:{}",
+        world.site_ip("web.app.test"),
+        port_of(&world.url("web.app.test"))
+    );
+    Command::new(witness_bin())
+        .args(["run", "--yes", "--no-progress", "--json", "--apps-only"])
+        .arg("--apps-list")
+        .arg(list)
+        .args(["--resolver", &world.probe_resolver().to_string()])
+        .args([
+            "--control-resolver",
+            &format!("udp:{}", world.control_resolver()),
+        ])
+        .arg("--extra-ca")
+        .arg(world.ca_file())
+        .args(["--lab-public-range", "127.0.0.0/8"])
+        .args(["--source-address", &CENSORED_SOURCE.to_string()])
+        .args(["--anchor", &anchor])
+        .args(["--timeout", "2", "--no-path"])
+        .args(extra)
+        .env("HOME", world.dir())
+        .env_remove("WITNESS_CONFIG")
+        .output()
+        .expect("run witness")
+}
+
+/// A Tor directory port: answers every request with the start of a consensus.
+fn dirport(rt: &tokio::runtime::Handle) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nnetwork-status-version 3 microdesc\nvote-status consensus\n")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn apps_get_verdicts_endpoint_by_endpoint() {
+    let world = World::builder()
+        .site(Site::new("web.app.test").https_only())
+        .site(
+            Site::new("sni.app.test")
+                .https_only()
+                .censored(Behaviour::ResetAfterClientHello),
+        )
+        .site(
+            Site::new("mitm.app.test")
+                .https_only()
+                .censored(Behaviour::Mitm),
+        )
+        .site(
+            Site::new("nx.app.test")
+                .https_only()
+                .dns(SiteDns::Exactly(DnsBehaviour::Nxdomain)),
+        )
+        .start()
+        .expect("start world");
+    let port = |n: &str| port_of(&world.url(n));
+    let ip = |n: &str| world.site_ip(n);
+    // A port nothing listens on: the connect is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = dirport(&world.handle());
+    let list = format!(
+        "# test list\ndate 2026-12-08\n\
+         app chat messaging test\n\
+         endpoint chat https web.app.test:{web}\n\
+         endpoint chat tcp {webip}:{web}\n\
+         app partial messaging test\n\
+         endpoint partial tcp {webip}:{web}\n\
+         endpoint partial tcp {closed}\n\
+         app sni messaging test\n\
+         endpoint sni https sni.app.test:{sni}\n\
+         app mitm messaging test\n\
+         endpoint mitm https mitm.app.test:{mitm}\n\
+         app dns messaging test\n\
+         endpoint dns tcp nx.app.test:{nx}\n\
+         app tor tor test\n\
+         endpoint tor dirport {dir}\n\
+         endpoint tor tls {webip}:{web} ca=none\n",
+        web = port("web.app.test"),
+        webip = ip("web.app.test"),
+        sni = port("sni.app.test"),
+        mitm = port("mitm.app.test"),
+        nx = port("nx.app.test"),
+    );
+    let path = world.dir().join("apps.txt");
+    std::fs::write(&path, list).unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&world, &path, &[]);
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<Measurement> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let names: Vec<&str> = records.iter().map(|m| m.domain.as_str()).collect();
+    assert_eq!(
+        names,
+        ["chat", "partial", "sni", "mitm", "dns", "tor"],
+        "list order"
+    );
+    let want: &[(&str, Status, Option<Method>, &str)] = &[
+        ("chat", Status::Accessible, None, "works: 2 of 2"),
+        (
+            "partial",
+            Status::Blocked,
+            Some(Method::Tcp),
+            "partially blocked: 1 of 2",
+        ),
+        ("sni", Status::Blocked, Some(Method::Tls), "is blocked"),
+        ("mitm", Status::Blocked, Some(Method::Mitm), "is blocked"),
+        ("dns", Status::Blocked, Some(Method::Dns), "is blocked"),
+        ("tor", Status::Accessible, None, "works"),
+    ];
+    for (m, (name, status, method, reason)) in records.iter().zip(want) {
+        assert_eq!(m.url, format!("app:{name}"));
+        assert_eq!(
+            (m.verdict.status, m.verdict.method),
+            (*status, *method),
+            "{name}: {:?}",
+            m.verdict
+        );
+        assert!(
+            m.verdict.reason.contains(reason),
+            "{name}: {}",
+            m.verdict.reason
+        );
+        let app = m.app.as_ref().expect("app part");
+        assert!(app.list.ends_with("apps.txt@2026-12-08"), "{}", app.list);
+        for e in &app.endpoints {
+            assert_eq!(
+                e.method.is_some(),
+                e.status == Status::Blocked,
+                "{name}: {e:?}"
+            );
+        }
+    }
+    let partial = records[1].app.as_ref().unwrap();
+    assert_eq!(
+        partial
+            .endpoints
+            .iter()
+            .map(|e| e.status)
+            .collect::<Vec<_>>(),
+        [Status::Accessible, Status::Blocked]
+    );
+    let tor = records[5].app.as_ref().unwrap();
+    assert_eq!(tor.kind, AppKind::Tor);
+    assert_eq!(tor.endpoints[0].probe, EndpointProbe::Dirport);
+    assert_eq!(tor.endpoints[0].http_status, Some(200));
+    assert_eq!(records[5].category_code.as_deref(), Some("ANON"));
+    assert_eq!(records[0].category_code.as_deref(), Some("COMT"));
+    // The DNS app's network answer and the encrypted resolver's are both recorded.
+    assert!(records[4].dns.iter().any(|d| d.failure.is_some()));
+    eprintln!("apps run took {elapsed:?}");
+}
+
+#[test]
+fn a_bad_apps_list_stops_the_run_with_its_line() {
+    let world = World::builder()
+        .site(Site::new("web.app.test").https_only())
+        .start()
+        .expect("start world");
+    let path = world.dir().join("bad.txt");
+    std::fs::write(
+        &path,
+        "date 2026-12-08\napp x messaging s\nendpoint x ping a.test:1\n",
+    )
+    .unwrap();
+    let out = run(&world, &path, &[]);
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.txt:3: probe \"ping\" is unknown"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was measured"), "{err}");
+    assert!(out.stdout.is_empty());
+}
