@@ -258,13 +258,15 @@ fn break_ipv6(lab: &Lab, net: &Network) -> Result<()> {
     )
 }
 
-/// `witness run --json` from `net`'s home, its defaults (IPv6 `auto`) but the lab's flags.
+/// `witness run --json` from `net`'s home, its defaults (IPv6 `auto`) but the lab's flags;
+/// with `upload`, registered first and uploading to the collector.
 fn run_probe(
     lab: &Lab,
     internet: &Internet,
     net: &Network,
     resolver: Ipv4Addr,
     urls: &[&str],
+    upload: bool,
 ) -> Result<HashMap<String, Measurement>> {
     let home = lab.path(&format!("dualstack-probe{}", net.n));
     std::fs::create_dir_all(&home)?;
@@ -283,20 +285,49 @@ fn run_probe(
         .collect();
     let list = home.join("list.csv");
     std::fs::write(&list, citizenlab_csv(&entries))?;
-    let mut command = Command::new("ip");
+    let witness = |args: &[&str]| {
+        let mut command = Command::new("ip");
+        command
+            .args([
+                "netns",
+                "exec",
+                &net.client,
+                netlab::lab_origin_bin(),
+                "guard",
+                "--",
+            ])
+            .arg(witness_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("HOME", &home)
+            .env("WITNESS_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("WITNESS_CONFIG")
+            .env_remove("WITNESS_TOKEN")
+            .env_remove("WITNESS_CONTROL_TOKEN")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_CONFIG_HOME");
+        command
+    };
+    let collector = topology::collector_url();
+    if upload {
+        let (status, out, err) = netlab::run_with_limit(
+            witness(&["register", "--collector", &collector]),
+            &lab.path(&format!("dualstack-register{}", net.n)),
+            Duration::from_secs(30),
+        )?;
+        if !status.success() {
+            bail!("home {} could not register ({status}): {out}{err}", net.n);
+        }
+    }
+    let mut command = witness(&["run", "--json", "--yes", "--no-progress", "--no-path"]);
+    if upload {
+        command
+            .args(["--upload", "--collector", &collector, "--spool-dir"])
+            .arg(home.join("spool"));
+    }
     command
-        .args([
-            "netns",
-            "exec",
-            &net.client,
-            netlab::lab_origin_bin(),
-            "guard",
-            "--",
-        ])
-        .arg(witness_bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--json", "--yes", "--no-progress", "--no-path"])
         .args([
             "--lab-public-range",
             LAB_RANGE,
@@ -311,15 +342,7 @@ fn run_probe(
         .arg("--extra-ca")
         .arg(&internet.ca)
         .args(["--control", &topology::collector_url()])
-        .args(["--anchor", "anchor.lab:443", "--anchor", "anchor-2.lab:443"])
-        .env("HOME", &home)
-        .env("WITNESS_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("WITNESS_CONFIG")
-        .env_remove("WITNESS_TOKEN")
-        .env_remove("WITNESS_CONTROL_TOKEN")
-        .env_remove("XDG_DATA_HOME")
-        .env_remove("XDG_CONFIG_HOME");
+        .args(["--anchor", "anchor.lab:443", "--anchor", "anchor-2.lab:443"]);
     let (status, out, err) = netlab::run_with_limit(
         command,
         &lab.path(&format!("dualstack-run{}", net.n)),
@@ -339,7 +362,40 @@ fn run_probe(
 
 type Results = HashMap<(u8, String), Measurement>;
 
-fn run_lab(lab: &Lab, cases: &[Case]) -> Result<Results> {
+/// What the collector stored of home 1's healthy.lab record: its IPv6 connects, the probe's
+/// and the control's, must be there as the probe saw them.
+fn stored_ipv6(lab: &Lab, internet: &Internet, sent: Option<&Measurement>) -> Result<String> {
+    let url = format!(
+        "{}api/v1/measurements?domain=healthy.lab&limit=10",
+        topology::collector_url()
+    );
+    let body = topology::get(lab, &internet.ns, &url)?;
+    let v: serde_json::Value = serde_json::from_str(&body).context("the measurements page")?;
+    let sent = sent.context("no healthy.lab record from home 1")?;
+    let stored: Vec<Measurement> = serde_json::from_value(v["measurements"].clone())?;
+    let Some(m) = stored.iter().find(|m| m.id == sent.id) else {
+        bail!(
+            "home 1's healthy.lab record was not stored ({} records)",
+            stored.len()
+        );
+    };
+    let v6 = |tcp: &[witness_core::model::TcpObservation]| {
+        tcp.iter()
+            .filter(|t| t.addr.is_ipv6() && t.failure.is_none())
+            .map(|t| t.addr)
+            .collect::<Vec<_>>()
+    };
+    let (probe, control) = (
+        v6(&m.tcp),
+        m.control.as_ref().map(|c| v6(&c.tcp)).unwrap_or_default(),
+    );
+    if probe.is_empty() || control.is_empty() || m.tcp != sent.tcp {
+        bail!("stored IPv6 connects: probe {probe:?}, control {control:?}");
+    }
+    Ok(format!("probe {probe:?}, control {control:?}"))
+}
+
+fn run_lab(lab: &Lab, cases: &[Case]) -> Result<(Results, Result<String>)> {
     let internet = topology::build_internet(lab, &sites())?;
     let dual = topology::build_network(lab, &internet, 1, &Censor::default())?;
     let broken = topology::build_network(lab, &internet, 2, &Censor::default())?;
@@ -358,8 +414,17 @@ fn run_lab(lab: &Lab, cases: &[Case]) -> Result<Results> {
     };
     let (dual_urls, broken_urls) = (urls(Home::DualStack), urls(Home::BrokenV6));
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| run_probe(lab, &internet, &dual, FORGING_RESOLVER, &dual_urls));
-        let b = s.spawn(|| run_probe(lab, &internet, &broken, broken.resolver(), &broken_urls));
+        let a = s.spawn(|| run_probe(lab, &internet, &dual, FORGING_RESOLVER, &dual_urls, true));
+        let b = s.spawn(|| {
+            run_probe(
+                lab,
+                &internet,
+                &broken,
+                broken.resolver(),
+                &broken_urls,
+                false,
+            )
+        });
         (a.join(), b.join())
     });
     let mut results = Results::new();
@@ -369,7 +434,12 @@ fn run_lab(lab: &Lab, cases: &[Case]) -> Result<Results> {
             results.insert((n, url), m);
         }
     }
-    Ok(results)
+    let stored = stored_ipv6(
+        lab,
+        &internet,
+        results.get(&(1, "https://healthy.lab/".into())),
+    );
+    Ok((results, stored))
 }
 
 /// The dual-stack lab's test (called by `dual_stack_lab` in `main.rs`).
@@ -384,12 +454,12 @@ pub fn dual_stack_lab() {
     let started = Instant::now();
     let cases = cases();
     let lab = Lab::new().expect("creating the lab");
-    let results = match run_lab(&lab, &cases) {
+    let (results, stored) = match run_lab(&lab, &cases) {
         Ok(results) => results,
         Err(e) => panic!("the dual-stack lab could not run: {e:#}"),
     };
     drop(lab);
-    let rows: Vec<Row> = cases
+    let mut rows: Vec<Row> = cases
         .iter()
         .map(|c| {
             let n = match c.home {
@@ -399,6 +469,17 @@ pub fn dual_stack_lab() {
             judge::judge(c.name, c.expect, None, results.get(&(n, c.url.to_owned())))
         })
         .collect();
+    let (got, ok) = match &stored {
+        Ok(text) => (text.clone(), true),
+        Err(e) => (format!("{e:#}"), false),
+    };
+    rows.push(judge::check(
+        "collector_stores_ipv6",
+        "IPv6 connects stored",
+        &got,
+        ok,
+        "",
+    ));
     report(&format!(
         "\nDual-stack lab: {} rows in {:.0} s\n\n{}",
         rows.len(),
