@@ -354,6 +354,9 @@ pub enum PathTrigger {
     ClientHello,
     /// The HTTP request after a normal handshake at full TTL (`Host:` filtering, blockpages).
     Request,
+    /// The DNS query for the site's name, over UDP to an address past the censor that is not
+    /// a resolver (the site's own address): any answer is injected (DNS injection).
+    Dns,
 }
 
 /// What the censor does to the triggering exchange, as the verdict saw it: what the
@@ -371,6 +374,8 @@ pub enum PathAction {
     Blockpage,
     /// The forged certificate (the same leaf as the blocked handshake got).
     ForgedCertificate,
+    /// A DNS answer where no resolver is: injected by something in the path.
+    InjectedAnswer,
 }
 
 /// What came back for one TTL.

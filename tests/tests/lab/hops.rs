@@ -1,14 +1,19 @@
 //! The hop lab: where the censor sits. The real `witness` probe, its localisation on, behind a
 //! chain of routers in network namespaces with two censors at different hops, each blocking
 //! its own sites with the four kinds of block the probe localises. Every row asserts the
-//! verdict, the exact `censor_hop` the topology implies, the `path.censor_hop=N` evidence line,
-//! the reply at every TTL and the router address of every hop; and that no hop is claimed for
-//! an accessible site or a site that is down. See `docs/lab.md`, "The hop lab".
+//! verdict, the `censor_hop` the topology implies (or, where a silent router hides it, the
+//! honest range), the `path.censor_hop=N` evidence line, and that every reply, router address
+//! and network recorded is right or absent, never wrong; and that no hop is claimed for an
+//! accessible site or a site that is down. See `docs/lab.md`, "The hop lab".
+//!
+//! The routers' ICMP is a real network's: Linux's default rate limits (a burst of six
+//! time-exceeded per destination, then one per second) on every router, r2 limiting hard
+//! (one per ten seconds), and r3 never answering at all.
 //!
 //! ```text
 //!  volunteer ── r1 ── r2 ── censor-a ── r3 ── censor-b ── r4 ── internet
 //!              hop 1  hop 2   hop 3    hop 4    hop 5    hop 6   hop 7: origins, resolver,
-//!                                                                collector (the control)
+//!                     (hard   limit)  (silent)                    collector (the control)
 //! ```
 //!
 //! It is its own `#[test]` (`hop_lab`) in `tests/tests/lab/main.rs`, whose other lab measures with
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use witness_core::model::{HopReply, Measurement, Method};
+use witness_core::model::{HopRange, HopReply, Measurement, Method, PathUnlocated};
 use witness_tests::world::{citizenlab_csv, ListEntry};
 use witness_tests::{collector_bin, witness_bin};
 
@@ -45,6 +50,9 @@ const CENSOR_B: u8 = 5;
 const MAX_TTL: u8 = 10;
 /// The probe's `[path] private_hops`: the first hops whose router address is never kept.
 const PRIVATE_HOPS: u8 = 2;
+/// The router that rate-limits its ICMP hard, and the one that never sends any.
+const RATE_LIMITED: &str = "r2";
+const SILENT: &str = "r3";
 /// The probe's step timeout (`--timeout`).
 const PROBE_TIMEOUT_SECS: &str = "4";
 /// The volunteer's network (Kazakhtelecom), which the probe is not told: it learns it from
@@ -126,6 +134,8 @@ struct Case {
     hop: Option<u8>,
     /// What the repeated exchange meets at that hop.
     reply: HopReply,
+    /// Where a silent router hides the hop: the range the probe must give instead.
+    range: Option<HopRange>,
 }
 
 /// The hop at which a censor's action first appears, from the topology:
@@ -151,14 +161,21 @@ fn cases() -> Vec<Case> {
             expect: blocked(Method::Tcp).evidence(&["path.censor_hop=4"]),
             hop: Some(forwarded(CENSOR_A)),
             reply: HopReply::Reset,
+            range: None,
         },
         Case {
             name: "a_sni_drop",
             url: "https://a-sni.lab/",
             censor: Some((Where::A, SniDrop)),
-            expect: blocked(Method::Tls).evidence(&["tls.decoy=ok", "path.censor_hop=4"]),
+            // Dropped at hop 4, whose router (r3) never answers: the probe cannot tell a drop
+            // there from one at hop 5, the first router past it that answers, and says so.
+            expect: blocked(Method::Tls).evidence(&["tls.decoy=ok"]),
             hop: Some(forwarded(CENSOR_A)),
             reply: HopReply::Silence,
+            range: Some(HopRange {
+                from: forwarded(CENSOR_A),
+                to: Some(CENSOR_B),
+            }),
         },
         Case {
             name: "a_host_reset",
@@ -170,6 +187,7 @@ fn cases() -> Vec<Case> {
             ]),
             hop: Some(forwarded(CENSOR_A)),
             reply: HopReply::Reset,
+            range: None,
         },
         Case {
             name: "a_mitm_redirect",
@@ -178,6 +196,7 @@ fn cases() -> Vec<Case> {
             expect: blocked(Method::Mitm).evidence(&["tls.interception_ca=", "path.censor_hop=3"]),
             hop: Some(CENSOR_A),
             reply: HopReply::Censor,
+            range: None,
         },
         Case {
             name: "b_rst_on_syn",
@@ -186,6 +205,7 @@ fn cases() -> Vec<Case> {
             expect: blocked(Method::Tcp).evidence(&["path.censor_hop=6"]),
             hop: Some(forwarded(CENSOR_B)),
             reply: HopReply::Reset,
+            range: None,
         },
         Case {
             name: "b_sni_drop",
@@ -194,6 +214,7 @@ fn cases() -> Vec<Case> {
             expect: blocked(Method::Tls).evidence(&["tls.decoy=ok", "path.censor_hop=6"]),
             hop: Some(forwarded(CENSOR_B)),
             reply: HopReply::Silence,
+            range: None,
         },
         Case {
             name: "b_host_reset",
@@ -205,6 +226,7 @@ fn cases() -> Vec<Case> {
             ]),
             hop: Some(forwarded(CENSOR_B)),
             reply: HopReply::Reset,
+            range: None,
         },
         Case {
             name: "b_mitm_redirect",
@@ -213,6 +235,7 @@ fn cases() -> Vec<Case> {
             expect: blocked(Method::Mitm).evidence(&["tls.interception_ca=", "path.censor_hop=5"]),
             hop: Some(CENSOR_B),
             reply: HopReply::Censor,
+            range: None,
         },
         Case {
             name: "accessible_through_both_censors",
@@ -221,6 +244,7 @@ fn cases() -> Vec<Case> {
             expect: Expect::accessible(),
             hop: None,
             reply: HopReply::Answered,
+            range: None,
         },
         Case {
             name: "down_everywhere",
@@ -229,6 +253,7 @@ fn cases() -> Vec<Case> {
             expect: Expect::down(),
             hop: None,
             reply: HopReply::Answered,
+            range: None,
         },
     ]
 }
@@ -299,11 +324,24 @@ fn build_chain(lab: &Lab, internet: &Internet) -> Result<Vec<String>> {
         }
         lab.ip(ns, &["route", "add", CHAIN_RANGE, "via", &left])?;
         lab.sysctl(ns, "net.ipv4.ip_forward", "1")?;
-        // Every TTL gets its time-exceeded: no ICMP rate limit per destination, nor a
-        // global one low enough to matter.
-        lab.sysctl(ns, "net.ipv4.icmp_ratelimit", "0")?;
-        lab.sysctl(ns, "net.ipv4.icmp_msgs_per_sec", "100000")?;
-        lab.sysctl(ns, "net.ipv4.icmp_msgs_burst", "100000")?;
+        // A real router's ICMP: Linux's defaults (per destination: a burst of six, then one
+        // per second; 1000 a second in all).
+        let role = CHAIN[j - 1];
+        let per_destination_ms = if role == RATE_LIMITED {
+            "10000"
+        } else {
+            "1000"
+        };
+        lab.sysctl(ns, "net.ipv4.icmp_ratelimit", per_destination_ms)?;
+        lab.sysctl(ns, "net.ipv4.icmp_msgs_per_sec", "1000")?;
+        lab.sysctl(ns, "net.ipv4.icmp_msgs_burst", "50")?;
+        if role == SILENT {
+            // A router that never says time-exceeded (many do not).
+            lab.nft(
+                ns,
+                "table ip silent {\n  chain out {\n    type filter hook output priority filter; policy accept;\n    icmp type time-exceeded drop\n  }\n}\n",
+            )?;
+        }
     }
     let last = nodes.len() - 2;
     lab.ip(
@@ -504,61 +542,85 @@ fn path_problems(case: &Case, m: &Measurement) -> Vec<String> {
         problems.push(format!("probe asn {:?}, not {ASN}", m.probe.asn));
     }
     // The censor's network: that of the router before its hop, whatever the kind of block
-    // (censor-a filters at hop 3 and appears at hop 4, behind which the path is abroad).
+    // (censor-a filters at hop 3 and appears at hop 4, behind which the path is abroad);
+    // unknown is allowed (a rate-limited router may not have named itself), wrong is not.
     let censor_asn = hop_asn(want - 1);
-    if p.censor_asn() != Some(censor_asn) {
+    if p.censor_asn().is_some_and(|n| n != censor_asn) {
         problems.push(format!("censor asn {:?}, not {censor_asn}", p.censor_asn()));
     }
-    if p.censor_hop != Some(want) {
-        problems.push(format!(
-            "censor_hop {:?} (unlocated {:?})",
-            p.censor_hop, p.unlocated
-        ));
-    }
-    let line = format!("path.censor_hop={want} asn={censor_asn}");
-    if path_lines != [&line] {
-        problems.push(format!("path evidence {path_lines:?}, not [{line}]"));
-    }
-    if p.max_ttl != MAX_TTL {
+    // The hops recorded: up to the censor's, or up to the range's end.
+    let last = match case.range {
+        Some(r) => {
+            if p.censor_hop.is_some()
+                || p.unlocated != Some(PathUnlocated::SilentRouters)
+                || p.censor_range != Some(r)
+            {
+                problems.push(format!(
+                    "censor_hop {:?}, unlocated {:?}, range {:?}: not the range {r:?}",
+                    p.censor_hop, p.unlocated, p.censor_range
+                ));
+            }
+            if !path_lines.is_empty() {
+                problems.push(format!("path evidence {path_lines:?} for a range"));
+            }
+            r.to.unwrap_or(MAX_TTL)
+        }
+        None => {
+            if p.censor_hop != Some(want) {
+                problems.push(format!(
+                    "censor_hop {:?} (unlocated {:?}, range {:?})",
+                    p.censor_hop, p.unlocated, p.censor_range
+                ));
+            }
+            let line = match p.censor_asn() {
+                Some(_) => format!("path.censor_hop={want} asn={censor_asn}"),
+                None => format!("path.censor_hop={want}"),
+            };
+            if path_lines != [&line] {
+                problems.push(format!("path evidence {path_lines:?}, not [{line}]"));
+            }
+            want
+        }
+    };
+    // The TTLs stop once the placement is known.
+    if p.max_ttl != last {
         problems.push(format!("max_ttl {}", p.max_ttl));
     }
-    if p.hops.len() != usize::from(want) {
+    if p.hops.len() != usize::from(last) {
         problems.push(format!("{} hops recorded", p.hops.len()));
     }
     for (i, h) in p.hops.iter().enumerate() {
         if usize::from(h.ttl) != i + 1 {
             problems.push(format!("hop {} has ttl {}", i + 1, h.ttl));
         }
-        // Before the censor: every router answered; at the censor's hop, its action.
-        let reply = if h.ttl < want {
-            HopReply::TimeExceeded
+        // Before the censor: a router's time-exceeded, or silence (the silent router, a
+        // rate-limited one); at and past the censor's hop, its action.
+        let reply_ok = if h.ttl < want {
+            matches!(h.reply, HopReply::TimeExceeded | HopReply::Silence)
         } else {
-            case.reply
+            h.reply == case.reply
         };
-        if h.reply != reply {
-            problems.push(format!("ttl {}: {:?}, not {reply:?}", h.ttl, h.reply));
+        if !reply_ok {
+            problems.push(format!("ttl {}: {:?}", h.ttl, h.reply));
         }
-        // The router addresses: none within the private hops; each router's own past them
-        // (at the censor's hop the SYN alongside may meet the next router, or the action).
+        // The router addresses: none within the private hops; past them, each router's own
+        // or none (the SYN at the censor's hop may meet the next router, or the action).
         let router = IpAddr::V4(router_ip(h.ttl.min(CHAIN.len() as u8)));
         let addr_ok = if h.ttl <= PRIVATE_HOPS {
             h.addr.is_none()
-        } else if h.ttl < want {
-            h.addr == Some(router)
         } else {
             h.addr.is_none() || h.addr == Some(router)
         };
         if !addr_ok {
             problems.push(format!("ttl {}: router {:?}", h.ttl, h.addr));
         }
+        // The silent router never names itself.
+        if CHAIN.get(usize::from(h.ttl) - 1) == Some(&SILENT) && h.addr.is_some() {
+            problems.push(format!("ttl {}: the silent router answered", h.ttl));
+        }
         // Every router's network, the private hops' too (their addresses stay on the
-        // machine); at the censor's hop, when its router answered at all.
-        let asn_ok = if h.ttl < want {
-            h.asn == Some(hop_asn(h.ttl))
-        } else {
-            h.asn.is_none() || h.asn == Some(hop_asn(h.ttl))
-        };
-        if !asn_ok {
+        // machine), or none; never another's.
+        if h.asn.is_some_and(|n| n != hop_asn(h.ttl)) {
             problems.push(format!("ttl {}: asn {:?}", h.ttl, h.asn));
         }
         if h.addr == Some(IpAddr::V4(volunteer_ip())) {
@@ -626,9 +688,10 @@ pub fn hop_lab() {
     for case in &cases {
         let m = results.get(case.url);
         rows.push(judge::judge(case.name, case.expect, None, m));
-        let expected = match case.hop {
-            Some(n) => format!("censor at hop {n}, AS{}", hop_asn(n - 1)),
-            None => "no hop".to_owned(),
+        let expected = match (case.hop, case.range) {
+            (_, Some(r)) => format!("between hop {} and {:?}", r.from, r.to),
+            (Some(n), None) => format!("censor at hop {n}, AS{}", hop_asn(n - 1)),
+            (None, None) => "no hop".to_owned(),
         };
         let (got, problems) = match m {
             None => (
@@ -641,7 +704,10 @@ pub fn hop_lab() {
                     Some(p) => match (p.censor_hop, p.censor_asn()) {
                         (Some(n), Some(asn)) => format!("censor at hop {n}, AS{asn}"),
                         (Some(n), None) => format!("censor at hop {n}, AS unknown"),
-                        (None, _) => format!("unlocated {:?}", p.unlocated),
+                        (None, _) => match p.censor_range {
+                            Some(r) => format!("between hop {} and {:?}", r.from, r.to),
+                            None => format!("unlocated {:?}", p.unlocated),
+                        },
                     },
                 };
                 (got, path_problems(case, m))
