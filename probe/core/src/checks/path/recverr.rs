@@ -334,10 +334,15 @@ async fn data_probe(
             }
         }
     };
-    let reply = tokio::select! {
-        reply = exchange => reply,
-        reply = soft_icmp_error(&watch) => reply,
+    let replied = async {
+        tokio::select! {
+            reply = exchange => reply,
+            reply = soft_icmp_error(&watch) => reply,
+        }
     };
+    let reply = tokio::time::timeout(trigger_wait(rtt, ctx.cfg.path.probe_timeout), replied)
+        .await
+        .unwrap_or(HopReply::Silence);
     // The exchange's own descriptor is gone; this last one closes the connection.
     abort(&watch, plan.addr.is_ipv6());
     Some((reply, rtt))
@@ -474,6 +479,13 @@ const MAX_DEBT: f64 = 4.0;
 /// (Linux: one per second per destination past a small burst) answers then.
 pub const RETRY_SPACING: Duration = ICMP_INTERVAL;
 
+/// How long a TTL's trigger waits, from the round trip of its full-TTL connect: a router's
+/// time-exceeded comes within about a round trip, and the server's answer, where the trigger
+/// gets through, within a second more on any working site; within the probe timeout.
+fn trigger_wait(rtt: Duration, probe_timeout: Duration) -> Duration {
+    (rtt * 4 + Duration::from_secs(1)).min(probe_timeout)
+}
+
 /// How long a SYN waits for its time-exceeded or its answer, from the round trip seen: four
 /// times it and 300 ms for a router's slow path, within the probe timeout.
 fn syn_wait(rtt: Option<Duration>, probe_timeout: Duration) -> Duration {
@@ -585,9 +597,10 @@ pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> Locat
             probes += 1;
             ctl = s.reply;
             router = s.router;
-            // Silence where a router or the destination answers the control: a drop here, or a
-            // router whose time-exceeded for the trigger was rate-limited. Once more, spaced.
-            if drop && matches!(ctl, HopReply::TimeExceeded | HopReply::Answered) {
+            // Silence where a router answers the control: a drop here, or a router whose
+            // time-exceeded for the trigger was rate-limited. Once more, spaced. (Where the
+            // destination answers the SYN, no router is there to have been rate-limited.)
+            if drop && ctl == HopReply::TimeExceeded {
                 tokio::time::sleep(RETRY_SPACING).await;
                 ctx.pacer.take(ttl).await;
                 if let Some((again, _)) = data_probe(plan, &flow, ttl, ctx).await {
@@ -937,7 +950,8 @@ mod loopback {
     }
 
     /// Every connection of a localisation comes from one source port (one 5-tuple, one ECMP
-    /// path): the full-TTL connect, the control SYN and the spaced retry of a silent TTL.
+    /// path): the flow's port is bound again for each TTL's connection, the previous one
+    /// closed with a reset, even while the server holds it open.
     #[tokio::test]
     async fn every_ttl_of_a_localisation_is_one_flow() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -954,22 +968,21 @@ mod loopback {
         let tls = TlsContext::new(&cfg).unwrap();
         let own = OwnAddresses::default();
         let ctx = ProbeContext::new(&cfg, &tls, &own);
-        let o = localise(
-            &request_plan(addr, PathAction::Silence, None),
-            &ctx,
-            Instant::now(),
-        )
-        .await
-        .obs;
-        // Loopback has no router: the destination alone places nothing.
-        assert_eq!(o.unlocated, Some(PathUnlocated::NoIcmp), "{o:?}");
-        hold.abort();
-        let mut ports = Vec::new();
-        while let Ok(p) = rx.try_recv() {
-            ports.push(p);
+        let plan = request_plan(addr, PathAction::Silence, None);
+        let flow = Flow::new(addr, None).unwrap();
+        for ttl in 1..=3 {
+            let (reply, _) = data_probe(&plan, &flow, ttl, &ctx).await.unwrap();
+            assert_eq!(reply, HopReply::Silence, "ttl {ttl}");
+            let s = syn_probe(addr, ttl, Duration::from_secs(1), Some(flow.local)).await;
+            assert_eq!(s.reply, HopReply::Answered, "ttl {ttl}");
         }
-        assert!(ports.len() >= 3, "{ports:?} {o:?}");
-        assert!(ports.iter().all(|p| *p == ports[0]), "{ports:?}");
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let p = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+            ports.push(p.unwrap().unwrap());
+        }
+        hold.abort();
+        assert!(ports.iter().all(|p| *p == flow.local.port()), "{ports:?}");
     }
 
     #[tokio::test]
