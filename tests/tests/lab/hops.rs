@@ -238,6 +238,15 @@ fn cases() -> Vec<Case> {
             range: None,
         },
         Case {
+            name: "a_dns_inject",
+            url: "https://a-dns.lab/",
+            censor: Some((Where::A, DnsInject)),
+            expect: blocked(Method::Dns).evidence(&["path.censor_hop=4"]),
+            hop: Some(forwarded(CENSOR_A)),
+            reply: HopReply::Censor,
+            range: None,
+        },
+        Case {
             name: "accessible_through_both_censors",
             url: "https://open.lab/",
             censor: None,
@@ -369,6 +378,7 @@ fn censor(
     rules: &[(String, Technique)],
 ) -> Result<()> {
     let (mut filter, mut nat, mut mitm) = (String::new(), String::new(), Vec::new());
+    let mut injected: Vec<String> = Vec::new();
     let mut iptables: Vec<Vec<String>> = Vec::new();
     for (port, (host, technique)) in (9100u16..).zip(rules) {
         let ip = internet.ip(host);
@@ -412,8 +422,12 @@ fn censor(
                 .map(str::to_owned)
                 .to_vec(),
             ),
+            Technique::DnsInject => injected.push(host.clone()),
             other => bail!("the hop lab has no {other:?}"),
         }
+    }
+    if !injected.is_empty() {
+        dns_injector(lab, ns, internet, &injected, &mut filter)?;
     }
     lab.nft(
         ns,
@@ -431,6 +445,61 @@ fn censor(
     }
     if !mitm.is_empty() {
         lab.serve(ns, label, &json!({ "mitm_proxies": mitm }))?;
+    }
+    Ok(())
+}
+
+/// DNS injection on a censor: queries for the hosts that the censor forwards (whatever their
+/// destination: the resolver, or the site's own address where the probe localises) are
+/// duplicated to an injector namespace beside it, which answers first with a bogon, from the
+/// address the query went to (it holds the resolver's and the sites' addresses). The original
+/// goes on: the real resolver's answer comes later, the site's address answers port
+/// unreachable. In the forward hook, so a query arriving with TTL 1 meets the router's
+/// time-exceeded instead: the injection shows one hop past the censor's router.
+fn dns_injector(
+    lab: &Lab,
+    ns: &str,
+    internet: &Internet,
+    hosts: &[String],
+    filter: &mut String,
+) -> Result<()> {
+    let inj = lab.netns("inj")?;
+    let (censor_side, inj_side) = (
+        Ipv4Addr::new(198, 18, 210, 1),
+        Ipv4Addr::new(198, 18, 210, 2),
+    );
+    lab.link(
+        (ns, "inj0", &format!("{censor_side}/30")),
+        (&inj, "up0", &format!("{inj_side}/30")),
+    )?;
+    let mut owned = vec![HONEST_DNS];
+    owned.extend(hosts.iter().map(|h| internet.ip(h)));
+    for ip in &owned {
+        lab.ip(&inj, &["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
+    }
+    lab.ip(
+        &inj,
+        &["route", "add", CHAIN_RANGE, "via", &censor_side.to_string()],
+    )?;
+    // The answers come back from addresses the censor routes elsewhere.
+    for key in [
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.inj0.rp_filter",
+    ] {
+        lab.sysctl(ns, key, "0")?;
+    }
+    let mut options: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("--address=/{h}/10.10.34.34"))
+        .collect();
+    options.extend(owned[1..].iter().map(|ip| format!("--listen-address={ip}")));
+    topology::dnsmasq(lab, &inj, "hop-dns-inj", HONEST_DNS, &options, None)?;
+    for host in hosts {
+        let (bits, value) = topology::qname_match(host);
+        writeln!(
+            filter,
+            "    udp dport 53 @ih,96,{bits} {value} dup to {inj_side} device \"inj0\""
+        )?;
     }
     Ok(())
 }

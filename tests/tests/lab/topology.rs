@@ -266,7 +266,7 @@ fn site_ip(k: usize) -> Ipv4Addr {
 }
 
 /// Starts a dnsmasq (under a guard) and waits until it answers `check` from `from_ns`.
-fn dnsmasq(
+pub(crate) fn dnsmasq(
     lab: &Lab,
     ns: &str,
     label: &str,
@@ -457,7 +457,7 @@ remote-control:
 }
 
 /// The DNS wire form of a name, cut to the 16 bytes an nft raw match can compare.
-fn qname_match(host: &str) -> (usize, String) {
+pub(crate) fn qname_match(host: &str) -> (usize, String) {
     let mut wire = Vec::new();
     for label in host.trim_end_matches('.').split('.') {
         wire.push(label.len() as u8);

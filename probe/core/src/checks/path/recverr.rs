@@ -270,7 +270,14 @@ async fn data_probe(
     let stream: TcpStream = match connected {
         Ok(Ok(s)) => s,
         // The exchange cannot be repeated at all.
-        _ => return None,
+        Ok(Err(e)) => {
+            tracing::info!(ttl, error = %e.kind(), "a localisation's full-TTL connect failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(ttl, "a localisation's full-TTL connect timed out");
+            return None;
+        }
     };
     let rtt = connect_start.elapsed();
     if set_ttl_recverr(&stream, plan.addr.is_ipv6(), ttl).is_err() {
@@ -564,7 +571,14 @@ pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> Locat
             (s.reply, s.router, HopReply::Silence)
         } else {
             ctx.pacer.spend(ttl);
-            let Some((reply, connect)) = data_probe(plan, &flow, ttl, ctx).await else {
+            let mut probed = data_probe(plan, &flow, ttl, ctx).await;
+            if probed.is_none() && ttl > 1 {
+                // The flow's previous connection may still be closing at the server: once
+                // more, spaced.
+                tokio::time::sleep(RETRY_SPACING).await;
+                probed = data_probe(plan, &flow, ttl, ctx).await;
+            }
+            let Some((reply, connect)) = probed else {
                 if ttl == 1 {
                     return unlocated(plan, PathUnlocated::NotRepeatable, t_ms, ms_since(start))
                         .into();
@@ -702,7 +716,12 @@ async fn localise_dns(plan: &Plan, ctx: &ProbeContext<'_>, t_ms: f64, start: Ins
             continue;
         }
         ctx.pacer.spend(ttl);
-        if set_ttl_recverr(&sock, v6, ttl).is_err() || sock.send(&wire).is_err() {
+        if set_ttl_recverr(&sock, v6, ttl).is_err() {
+            continue;
+        }
+        // A send reports (and clears) an ICMP error pending on the socket, the time-exceeded
+        // of a lower TTL, instead of sending: try again.
+        if !(0..3).any(|_| sock.send(&wire).is_ok()) {
             continue;
         }
         ids.insert(id, ttl);
