@@ -50,6 +50,12 @@ const CENSOR_B: u8 = 5;
 const MAX_TTL: u8 = 10;
 /// The probe's `[path] private_hops`: the first hops whose router address is never kept.
 const PRIVATE_HOPS: u8 = 2;
+/// The site behind the censor on one of two equal-cost paths (ECMP): a SYN is reset on r3b,
+/// the router beside r3 at hop 4, and passes on r3.
+const ECMP_SITE: &str = "https://e-rst.lab/";
+/// Where the reset shows on r3b's path: it filters in its forwarding path.
+const ECMP_HOP: u8 = 5;
+
 /// The router that rate-limits its ICMP hard, and the one that never sends any.
 const RATE_LIMITED: &str = "r2";
 const SILENT: &str = "r3";
@@ -77,7 +83,7 @@ fn asn_table() -> String {
     let last_isp_link = CENSOR_A - 1;
     format!(
         "198.18.200.0\t198.18.{}.255\t{ASN}\tKZ\tLAB-ISP\n\
-         198.18.{}.0\t198.18.207.255\t{ABROAD_ASN}\tSE\tLAB-ABROAD\n",
+         198.18.{}.0\t198.18.209.255\t{ABROAD_ASN}\tSE\tLAB-ABROAD\n",
         200 + last_isp_link,
         201 + last_isp_link,
     )
@@ -288,6 +294,7 @@ fn sites(cases: &[Case]) -> Vec<Site> {
             }
         })
         .collect();
+    sites.push(Site::https(&host_of(ECMP_SITE)));
     sites.push(Site::https("anchor.lab"));
     sites.push(Site::https("anchor-2.lab"));
     sites
@@ -352,6 +359,7 @@ fn build_chain(lab: &Lab, internet: &Internet) -> Result<Vec<String>> {
             )?;
         }
     }
+    ecmp(lab, &nodes, internet)?;
     let last = nodes.len() - 2;
     lab.ip(
         &internet.ns,
@@ -365,6 +373,85 @@ fn build_chain(lab: &Lab, internet: &Internet) -> Result<Vec<String>> {
     )?;
     nodes.pop();
     Ok(nodes)
+}
+
+/// Two equal-cost paths between censor-a (hop 3) and censor-b (hop 5): r3 and r3b, both at
+/// hop 4 and both silent, with the routes towards the origins (on censor-a) and back (on
+/// censor-b) spread over both by a hash of the 5-tuple (`fib_multipath_hash_policy=1`, as load
+/// balancers do). r3b resets a SYN to [`ECMP_SITE`]; r3 lets it through. So whether a flow
+/// meets the censor depends on its source port.
+fn ecmp(lab: &Lab, nodes: &[String], internet: &Internet) -> Result<()> {
+    let (censor_a, censor_b) = (&nodes[3], &nodes[5]);
+    let r3b = lab.netns("r3b")?;
+    lab.link(
+        (censor_a, "ecmp0", "198.18.208.1/30"),
+        (&r3b, "left0", "198.18.208.2/30"),
+    )?;
+    lab.link(
+        (&r3b, "right0", "198.18.209.1/30"),
+        (censor_b, "ecmp0", "198.18.209.2/30"),
+    )?;
+    for net in ["198.19.0.0/16", "198.18.100.0/24"] {
+        lab.ip(&r3b, &["route", "add", net, "via", "198.18.209.2"])?;
+    }
+    lab.ip(&r3b, &["route", "add", CHAIN_RANGE, "via", "198.18.208.1"])?;
+    lab.sysctl(&r3b, "net.ipv4.ip_forward", "1")?;
+    let r3 = (link_addr(3, true), link_addr(4, false));
+    // Its own packets (the interception proxy's upstream connections) keep the source address
+    // the internet routes back, whichever link the hash picks.
+    let own = link_addr(3, false).to_string();
+    lab.ip(
+        censor_a,
+        &[
+            "route",
+            "replace",
+            "198.19.0.0/16",
+            "src",
+            &own,
+            "nexthop",
+            "via",
+            &r3.0.to_string(),
+            "nexthop",
+            "via",
+            "198.18.208.2",
+        ],
+    )?;
+    lab.ip(
+        censor_b,
+        &[
+            "route",
+            "replace",
+            CHAIN_RANGE,
+            "nexthop",
+            "via",
+            &r3.1.to_string(),
+            "nexthop",
+            "via",
+            "198.18.209.1",
+        ],
+    )?;
+    for ns in [censor_a, censor_b] {
+        lab.sysctl(ns, "net.ipv4.fib_multipath_hash_policy", "1")?;
+    }
+    for ns in [censor_b, &r3b] {
+        for key in [
+            "net.ipv4.conf.all.rp_filter",
+            "net.ipv4.conf.default.rp_filter",
+        ] {
+            lab.sysctl(ns, key, "0")?;
+        }
+    }
+    let ip = internet.ip(&host_of(ECMP_SITE));
+    lab.nft(
+        &r3b,
+        &format!(
+            "table ip wlab {{\n\
+             \x20 chain out {{\n    type filter hook output priority filter; policy accept;\n    icmp type time-exceeded drop\n  }}\n\
+             \x20 chain censor {{\n    type filter hook forward priority filter; policy accept;\n    ip daddr {ip} tcp flags & (syn|ack) == syn reject with tcp reset\n  }}\n\
+             }}\n"
+        ),
+    )?;
+    Ok(())
 }
 
 /// One censor's rules on its router: nft (RST on SYN in FORWARD, the nat redirect to the
@@ -675,10 +762,13 @@ fn path_problems(case: &Case, m: &Measurement) -> Vec<String> {
         // The router addresses: none within the private hops; past them, each router's own
         // or none (the SYN at the censor's hop may meet the next router, or the action).
         let router = IpAddr::V4(router_ip(h.ttl.min(CHAIN.len() as u8)));
+        // censor-b answers from its link to r3b when its route back to the volunteer leaves
+        // there (the return path is spread over both, too).
+        let beside = (h.ttl == CENSOR_B).then_some(IpAddr::V4(Ipv4Addr::new(198, 18, 209, 2)));
         let addr_ok = if h.ttl <= PRIVATE_HOPS {
             h.addr.is_none()
         } else {
-            h.addr.is_none() || h.addr == Some(router)
+            h.addr.is_none() || h.addr == Some(router) || h.addr == beside
         };
         if !addr_ok {
             problems.push(format!("ttl {}: router {:?}", h.ttl, h.addr));
@@ -730,8 +820,69 @@ fn run_lab(lab: &Lab, cases: &[Case]) -> Result<HashMap<String, Measurement>> {
     // The chain routes both ways: the volunteer reaches the collector through every router.
     let health = format!("{}api/v1/health", topology::collector_url());
     topology::get(lab, &nodes[0], &health).context("the volunteer cannot reach the collector")?;
-    let urls: Vec<&str> = cases.iter().map(|c| c.url).collect();
+    let mut urls: Vec<&str> = cases.iter().map(|c| c.url).collect();
+    urls.push(ECMP_SITE);
     run_probe(lab, &internet, &nodes[0], &urls)
+}
+
+/// The ECMP site's rows: its verdict depends on the path the probe's own connections took
+/// (blocked/tcp on r3b's, accessible on r3's), and a localisation on another flow may take
+/// the other path. Right or less: blocked or accessible, never another verdict; a `path` only
+/// on a block, naming hop 5 or nothing (unlocated, or a range that holds hop 5), never
+/// another hop.
+fn ecmp_rows(m: Option<&Measurement>) -> Vec<Row> {
+    let Some(m) = m else {
+        return vec![judge::check(
+            "ecmp_rst_on_one_path",
+            "blocked/tcp or accessible",
+            "no measurement",
+            false,
+            "",
+        )];
+    };
+    let v = &m.verdict;
+    let got = format!(
+        "{}{}",
+        v.status,
+        v.method.map(|x| format!("/{x}")).unwrap_or_default()
+    );
+    let verdict_ok = got == "blocked/tcp" || got == "accessible";
+    let (path_got, path_ok) = match &m.path {
+        None => ("no path".to_owned(), true),
+        Some(p) => {
+            let within = p
+                .censor_range
+                .is_some_and(|r| r.from <= ECMP_HOP && r.to.is_none_or(|to| ECMP_HOP <= to));
+            let ok = v.status == witness_core::model::Status::Blocked
+                && match p.censor_hop {
+                    Some(n) => n == ECMP_HOP,
+                    None => p.censor_range.is_none() || within,
+                };
+            (
+                format!(
+                    "censor_hop {:?}, unlocated {:?}, range {:?}",
+                    p.censor_hop, p.unlocated, p.censor_range
+                ),
+                ok,
+            )
+        }
+    };
+    vec![
+        judge::check(
+            "ecmp_rst_on_one_path",
+            "blocked/tcp or accessible",
+            &got,
+            verdict_ok,
+            &v.reason,
+        ),
+        judge::check(
+            "ecmp_rst_on_one_path.path",
+            &format!("hop {ECMP_HOP} or less said"),
+            &path_got,
+            path_ok,
+            "",
+        ),
+    ]
 }
 
 /// The hop lab's test (called by `hop_lab` in `main.rs`).
@@ -814,6 +965,7 @@ pub fn hop_lab() {
             &detail,
         ));
     }
+    rows.extend(ecmp_rows(results.get(ECMP_SITE)));
     report(&format!(
         "\nHop lab: {} rows in {:.0} s\n\n{}",
         rows.len(),

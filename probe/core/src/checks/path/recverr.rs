@@ -347,9 +347,12 @@ async fn data_probe(
             reply = soft_icmp_error(&watch) => reply,
         }
     };
-    let reply = tokio::time::timeout(trigger_wait(rtt, ctx.cfg.path.probe_timeout), replied)
-        .await
-        .unwrap_or(HopReply::Silence);
+    let reply = tokio::time::timeout(
+        trigger_wait(plan.action, rtt, ctx.cfg.path.probe_timeout),
+        replied,
+    )
+    .await
+    .unwrap_or(HopReply::Silence);
     // The exchange's own descriptor is gone; this last one closes the connection.
     abort(&watch, plan.addr.is_ipv6());
     Some((reply, rtt))
@@ -486,11 +489,18 @@ const MAX_DEBT: f64 = 4.0;
 /// (Linux: one per second per destination past a small burst) answers then.
 pub const RETRY_SPACING: Duration = ICMP_INTERVAL;
 
-/// How long a TTL's trigger waits, from the round trip of its full-TTL connect: a router's
-/// time-exceeded comes within about a round trip, and the server's answer, where the trigger
-/// gets through, within a second more on any working site; within the probe timeout.
-fn trigger_wait(rtt: Duration, probe_timeout: Duration) -> Duration {
-    (rtt * 4 + Duration::from_secs(1)).min(probe_timeout)
+/// How long a TTL's trigger waits. For a drop, silence is the expected reply at and past the
+/// censor, so waiting is the cost: a router's time-exceeded comes within about a round trip
+/// of the full-TTL connect, and the server's answer, where the trigger gets through, within a
+/// second more on any working site; within the probe timeout. For an action that answers
+/// (a reset, a blockpage, a forged certificate from a proxy that first handshakes upstream),
+/// the whole probe timeout: a late answer read as silence would lose the hop.
+fn trigger_wait(action: PathAction, rtt: Duration, probe_timeout: Duration) -> Duration {
+    if action == PathAction::Silence {
+        (rtt * 4 + Duration::from_secs(1)).min(probe_timeout)
+    } else {
+        probe_timeout
+    }
 }
 
 /// How long a SYN waits for its time-exceeded or its answer, from the round trip seen: four
@@ -621,6 +631,19 @@ pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> Locat
                     probes += 2;
                     reply = again;
                 }
+            }
+        } else if plan.trigger != PathTrigger::Syn
+            && plan.action != PathAction::Silence
+            && reply == HopReply::Silence
+        {
+            // Silence where the censor answers (its reset, its blockpage, its forged
+            // certificate): a silent router, a rate-limited one, or a slow censor. Once more,
+            // spaced: the hop is the first TTL with the action.
+            tokio::time::sleep(RETRY_SPACING).await;
+            ctx.pacer.take(ttl).await;
+            if let Some((again, _)) = data_probe(plan, &flow, ttl, ctx).await {
+                probes += 2;
+                reply = again;
             }
         } else if plan.trigger == PathTrigger::Syn && drop {
             // A SYN trigger has no control: its silent TTL is tried once more, spaced.
