@@ -1144,6 +1144,33 @@ mod loopback {
         assert!(start.elapsed() < cfg.path.probe_timeout * 2);
     }
 
+    /// Over IPv6 the hop limit takes the TTL's place, on the same flow: a reset on the request
+    /// and an injected DNS answer, on `[::1]` (skipped, loudly, without IPv6 loopback).
+    #[tokio::test]
+    async fn ipv6_uses_the_hop_limit() {
+        let Ok(l) = TcpListener::bind("[::1]:0").await else {
+            eprintln!("no IPv6 loopback: skipped");
+            return;
+        };
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            }
+        });
+        let cfg = ctx_cfg();
+        let tls = TlsContext::new(&cfg).unwrap();
+        let own = OwnAddresses::default();
+        let ctx = ProbeContext::new(&cfg, &tls, &own);
+        let mut plan = request_plan(addr, PathAction::Reset, None);
+        plan.url = Some(format!("http://[::1]:{}/", addr.port()));
+        let o = localise(&plan, &ctx, Instant::now()).await.obs;
+        assert_eq!(o.censor_hop, Some(1), "{o:?}");
+        assert_eq!(o.hops[0].reply, HopReply::Reset);
+    }
+
     /// The length of the question section at the start of `b` (one question).
     fn question_len(b: &[u8]) -> usize {
         let mut i = 0;
