@@ -186,18 +186,17 @@ impl AsnDb {
     }
 }
 
-/// The censor's network for the store: that of the last router before its hop, as in
+/// The censor's network for the store: that of the router of hop N−1, as in
 /// [`PathObservation::censor_asn`], except that a router whose address the table knows is
 /// looked up rather than taken from the record: the probe's claim stands only for hops whose
 /// address it kept to itself.
 pub fn censor_asn(path: &PathObservation, table: Option<&AsnDb>) -> Option<u32> {
     let n = path.censor_hop?;
-    path.hops.iter().rev().filter(|h| h.ttl < n).find_map(|h| {
-        h.addr
-            .and_then(|a| table?.lookup(a))
-            .map(|i| i.asn)
-            .or(h.asn)
-    })
+    let h = path.hops.iter().find(|h| h.ttl.checked_add(1) == Some(n))?;
+    h.addr
+        .and_then(|a| table?.lookup(a))
+        .map(|i| i.asn)
+        .or(h.asn)
 }
 
 #[cfg(test)]

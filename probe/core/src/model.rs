@@ -478,6 +478,9 @@ pub enum PathTrigger {
     ClientHello,
     /// The HTTP request after a normal handshake at full TTL (`Host:` filtering, blockpages).
     Request,
+    /// The DNS query for the site's name, over UDP to an address past the censor that is not
+    /// a resolver (the site's own address): any answer is injected (DNS injection).
+    Dns,
 }
 
 /// What the censor does to the triggering exchange, as the verdict saw it: what the
@@ -495,6 +498,8 @@ pub enum PathAction {
     Blockpage,
     /// The forged certificate (the same leaf as the blocked handshake got).
     ForgedCertificate,
+    /// A DNS answer where no resolver is: injected by something in the path.
+    InjectedAnswer,
 }
 
 /// What came back for one TTL.
@@ -612,18 +617,19 @@ pub struct HopRange {
 }
 
 impl PathObservation {
-    /// The censor's autonomous system, when known: that of the last router before its hop
-    /// whose network is known. *Censor at hop N* means at the router of hop N−1 or between it
+    /// The censor's autonomous system, when known: that of the router of hop N−1, the one
+    /// right before its hop. *Censor at hop N* means at the router of hop N−1 or between it
     /// and hop N, so hop N's own router (which answers when the censor filters only the
     /// trigger) may already be across a border: counting it would name the next network for
-    /// some kinds of block and not for others. A censor at hop 1 has no router before it.
+    /// some kinds of block and not for others. Nor is an earlier router taken when hop N−1's
+    /// is unknown (a silent or rate-limited router): the border may be right there, and an
+    /// earlier network would be named wrongly. A censor at hop 1 has no router before it.
     pub fn censor_asn(&self) -> Option<u32> {
         let n = self.censor_hop?;
         self.hops
             .iter()
-            .rev()
-            .filter(|h| h.ttl < n)
-            .find_map(|h| h.asn)
+            .find(|h| h.ttl.checked_add(1) == Some(n))
+            .and_then(|h| h.asn)
     }
 }
 

@@ -1,14 +1,19 @@
 //! The hop lab: where the censor sits. The real `witness` probe, its localisation on, behind a
 //! chain of routers in network namespaces with two censors at different hops, each blocking
 //! its own sites with the four kinds of block the probe localises. Every row asserts the
-//! verdict, the exact `censor_hop` the topology implies, the `path.censor_hop=N` evidence line,
-//! the reply at every TTL and the router address of every hop; and that no hop is claimed for
-//! an accessible site or a site that is down. See `docs/lab.md`, "The hop lab".
+//! verdict, the `censor_hop` the topology implies (or, where a silent router hides it, the
+//! honest range), the `path.censor_hop=N` evidence line, and that every reply, router address
+//! and network recorded is right or absent, never wrong; and that no hop is claimed for an
+//! accessible site or a site that is down. See `docs/lab.md`, "The hop lab".
+//!
+//! The routers' ICMP is a real network's: Linux's default rate limits (a burst of six
+//! time-exceeded per destination, then one per second) on every router, r2 limiting hard
+//! (one per ten seconds), and r3 never answering at all.
 //!
 //! ```text
 //!  volunteer ── r1 ── r2 ── censor-a ── r3 ── censor-b ── r4 ── internet
 //!              hop 1  hop 2   hop 3    hop 4    hop 5    hop 6   hop 7: origins, resolver,
-//!                                                                collector (the control)
+//!                     (hard   limit)  (silent)                    collector (the control)
 //! ```
 //!
 //! It is its own `#[test]` (`hop_lab`) in `tests/tests/lab/main.rs`, whose other lab measures with
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use witness_core::model::{HopReply, Measurement, Method};
+use witness_core::model::{HopRange, HopReply, Measurement, Method, PathUnlocated};
 use witness_tests::world::{citizenlab_csv, ListEntry};
 use witness_tests::{collector_bin, witness_bin};
 
@@ -45,6 +50,15 @@ const CENSOR_B: u8 = 5;
 const MAX_TTL: u8 = 10;
 /// The probe's `[path] private_hops`: the first hops whose router address is never kept.
 const PRIVATE_HOPS: u8 = 2;
+/// The site behind the censor on one of two equal-cost paths (ECMP): a SYN is reset on r3b,
+/// the router beside r3 at hop 4, and passes on r3.
+const ECMP_SITE: &str = "https://e-rst.lab/";
+/// Where the reset shows on r3b's path: it filters in its forwarding path.
+const ECMP_HOP: u8 = 5;
+
+/// The router that rate-limits its ICMP hard, and the one that never sends any.
+const RATE_LIMITED: &str = "r2";
+const SILENT: &str = "r3";
 /// The probe's step timeout (`--timeout`).
 const PROBE_TIMEOUT_SECS: &str = "4";
 /// The volunteer's network (Kazakhtelecom), which the probe is not told: it learns it from
@@ -69,7 +83,7 @@ fn asn_table() -> String {
     let last_isp_link = CENSOR_A - 1;
     format!(
         "198.18.200.0\t198.18.{}.255\t{ASN}\tKZ\tLAB-ISP\n\
-         198.18.{}.0\t198.18.207.255\t{ABROAD_ASN}\tSE\tLAB-ABROAD\n",
+         198.18.{}.0\t198.18.209.255\t{ABROAD_ASN}\tSE\tLAB-ABROAD\n",
         200 + last_isp_link,
         201 + last_isp_link,
     )
@@ -126,6 +140,8 @@ struct Case {
     hop: Option<u8>,
     /// What the repeated exchange meets at that hop.
     reply: HopReply,
+    /// Where a silent router hides the hop: the range the probe must give instead.
+    range: Option<HopRange>,
 }
 
 /// The hop at which a censor's action first appears, from the topology:
@@ -151,14 +167,21 @@ fn cases() -> Vec<Case> {
             expect: blocked(Method::Tcp).evidence(&["path.censor_hop=4"]),
             hop: Some(forwarded(CENSOR_A)),
             reply: HopReply::Reset,
+            range: None,
         },
         Case {
             name: "a_sni_drop",
             url: "https://a-sni.lab/",
             censor: Some((Where::A, SniDrop)),
-            expect: blocked(Method::Tls).evidence(&["tls.decoy=ok", "path.censor_hop=4"]),
+            // Dropped at hop 4, whose router (r3) never answers: the probe cannot tell a drop
+            // there from one at hop 5, the first router past it that answers, and says so.
+            expect: blocked(Method::Tls).evidence(&["tls.decoy=ok"]),
             hop: Some(forwarded(CENSOR_A)),
             reply: HopReply::Silence,
+            range: Some(HopRange {
+                from: forwarded(CENSOR_A),
+                to: Some(CENSOR_B),
+            }),
         },
         Case {
             name: "a_host_reset",
@@ -170,6 +193,7 @@ fn cases() -> Vec<Case> {
             ]),
             hop: Some(forwarded(CENSOR_A)),
             reply: HopReply::Reset,
+            range: None,
         },
         Case {
             name: "a_mitm_redirect",
@@ -178,6 +202,7 @@ fn cases() -> Vec<Case> {
             expect: blocked(Method::Mitm).evidence(&["tls.interception_ca=", "path.censor_hop=3"]),
             hop: Some(CENSOR_A),
             reply: HopReply::Censor,
+            range: None,
         },
         Case {
             name: "b_rst_on_syn",
@@ -186,6 +211,7 @@ fn cases() -> Vec<Case> {
             expect: blocked(Method::Tcp).evidence(&["path.censor_hop=6"]),
             hop: Some(forwarded(CENSOR_B)),
             reply: HopReply::Reset,
+            range: None,
         },
         Case {
             name: "b_sni_drop",
@@ -194,6 +220,7 @@ fn cases() -> Vec<Case> {
             expect: blocked(Method::Tls).evidence(&["tls.decoy=ok", "path.censor_hop=6"]),
             hop: Some(forwarded(CENSOR_B)),
             reply: HopReply::Silence,
+            range: None,
         },
         Case {
             name: "b_host_reset",
@@ -205,6 +232,7 @@ fn cases() -> Vec<Case> {
             ]),
             hop: Some(forwarded(CENSOR_B)),
             reply: HopReply::Reset,
+            range: None,
         },
         Case {
             name: "b_mitm_redirect",
@@ -213,6 +241,16 @@ fn cases() -> Vec<Case> {
             expect: blocked(Method::Mitm).evidence(&["tls.interception_ca=", "path.censor_hop=5"]),
             hop: Some(CENSOR_B),
             reply: HopReply::Censor,
+            range: None,
+        },
+        Case {
+            name: "a_dns_inject",
+            url: "https://a-dns.lab/",
+            censor: Some((Where::A, DnsInject)),
+            expect: blocked(Method::Dns).evidence(&["path.censor_hop=4"]),
+            hop: Some(forwarded(CENSOR_A)),
+            reply: HopReply::Censor,
+            range: None,
         },
         Case {
             name: "accessible_through_both_censors",
@@ -221,6 +259,7 @@ fn cases() -> Vec<Case> {
             expect: Expect::accessible(),
             hop: None,
             reply: HopReply::Answered,
+            range: None,
         },
         Case {
             name: "down_everywhere",
@@ -229,6 +268,7 @@ fn cases() -> Vec<Case> {
             expect: Expect::down(),
             hop: None,
             reply: HopReply::Answered,
+            range: None,
         },
     ]
 }
@@ -254,6 +294,7 @@ fn sites(cases: &[Case]) -> Vec<Site> {
             }
         })
         .collect();
+    sites.push(Site::https(&host_of(ECMP_SITE)));
     sites.push(Site::https("anchor.lab"));
     sites.push(Site::https("anchor-2.lab"));
     sites
@@ -299,12 +340,26 @@ fn build_chain(lab: &Lab, internet: &Internet) -> Result<Vec<String>> {
         }
         lab.ip(ns, &["route", "add", CHAIN_RANGE, "via", &left])?;
         lab.sysctl(ns, "net.ipv4.ip_forward", "1")?;
-        // Every TTL gets its time-exceeded: no ICMP rate limit per destination, nor a
-        // global one low enough to matter.
-        lab.sysctl(ns, "net.ipv4.icmp_ratelimit", "0")?;
-        lab.sysctl(ns, "net.ipv4.icmp_msgs_per_sec", "100000")?;
-        lab.sysctl(ns, "net.ipv4.icmp_msgs_burst", "100000")?;
+        // A real router's ICMP: Linux's defaults (per destination: a burst of six, then one
+        // per second; 1000 a second in all).
+        let role = CHAIN[j - 1];
+        let per_destination_ms = if role == RATE_LIMITED {
+            "10000"
+        } else {
+            "1000"
+        };
+        lab.sysctl(ns, "net.ipv4.icmp_ratelimit", per_destination_ms)?;
+        lab.sysctl(ns, "net.ipv4.icmp_msgs_per_sec", "1000")?;
+        lab.sysctl(ns, "net.ipv4.icmp_msgs_burst", "50")?;
+        if role == SILENT {
+            // A router that never says time-exceeded (many do not).
+            lab.nft(
+                ns,
+                "table ip silent {\n  chain out {\n    type filter hook output priority filter; policy accept;\n    icmp type time-exceeded drop\n  }\n}\n",
+            )?;
+        }
     }
+    ecmp(lab, &nodes, internet)?;
     let last = nodes.len() - 2;
     lab.ip(
         &internet.ns,
@@ -320,6 +375,85 @@ fn build_chain(lab: &Lab, internet: &Internet) -> Result<Vec<String>> {
     Ok(nodes)
 }
 
+/// Two equal-cost paths between censor-a (hop 3) and censor-b (hop 5): r3 and r3b, both at
+/// hop 4 and both silent, with the routes towards the origins (on censor-a) and back (on
+/// censor-b) spread over both by a hash of the 5-tuple (`fib_multipath_hash_policy=1`, as load
+/// balancers do). r3b resets a SYN to [`ECMP_SITE`]; r3 lets it through. So whether a flow
+/// meets the censor depends on its source port.
+fn ecmp(lab: &Lab, nodes: &[String], internet: &Internet) -> Result<()> {
+    let (censor_a, censor_b) = (&nodes[3], &nodes[5]);
+    let r3b = lab.netns("r3b")?;
+    lab.link(
+        (censor_a, "ecmp0", "198.18.208.1/30"),
+        (&r3b, "left0", "198.18.208.2/30"),
+    )?;
+    lab.link(
+        (&r3b, "right0", "198.18.209.1/30"),
+        (censor_b, "ecmp0", "198.18.209.2/30"),
+    )?;
+    for net in ["198.19.0.0/16", "198.18.100.0/24"] {
+        lab.ip(&r3b, &["route", "add", net, "via", "198.18.209.2"])?;
+    }
+    lab.ip(&r3b, &["route", "add", CHAIN_RANGE, "via", "198.18.208.1"])?;
+    lab.sysctl(&r3b, "net.ipv4.ip_forward", "1")?;
+    let r3 = (link_addr(3, true), link_addr(4, false));
+    // Its own packets (the interception proxy's upstream connections) keep the source address
+    // the internet routes back, whichever link the hash picks.
+    let own = link_addr(3, false).to_string();
+    lab.ip(
+        censor_a,
+        &[
+            "route",
+            "replace",
+            "198.19.0.0/16",
+            "src",
+            &own,
+            "nexthop",
+            "via",
+            &r3.0.to_string(),
+            "nexthop",
+            "via",
+            "198.18.208.2",
+        ],
+    )?;
+    lab.ip(
+        censor_b,
+        &[
+            "route",
+            "replace",
+            CHAIN_RANGE,
+            "nexthop",
+            "via",
+            &r3.1.to_string(),
+            "nexthop",
+            "via",
+            "198.18.209.1",
+        ],
+    )?;
+    for ns in [censor_a, censor_b] {
+        lab.sysctl(ns, "net.ipv4.fib_multipath_hash_policy", "1")?;
+    }
+    for ns in [censor_b, &r3b] {
+        for key in [
+            "net.ipv4.conf.all.rp_filter",
+            "net.ipv4.conf.default.rp_filter",
+        ] {
+            lab.sysctl(ns, key, "0")?;
+        }
+    }
+    let ip = internet.ip(&host_of(ECMP_SITE));
+    lab.nft(
+        &r3b,
+        &format!(
+            "table ip wlab {{\n\
+             \x20 chain out {{\n    type filter hook output priority filter; policy accept;\n    icmp type time-exceeded drop\n  }}\n\
+             \x20 chain censor {{\n    type filter hook forward priority filter; policy accept;\n    ip daddr {ip} tcp flags & (syn|ack) == syn reject with tcp reset\n  }}\n\
+             }}\n"
+        ),
+    )?;
+    Ok(())
+}
+
 /// One censor's rules on its router: nft (RST on SYN in FORWARD, the nat redirect to the
 /// interception proxy), iptables string match in FORWARD (SNI drop, reset on the Host header),
 /// and the interception proxy itself (`lab-origin serve`).
@@ -331,6 +465,7 @@ fn censor(
     rules: &[(String, Technique)],
 ) -> Result<()> {
     let (mut filter, mut nat, mut mitm) = (String::new(), String::new(), Vec::new());
+    let mut injected: Vec<String> = Vec::new();
     let mut iptables: Vec<Vec<String>> = Vec::new();
     for (port, (host, technique)) in (9100u16..).zip(rules) {
         let ip = internet.ip(host);
@@ -374,8 +509,12 @@ fn censor(
                 .map(str::to_owned)
                 .to_vec(),
             ),
+            Technique::DnsInject => injected.push(host.clone()),
             other => bail!("the hop lab has no {other:?}"),
         }
+    }
+    if !injected.is_empty() {
+        dns_injector(lab, ns, internet, &injected, &mut filter)?;
     }
     lab.nft(
         ns,
@@ -393,6 +532,61 @@ fn censor(
     }
     if !mitm.is_empty() {
         lab.serve(ns, label, &json!({ "mitm_proxies": mitm }))?;
+    }
+    Ok(())
+}
+
+/// DNS injection on a censor: queries for the hosts that the censor forwards (whatever their
+/// destination: the resolver, or the site's own address where the probe localises) are
+/// duplicated to an injector namespace beside it, which answers first with a bogon, from the
+/// address the query went to (it holds the resolver's and the sites' addresses). The original
+/// goes on: the real resolver's answer comes later, the site's address answers port
+/// unreachable. In the forward hook, so a query arriving with TTL 1 meets the router's
+/// time-exceeded instead: the injection shows one hop past the censor's router.
+fn dns_injector(
+    lab: &Lab,
+    ns: &str,
+    internet: &Internet,
+    hosts: &[String],
+    filter: &mut String,
+) -> Result<()> {
+    let inj = lab.netns("inj")?;
+    let (censor_side, inj_side) = (
+        Ipv4Addr::new(198, 18, 210, 1),
+        Ipv4Addr::new(198, 18, 210, 2),
+    );
+    lab.link(
+        (ns, "inj0", &format!("{censor_side}/30")),
+        (&inj, "up0", &format!("{inj_side}/30")),
+    )?;
+    let mut owned = vec![HONEST_DNS];
+    owned.extend(hosts.iter().map(|h| internet.ip(h)));
+    for ip in &owned {
+        lab.ip(&inj, &["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
+    }
+    lab.ip(
+        &inj,
+        &["route", "add", CHAIN_RANGE, "via", &censor_side.to_string()],
+    )?;
+    // The answers come back from addresses the censor routes elsewhere.
+    for key in [
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.inj0.rp_filter",
+    ] {
+        lab.sysctl(ns, key, "0")?;
+    }
+    let mut options: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("--address=/{h}/10.10.34.34"))
+        .collect();
+    options.extend(owned[1..].iter().map(|ip| format!("--listen-address={ip}")));
+    topology::dnsmasq(lab, &inj, "hop-dns-inj", HONEST_DNS, &options, None)?;
+    for host in hosts {
+        let (bits, value) = topology::qname_match(host);
+        writeln!(
+            filter,
+            "    udp dport 53 @ih,96,{bits} {value} dup to {inj_side} device \"inj0\""
+        )?;
     }
     Ok(())
 }
@@ -504,61 +698,88 @@ fn path_problems(case: &Case, m: &Measurement) -> Vec<String> {
         problems.push(format!("probe asn {:?}, not {ASN}", m.probe.asn));
     }
     // The censor's network: that of the router before its hop, whatever the kind of block
-    // (censor-a filters at hop 3 and appears at hop 4, behind which the path is abroad).
+    // (censor-a filters at hop 3 and appears at hop 4, behind which the path is abroad);
+    // unknown is allowed (a rate-limited router may not have named itself), wrong is not.
     let censor_asn = hop_asn(want - 1);
-    if p.censor_asn() != Some(censor_asn) {
+    if p.censor_asn().is_some_and(|n| n != censor_asn) {
         problems.push(format!("censor asn {:?}, not {censor_asn}", p.censor_asn()));
     }
-    if p.censor_hop != Some(want) {
-        problems.push(format!(
-            "censor_hop {:?} (unlocated {:?})",
-            p.censor_hop, p.unlocated
-        ));
-    }
-    let line = format!("path.censor_hop={want} asn={censor_asn}");
-    if path_lines != [&line] {
-        problems.push(format!("path evidence {path_lines:?}, not [{line}]"));
-    }
-    if p.max_ttl != MAX_TTL {
+    // The hops recorded: up to the censor's, or up to the range's end.
+    let last = match case.range {
+        Some(r) => {
+            if p.censor_hop.is_some()
+                || p.unlocated != Some(PathUnlocated::SilentRouters)
+                || p.censor_range != Some(r)
+            {
+                problems.push(format!(
+                    "censor_hop {:?}, unlocated {:?}, range {:?}: not the range {r:?}",
+                    p.censor_hop, p.unlocated, p.censor_range
+                ));
+            }
+            if !path_lines.is_empty() {
+                problems.push(format!("path evidence {path_lines:?} for a range"));
+            }
+            r.to.unwrap_or(MAX_TTL)
+        }
+        None => {
+            if p.censor_hop != Some(want) {
+                problems.push(format!(
+                    "censor_hop {:?} (unlocated {:?}, range {:?})",
+                    p.censor_hop, p.unlocated, p.censor_range
+                ));
+            }
+            let line = match p.censor_asn() {
+                Some(_) => format!("path.censor_hop={want} asn={censor_asn}"),
+                None => format!("path.censor_hop={want}"),
+            };
+            if path_lines != [&line] {
+                problems.push(format!("path evidence {path_lines:?}, not [{line}]"));
+            }
+            want
+        }
+    };
+    // The TTLs stop once the placement is known.
+    if p.max_ttl != last {
         problems.push(format!("max_ttl {}", p.max_ttl));
     }
-    if p.hops.len() != usize::from(want) {
+    if p.hops.len() != usize::from(last) {
         problems.push(format!("{} hops recorded", p.hops.len()));
     }
     for (i, h) in p.hops.iter().enumerate() {
         if usize::from(h.ttl) != i + 1 {
             problems.push(format!("hop {} has ttl {}", i + 1, h.ttl));
         }
-        // Before the censor: every router answered; at the censor's hop, its action.
-        let reply = if h.ttl < want {
-            HopReply::TimeExceeded
+        // Before the censor: a router's time-exceeded, or silence (the silent router, a
+        // rate-limited one); at and past the censor's hop, its action.
+        let reply_ok = if h.ttl < want {
+            matches!(h.reply, HopReply::TimeExceeded | HopReply::Silence)
         } else {
-            case.reply
+            h.reply == case.reply
         };
-        if h.reply != reply {
-            problems.push(format!("ttl {}: {:?}, not {reply:?}", h.ttl, h.reply));
+        if !reply_ok {
+            problems.push(format!("ttl {}: {:?}", h.ttl, h.reply));
         }
-        // The router addresses: none within the private hops; each router's own past them
-        // (at the censor's hop the SYN alongside may meet the next router, or the action).
+        // The router addresses: none within the private hops; past them, each router's own
+        // or none (the SYN at the censor's hop may meet the next router, or the action).
         let router = IpAddr::V4(router_ip(h.ttl.min(CHAIN.len() as u8)));
+        // censor-b answers from its link to r3b when its route back to the volunteer leaves
+        // there (the return path is spread over both, too).
+        let beside = (h.ttl == CENSOR_B).then_some(IpAddr::V4(Ipv4Addr::new(198, 18, 209, 2)));
         let addr_ok = if h.ttl <= PRIVATE_HOPS {
             h.addr.is_none()
-        } else if h.ttl < want {
-            h.addr == Some(router)
         } else {
-            h.addr.is_none() || h.addr == Some(router)
+            h.addr.is_none() || h.addr == Some(router) || h.addr == beside
         };
         if !addr_ok {
             problems.push(format!("ttl {}: router {:?}", h.ttl, h.addr));
         }
+        // The silent router never names itself.
+        if CHAIN.get(usize::from(h.ttl) - 1) == Some(&SILENT) && h.addr.is_some() {
+            problems.push(format!("ttl {}: the silent router answered", h.ttl));
+        }
         // Every router's network, the private hops' too (their addresses stay on the
-        // machine); at the censor's hop, when its router answered at all.
-        let asn_ok = if h.ttl < want {
-            h.asn == Some(hop_asn(h.ttl))
-        } else {
-            h.asn.is_none() || h.asn == Some(hop_asn(h.ttl))
-        };
-        if !asn_ok {
+        // machine), or none; never another's.
+        if h.asn.is_some_and(|n| n != hop_asn(h.ttl)) {
             problems.push(format!("ttl {}: asn {:?}", h.ttl, h.asn));
         }
         if h.addr == Some(IpAddr::V4(volunteer_ip())) {
@@ -599,8 +820,69 @@ fn run_lab(lab: &Lab, cases: &[Case]) -> Result<HashMap<String, Measurement>> {
     // The chain routes both ways: the volunteer reaches the collector through every router.
     let health = format!("{}api/v1/health", topology::collector_url());
     topology::get(lab, &nodes[0], &health).context("the volunteer cannot reach the collector")?;
-    let urls: Vec<&str> = cases.iter().map(|c| c.url).collect();
+    let mut urls: Vec<&str> = cases.iter().map(|c| c.url).collect();
+    urls.push(ECMP_SITE);
     run_probe(lab, &internet, &nodes[0], &urls)
+}
+
+/// The ECMP site's rows: its verdict depends on the path the probe's own connections took
+/// (blocked/tcp on r3b's, accessible on r3's), and a localisation on another flow may take
+/// the other path. Right or less: blocked or accessible, never another verdict; a `path` only
+/// on a block, naming hop 5 or nothing (unlocated, or a range that holds hop 5), never
+/// another hop.
+fn ecmp_rows(m: Option<&Measurement>) -> Vec<Row> {
+    let Some(m) = m else {
+        return vec![judge::check(
+            "ecmp_rst_on_one_path",
+            "blocked/tcp or accessible",
+            "no measurement",
+            false,
+            "",
+        )];
+    };
+    let v = &m.verdict;
+    let got = format!(
+        "{}{}",
+        v.status,
+        v.method.map(|x| format!("/{x}")).unwrap_or_default()
+    );
+    let verdict_ok = got == "blocked/tcp" || got == "accessible";
+    let (path_got, path_ok) = match &m.path {
+        None => ("no path".to_owned(), true),
+        Some(p) => {
+            let within = p
+                .censor_range
+                .is_some_and(|r| r.from <= ECMP_HOP && r.to.is_none_or(|to| ECMP_HOP <= to));
+            let ok = v.status == witness_core::model::Status::Blocked
+                && match p.censor_hop {
+                    Some(n) => n == ECMP_HOP,
+                    None => p.censor_range.is_none() || within,
+                };
+            (
+                format!(
+                    "censor_hop {:?}, unlocated {:?}, range {:?}",
+                    p.censor_hop, p.unlocated, p.censor_range
+                ),
+                ok,
+            )
+        }
+    };
+    vec![
+        judge::check(
+            "ecmp_rst_on_one_path",
+            "blocked/tcp or accessible",
+            &got,
+            verdict_ok,
+            &v.reason,
+        ),
+        judge::check(
+            "ecmp_rst_on_one_path.path",
+            &format!("hop {ECMP_HOP} or less said"),
+            &path_got,
+            path_ok,
+            "",
+        ),
+    ]
 }
 
 /// The hop lab's test (called by `hop_lab` in `main.rs`).
@@ -626,9 +908,10 @@ pub fn hop_lab() {
     for case in &cases {
         let m = results.get(case.url);
         rows.push(judge::judge(case.name, case.expect, None, m));
-        let expected = match case.hop {
-            Some(n) => format!("censor at hop {n}, AS{}", hop_asn(n - 1)),
-            None => "no hop".to_owned(),
+        let expected = match (case.hop, case.range) {
+            (_, Some(r)) => format!("between hop {} and {:?}", r.from, r.to),
+            (Some(n), None) => format!("censor at hop {n}, AS{}", hop_asn(n - 1)),
+            (None, None) => "no hop".to_owned(),
         };
         let (got, problems) = match m {
             None => (
@@ -641,7 +924,10 @@ pub fn hop_lab() {
                     Some(p) => match (p.censor_hop, p.censor_asn()) {
                         (Some(n), Some(asn)) => format!("censor at hop {n}, AS{asn}"),
                         (Some(n), None) => format!("censor at hop {n}, AS unknown"),
-                        (None, _) => format!("unlocated {:?}", p.unlocated),
+                        (None, _) => match p.censor_range {
+                            Some(r) => format!("between hop {} and {:?}", r.from, r.to),
+                            None => format!("unlocated {:?}", p.unlocated),
+                        },
                     },
                 };
                 (got, path_problems(case, m))
@@ -679,6 +965,7 @@ pub fn hop_lab() {
             &detail,
         ));
     }
+    rows.extend(ecmp_rows(results.get(ECMP_SITE)));
     report(&format!(
         "\nHop lab: {} rows in {:.0} s\n\n{}",
         rows.len(),

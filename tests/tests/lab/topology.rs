@@ -506,7 +506,7 @@ remote-control:
 }
 
 /// The DNS wire form of a name, cut to the 16 bytes an nft raw match can compare.
-fn qname_match(host: &str) -> (usize, String) {
+pub(crate) fn qname_match(host: &str) -> (usize, String) {
     let mut wire = Vec::new();
     for label in host.trim_end_matches('.').split('.') {
         wire.push(label.len() as u8);

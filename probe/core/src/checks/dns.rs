@@ -326,7 +326,7 @@ fn rcode_name(rcode: ResponseCode) -> String {
 
 /// A decoded response, reduced to what we record.
 #[derive(Debug)]
-struct Parsed {
+pub(crate) struct Parsed {
     rcode: ResponseCode,
     truncated: bool,
     answers: Vec<(IpAddr, u32)>,
@@ -341,7 +341,7 @@ impl Parsed {
     }
 }
 
-fn build_query(name: &str, qtype: QueryType) -> Result<(u16, Vec<u8>), Failure> {
+pub(crate) fn build_query(name: &str, qtype: QueryType) -> Result<(u16, Vec<u8>), Failure> {
     let mut fqdn =
         Name::from_ascii(name).map_err(|e| Failure::unknown(format!("bad name: {e}")))?;
     fqdn.set_fqdn(true);
@@ -374,7 +374,7 @@ pub fn fuzz_parse_response(buf: &[u8]) -> Option<(String, usize)> {
 
 /// Decode a response; `None` for garbage or a response to another question (which an
 /// attacker or a confused server could send).
-fn parse_response(buf: &[u8], id: u16, name: &str, qtype: QueryType) -> Option<Parsed> {
+pub(crate) fn parse_response(buf: &[u8], id: u16, name: &str, qtype: QueryType) -> Option<Parsed> {
     let msg = Message::from_vec(buf).ok()?;
     if msg.metadata.id != id || msg.metadata.message_type != MessageType::Response {
         return None;

@@ -38,61 +38,103 @@ impl Engine {
 
     /// Localise blocked targets as they are found (see [`crate::checks::path`]): targets that
     /// share a [`path::GroupKey`] (address, exchange, censor action) share one localisation,
-    /// made for the first of them; at most `path.max_targets` localisations, up to
-    /// [`PATH_CONCURRENCY`] at once, all within `path.run_budget` from the first, each within
-    /// its own bound. Ends when `found` is closed and every localisation is done.
+    /// made for the first of them, and a second, for another of them, when the first named
+    /// nothing for a reason another flow may not meet ([`worth_a_second`]); at most
+    /// `path.max_targets` localisations, up to [`PATH_CONCURRENCY`] at once, all within
+    /// `path.run_budget` from the first, each within its own bound. Ends when `found` is
+    /// closed and every localisation is done.
     pub(super) async fn localise_groups(
         &self,
         mut found: tokio::sync::mpsc::UnboundedReceiver<Found>,
     ) -> HashMap<path::GroupKey, GroupResult> {
+        use std::collections::HashSet;
         let pc = &self.cfg.path;
         let ctx = path::ProbeContext::new(&self.cfg, &self.tls, &self.own);
         let slots = tokio::sync::Semaphore::new(PATH_CONCURRENCY);
         let mut groups: HashMap<path::GroupKey, GroupResult> = HashMap::new();
-        let mut pending: std::collections::HashSet<path::GroupKey> = Default::default();
+        let mut pending: HashSet<path::GroupKey> = HashSet::new();
+        // A second member of each group, kept for a second localisation; and the groups that
+        // had one.
+        let mut spare: HashMap<path::GroupKey, Found> = HashMap::new();
+        let mut seconded: HashSet<path::GroupKey> = HashSet::new();
+        let mut launched = 0usize;
         let mut running = futures::stream::FuturesUnordered::new();
         let mut run_deadline: Option<tokio::time::Instant> = None;
+        let job = |(i, plan): Found, key: path::GroupKey, deadline: tokio::time::Instant| {
+            let (ctx, slots) = (&ctx, &slots);
+            async move {
+                let started = Utc::now();
+                let start = Instant::now();
+                let work = async {
+                    let _slot = slots.acquire().await;
+                    tokio::time::timeout(pc.per_target(), path::localise(&plan, ctx, start)).await
+                };
+                let located = match tokio::time::timeout_at(deadline, work).await {
+                    Ok(Ok(l)) => l,
+                    _ => path::unlocated(&plan, PathUnlocated::Budget, 0.0, ms_since(start)).into(),
+                };
+                (
+                    key,
+                    GroupResult {
+                        rep: i,
+                        located,
+                        started,
+                    },
+                )
+            }
+        };
         let mut open = true;
         loop {
-            tokio::select! {
+            let second = tokio::select! {
                 msg = found.recv(), if open => {
                     let Some((i, plan)) = msg else {
                         open = false;
                         continue;
                     };
                     let key = plan.group_key();
-                    if groups.contains_key(&key) || pending.contains(&key) {
-                        continue;
+                    if pending.contains(&key) || groups.contains_key(&key) {
+                        if !seconded.contains(&key) {
+                            spare.entry(key.clone()).or_insert((i, plan));
+                        }
+                        // A group whose first localisation already named nothing.
+                        groups.contains_key(&key).then_some(key)
+                    } else {
+                        if launched < pc.max_targets {
+                            launched += 1;
+                            pending.insert(key.clone());
+                            let deadline = *run_deadline.get_or_insert_with(|| {
+                                tokio::time::Instant::now() + pc.run_budget
+                            });
+                            running.push(job((i, plan), key, deadline));
+                        }
+                        None
                     }
-                    if pending.len() + groups.len() >= pc.max_targets {
-                        continue;
-                    }
-                    pending.insert(key.clone());
-                    let deadline = *run_deadline.get_or_insert_with(|| {
-                        tokio::time::Instant::now() + pc.run_budget
-                    });
-                    let (ctx, slots) = (&ctx, &slots);
-                    running.push(async move {
-                        let started = Utc::now();
-                        let start = Instant::now();
-                        let work = async {
-                            let _slot = slots.acquire().await;
-                            tokio::time::timeout(pc.per_target(), path::localise(&plan, ctx, start))
-                                .await
-                        };
-                        let located = match tokio::time::timeout_at(deadline, work).await {
-                            Ok(Ok(l)) => l,
-                            _ => path::unlocated(&plan, PathUnlocated::Budget, 0.0, ms_since(start))
-                                .into(),
-                        };
-                        (key, GroupResult { rep: i, located, started })
-                    });
                 }
                 Some((key, result)) = running.next(), if !running.is_empty() => {
                     pending.remove(&key);
-                    groups.insert(key, result);
+                    match groups.get(&key) {
+                        // A second localisation replaces the first only where it placed the censor.
+                        Some(_) if !placed(&result) => {}
+                        _ => {
+                            groups.insert(key.clone(), result);
+                        }
+                    }
+                    Some(key)
                 }
                 else => break,
+            };
+            // A second localisation for a group whose first named nothing, once.
+            let Some(key) = second else { continue };
+            let wanted = groups.get(&key).is_some_and(worth_a_second)
+                && !seconded.contains(&key)
+                && !pending.contains(&key)
+                && launched < pc.max_targets;
+            if let (true, Some(member), Some(deadline)) = (wanted, spare.remove(&key), run_deadline)
+            {
+                launched += 1;
+                seconded.insert(key.clone());
+                pending.insert(key.clone());
+                running.push(job(member, key, deadline));
             }
         }
         groups
@@ -195,6 +237,26 @@ impl Engine {
             }
         }
     }
+}
+
+/// Whether a localisation placed the censor (a hop, or a range).
+fn placed(g: &GroupResult) -> bool {
+    g.located.obs.censor_hop.is_some() || g.located.obs.censor_range.is_some()
+}
+
+/// Whether a group's localisation that named nothing is worth a second, for another member:
+/// the exchange got through first (another flow may take the censor's path under ECMP), the
+/// action was not seen (a transient), or the exchange could not be repeated. Not for silence
+/// everywhere, a path longer than `max_ttl` or silent routers: the same path says the same.
+fn worth_a_second(g: &GroupResult) -> bool {
+    matches!(
+        g.located.obs.unlocated,
+        Some(
+            PathUnlocated::AnsweredFirst
+                | PathUnlocated::NoActionSeen
+                | PathUnlocated::NotRepeatable
+        )
+    )
 }
 
 /// Localisations made at once: each sends one TTL's exchange at a time on its own flow.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::bogon::BogonFilter;
 use crate::failure::Failure;
 use crate::model::{
-    HopReply, HttpRole, Measurement, Method, PathAction, PathHop, PathObservation, PathTrigger,
-    PathUnlocated, Status, Step,
+    HopRange, HopReply, HttpRole, Measurement, Method, PathAction, PathHop, PathObservation,
+    PathTrigger, PathUnlocated, Status, Step,
 };
 use crate::scrub::OwnAddresses;
 
@@ -54,10 +54,12 @@ impl Default for PathConfig {
 }
 
 impl PathConfig {
-    /// The time one target's localisation may take: the full-TTL connect, the triggers and the
-    /// SYN probes each wait at most `probe_timeout`, some of them in turn.
+    /// The time one target's localisation may take: its TTLs go in turn on one flow, and
+    /// the connect, the trigger and the control SYN of a TTL each wait at most
+    /// `probe_timeout`; routers before the censor answer within a round trip, so most of
+    /// this is the few silent TTLs at and past the censor, and a retry's pause.
     pub fn per_target(&self) -> Duration {
-        self.probe_timeout * 3 + Duration::from_millis(500)
+        self.probe_timeout * 8 + Duration::from_secs(1)
     }
 }
 
@@ -120,9 +122,8 @@ fn action_of(f: &Failure) -> Option<PathAction> {
 }
 
 /// What to localise for a measurement, or `None`: only blocked targets with method `tcp`,
-/// `tls`, `mitm` or `http`, and only when the blocked exchange is in the record. (A DNS block
-/// is not localised: the forged answer comes from, or past, the network's resolver, and a
-/// query repeated with a low TTL would place the resolver, not the censor.)
+/// `tls`, `mitm`, `http` (when the blocked exchange is in the record) or `dns` (see
+/// [`dns_plan`]).
 pub fn plan(m: &Measurement) -> Option<Plan> {
     if m.verdict.status != Status::Blocked {
         return None;
@@ -197,9 +198,38 @@ pub fn plan(m: &Measurement) -> Option<Plan> {
                 p.url = Some(h.url.clone());
                 Some(p)
             }),
+        Method::Dns => dns_plan(m, &domain),
         // App-test methods: a reflector's protocol is not localised (yet).
-        Method::Dns | Method::Throttle | Method::Protocol | Method::Udp => None,
+        Method::Throttle | Method::Protocol | Method::Udp => None,
     }
+}
+
+/// A DNS block is repeated towards the site's own address (port 53): not a resolver, so any
+/// answer is injected by something in the path, and the first TTL that brings one is the
+/// injector's hop. (Towards the network's resolver the query would place the resolver, not
+/// the censor.) The address is one the control resolved, or the encrypted control resolver,
+/// and public; none, no plan.
+fn dns_plan(m: &Measurement, domain: &str) -> Option<Plan> {
+    let control = m.control.iter().flat_map(|c| c.dns.iter());
+    let encrypted = m
+        .dns
+        .iter()
+        .filter(|d| d.role == crate::model::ResolverRole::Control);
+    let addr = control
+        .chain(encrypted)
+        .filter(|d| d.failure.is_none())
+        .flat_map(|d| d.answers.iter())
+        .find(|a| !a.bogon)?
+        .addr;
+    Some(Plan {
+        trigger: PathTrigger::Dns,
+        addr: SocketAddr::new(addr, 53),
+        server_name: Some(domain.to_string()),
+        url: None,
+        action: PathAction::InjectedAnswer,
+        fingerprint: None,
+        blockpage: None,
+    })
 }
 
 /// Whether a reply is the censor's action.
@@ -208,7 +238,9 @@ fn is_action(action: PathAction, r: HopReply) -> bool {
         PathAction::Reset => r == HopReply::Reset,
         PathAction::Close => r == HopReply::Close,
         PathAction::Silence => false,
-        PathAction::Blockpage | PathAction::ForgedCertificate => r == HopReply::Censor,
+        PathAction::Blockpage | PathAction::ForgedCertificate | PathAction::InjectedAnswer => {
+            r == HopReply::Censor
+        }
     }
 }
 
@@ -256,6 +288,75 @@ pub fn locate(action: PathAction, replies: &[HopReply]) -> Result<u8, PathUnloca
     Ok(ttl_of(last + 1))
 }
 
+/// Where a localisation places the censor: an exact hop, an honest range, or why neither.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Censor at this hop.
+    Hop(u8),
+    /// Silent routers hide the exact hop: the censor is within this range.
+    Range(HopRange),
+    /// No hop can be named.
+    Unlocated(PathUnlocated),
+}
+
+/// Where the replies place the censor, with the control replies: for a `client_hello` or
+/// `request` trigger, `control[i]` is what a plain TCP SYN with the same TTL, on the same flow,
+/// met (the censor lets it through); empty for a `syn` trigger. Pure.
+///
+/// An action that answers is placed as [`locate`] places it: the first TTL with the action.
+/// A drop is placed against the routers that answered. With `a` the last TTL whose trigger
+/// came back time-exceeded (0: none) and every TTL after it silent, the censor is past hop
+/// `a`; a SYN with TTL `t > a` that a router answered (time-exceeded), or the destination
+/// (answered), shows the path reaches hop `t` while the trigger did not, so the censor is at
+/// hop `a + 1` … `t`. Exact when `t = a + 1`; a range otherwise (the routers of the hops
+/// between sent nothing, or were rate-limited). Without such a SYN (a `syn` trigger, or
+/// silent routers all the way), only "from hop `a + 1`" can be said, and only after
+/// [`MIN_SILENT_TTLS`] silent TTLs, so a single silent router is not read as the censor.
+pub fn place(action: PathAction, replies: &[HopReply], control: &[HopReply]) -> Placement {
+    if action != PathAction::Silence {
+        return match locate(action, replies) {
+            Ok(n) => Placement::Hop(n),
+            Err(why) => Placement::Unlocated(why),
+        };
+    }
+    if replies
+        .iter()
+        .any(|r| matches!(r, HopReply::Answered | HopReply::Censor))
+    {
+        return Placement::Unlocated(PathUnlocated::AnsweredFirst);
+    }
+    let last = replies.iter().rposition(|r| *r != HopReply::Silence);
+    if let Some(i) = last {
+        if replies[i] != HopReply::TimeExceeded {
+            return Placement::Unlocated(PathUnlocated::NoActionSeen);
+        }
+    }
+    // TTLs are 1-based: `a` is the last router before the silence, 0 for none.
+    let a = last.map_or(0, |i| i + 1);
+    let silent = replies.len() - a;
+    if silent == 0 {
+        return Placement::Unlocated(PathUnlocated::BeyondMaxTtl);
+    }
+    let from = ttl_of(a);
+    let bound = control
+        .iter()
+        .enumerate()
+        .skip(a)
+        .take(silent)
+        .find(|(_, c)| matches!(c, HopReply::TimeExceeded | HopReply::Answered))
+        .map(|(i, c)| (ttl_of(i), *c));
+    match bound {
+        // Nothing answered at all: the destination alone says nothing about a censor.
+        _ if a == 0 && !control.contains(&HopReply::TimeExceeded) => {
+            Placement::Unlocated(PathUnlocated::NoIcmp)
+        }
+        Some((t, _)) if t == from => Placement::Hop(t),
+        Some((t, _)) => Placement::Range(HopRange { from, to: Some(t) }),
+        None if silent < MIN_SILENT_TTLS => Placement::Unlocated(PathUnlocated::BeyondMaxTtl),
+        None => Placement::Range(HopRange { from, to: None }),
+    }
+}
+
 fn ttl_of(index: usize) -> u8 {
     u8::try_from(index + 1).unwrap_or(u8::MAX)
 }
@@ -285,6 +386,7 @@ pub fn public_router(addr: IpAddr, bogons: &BogonFilter, own: &OwnAddresses) -> 
 pub fn observation(
     plan: &Plan,
     replies: &[HopReply],
+    control: &[HopReply],
     routers: &[Option<IpAddr>],
     cfg: &PathConfig,
     bogons: &BogonFilter,
@@ -293,10 +395,19 @@ pub fn observation(
     t_ms: f64,
     duration_ms: f64,
 ) -> PathObservation {
-    let located = locate(plan.action, replies);
-    let upto = match located {
-        Ok(n) => usize::from(n).min(replies.len()),
-        Err(_) => replies.len(),
+    let placed = place(plan.action, replies, control);
+    let upto = match placed {
+        Placement::Hop(n)
+        | Placement::Range(HopRange {
+            to: Some(n),
+            from: _,
+        }) => usize::from(n).min(replies.len()),
+        _ => replies.len(),
+    };
+    let (censor_hop, censor_range, unlocated) = match placed {
+        Placement::Hop(n) => (Some(n), None, None),
+        Placement::Range(r) => (None, Some(r), Some(PathUnlocated::SilentRouters)),
+        Placement::Unlocated(why) => (None, None, Some(why)),
     };
     let hops = replies
         .iter()
@@ -321,15 +432,15 @@ pub fn observation(
         trigger: plan.trigger,
         addr: plan.addr,
         action: plan.action,
-        censor_hop: located.ok(),
-        unlocated: located.err(),
+        censor_hop,
+        unlocated,
         hops,
         max_ttl: u8::try_from(replies.len()).unwrap_or(u8::MAX),
         probes,
         t_ms,
         duration_ms,
         shared_with: None,
-        censor_range: None,
+        censor_range,
     }
 }
 
@@ -497,6 +608,106 @@ mod tests {
         }
     }
 
+    /// Drops placed against the routers that answered: exact where a router right after the
+    /// last one before the silence answers the control SYN, a range where silent routers
+    /// hide it, and nothing from the destination alone.
+    #[test]
+    fn place_table() {
+        use PathAction as A;
+        use PathUnlocated as U;
+        let range = |from, to| Placement::Range(HopRange { from, to });
+        type Case = (
+            &'static str,
+            PathAction,
+            Vec<HopReply>,
+            Vec<HopReply>,
+            Placement,
+        );
+        let te = TimeExceeded;
+        let cases: Vec<Case> = vec![
+            (
+                "the router after the drop answers the SYN: exact",
+                A::Silence,
+                vec![te, te, te, Silence],
+                vec![te, te, te, te],
+                Placement::Hop(4),
+            ),
+            (
+                "a silent router between: a range up to the next that answers",
+                A::Silence,
+                vec![te, te, Silence, Silence],
+                vec![te, te, Silence, te],
+                range(3, Some(4)),
+            ),
+            (
+                "two silent routers, then the destination answers the SYN",
+                A::Silence,
+                vec![te, Silence, Silence, Silence],
+                vec![te, Silence, Silence, Answered],
+                range(2, Some(4)),
+            ),
+            (
+                "a syn trigger: no control, only a lower bound",
+                A::Silence,
+                vec![te, te, Silence, Silence],
+                vec![],
+                range(3, None),
+            ),
+            (
+                "one silent TTL is not enough without a control",
+                A::Silence,
+                vec![te, te, Silence],
+                vec![],
+                Placement::Unlocated(U::BeyondMaxTtl),
+            ),
+            (
+                "dropped before the first router, which answers the SYN",
+                A::Silence,
+                vec![Silence, Silence],
+                vec![te, te],
+                Placement::Hop(1),
+            ),
+            (
+                "only the destination answers (loopback): nothing to place",
+                A::Silence,
+                vec![Silence],
+                vec![Answered],
+                Placement::Unlocated(U::NoIcmp),
+            ),
+            (
+                "silence everywhere",
+                A::Silence,
+                vec![Silence; 3],
+                vec![Silence; 3],
+                Placement::Unlocated(U::NoIcmp),
+            ),
+            (
+                "routers to the end: past max_ttl",
+                A::Silence,
+                vec![te, te],
+                vec![te, te],
+                Placement::Unlocated(U::BeyondMaxTtl),
+            ),
+            (
+                "got through (another ECMP path): not placed",
+                A::Silence,
+                vec![te, Silence, Answered],
+                vec![te, te, Answered],
+                Placement::Unlocated(U::AnsweredFirst),
+            ),
+            (
+                "an answering action ignores the control",
+                A::Reset,
+                vec![te, Silence, Reset],
+                vec![te, Silence, te],
+                Placement::Hop(3),
+            ),
+        ];
+        for (name, action, replies, control, want) in cases {
+            assert_eq!(place(action, &replies, &control), want, "{name}");
+        }
+    }
+
     fn plan_for(action: PathAction) -> Plan {
         Plan {
             trigger: PathTrigger::ClientHello,
@@ -534,6 +745,7 @@ mod tests {
         let o = observation(
             &plan_for(PathAction::Reset),
             &replies,
+            &[],
             &routers,
             &cfg,
             &bogons,
@@ -645,6 +857,7 @@ mod tests {
             let mut o = observation(
                 &plan_for(PathAction::Reset),
                 &replies,
+                &[],
                 &routers,
                 &PathConfig::default(),
                 &b,
@@ -671,6 +884,7 @@ mod tests {
             &plan_for(PathAction::Reset),
             &replies,
             &[],
+            &[],
             &cfg,
             &b,
             &own,
@@ -683,6 +897,7 @@ mod tests {
         let o = observation(
             &plan_for(PathAction::Reset),
             &replies,
+            &[],
             &[],
             &cfg,
             &b,

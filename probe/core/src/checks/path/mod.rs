@@ -29,7 +29,7 @@ pub mod analysis;
 pub mod recverr;
 
 pub use analysis::{
-    fill_asns, keep_router_addr, locate, observation, plan, public_router, unlocated, GroupKey,
-    PathConfig, Plan, MAX_TTL_LIMIT, MIN_SILENT_TTLS,
+    fill_asns, keep_router_addr, locate, observation, place, plan, public_router, unlocated,
+    GroupKey, PathConfig, Placement, Plan, MAX_TTL_LIMIT, MIN_SILENT_TTLS,
 };
 pub use recverr::{localise, syn_probe, Located, ProbeContext, SynReply, LOCALISATION_SUPPORTED};
