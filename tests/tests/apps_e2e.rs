@@ -217,3 +217,202 @@ fn a_bad_apps_list_stops_the_run_with_its_line() {
     assert!(err.contains("nothing was measured"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+/// The real `witness-reflector` on `ip`, every protocol on a free port: its public key and
+/// its listeners, read from the lines it prints at start.
+struct Reflector {
+    child: std::process::Child,
+    key: String,
+    ports: std::collections::HashMap<String, u16>,
+}
+
+impl Drop for Reflector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_reflector(dir: &std::path::Path, ip: &str) -> Reflector {
+    use std::io::BufRead;
+    let cfg = dir.join(format!("reflector-{ip}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{ip}\"\nwireguard_port = 0\nopenvpn_udp_port = 0\nopenvpn_tcp_port = 0\n\
+             quic_port = 0\nshadowsocks_port = 0\nstun_port = 0\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(witness_tests::reflector_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start witness-reflector");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut r = Reflector {
+        child,
+        key: String::new(),
+        ports: Default::default(),
+    };
+    while r.ports.len() < 6 {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the reflector prints its key and listeners");
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["wireguard-public-key", k] => r.key = k.to_string(),
+            ["listening", p, a] => {
+                r.ports
+                    .insert(p.to_string(), a.parse::<SocketAddr>().unwrap().port());
+            }
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+    r
+}
+
+/// A censor for UDP: relays datagrams to `upstream` and back, except WireGuard handshake
+/// initiations (type 1, 148 bytes), which it drops, as DPI that blocks WireGuard by content.
+fn wireguard_dpi(rt: &tokio::runtime::Handle, at: &str, upstream: SocketAddr) -> SocketAddr {
+    let s = std::net::UdpSocket::bind(format!("{at}:0")).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let addr = s.local_addr().unwrap();
+    rt.spawn(async move {
+        let s = std::sync::Arc::new(tokio::net::UdpSocket::from_std(s).unwrap());
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let Ok((n, client)) = s.recv_from(&mut buf).await else {
+                return;
+            };
+            if n == 148 && buf[..4] == [1, 0, 0, 0] {
+                continue;
+            }
+            let msg = buf[..n].to_vec();
+            let s = s.clone();
+            tokio::spawn(async move {
+                let up = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                up.connect(upstream).await.unwrap();
+                up.send(&msg).await.unwrap();
+                let mut b = vec![0u8; 2048];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(3), up.recv(&mut b)).await
+                {
+                    let _ = s.send_to(&b[..n], client).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn reflector_protocols_blocked_by_content_by_port_or_down() {
+    let world = World::builder()
+        .site(Site::new("web.app.test").https_only())
+        .start()
+        .expect("start world");
+    let r = start_reflector(world.dir(), "127.0.0.5");
+    let p = |n: &str| r.ports[n];
+    let dpi = wireguard_dpi(
+        &world.handle(),
+        "127.0.0.7",
+        format!("127.0.0.5:{}", p("wireguard")).parse().unwrap(),
+    );
+    // A UDP port nothing listens on, on the reflector's address and on a dead one.
+    let free_udp = |ip: &str| {
+        std::net::UdpSocket::bind(format!("{ip}:0"))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let list = format!(
+        "date 2026-12-08\n\
+         app vpn reflector test\n\
+         endpoint vpn wireguard 127.0.0.5:{wg} key={key}\n\
+         endpoint vpn openvpn-udp 127.0.0.5:{ou}\n\
+         endpoint vpn openvpn-tcp 127.0.0.5:{ot}\n\
+         endpoint vpn quic 127.0.0.5:{q}\n\
+         endpoint vpn shadowsocks 127.0.0.5:{ss}\n\
+         endpoint vpn stun 127.0.0.5:{st}\n\
+         app dpi reflector test\n\
+         endpoint dpi wireguard {dpi} key={key}\n\
+         endpoint dpi stun 127.0.0.5:{st}\n\
+         app port reflector test\n\
+         endpoint port quic 127.0.0.5:{closed}\n\
+         endpoint port shadowsocks 127.0.0.5:{ss}\n\
+         app dead reflector test\n\
+         endpoint dead quic 127.0.0.6:{dead}\n",
+        wg = p("wireguard"),
+        key = r.key,
+        ou = p("openvpn-udp"),
+        ot = p("openvpn-tcp"),
+        q = p("quic"),
+        ss = p("shadowsocks"),
+        st = p("stun"),
+        closed = free_udp("127.0.0.5"),
+        dead = free_udp("127.0.0.6"),
+    );
+    let path = world.dir().join("reflector-apps.txt");
+    std::fs::write(&path, list).unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&world, &path, &[]);
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<Measurement> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want: &[(&str, Status, Option<Method>)] = &[
+        ("vpn", Status::Accessible, None),
+        ("dpi", Status::Blocked, Some(Method::Protocol)),
+        ("port", Status::Blocked, Some(Method::Udp)),
+        ("dead", Status::Down, None),
+    ];
+    assert_eq!(records.len(), want.len());
+    for (m, (name, status, method)) in records.iter().zip(want) {
+        assert_eq!(m.domain, *name);
+        assert_eq!(
+            (m.verdict.status, m.verdict.method),
+            (*status, *method),
+            "{name}: {:?}",
+            m.verdict
+        );
+    }
+    let vpn = records[0].app.as_ref().unwrap();
+    assert!(
+        vpn.endpoints
+            .iter()
+            .all(|e| e.status == Status::Accessible && e.twin.is_none()),
+        "{vpn:?}"
+    );
+    let dpi = &records[1].app.as_ref().unwrap().endpoints[0];
+    assert_eq!(dpi.sent_bytes, Some(148));
+    let twin = dpi.twin.as_ref().expect("the twin went out");
+    assert!(twin.answered && twin.sent_bytes == 148, "{twin:?}");
+    assert!(
+        records[1].verdict.reason.contains("partially blocked"),
+        "{}",
+        records[1].verdict.reason
+    );
+    eprintln!("reflector run took {elapsed:?}");
+}

@@ -16,8 +16,8 @@ use crate::checks::dns::{ms_since, query_network};
 use crate::error::SetupError;
 use crate::failure::Failure;
 use crate::model::{
-    AppKind, AppObservation, ConnectivitySummary, DnsObservation, EndpointObservation, Measurement,
-    ResolverRole, Software, Status, Step, Verdict, SCHEMA_VERSION,
+    AppKind, AppObservation, ConnectivitySummary, DnsObservation, EndpointObservation,
+    EndpointProbe, Measurement, ResolverRole, Software, Status, Step, Verdict, SCHEMA_VERSION,
 };
 use crate::targets::apps::{AppSpec, AppsList, EndpointSpec};
 
@@ -154,7 +154,8 @@ impl Engine {
                     .unwrap_or(&[]);
                 async move {
                     let bound = self.cfg.target_deadline;
-                    match tokio::time::timeout(bound, self.probe_endpoint(ep, dns, tls, t0)).await {
+                    let probe = self.probe_endpoint(ep, app.kind, dns, tls, t0);
+                    match tokio::time::timeout(bound, probe).await {
                         Ok(r) => r,
                         Err(_) => {
                             let mut o = probe::blank(ep, None, t0);
@@ -189,6 +190,7 @@ impl Engine {
     async fn probe_endpoint(
         &self,
         ep: &EndpointSpec,
+        kind: AppKind,
         dns: &[DnsObservation],
         tls: &AppTls,
         t0: Instant,
@@ -213,7 +215,19 @@ impl Engine {
             o.failure = Some(Failure::unknown("refused: a private or reserved address"));
             return (o, steps);
         }
-        let obs = probe::probe_stream(ep, addr, &self.cfg, tls, t0, &mut steps).await;
+        let obs = match ep.probe {
+            EndpointProbe::Tcp
+            | EndpointProbe::Tls
+            | EndpointProbe::Https
+            | EndpointProbe::Dirport => {
+                probe::probe_stream(ep, addr, &self.cfg, tls, t0, &mut steps).await
+            }
+            _ => {
+                let twin = kind == AppKind::Reflector;
+                crate::apps::reflect::probe_protocol(ep, addr, &self.cfg, t0, &mut steps, twin)
+                    .await
+            }
+        };
         (obs, steps)
     }
 }
