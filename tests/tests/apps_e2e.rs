@@ -416,3 +416,76 @@ fn reflector_protocols_blocked_by_content_by_port_or_down() {
     );
     eprintln!("reflector run took {elapsed:?}");
 }
+
+/// Two probes on one network upload their app records to the real collector: the blocked app
+/// gets its series (`domain="app:NAME"`, by method, category COMT), one new-block event, and its
+/// history through the read API, like a website.
+#[test]
+fn the_collector_aggregates_app_records_like_sites() {
+    use witness_tests::collector::get;
+    use witness_tests::origin::Policy;
+    use witness_tests::volunteer::{anchor_of, lab_control_section, ok, Probe};
+    let second: std::net::IpAddr = "127.0.0.4".parse().unwrap();
+    let world = World::builder()
+        .policy(Policy {
+            censored_peers: vec![CENSORED_SOURCE, second],
+        })
+        .site(Site::new("web.app.test").https_only())
+        .site(
+            Site::new("sni.app.test")
+                .https_only()
+                .censored(Behaviour::ResetAfterClientHello),
+        )
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let collector =
+        witness_tests::CollectorProcess::start(dir.path(), &lab_control_section(&world, false))
+            .unwrap();
+    let list = format!(
+        "date 2026-12-08\napp sni messaging test\nendpoint sni https sni.app.test:{}\n\
+         app chat messaging test\nendpoint chat https web.app.test:{}\n",
+        port_of(&world.url("sni.app.test")),
+        port_of(&world.url("web.app.test")),
+    );
+    let path = dir.path().join("apps.txt");
+    std::fs::write(&path, list).unwrap();
+    let anchor = anchor_of(&world, "web.app.test");
+    for source in [CENSORED_SOURCE, second] {
+        let p = Probe::new(&world, source, 64500, &collector.url, &anchor);
+        ok(&p.witness(&["register"]));
+        let out = ok(&p.witness(&[
+            "run",
+            "--apps-only",
+            "--apps-list",
+            path.to_str().unwrap(),
+            "--upload",
+            "--json",
+            "--no-progress",
+        ]));
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert_eq!(p.spooled(), 0, "the collector accepted the app records");
+    }
+    let (_, metrics) = get(&format!("{}metrics", collector.url)).unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("witness_site_blocked_ratio{") && l.contains("domain=\"app:sni\""))
+        .unwrap_or_else(|| panic!("no series for app:sni:\n{metrics}"));
+    assert!(line.contains("category=\"COMT\""), "{line}");
+    assert!(line.contains("method=\"tls\""), "{line}");
+    assert!(line.ends_with(" 1"), "{line}");
+    let (_, body) = get(&format!("{}api/v1/events", collector.url)).unwrap();
+    let events: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let blocks: Vec<_> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "new_block")
+        .collect();
+    assert_eq!(blocks.len(), 1, "{blocks:#?}");
+    assert_eq!(blocks[0]["domain"], "app:sni");
+    assert_eq!(blocks[0]["method"], "tls");
+    let (status, history) = get(&format!("{}api/v1/sites/app:sni/history", collector.url)).unwrap();
+    assert_eq!(status, 200, "{history}");
+    assert!(history.contains("app:sni"), "{history}");
+}
