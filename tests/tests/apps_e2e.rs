@@ -111,7 +111,8 @@ fn apps_get_verdicts_endpoint_by_endpoint() {
          endpoint dns tcp nx.app.test:{nx}\n\
          app tor tor test\n\
          endpoint tor dirport {dir}\n\
-         endpoint tor tls {webip}:{web} ca=none\n",
+         endpoint tor tls {webip}:{web} ca=none\n\
+         endpoint tor https broker.app.test:{web} front=web.app.test path=/debug\n",
         web = port("web.app.test"),
         webip = ip("web.app.test"),
         sni = port("sni.app.test"),
@@ -188,6 +189,15 @@ fn apps_get_verdicts_endpoint_by_endpoint() {
     assert_eq!(tor.kind, AppKind::Tor);
     assert_eq!(tor.endpoints[0].probe, EndpointProbe::Dirport);
     assert_eq!(tor.endpoints[0].http_status, Some(200));
+    // The fronted broker: connected to (and verified for) the front; its status is the
+    // origin's answer to a Host it does not serve, which still proves the path.
+    let broker = &tor.endpoints[2];
+    assert_eq!(broker.front.as_deref(), Some("web.app.test"));
+    assert_eq!(broker.status, Status::Accessible, "{broker:?}");
+    assert!(records[5]
+        .tls
+        .iter()
+        .any(|t| t.server_name == "web.app.test" && t.verification_failure.is_none()));
     assert_eq!(records[5].category_code.as_deref(), Some("ANON"));
     assert_eq!(records[0].category_code.as_deref(), Some("COMT"));
     // The DNS app's network answer and the encrypted resolver's are both recorded.
@@ -356,7 +366,10 @@ fn reflector_protocols_blocked_by_content_by_port_or_down() {
          endpoint port quic 127.0.0.5:{closed}\n\
          endpoint port shadowsocks 127.0.0.5:{ss}\n\
          app dead reflector test\n\
-         endpoint dead quic 127.0.0.6:{dead}\n",
+         endpoint dead quic 127.0.0.6:{dead}\n\
+         app tor tor test\n\
+         endpoint tor stun 127.0.0.5:{st}\n\
+         endpoint tor stun 127.0.0.6:{dead}\n",
         wg = p("wireguard"),
         key = r.key,
         ou = p("openvpn-udp"),
@@ -387,6 +400,7 @@ fn reflector_protocols_blocked_by_content_by_port_or_down() {
         ("dpi", Status::Blocked, Some(Method::Protocol)),
         ("port", Status::Blocked, Some(Method::Udp)),
         ("dead", Status::Down, None),
+        ("tor", Status::Blocked, Some(Method::Udp)),
     ];
     assert_eq!(records.len(), want.len());
     for (m, (name, status, method)) in records.iter().zip(want) {
@@ -414,6 +428,10 @@ fn reflector_protocols_blocked_by_content_by_port_or_down() {
         "{}",
         records[1].verdict.reason
     );
+    // A third party's STUN server owes a random payload nothing: no twin for Tor's.
+    let tor = records[4].app.as_ref().unwrap();
+    assert_eq!(tor.endpoints[0].status, Status::Accessible);
+    assert!(tor.endpoints[1].twin.is_none());
     eprintln!("reflector run took {elapsed:?}");
 }
 

@@ -127,7 +127,7 @@ impl Engine {
             .endpoints
             .iter()
             .filter(|e| e.ip().is_none())
-            .map(|e| e.host.as_str())
+            .map(|e| e.dial_host())
             .collect();
         hosts.dedup();
         hosts.sort_unstable();
@@ -149,7 +149,7 @@ impl Engine {
             .map(|ep| {
                 let dns = resolved
                     .iter()
-                    .find(|(h, _)| *h == ep.host)
+                    .find(|(h, _)| h == ep.dial_host())
                     .map(|(_, d)| d.as_slice())
                     .unwrap_or(&[]);
                 async move {
@@ -273,4 +273,56 @@ pub fn decide_app(m: &mut Measurement, offline: bool) {
         }
     }
     m.verdict = verdict;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DnsAnswer, QueryType};
+
+    fn net(failure: Option<Failure>, answers: &[(&str, bool)]) -> DnsObservation {
+        DnsObservation {
+            role: ResolverRole::Network,
+            transport: "udp".into(),
+            resolver: "r".into(),
+            query: "h".into(),
+            query_type: QueryType::A,
+            t_ms: 0.0,
+            duration_ms: 0.0,
+            failure,
+            rcode: None,
+            answers: answers
+                .iter()
+                .map(|(a, bogon)| DnsAnswer {
+                    addr: a.parse().unwrap(),
+                    ttl: 1,
+                    bogon: *bogon,
+                })
+                .collect(),
+            cnames: vec![],
+            late_responses: vec![],
+        }
+    }
+
+    #[test]
+    fn the_address_probed_is_the_first_public_answer_ipv4_first() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let both = [net(None, &[("2001:db8::1", false), ("203.0.113.1", false)])];
+        assert_eq!(pick_address(&both, true), Ok(ip("203.0.113.1")));
+        let v6 = [net(None, &[("2001:db8::1", false)])];
+        assert_eq!(pick_address(&v6, true), Ok(ip("2001:db8::1")));
+        assert_eq!(pick_address(&v6, false), Err(Some(Failure::DnsNoAnswer)));
+        // Only bogons: a DNS failure whose evidence is the answer itself.
+        let bogon = [net(None, &[("10.0.0.1", true)])];
+        assert_eq!(pick_address(&bogon, true), Err(None));
+        let nx = [net(Some(Failure::DnsNxdomain), &[])];
+        assert_eq!(pick_address(&nx, true), Err(Some(Failure::DnsNxdomain)));
+    }
+
+    #[test]
+    fn categories_follow_the_kind() {
+        assert_eq!(app_category(AppKind::Messaging), "COMT");
+        assert_eq!(app_category(AppKind::Tor), "ANON");
+        assert_eq!(app_category(AppKind::Reflector), "ANON");
+    }
 }
