@@ -18,11 +18,16 @@ pub fn collector_bin() -> PathBuf {
     binaries().1.clone()
 }
 
-/// Both binaries, built in one `cargo build --workspace --bins`: exactly what
+/// The `witness-reflector` binary (#23's protocol reflector).
+pub fn reflector_bin() -> PathBuf {
+    binaries().2.clone()
+}
+
+/// The binaries, built in one `cargo build --workspace --bins`: exactly what
 /// scripts/test.sh runs first, so here it is a no-op. (Building one `--bin` at a time resolves
 /// features per package and would rebuild shared dependencies back and forth.)
-fn binaries() -> &'static (PathBuf, PathBuf) {
-    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+fn binaries() -> &'static (PathBuf, PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
         let built = build();
         let find = |name: &str| {
@@ -32,7 +37,11 @@ fn binaries() -> &'static (PathBuf, PathBuf) {
                 .map(|(_, p)| p.clone())
                 .unwrap_or_else(|| panic!("cargo built no executable named {name}"))
         };
-        (find("witness"), find("witness-collector"))
+        (
+            find("witness"),
+            find("witness-collector"),
+            find("witness-reflector"),
+        )
     })
 }
 

@@ -40,7 +40,7 @@ pub mod volunteer;
 pub mod webhook;
 pub mod world;
 
-pub use bins::{collector_bin, witness_bin};
+pub use bins::{collector_bin, reflector_bin, witness_bin};
 pub use collector::CollectorProcess;
 pub use dns::{DnsBehaviour, DnsServer};
 pub use origin::{

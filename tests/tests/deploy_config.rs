@@ -67,6 +67,7 @@ const REQUIRED_ALERTS: &[&str] = &[
     "WitnessSiteNewlyBlocked",
     "WitnessSiteUnblocked",
     "WitnessNetworkOffline",
+    "WitnessMessagingBlocked",
     "WitnessProbeFleetSilent",
     "WitnessCollectorDown",
     "WitnessIngestSlow",

@@ -29,6 +29,8 @@ const QUIET_WHEN_HEALTHY: &[&str] = &[
     "unblock",
     "offset 1d",
     "== 0",
+    // App and tool tests (#23): this run measures websites only.
+    "domain=~\"app:.+\"",
 ];
 
 #[test]

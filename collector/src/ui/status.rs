@@ -258,6 +258,43 @@ fn filter_form(view: &StatusView) -> String {
     s
 }
 
+/// One line on the messaging apps (app tests, `app:NAME` of category COMT): where each is
+/// blocked, or that they work. Nothing when no probe measured them.
+fn messaging_line(view: &StatusView) -> String {
+    let apps: Vec<&SiteStatus> = view
+        .sites
+        .iter()
+        .filter(|s| s.domain.starts_with("app:") && s.category.as_deref() == Some("COMT"))
+        .collect();
+    if apps.is_empty() {
+        return String::new();
+    }
+    let blocked: Vec<String> = apps
+        .iter()
+        .filter(|s| s.status == Status::Blocked)
+        .take(MAX_NETWORKS)
+        .map(|s| {
+            format!(
+                "{} on {}{}",
+                esc(s.domain.trim_start_matches("app:")),
+                esc(&network_name(Some(s.asn), s.country.as_deref())),
+                s.method.map(|m| format!(" ({m})")).unwrap_or_default()
+            )
+        })
+        .collect();
+    if blocked.is_empty() {
+        "<p class=\"sub messaging\"><strong>Messaging apps:</strong> no network sees one \
+         blocked.</p>"
+            .to_string()
+    } else {
+        format!(
+            "<div class=\"notice messaging\" role=\"alert\"><strong>Messaging blocked:</strong> \
+             {}.</div>",
+            blocked.join("; ")
+        )
+    }
+}
+
 /// The status page: shutdown notices, filters, the block matrix with its legend, recent
 /// events and probes per network.
 pub fn status_page(view: &StatusView) -> String {
@@ -282,6 +319,7 @@ pub fn status_page(view: &StatusView) -> String {
             e.evidence.probes_considered
         );
     }
+    s.push_str(&messaging_line(view));
     s.push_str(&filter_form(view));
 
     s.push_str("<section><h2>Block matrix</h2>");
@@ -484,6 +522,28 @@ mod tests {
         // Most blocked first.
         assert!(page.find(">news.test<").unwrap() < page.find(">fine.test<").unwrap());
         assert!(page.contains("href=\"/sites/news.test\""));
+    }
+
+    #[test]
+    fn messaging_apps_get_a_line_of_their_own() {
+        let mut view = empty_view();
+        assert!(!status_page(&view).contains("Messaging"));
+        let mut app = status("app:telegram", 64500, Status::Blocked, Some(Method::Tcp));
+        app.category = Some("COMT".into());
+        let mut fine = status("app:whatsapp", 64500, Status::Accessible, None);
+        fine.category = Some("COMT".into());
+        view.sites = vec![fine.clone()];
+        assert!(status_page(&view).contains("no network sees one blocked"));
+        view.sites = vec![app, fine];
+        let page = status_page(&view);
+        assert!(
+            page.contains("Messaging blocked:</strong> telegram on"),
+            "{page}"
+        );
+        assert!(page.contains("(tcp)"), "{page}");
+        let notice = &page[page.find("Messaging blocked").unwrap()..];
+        let notice = &notice[..notice.find("</div>").unwrap()];
+        assert!(!notice.contains("whatsapp"), "{notice}");
     }
 
     #[test]

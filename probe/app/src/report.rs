@@ -26,6 +26,12 @@ contacted these sites. In some countries that can draw attention or be treated a
 Your IP address is never recorded in results nor sent with them, but the traffic itself is
 visible. You can exclude categories (exclude_categories in the config file, or --exclude-category).
 
+With --apps, Witness also connects to messaging apps (Telegram, WhatsApp, Signal, Messenger),
+to Tor (its directory authorities, bridges and Snowflake) and, when a list names a reflector,
+makes VPN handshakes (WireGuard, OpenVPN, QUIC, Shadowsocks-like): your network can see that
+this device tried Tor or a VPN. They are filed under the categories of communication tools and
+of anonymisation and circumvention tools, which you can exclude like any other category.
+
 If you upload results, they are published as open data with your network (AS number) and
 country, never your IP address.";
 

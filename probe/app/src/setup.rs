@@ -272,14 +272,28 @@ pub fn collect_targets(args: &SelectArgs, file: &FileConfig) -> Result<Vec<Targe
 }
 
 /// The apps list a run measures: `--apps-list FILE`, else the embedded list with `--apps` or
-/// `--apps-only`, else none. A bad file stops the run before anything is measured.
-pub fn apps_list(args: &RunArgs) -> Result<Option<targets::apps::AppsList>> {
-    if let Some(p) = &args.apps_list {
-        return Ok(Some(targets::apps::load_apps_list(p).with_context(
-            || "the --apps-list file is refused; nothing was measured".to_string(),
-        )?));
-    }
-    Ok((args.apps || args.apps_only).then(targets::apps::embedded_apps))
+/// `--apps-only`, else none; less the apps whose category (COMT for messaging, ANON for Tor and
+/// VPN protocols) is excluded, as sites are. A bad file stops the run before anything is
+/// measured.
+pub fn apps_list(args: &RunArgs, file: &FileConfig) -> Result<Option<targets::apps::AppsList>> {
+    let mut list = match &args.apps_list {
+        Some(p) => targets::apps::load_apps_list(p)
+            .with_context(|| "the --apps-list file is refused; nothing was measured".to_string())?,
+        None if args.apps || args.apps_only => targets::apps::embedded_apps(),
+        None => return Ok(None),
+    };
+    let excluded: Vec<String> = file
+        .run
+        .exclude_categories
+        .iter()
+        .chain(&args.select.exclude_categories)
+        .map(|c| c.trim().to_ascii_uppercase())
+        .collect();
+    list.apps.retain(|a| {
+        let code = witness_core::engine::apps::app_category(a.kind);
+        !excluded.iter().any(|c| c == code)
+    });
+    Ok(Some(list))
 }
 
 /// Build the engine from flags over file over defaults.

@@ -174,6 +174,10 @@ pub struct EndpointObservation {
     pub host: String,
     /// The port.
     pub port: u16,
+    /// The name connected to and sent as SNI when it differs from `host` (a domain-fronted
+    /// endpoint: `host` goes in `Host:` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front: Option<String>,
     /// How it was probed.
     pub probe: EndpointProbe,
     /// The address reached (or tried), when the name resolved.

@@ -8,6 +8,8 @@
 //! with an `app` part, so they take the same spool, upload and collector series as websites.
 
 pub mod probe;
+pub mod protocols;
+pub mod reflect;
 pub mod verdict;
 
 use rustls_pki_types::pem::PemObject;

@@ -48,6 +48,7 @@ pub fn blank(ep: &EndpointSpec, addr: Option<SocketAddr>, t0: Instant) -> Endpoi
     EndpointObservation {
         host: ep.host.clone(),
         port: ep.port,
+        front: ep.front.clone(),
         probe: ep.probe,
         addr,
         t_ms: ms_since(t0),

@@ -88,12 +88,13 @@ pub fn endpoint_outcome(
     let reflector_down = kind == AppKind::Reflector && !reflector_alive;
     match step {
         Step::Dns => {
-            let net: Vec<_> = dns_for(dns, &e.host, ResolverRole::Network).collect();
+            let name = e.front.as_deref().unwrap_or(&e.host);
+            let net: Vec<_> = dns_for(dns, name, ResolverRole::Network).collect();
             let answers: Vec<_> = net.iter().flat_map(|d| d.answers.iter()).collect();
             if !answers.is_empty() && answers.iter().all(|a| a.bogon) {
                 return (Blocked, Some(Method::Dns));
             }
-            let ctl: Vec<_> = dns_for(dns, &e.host, ResolverRole::Control).collect();
+            let ctl: Vec<_> = dns_for(dns, name, ResolverRole::Control).collect();
             let ctl_addrs = ctl
                 .iter()
                 .any(|d| d.failure.is_none() && d.answers.iter().any(|a| !a.bogon));
@@ -271,6 +272,7 @@ mod tests {
         EndpointObservation {
             host: "h.example".into(),
             port: 443,
+            front: None,
             probe,
             addr: None,
             t_ms: 0.0,

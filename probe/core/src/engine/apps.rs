@@ -16,8 +16,8 @@ use crate::checks::dns::{ms_since, query_network};
 use crate::error::SetupError;
 use crate::failure::Failure;
 use crate::model::{
-    AppKind, AppObservation, ConnectivitySummary, DnsObservation, EndpointObservation, Measurement,
-    ResolverRole, Software, Status, Step, Verdict, SCHEMA_VERSION,
+    AppKind, AppObservation, ConnectivitySummary, DnsObservation, EndpointObservation,
+    EndpointProbe, Measurement, ResolverRole, Software, Status, Step, Verdict, SCHEMA_VERSION,
 };
 use crate::targets::apps::{AppSpec, AppsList, EndpointSpec};
 
@@ -128,7 +128,7 @@ impl Engine {
             .endpoints
             .iter()
             .filter(|e| e.ip().is_none())
-            .map(|e| e.host.as_str())
+            .map(|e| e.dial_host())
             .collect();
         hosts.dedup();
         hosts.sort_unstable();
@@ -150,12 +150,13 @@ impl Engine {
             .map(|ep| {
                 let dns = resolved
                     .iter()
-                    .find(|(h, _)| *h == ep.host)
+                    .find(|(h, _)| h == ep.dial_host())
                     .map(|(_, d)| d.as_slice())
                     .unwrap_or(&[]);
                 async move {
                     let bound = self.cfg.target_deadline;
-                    match tokio::time::timeout(bound, self.probe_endpoint(ep, dns, tls, t0)).await {
+                    let probe = self.probe_endpoint(ep, app.kind, dns, tls, t0);
+                    match tokio::time::timeout(bound, probe).await {
                         Ok(r) => r,
                         Err(_) => {
                             let mut o = probe::blank(ep, None, t0);
@@ -190,6 +191,7 @@ impl Engine {
     async fn probe_endpoint(
         &self,
         ep: &EndpointSpec,
+        kind: AppKind,
         dns: &[DnsObservation],
         tls: &AppTls,
         t0: Instant,
@@ -214,7 +216,19 @@ impl Engine {
             o.failure = Some(Failure::unknown("refused: a private or reserved address"));
             return (o, steps);
         }
-        let obs = probe::probe_stream(ep, addr, &self.cfg, tls, t0, &mut steps).await;
+        let obs = match ep.probe {
+            EndpointProbe::Tcp
+            | EndpointProbe::Tls
+            | EndpointProbe::Https
+            | EndpointProbe::Dirport => {
+                probe::probe_stream(ep, addr, &self.cfg, tls, t0, &mut steps).await
+            }
+            _ => {
+                let twin = kind == AppKind::Reflector;
+                crate::apps::reflect::probe_protocol(ep, addr, &self.cfg, t0, &mut steps, twin)
+                    .await
+            }
+        };
         (obs, steps)
     }
 }
@@ -260,4 +274,56 @@ pub fn decide_app(m: &mut Measurement, offline: bool) {
         }
     }
     m.verdict = verdict;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DnsAnswer, QueryType};
+
+    fn net(failure: Option<Failure>, answers: &[(&str, bool)]) -> DnsObservation {
+        DnsObservation {
+            role: ResolverRole::Network,
+            transport: "udp".into(),
+            resolver: "r".into(),
+            query: "h".into(),
+            query_type: QueryType::A,
+            t_ms: 0.0,
+            duration_ms: 0.0,
+            failure,
+            rcode: None,
+            answers: answers
+                .iter()
+                .map(|(a, bogon)| DnsAnswer {
+                    addr: a.parse().unwrap(),
+                    ttl: 1,
+                    bogon: *bogon,
+                })
+                .collect(),
+            cnames: vec![],
+            late_responses: vec![],
+        }
+    }
+
+    #[test]
+    fn the_address_probed_is_the_first_public_answer_ipv4_first() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let both = [net(None, &[("2001:db8::1", false), ("203.0.113.1", false)])];
+        assert_eq!(pick_address(&both, true), Ok(ip("203.0.113.1")));
+        let v6 = [net(None, &[("2001:db8::1", false)])];
+        assert_eq!(pick_address(&v6, true), Ok(ip("2001:db8::1")));
+        assert_eq!(pick_address(&v6, false), Err(Some(Failure::DnsNoAnswer)));
+        // Only bogons: a DNS failure whose evidence is the answer itself.
+        let bogon = [net(None, &[("10.0.0.1", true)])];
+        assert_eq!(pick_address(&bogon, true), Err(None));
+        let nx = [net(Some(Failure::DnsNxdomain), &[])];
+        assert_eq!(pick_address(&nx, true), Err(Some(Failure::DnsNxdomain)));
+    }
+
+    #[test]
+    fn categories_follow_the_kind() {
+        assert_eq!(app_category(AppKind::Messaging), "COMT");
+        assert_eq!(app_category(AppKind::Tor), "ANON");
+        assert_eq!(app_category(AppKind::Reflector), "ANON");
+    }
 }

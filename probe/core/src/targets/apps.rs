@@ -65,7 +65,13 @@ impl EndpointSpec {
 
     /// The host as an address, when it is one.
     pub fn ip(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
+        self.dial_host().parse().ok()
+    }
+
+    /// The name connected to: the front of a domain-fronted endpoint (its address and its
+    /// certificate), else the host.
+    pub fn dial_host(&self) -> &str {
+        self.front.as_deref().unwrap_or(&self.host)
     }
 }
 
