@@ -297,6 +297,8 @@ pub struct Metrics {
     refresh: tokio::sync::Mutex<()>,
     /// The read model in memory, which the state gauges are rendered from.
     live: LiveReadModel,
+    /// The last render and when it started, for the scrapes that queued behind it.
+    last: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -444,6 +446,7 @@ impl Metrics {
             network_labels: Mutex::new(HashSet::new()),
             refresh: tokio::sync::Mutex::new(()),
             live: LiveReadModel::default(),
+            last: Mutex::new(None),
         })
     }
 
@@ -547,19 +550,31 @@ impl Metrics {
 
     /// Render every metric, the state gauges from the in-memory read model: a scrape reads no
     /// database (but the first of the process, which loads the model), so its cost follows
-    /// the series, not the data. Scrapes are serialised: each resets and refills the gauges.
+    /// the series, not the data. Scrapes are serialised, and those that arrive during a render
+    /// share the next one.
     pub async fn render(
         &self,
         store: &dyn Store,
         params: &Params,
         now: DateTime<Utc>,
     ) -> Result<String, RenderError> {
+        let asked = std::time::Instant::now();
         let _guard = self.refresh.lock().await;
+        // Scrapes that queued behind a render share the next one (which started after they
+        // asked, so it is as fresh as their own would be): a burst of scrapes costs two renders.
+        if let Some((started, text)) = &*self.last.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *started >= asked {
+                return Ok(text.clone());
+            }
+        }
+        let started = std::time::Instant::now();
         if !self.live.loaded() {
             self.live.load(store, now - params.window).await?;
         }
         let inputs = self.live.inputs(params, now);
-        self.fill_and_encode(&inputs)
+        let text = self.fill_and_encode(&inputs)?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((started, text.clone()));
+        Ok(text)
     }
 
     /// Render every metric with the state gauges made of `inputs` (the tests give it
