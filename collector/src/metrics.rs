@@ -183,30 +183,45 @@ fn gauge_networks(
 /// then the series sorted by their label values in label-name order): ~75,000 series of
 /// the prometheus crate's vectors cost seconds and hundreds of MB per scrape to reset, refill,
 /// gather and encode; these are a sorted map. The labels are the family's in name order.
-struct Family {
+struct Family<'a> {
     name: &'static str,
     help: &'static str,
-    series: BTreeMap<Vec<String>, f64>,
+    /// Label values in label-name order, and the value.
+    series: Vec<(Vec<&'a str>, f64)>,
 }
 
-impl Family {
-    fn new(name: &'static str, help: &'static str) -> Family {
+impl<'a> Family<'a> {
+    fn new(name: &'static str, help: &'static str) -> Family<'a> {
         Family {
             name,
             help,
-            series: BTreeMap::new(),
+            series: Vec::new(),
         }
     }
 
-    fn set(&mut self, labels: Vec<String>, value: f64) {
-        self.series.insert(labels, value);
+    /// A series; a later one with the same labels replaces it (as `Gauge::set`).
+    fn set(&mut self, labels: Vec<&'a str>, value: f64) {
+        self.series.push((labels, value));
     }
 
-    fn add(&mut self, labels: Vec<String>, value: f64) {
-        *self.series.entry(labels).or_default() += value;
+    /// The series sorted as the registry sorts them, each label set once: the last `set` of
+    /// it, or the sum of its `add`s (`sum`).
+    fn sorted(&mut self, sum: bool) {
+        // Stable: equal label sets keep their order, so the last one is the last set.
+        self.series.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Vec<&'a str>, f64)> = Vec::with_capacity(self.series.len());
+        for (labels, v) in self.series.drain(..) {
+            match out.last_mut() {
+                Some(last) if last.0 == labels => {
+                    last.1 = if sum { last.1 + v } else { v };
+                }
+                _ => out.push((labels, v)),
+            }
+        }
+        self.series = out;
     }
 
-    /// The family in the text format; `names` are its label names in name order.
+    /// The family in the text format (call [`Family::sorted`] first).
     fn text(&self) -> String {
         let names: &[&str] = match self.name {
             SITE_BLOCKED_RATIO => &["asn", "category", "country", "domain", "method"],
@@ -593,20 +608,23 @@ impl Metrics {
             networks,
             shutdowns,
         } = inputs;
+        // Label values are borrowed from the inputs; the ASNs' text is made once per site.
+        let asn_text: Vec<String> = statuses.iter().map(|s| s.asn.to_string()).collect();
         let mut ratio = Family::new(SITE_BLOCKED_RATIO, SITE_BLOCKED_RATIO_HELP);
         let mut hop = Family::new(SITE_CENSOR_HOP, SITE_CENSOR_HOP_HELP);
         let mut active = Family::new(PROBES_ACTIVE, PROBES_ACTIVE_HELP);
         let mut offline_gauge = Family::new(NETWORK_OFFLINE, NETWORK_OFFLINE_HELP);
         // The censor's hop: only where one is agreed, so its series are at most the blocked
         // sites' (and within the same cap). Labels in name order: asn, domain, method.
-        for s in statuses
+        for (s, asn) in statuses
             .iter()
-            .filter(|s| s.censor_hop.is_some())
+            .zip(&asn_text)
+            .filter(|(s, _)| s.censor_hop.is_some())
             .take(self.limits.max_site_series)
         {
             if let (Some(h), Some(m)) = (s.censor_hop, s.method) {
                 hop.set(
-                    vec![s.asn.to_string(), s.domain.clone(), m.as_str().to_string()],
+                    vec![asn.as_str(), s.domain.as_str(), m.as_str()],
                     f64::from(h),
                 );
             }
@@ -615,7 +633,7 @@ impl Metrics {
         // Blocked ratio: every method seen blocking in the window, 0 when no probe's latest
         // verdict shows it any more. Labels: asn, category, country, domain, method.
         let mut series = 0usize;
-        'sites: for s in statuses {
+        'sites: for (s, asn) in statuses.iter().zip(&asn_text) {
             let conclusive = s.blocked_probes + s.accessible_probes;
             if conclusive == 0 {
                 continue;
@@ -623,7 +641,6 @@ impl Metrics {
             let Some(ms) = methods.get(&(s.domain.clone(), s.asn)) else {
                 continue;
             };
-            let asn = s.asn.to_string();
             let category = s.category.as_deref().unwrap_or(UNKNOWN);
             let country = country_label(s.country.as_deref());
             for m in ms {
@@ -638,11 +655,11 @@ impl Metrics {
                 let blocked = s.methods.get(m).copied().unwrap_or(0);
                 ratio.set(
                     vec![
-                        asn.clone(),
-                        category.to_string(),
-                        country.to_string(),
-                        s.domain.clone(),
-                        m.as_str().to_string(),
+                        asn.as_str(),
+                        category,
+                        country,
+                        s.domain.as_str(),
+                        m.as_str(),
                     ],
                     blocked as f64 / conclusive as f64,
                 );
@@ -671,16 +688,31 @@ impl Metrics {
         }
         let offline_asns: HashSet<u32> = offline.keys().copied().collect();
         let own = gauge_networks(&probes, &offline_asns, self.limits.max_asn_labels);
-        let label = |asn: Option<u32>, country: &'static str| -> Vec<String> {
-            let a = if !own.contains(&(asn, country)) {
-                OTHER.to_string()
-            } else {
-                asn.map_or_else(|| UNKNOWN.to_string(), |a| a.to_string())
-            };
-            vec![a, country.to_string()]
+        // The networks' label text, owned here and borrowed by the two families.
+        let mut network_text: BTreeMap<(Option<u32>, &'static str), String> = BTreeMap::new();
+        let keys: Vec<(Option<u32>, &'static str)> = probes
+            .keys()
+            .copied()
+            .chain(offline.iter().map(|(a, c)| (Some(*a), *c)))
+            .chain(country_of.iter().map(|(a, c)| (Some(*a), *c)))
+            .collect();
+        for (asn, country) in keys {
+            network_text.entry((asn, country)).or_insert_with(|| {
+                if !own.contains(&(asn, country)) {
+                    OTHER.to_string()
+                } else {
+                    asn.map_or_else(|| UNKNOWN.to_string(), |a| a.to_string())
+                }
+            });
+        }
+        let label = |asn: Option<u32>, country: &'static str| -> Vec<&str> {
+            let a = network_text
+                .get(&(asn, country))
+                .map_or(OTHER, String::as_str);
+            vec![a, country]
         };
         for (&(asn, country), &n) in &probes {
-            active.add(label(asn, country), n as f64);
+            active.set(label(asn, country), n as f64);
         }
         for (&asn, &country) in &country_of {
             offline_gauge.set(label(Some(asn), country), 0.0);
@@ -688,6 +720,10 @@ impl Metrics {
         for (&asn, &country) in &offline {
             offline_gauge.set(label(Some(asn), country), 1.0);
         }
+        ratio.sorted(false);
+        hop.sorted(false);
+        active.sorted(true);
+        offline_gauge.sorted(false);
 
         // The registry's families (counters, histogram, process...) and these four, in name
         // order as the registry writes them.
@@ -735,17 +771,15 @@ mod tests {
             ("a.example", "unknown", "21299", "other", "http", 0.0),
             ("we\"ird\\na\nme", "POLR", "10", "KZ", "tcp", 1.0),
             ("a.example", "NEWS", "9198", "KZ", "dns", 2.0 / 3.0),
+            // Set twice: the last value counts.
+            ("b.example", "NEWS", "9198", "KZ", "dns", 0.25),
         ];
         for (domain, category, asn, country, method, v) in rows {
             vec.with_label_values(&[domain, category, asn, country, method])
                 .set(v);
-            family.set(
-                [asn, category, country, domain, method]
-                    .map(str::to_string)
-                    .to_vec(),
-                v,
-            );
+            family.set(vec![asn, category, country, domain, method], v);
         }
+        family.sorted(false);
         let mut out = Vec::new();
         TextEncoder::new().encode(&r.gather(), &mut out).unwrap();
         assert_eq!(family.text(), String::from_utf8(out).unwrap());
@@ -760,8 +794,9 @@ mod tests {
         let mut family = Family::new(PROBES_ACTIVE, PROBES_ACTIVE_HELP);
         for (asn, country, n) in [("9198", "KZ", 3), ("other", "KZ", 2), ("other", "KZ", 5)] {
             vec.with_label_values(&[asn, country]).add(n);
-            family.add(vec![asn.to_string(), country.to_string()], n as f64);
+            family.set(vec![asn, country], n as f64);
         }
+        family.sorted(true);
         let mut out = Vec::new();
         TextEncoder::new().encode(&r.gather(), &mut out).unwrap();
         assert_eq!(family.text(), String::from_utf8(out).unwrap());
