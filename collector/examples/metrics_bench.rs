@@ -161,6 +161,16 @@ async fn fill(
          {start} + g.n * {span} / {top} AS started_at, {now} AS received_at"
     );
     let id_value = if pg { "id::uuid" } else { "id" };
+    // A chunk holds several rounds of a probe's sites: PostgreSQL's upsert takes each key once
+    // (the newest), SQLite's applies them in turn (the monotonic condition keeps the newest).
+    let (distinct, newest) = if pg {
+        (
+            "DISTINCT ON (domain, asn, probe_id)",
+            ", started_at DESC, id DESC",
+        )
+    } else {
+        ("", "")
+    };
     let fleet = probes
         .iter()
         .enumerate()
@@ -196,8 +206,8 @@ async fn fill(
                '{{}}' FROM chunk; \
              INSERT INTO latest_verdicts (domain, asn, probe_id, started_at, measurement_id, \
                status, method, category, country) \
-             SELECT domain, asn, probe_id, started_at, id, status, method, category, 'KZ' \
-             FROM chunk WHERE true ORDER BY domain, asn, probe_id \
+             SELECT {distinct} domain, asn, probe_id, started_at, id, status, method, category, \
+               'KZ' FROM chunk WHERE true ORDER BY domain, asn, probe_id{newest} \
              ON CONFLICT (domain, asn, probe_id) DO UPDATE SET \
                started_at = excluded.started_at, measurement_id = excluded.measurement_id, \
                status = excluded.status, method = excluded.method, \
