@@ -15,12 +15,13 @@
 //! sites and networks that went quiet disappear.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use witness_core::model::{Method, Status};
 
@@ -41,6 +42,15 @@ pub const SITE_BLOCKED_RATIO: &str = "witness_site_blocked_ratio";
 pub const SITE_CENSOR_HOP: &str = "witness_site_censor_hop";
 /// Probes that uploaded within the window: `{asn, country}`.
 pub const PROBES_ACTIVE: &str = "witness_probes_active";
+/// The state gauges' help texts: those four families are written by [`Family`], not the registry.
+const SITE_BLOCKED_RATIO_HELP: &str =
+    "Share of probes (latest conclusive verdict within the window) \
+     that see the site blocked with this method.";
+const SITE_CENSOR_HOP_HELP: &str =
+    "Hops from the probe to the censor of a blocked site, where the located probes agree on one.";
+const PROBES_ACTIVE_HELP: &str = "Probes that uploaded within the window.";
+const NETWORK_OFFLINE_HELP: &str = "1 while a shutdown event is open on the network.";
+
 /// Event transitions: `{kind}` = new_block, unblock, shutdown, shutdown_end.
 pub const EVENTS_TOTAL: &str = "witness_events_total";
 /// Counter: event transitions not raised because their key was flapping (over
@@ -169,6 +179,108 @@ fn gauge_networks(
     all.into_iter().take(max).map(|(k, _)| *k).collect()
 }
 
+/// A gauge family written straight to text, as the registry's encoder writes one (help, type,
+/// then the series sorted by their label values in label-name order): ~75,000 series of
+/// the prometheus crate's vectors cost seconds and hundreds of MB per scrape to reset, refill,
+/// gather and encode; these are a sorted map. The labels are the family's in name order.
+struct Family<'a> {
+    name: &'static str,
+    help: &'static str,
+    /// Label values in label-name order, and the value.
+    series: Vec<(Vec<&'a str>, f64)>,
+}
+
+impl<'a> Family<'a> {
+    fn new(name: &'static str, help: &'static str) -> Family<'a> {
+        Family {
+            name,
+            help,
+            series: Vec::new(),
+        }
+    }
+
+    /// A series; a later one with the same labels replaces it (as `Gauge::set`).
+    fn set(&mut self, labels: Vec<&'a str>, value: f64) {
+        self.series.push((labels, value));
+    }
+
+    /// The series sorted as the registry sorts them, each label set once: the last `set` of
+    /// it, or the sum of its `add`s (`sum`).
+    fn sorted(&mut self, sum: bool) {
+        // Stable: equal label sets keep their order, so the last one is the last set.
+        self.series.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Vec<&'a str>, f64)> = Vec::with_capacity(self.series.len());
+        for (labels, v) in self.series.drain(..) {
+            match out.last_mut() {
+                Some(last) if last.0 == labels => {
+                    last.1 = if sum { last.1 + v } else { v };
+                }
+                _ => out.push((labels, v)),
+            }
+        }
+        self.series = out;
+    }
+
+    /// The family in the text format (call [`Family::sorted`] first).
+    fn text(&self) -> String {
+        let names: &[&str] = match self.name {
+            SITE_BLOCKED_RATIO => &["asn", "category", "country", "domain", "method"],
+            SITE_CENSOR_HOP => &["asn", "domain", "method"],
+            _ => &["asn", "country"],
+        };
+        let mut out = String::with_capacity(64 + self.series.len() * 128);
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} gauge", self.name);
+        for (values, v) in &self.series {
+            out.push_str(self.name);
+            let mut sep = '{';
+            for (n, value) in names.iter().zip(values) {
+                out.push(sep);
+                out.push_str(n);
+                out.push_str("=\"");
+                escape_label(&mut out, value);
+                out.push('"');
+                sep = ',';
+            }
+            let _ = writeln!(out, "}} {v}");
+        }
+        out
+    }
+}
+
+/// A label value escaped as the text format wants (`\`, `"`, newline).
+fn escape_label(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The registry's text split into its families: `(name, block)` from each `# HELP` line.
+fn family_blocks(text: &str) -> Vec<(&str, &str)> {
+    let mut starts: Vec<usize> = text
+        .match_indices("# HELP ")
+        .filter(|(i, _)| *i == 0 || text.as_bytes()[i - 1] == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    starts.push(text.len());
+    starts
+        .windows(2)
+        .map(|w| {
+            let block = &text[w[0]..w[1]];
+            let name = block["# HELP ".len()..]
+                .split(' ')
+                .next()
+                .unwrap_or_default();
+            (name, block)
+        })
+        .collect()
+}
+
 /// Failure to produce the `/metrics` page.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -184,12 +296,8 @@ pub enum RenderError {
 pub struct Metrics {
     registry: Registry,
     received: IntCounterVec,
-    blocked_ratio: GaugeVec,
-    censor_hop: IntGaugeVec,
-    probes_active: IntGaugeVec,
     events: IntCounterVec,
     suppressed: IntCounterVec,
-    network_offline: IntGaugeVec,
     /// Time to handle one upload.
     pub ingest_duration: Histogram,
     rejected: IntCounterVec,
@@ -204,6 +312,8 @@ pub struct Metrics {
     refresh: tokio::sync::Mutex<()>,
     /// The read model in memory, which the state gauges are rendered from.
     live: LiveReadModel,
+    /// The last render and when it started, for the scrapes that queued behind it.
+    last: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -251,35 +361,6 @@ impl Metrics {
                 &["status", "method", "asn", "country"],
             )?,
         );
-        let blocked_ratio = register(
-            &r,
-            GaugeVec::new(
-                Opts::new(
-                    SITE_BLOCKED_RATIO,
-                    "Share of probes (latest conclusive verdict within the window) that see the \
-                     site blocked with this method.",
-                ),
-                &["domain", "category", "asn", "country", "method"],
-            )?,
-        );
-        let censor_hop = register(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    SITE_CENSOR_HOP,
-                    "Hops from the probe to the censor of a blocked site, where the located \
-                     probes agree on one.",
-                ),
-                &["domain", "asn", "method"],
-            )?,
-        );
-        let probes_active = register(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(PROBES_ACTIVE, "Probes that uploaded within the window."),
-                &["asn", "country"],
-            )?,
-        );
         let events = register(
             &r,
             IntCounterVec::new(
@@ -295,16 +376,6 @@ impl Metrics {
                     "Event transitions not raised because their key was flapping.",
                 ),
                 &["kind"],
-            )?,
-        );
-        let network_offline = register(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    NETWORK_OFFLINE,
-                    "1 while a shutdown event is open on the network.",
-                ),
-                &["asn", "country"],
             )?,
         );
         let ingest_duration = register(
@@ -378,12 +449,8 @@ impl Metrics {
         Ok(Metrics {
             registry: r,
             received,
-            blocked_ratio,
-            censor_hop,
-            probes_active,
             events,
             suppressed,
-            network_offline,
             ingest_duration,
             rejected,
             webhook_failures,
@@ -394,6 +461,7 @@ impl Metrics {
             network_labels: Mutex::new(HashSet::new()),
             refresh: tokio::sync::Mutex::new(()),
             live: LiveReadModel::default(),
+            last: Mutex::new(None),
         })
     }
 
@@ -497,19 +565,31 @@ impl Metrics {
 
     /// Render every metric, the state gauges from the in-memory read model: a scrape reads no
     /// database (but the first of the process, which loads the model), so its cost follows
-    /// the series, not the data. Scrapes are serialised: each resets and refills the gauges.
+    /// the series, not the data. Scrapes are serialised, and those that arrive during a render
+    /// share the next one.
     pub async fn render(
         &self,
         store: &dyn Store,
         params: &Params,
         now: DateTime<Utc>,
     ) -> Result<String, RenderError> {
+        let asked = std::time::Instant::now();
         let _guard = self.refresh.lock().await;
+        // Scrapes that queued behind a render share the next one (which started after they
+        // asked, so it is as fresh as their own would be): a burst of scrapes costs two renders.
+        if let Some((started, text)) = &*self.last.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *started >= asked {
+                return Ok(text.clone());
+            }
+        }
+        let started = std::time::Instant::now();
         if !self.live.loaded() {
             self.live.load(store, now - params.window).await?;
         }
         let inputs = self.live.inputs(params, now);
-        self.fill_and_encode(&inputs)
+        let text = self.fill_and_encode(&inputs)?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((started, text.clone()));
+        Ok(text)
     }
 
     /// Render every metric with the state gauges made of `inputs` (the tests give it
@@ -528,26 +608,32 @@ impl Metrics {
             networks,
             shutdowns,
         } = inputs;
-        // Blocked ratio: every method seen blocking in the window, 0 when no probe's latest
-        // verdict shows it any more.
+        // Label values are borrowed from the inputs; the ASNs' text is made once per site.
+        let asn_text: Vec<String> = statuses.iter().map(|s| s.asn.to_string()).collect();
+        let mut ratio = Family::new(SITE_BLOCKED_RATIO, SITE_BLOCKED_RATIO_HELP);
+        let mut hop = Family::new(SITE_CENSOR_HOP, SITE_CENSOR_HOP_HELP);
+        let mut active = Family::new(PROBES_ACTIVE, PROBES_ACTIVE_HELP);
+        let mut offline_gauge = Family::new(NETWORK_OFFLINE, NETWORK_OFFLINE_HELP);
         // The censor's hop: only where one is agreed, so its series are at most the blocked
-        // sites' (and within the same cap).
-        self.censor_hop.reset();
-        for s in statuses
+        // sites' (and within the same cap). Labels in name order: asn, domain, method.
+        for (s, asn) in statuses
             .iter()
-            .filter(|s| s.censor_hop.is_some())
+            .zip(&asn_text)
+            .filter(|(s, _)| s.censor_hop.is_some())
             .take(self.limits.max_site_series)
         {
-            if let (Some(hop), Some(m)) = (s.censor_hop, s.method) {
-                self.censor_hop
-                    .with_label_values(&[s.domain.as_str(), s.asn.to_string().as_str(), m.as_str()])
-                    .set(i64::from(hop));
+            if let (Some(h), Some(m)) = (s.censor_hop, s.method) {
+                hop.set(
+                    vec![asn.as_str(), s.domain.as_str(), m.as_str()],
+                    f64::from(h),
+                );
             }
         }
 
-        self.blocked_ratio.reset();
+        // Blocked ratio: every method seen blocking in the window, 0 when no probe's latest
+        // verdict shows it any more. Labels: asn, category, country, domain, method.
         let mut series = 0usize;
-        'sites: for s in statuses {
+        'sites: for (s, asn) in statuses.iter().zip(&asn_text) {
             let conclusive = s.blocked_probes + s.accessible_probes;
             if conclusive == 0 {
                 continue;
@@ -555,7 +641,8 @@ impl Metrics {
             let Some(ms) = methods.get(&(s.domain.clone(), s.asn)) else {
                 continue;
             };
-            let asn = s.asn.to_string();
+            let category = s.category.as_deref().unwrap_or(UNKNOWN);
+            let country = country_label(s.country.as_deref());
             for m in ms {
                 if series >= self.limits.max_site_series {
                     tracing::warn!(
@@ -566,22 +653,21 @@ impl Metrics {
                 }
                 series += 1;
                 let blocked = s.methods.get(m).copied().unwrap_or(0);
-                self.blocked_ratio
-                    .with_label_values(&[
-                        s.domain.as_str(),
-                        s.category.as_deref().unwrap_or(UNKNOWN),
+                ratio.set(
+                    vec![
                         asn.as_str(),
-                        country_label(s.country.as_deref()),
+                        category,
+                        country,
+                        s.domain.as_str(),
                         m.as_str(),
-                    ])
-                    .set(blocked as f64 / conclusive as f64);
+                    ],
+                    blocked as f64 / conclusive as f64,
+                );
             }
         }
 
-        self.probes_active.reset();
-        self.network_offline.reset();
         // Probes per network, the country of each ASN (its first network's), and the ASNs with
-        // an open shutdown; then which networks keep series of their own.
+        // an open shutdown; then which networks keep series of their own. Labels: asn, country.
         let mut probes: HashMap<(Option<u32>, &'static str), u64> = HashMap::new();
         let mut country_of: BTreeMap<u32, &'static str> = BTreeMap::new();
         for ((asn, country), n) in networks {
@@ -602,37 +688,134 @@ impl Metrics {
         }
         let offline_asns: HashSet<u32> = offline.keys().copied().collect();
         let own = gauge_networks(&probes, &offline_asns, self.limits.max_asn_labels);
-        let label = |asn: Option<u32>, country: &'static str| -> NetworkLabel {
-            if !own.contains(&(asn, country)) {
-                (OTHER.to_string(), country)
-            } else {
-                (
-                    asn.map_or_else(|| UNKNOWN.to_string(), |a| a.to_string()),
-                    country,
-                )
-            }
+        // The networks' label text, owned here and borrowed by the two families.
+        let mut network_text: BTreeMap<(Option<u32>, &'static str), String> = BTreeMap::new();
+        let keys: Vec<(Option<u32>, &'static str)> = probes
+            .keys()
+            .copied()
+            .chain(offline.iter().map(|(a, c)| (Some(*a), *c)))
+            .chain(country_of.iter().map(|(a, c)| (Some(*a), *c)))
+            .collect();
+        for (asn, country) in keys {
+            network_text.entry((asn, country)).or_insert_with(|| {
+                if !own.contains(&(asn, country)) {
+                    OTHER.to_string()
+                } else {
+                    asn.map_or_else(|| UNKNOWN.to_string(), |a| a.to_string())
+                }
+            });
+        }
+        let label = |asn: Option<u32>, country: &'static str| -> Vec<&str> {
+            let a = network_text
+                .get(&(asn, country))
+                .map_or(OTHER, String::as_str);
+            vec![a, country]
         };
         for (&(asn, country), &n) in &probes {
-            let (a, c) = label(asn, country);
-            self.probes_active
-                .with_label_values(&[a.as_str(), c])
-                .add(i64::try_from(n).unwrap_or(i64::MAX));
+            active.set(label(asn, country), n as f64);
         }
         for (&asn, &country) in &country_of {
-            let (a, c) = label(Some(asn), country);
-            self.network_offline
-                .with_label_values(&[a.as_str(), c])
-                .set(0);
+            offline_gauge.set(label(Some(asn), country), 0.0);
         }
         for (&asn, &country) in &offline {
-            let (a, c) = label(Some(asn), country);
-            self.network_offline
-                .with_label_values(&[a.as_str(), c])
-                .set(1);
+            offline_gauge.set(label(Some(asn), country), 1.0);
         }
+        ratio.sorted(false);
+        hop.sorted(false);
+        active.sorted(true);
+        offline_gauge.sorted(false);
 
+        // The registry's families (counters, histogram, process...) and these four, in name
+        // order as the registry writes them.
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        let registry = String::from_utf8_lossy(&out);
+        let mut blocks: Vec<(&str, std::borrow::Cow<'_, str>)> = family_blocks(&registry)
+            .into_iter()
+            .map(|(n, b)| (n, std::borrow::Cow::Borrowed(b)))
+            .collect();
+        for f in [&ratio, &hop, &active, &offline_gauge] {
+            if !f.series.is_empty() {
+                blocks.push((f.name, std::borrow::Cow::Owned(f.text())));
+            }
+        }
+        blocks.sort_by(|a, b| a.0.cmp(b.0));
+        let mut text = String::with_capacity(blocks.iter().map(|b| b.1.len()).sum());
+        for (_, b) in blocks {
+            text.push_str(&b);
+        }
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::GaugeVec;
+
+    /// The hand-written families are byte for byte what the prometheus crate's registry and
+    /// text encoder write for the same series: label order, series order, values, escaping.
+    #[test]
+    fn families_are_written_as_the_registry_writes_them() {
+        let r = Registry::new();
+        let vec = GaugeVec::new(
+            Opts::new(SITE_BLOCKED_RATIO, SITE_BLOCKED_RATIO_HELP),
+            &["domain", "category", "asn", "country", "method"],
+        )
+        .unwrap();
+        r.register(Box::new(vec.clone())).unwrap();
+        let mut family = Family::new(SITE_BLOCKED_RATIO, SITE_BLOCKED_RATIO_HELP);
+        let rows = [
+            ("b.example", "NEWS", "9198", "KZ", "dns", 0.5),
+            ("a.example", "NEWS", "9198", "KZ", "tls", 1.0 / 3.0),
+            ("a.example", "unknown", "21299", "other", "http", 0.0),
+            ("we\"ird\\na\nme", "POLR", "10", "KZ", "tcp", 1.0),
+            ("a.example", "NEWS", "9198", "KZ", "dns", 2.0 / 3.0),
+            // Set twice: the last value counts.
+            ("b.example", "NEWS", "9198", "KZ", "dns", 0.25),
+        ];
+        for (domain, category, asn, country, method, v) in rows {
+            vec.with_label_values(&[domain, category, asn, country, method])
+                .set(v);
+            family.set(vec![asn, category, country, domain, method], v);
+        }
+        family.sorted(false);
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&r.gather(), &mut out).unwrap();
+        assert_eq!(family.text(), String::from_utf8(out).unwrap());
+
+        let r = Registry::new();
+        let vec = IntGaugeVec::new(
+            Opts::new(PROBES_ACTIVE, PROBES_ACTIVE_HELP),
+            &["asn", "country"],
+        )
+        .unwrap();
+        r.register(Box::new(vec.clone())).unwrap();
+        let mut family = Family::new(PROBES_ACTIVE, PROBES_ACTIVE_HELP);
+        for (asn, country, n) in [("9198", "KZ", 3), ("other", "KZ", 2), ("other", "KZ", 5)] {
+            vec.with_label_values(&[asn, country]).add(n);
+            family.set(vec![asn, country], n as f64);
+        }
+        family.sorted(true);
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&r.gather(), &mut out).unwrap();
+        assert_eq!(family.text(), String::from_utf8(out).unwrap());
+    }
+
+    #[test]
+    fn registry_text_splits_into_families_by_help_line() {
+        let text = "# HELP a_total A.\n# TYPE a_total counter\na_total 1\n\
+                    # HELP b B with # HELP inside.\n# TYPE b gauge\nb 2\n";
+        let blocks = family_blocks(text);
+        assert_eq!(
+            blocks,
+            vec![
+                (
+                    "a_total",
+                    "# HELP a_total A.\n# TYPE a_total counter\na_total 1\n"
+                ),
+                ("b", "# HELP b B with # HELP inside.\n# TYPE b gauge\nb 2\n"),
+            ]
+        );
     }
 }

@@ -228,11 +228,18 @@ async fn memory_is_the_store_after_ingest_and_transitions(db: Db) {
         )
         .await;
     }
-    assert_memory_is_the_store(&app.state, "new block").await;
+    let lines = assert_memory_is_the_store(&app.state, "new block").await;
+    // Concurrent scrapes share renders, never an older one.
+    let scrapes: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(scrape(app.base.clone())))
+        .collect();
+    for s in scrapes {
+        assert_eq!(s.await.expect("scrape task"), lines);
+    }
     app.stop().await;
 }
 
-async fn scrape(base: &str) -> BTreeSet<String> {
+async fn scrape(base: impl std::fmt::Display) -> BTreeSet<String> {
     let text = reqwest::get(format!("{base}/metrics"))
         .await
         .expect("scrape")

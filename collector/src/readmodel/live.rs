@@ -320,8 +320,13 @@ impl LiveReadModel {
                 {
                     Some(g) => {
                         g.probes += 1;
-                        g.country = g.country.take().max(v.country.clone());
-                        g.category = g.category.take().max(v.category.clone());
+                        // The store's MAX(): clone only what is larger.
+                        if v.country > g.country {
+                            g.country = v.country.clone();
+                        }
+                        if v.category > g.category {
+                            g.category = v.category.clone();
+                        }
                         g.last_measured = g.last_measured.max(v.started_at);
                     }
                     None => groups.push(LatestGroup {
