@@ -16,16 +16,15 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use witness_core::model::{Measurement, Method};
-use witness_tests::world::{citizenlab_csv, ListEntry};
 use witness_tests::{collector_bin, witness_bin};
 
 use crate::judge::{self, Expect, Row};
 use crate::netlab::{self, report, Lab};
+use crate::probes::{self, ProbeFiles};
 use crate::topology::{self, Censor, Internet, Network, Site, HONEST_DNS, LAB_RANGE, LAB_RANGE_V6};
 
 /// The probe's step timeout (`--timeout`).
@@ -268,48 +267,13 @@ fn run_probe(
     urls: &[&str],
     upload: bool,
 ) -> Result<HashMap<String, Measurement>> {
-    let home = lab.path(&format!("dualstack-probe{}", net.n));
-    std::fs::create_dir_all(&home)?;
-    let config = home.join("witness.toml");
-    std::fs::write(
-        &config,
+    let probe = ProbeFiles::new(
+        lab,
+        &format!("dualstack-probe{}", net.n),
         "consent = true\n\n[probe]\nasn = 9198\ncountry = \"KZ\"\n",
+        urls,
     )?;
-    let entries: Vec<ListEntry> = urls
-        .iter()
-        .map(|url| ListEntry {
-            url: (*url).to_owned(),
-            category_code: "NEWS".to_owned(),
-            notes: String::new(),
-        })
-        .collect();
-    let list = home.join("list.csv");
-    std::fs::write(&list, citizenlab_csv(&entries))?;
-    let witness = |args: &[&str]| {
-        let mut command = Command::new("ip");
-        command
-            .args([
-                "netns",
-                "exec",
-                &net.client,
-                netlab::lab_origin_bin(),
-                "guard",
-                "--",
-            ])
-            .arg(witness_bin())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env("HOME", &home)
-            .env("WITNESS_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("WITNESS_CONFIG")
-            .env_remove("WITNESS_TOKEN")
-            .env_remove("WITNESS_CONTROL_TOKEN")
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_CONFIG_HOME");
-        command
-    };
+    let witness = |args: &[&str]| probe.command(&net.client, args);
     let collector = topology::collector_url();
     if upload {
         let (status, out, err) = netlab::run_with_limit(
@@ -325,7 +289,7 @@ fn run_probe(
     if upload {
         command
             .args(["--upload", "--collector", &collector, "--spool-dir"])
-            .arg(home.join("spool"));
+            .arg(probe.home.join("spool"));
     }
     command
         .args([
@@ -336,7 +300,7 @@ fn run_probe(
         ])
         .args(["--timeout", PROBE_TIMEOUT_SECS])
         .arg("--list")
-        .arg(&list)
+        .arg(&probe.list)
         .args(["--control-resolver", "none"])
         .args(["--resolver", &resolver.to_string()])
         .arg("--extra-ca")
@@ -351,13 +315,7 @@ fn run_probe(
     if !status.success() {
         bail!("witness run failed in home {} ({status}):\n{err}", net.n);
     }
-    let mut by_url = HashMap::new();
-    for line in out.lines() {
-        let m: Measurement = serde_json::from_str(line)
-            .with_context(|| format!("stdout line is not a measurement: {line}"))?;
-        by_url.insert(m.url.clone(), m);
-    }
-    Ok(by_url)
+    probes::by_url(&format!("home {}", net.n), &out)
 }
 
 type Results = HashMap<(u8, String), Measurement>;

@@ -24,17 +24,16 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use witness_core::model::{HopRange, HopReply, Measurement, Method, PathUnlocated};
-use witness_tests::world::{citizenlab_csv, ListEntry};
 use witness_tests::{collector_bin, witness_bin};
 
 use crate::judge::{self, Expect, Row};
 use crate::netlab::{self, report, Lab};
+use crate::probes::{self, ProbeFiles};
 use crate::topology::{self, Internet, Site, Technique, HONEST_DNS, LAB_RANGE};
 
 /// The routers between the volunteer and the internet, in path order: the router at index `i`
@@ -598,41 +597,18 @@ fn run_probe(
     volunteer: &str,
     urls: &[&str],
 ) -> Result<HashMap<String, Measurement>> {
-    let home = lab.path("probe");
-    std::fs::create_dir_all(&home)?;
-    let config = home.join("witness.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let probe = ProbeFiles::new(
+        lab,
+        "probe",
+        &format!(
             "consent = true\n\n\
              [path]\nenabled = true\nmax_ttl = {MAX_TTL}\nprobe_timeout_secs = 2.0\n\
              private_hops = {PRIVATE_HOPS}\nrun_budget_secs = 60.0\n"
         ),
+        urls,
     )?;
-    let entries: Vec<ListEntry> = urls
-        .iter()
-        .map(|url| ListEntry {
-            url: (*url).to_owned(),
-            category_code: "NEWS".to_owned(),
-            notes: String::new(),
-        })
-        .collect();
-    let list = home.join("list.csv");
-    std::fs::write(&list, citizenlab_csv(&entries))?;
-    let mut command = Command::new("ip");
+    let mut command = probe.command(volunteer, &["run", "--json", "--yes", "--no-progress"]);
     command
-        .args([
-            "netns",
-            "exec",
-            volunteer,
-            netlab::lab_origin_bin(),
-            "guard",
-            "--",
-        ])
-        .arg(witness_bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--json", "--yes", "--no-progress"])
         .args([
             "--lab-public-range",
             LAB_RANGE,
@@ -640,33 +616,19 @@ fn run_probe(
             PROBE_TIMEOUT_SECS,
         ])
         .arg("--list")
-        .arg(&list)
+        .arg(&probe.list)
         .args(["--control-resolver", "none"])
         .args(["--resolver", &HONEST_DNS.to_string()])
         .arg("--extra-ca")
         .arg(&internet.ca)
         .args(["--control", &topology::collector_url()])
-        .args(["--anchor", "anchor.lab:443", "--anchor", "anchor-2.lab:443"])
-        .env("HOME", &home)
-        .env("WITNESS_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("WITNESS_CONFIG")
-        .env_remove("WITNESS_TOKEN")
-        .env_remove("WITNESS_CONTROL_TOKEN")
-        .env_remove("XDG_DATA_HOME")
-        .env_remove("XDG_CONFIG_HOME");
+        .args(["--anchor", "anchor.lab:443", "--anchor", "anchor-2.lab:443"]);
     let (status, out, err) =
         netlab::run_with_limit(command, &lab.path("probe-run"), Duration::from_secs(150))?;
     if !status.success() {
         bail!("witness run failed ({status}):\n{err}");
     }
-    let mut by_url = HashMap::new();
-    for line in out.lines() {
-        let m: Measurement = serde_json::from_str(line)
-            .with_context(|| format!("stdout line is not a measurement: {line}"))?;
-        by_url.insert(m.url.clone(), m);
-    }
-    Ok(by_url)
+    probes::by_url("the hop lab's probe", &out)
 }
 
 /// What is wrong with a measurement's `path` against the case, or nothing.

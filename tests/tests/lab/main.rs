@@ -23,6 +23,7 @@ mod fleet;
 mod hops;
 mod judge;
 mod netlab;
+mod probes;
 mod topology;
 
 use std::collections::HashMap;
@@ -33,11 +34,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use witness_core::model::{Measurement, Method, Status};
-use witness_tests::world::{citizenlab_csv, ListEntry};
 use witness_tests::{collector_bin, witness_bin};
 
 use judge::{Expect, Outcome, Row};
 use netlab::{report, Lab};
+use probes::ProbeFiles;
 use topology::{
     expired_cert, forbidden, redirect, Censor, Internet, Network, Site, Technique, LAB_RANGE,
 };
@@ -815,9 +816,7 @@ const SHUTDOWN_URLS: &[&str] = &[
 struct Probe<'a> {
     label: &'static str,
     net: &'a Network,
-    home: PathBuf,
-    config: PathBuf,
-    list: PathBuf,
+    files: ProbeFiles,
     spool: PathBuf,
     /// `--url URL` instead of `--list`: a volunteer checking one site.
     single: Option<String>,
@@ -836,30 +835,17 @@ impl<'a> Probe<'a> {
         asn: u32,
         urls: &[&str],
     ) -> Result<Self> {
-        let home = lab.path(label);
-        std::fs::create_dir_all(&home)?;
-        let config = home.join("witness.toml");
-        std::fs::write(
-            &config,
-            format!("consent = true\n\n[probe]\nasn = {asn}\ncountry = \"KZ\"\n"),
+        let files = ProbeFiles::new(
+            lab,
+            label,
+            &format!("consent = true\n\n[probe]\nasn = {asn}\ncountry = \"KZ\"\n"),
+            urls,
         )?;
-        let entries: Vec<ListEntry> = urls
-            .iter()
-            .map(|url| ListEntry {
-                url: (*url).to_owned(),
-                category_code: "NEWS".to_owned(),
-                notes: String::new(),
-            })
-            .collect();
-        let list = home.join("list.csv");
-        std::fs::write(&list, citizenlab_csv(&entries))?;
         Ok(Self {
             label,
             net,
-            spool: home.join("spool"),
-            home,
-            config,
-            list,
+            spool: files.home.join("spool"),
+            files,
             single: None,
             control_resolver: "none".to_owned(),
             path: false,
@@ -887,39 +873,17 @@ impl<'a> Probe<'a> {
 
     /// `witness --config CFG <args>`.
     fn argv(&self, args: &[String]) -> Vec<String> {
-        let mut argv = vec![
-            witness_bin().display().to_string(),
-            "--config".to_owned(),
-            self.config.display().to_string(),
-        ];
-        argv.extend(args.iter().cloned());
-        argv
+        self.files.argv(args)
     }
 
     /// The probe's environment: its own HOME (credentials), logs without colours.
     fn envs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("HOME", self.home.display().to_string()),
-            ("WITNESS_LOG", "info".to_owned()),
-            ("NO_COLOR", "1".to_owned()),
-        ]
+        self.files.envs()
     }
 
-    /// `ip netns exec CLIENT lab-origin guard -- witness --config CFG <args>`: short-lived,
-    /// and killed by the guard if this test dies (see [`netlab::run_with_limit`]).
+    /// `ip netns exec CLIENT lab-origin guard -- witness --config CFG <args>`.
     fn command(&self, args: &[String]) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.net.client])
-            .args([netlab::lab_origin_bin(), "guard", "--"])
-            .args(self.argv(args))
-            .envs(self.envs())
-            .env_remove("WITNESS_CONFIG")
-            .env_remove("WITNESS_TOKEN")
-            .env_remove("WITNESS_CONTROL_TOKEN")
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_CONFIG_HOME");
-        command
+        self.files.command(&self.net.client, args)
     }
 
     /// The measurement flags shared by `run` and `daemon`.
@@ -940,7 +904,7 @@ impl<'a> Probe<'a> {
         }
         match &self.single {
             Some(url) => args.extend(["--url".to_owned(), url.clone()]),
-            None => args.extend(["--list".to_owned(), self.list.display().to_string()]),
+            None => args.extend(["--list".to_owned(), self.files.list.display().to_string()]),
         }
         args.extend([
             "--control-resolver".to_owned(),
@@ -1007,14 +971,7 @@ impl<'a> Probe<'a> {
         if !status.success() {
             bail!("{}: witness run failed ({status}):\n{err}", self.label);
         }
-        let mut by_url = HashMap::new();
-        for line in out.lines() {
-            let m: Measurement = serde_json::from_str(line).with_context(|| {
-                format!("{}: stdout line is not a measurement: {line}", self.label)
-            })?;
-            by_url.insert(m.url.clone(), m);
-        }
-        Ok(by_url)
+        probes::by_url(self.label, &out)
     }
 }
 

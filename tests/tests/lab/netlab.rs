@@ -20,6 +20,16 @@ use anyhow::{bail, Context, Result};
 /// Prefix of every namespace this lab creates.
 pub const NS_PREFIX: &str = "wlab-";
 
+/// The test's own settings a lab process must not inherit (a developer's token or config would
+/// otherwise leak into the lab's probes).
+pub const NOT_INHERITED: [&str; 5] = [
+    "WITNESS_CONFIG",
+    "WITNESS_TOKEN",
+    "WITNESS_CONTROL_TOKEN",
+    "XDG_DATA_HOME",
+    "XDG_CONFIG_HOME",
+];
+
 /// The helper binary (`tests/src/bin/lab-origin.rs`), built by cargo for this test.
 pub fn lab_origin_bin() -> &'static str {
     env!("CARGO_BIN_EXE_lab-origin")
@@ -243,15 +253,10 @@ impl Lab {
     fn start(&self, label: &str, mut command: Command) -> Result<()> {
         let out = File::create(self.path(&format!("{label}.out")))?;
         let err = File::create(self.path(&format!("{label}.err")))?;
-        command
-            .stdin(Stdio::piped())
-            .stdout(out)
-            .stderr(err)
-            .env_remove("WITNESS_CONFIG")
-            .env_remove("WITNESS_TOKEN")
-            .env_remove("WITNESS_CONTROL_TOKEN")
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_CONFIG_HOME");
+        command.stdin(Stdio::piped()).stdout(out).stderr(err);
+        for var in NOT_INHERITED {
+            command.env_remove(var);
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {label}: {command:?}"))?;
