@@ -17,6 +17,24 @@ fn port_of(url: &str) -> u16 {
         .port()
 }
 
+/// [`run`] that must succeed: its records, and how long it took.
+fn run_ok(world: &World, list: &std::path::Path) -> (Vec<Measurement>, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = run(world, list, &[]);
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (records, elapsed)
+}
+
 fn run(world: &World, list: &std::path::Path, extra: &[&str]) -> Output {
     let anchor = format!(
         "{}:{}",
@@ -121,19 +139,7 @@ fn apps_get_verdicts_endpoint_by_endpoint() {
     );
     let path = world.dir().join("apps.txt");
     std::fs::write(&path, list).unwrap();
-    let started = std::time::Instant::now();
-    let out = run(&world, &path, &[]);
-    let elapsed = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let records: Vec<Measurement> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let (records, elapsed) = run_ok(&world, &path);
     let names: Vec<&str> = records.iter().map(|m| m.domain.as_str()).collect();
     assert_eq!(
         names,
@@ -382,19 +388,7 @@ fn reflector_protocols_blocked_by_content_by_port_or_down() {
     );
     let path = world.dir().join("reflector-apps.txt");
     std::fs::write(&path, list).unwrap();
-    let started = std::time::Instant::now();
-    let out = run(&world, &path, &[]);
-    let elapsed = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let records: Vec<Measurement> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (records, elapsed) = run_ok(&world, &path);
     let want: &[(&str, Status, Option<Method>)] = &[
         ("vpn", Status::Accessible, None),
         ("dpi", Status::Blocked, Some(Method::Protocol)),
