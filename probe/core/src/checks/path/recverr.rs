@@ -269,6 +269,21 @@ fn flow_busy(e: &std::io::Error) -> bool {
     )
 }
 
+/// A silent TTL's trigger once more, spaced for the routers' ICMP budget: its reply, when the
+/// exchange could be repeated.
+async fn retry_trigger(
+    plan: &Plan,
+    flow: &Flow,
+    ttl: u8,
+    ctx: &ProbeContext<'_>,
+) -> Option<HopReply> {
+    tokio::time::sleep(RETRY_SPACING).await;
+    ctx.pacer.take(ttl).await;
+    data_probe(plan, flow, ttl, ctx)
+        .await
+        .map(|(reply, _)| reply)
+}
+
 /// Waits for a busy flow: at most [`FLOW_BUSY_RETRIES`] × [`FLOW_BUSY_PAUSE`] in all.
 const FLOW_BUSY_RETRIES: u32 = 50;
 const FLOW_BUSY_PAUSE: Duration = Duration::from_millis(10);
@@ -600,6 +615,8 @@ pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> Locat
     // routers' time-exceeded for a SYN trigger.
     let mut rtt: Option<Duration> = None;
     let mut silent_run = 0usize;
+    // Consecutive TTLs whose trigger was silent while a router answered its control SYN.
+    let mut dropped_run = 0usize;
     for ttl in 1..=max_ttl {
         let (reply, mut router, mut ctl) = if plan.trigger == PathTrigger::Syn {
             ctx.pacer.spend(ttl);
@@ -662,9 +679,7 @@ pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> Locat
             // time-exceeded for the trigger was rate-limited. Once more, spaced. (Where the
             // destination answers the SYN, no router is there to have been rate-limited.)
             if drop && ctl == HopReply::TimeExceeded {
-                tokio::time::sleep(RETRY_SPACING).await;
-                ctx.pacer.take(ttl).await;
-                if let Some((again, _)) = data_probe(plan, &flow, ttl, ctx).await {
+                if let Some(again) = retry_trigger(plan, &flow, ttl, ctx).await {
                     probes += 2;
                     reply = again;
                 }
@@ -676,9 +691,7 @@ pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> Locat
             // Silence where the censor answers (its reset, its blockpage, its forged
             // certificate): a silent router, a rate-limited one, or a slow censor. Once more,
             // spaced: the hop is the first TTL with the action.
-            tokio::time::sleep(RETRY_SPACING).await;
-            ctx.pacer.take(ttl).await;
-            if let Some((again, _)) = data_probe(plan, &flow, ttl, ctx).await {
+            if let Some(again) = retry_trigger(plan, &flow, ttl, ctx).await {
                 probes += 2;
                 reply = again;
             }
@@ -705,7 +718,12 @@ pub async fn localise(plan: &Plan, ctx: &ProbeContext<'_>, t0: Instant) -> Locat
         } else {
             silent_run = 0;
         }
-        if settled(plan.action, reply, ctl, silent_run) {
+        if reply == HopReply::Silence && ctl == HopReply::TimeExceeded {
+            dropped_run += 1;
+        } else {
+            dropped_run = 0;
+        }
+        if settled(plan.action, reply, ctl, silent_run, dropped_run) {
             break;
         }
     }
@@ -865,9 +883,22 @@ async fn localise_dns(plan: &Plan, ctx: &ProbeContext<'_>, t_ms: f64, start: Ins
 }
 
 /// Whether a localisation can stop after this TTL: the censor's action or an answer came
-/// back (nothing past it changes the placement), a drop is bounded by a router or the
-/// destination that answered the control, or silence has lasted [`MAX_SILENT_RUN`] TTLs.
-fn settled(action: PathAction, reply: HopReply, control: HopReply, silent_run: usize) -> bool {
+/// back (nothing past it changes the placement), a drop is bounded by the destination that
+/// answered the control, or by routers that answered it at two TTLs in a row (`dropped_run`)
+/// while the trigger stayed silent, or silence has lasted [`MAX_SILENT_RUN`] TTLs.
+///
+/// One silent trigger beside a router's answer is not enough: a router that rate-limits its
+/// ICMP (Linux's default budget, or a harder one) can answer the control SYN and not the
+/// trigger, even after the spaced retry. Stopping there named that router's hop as the
+/// censor's (the hop lab's `b_sni_drop` came out "hop 2" behind a hard-limiting r2, the censor
+/// being at hop 6); the TTLs past it show the trigger getting through.
+fn settled(
+    action: PathAction,
+    reply: HopReply,
+    control: HopReply,
+    silent_run: usize,
+    dropped_run: usize,
+) -> bool {
     if matches!(reply, HopReply::Answered | HopReply::Censor) {
         return true;
     }
@@ -875,7 +906,8 @@ fn settled(action: PathAction, reply: HopReply, control: HopReply, silent_run: u
         return reply != HopReply::TimeExceeded && reply != HopReply::Silence
             || silent_run >= MAX_SILENT_RUN;
     }
-    if reply == HopReply::Silence && matches!(control, HopReply::TimeExceeded | HopReply::Answered)
+    if reply == HopReply::Silence
+        && (control == HopReply::Answered || control == HopReply::TimeExceeded && dropped_run >= 2)
     {
         return true;
     }
@@ -886,6 +918,21 @@ fn settled(action: PathAction, reply: HopReply, control: HopReply, silent_run: u
 mod tests {
     use super::*;
     use HopReply::*;
+
+    /// A drop is settled by the destination answering the control, or by routers answering it
+    /// at two TTLs in a row; one silent trigger beside a router's answer may be that router's
+    /// rate limit, so the localisation goes on.
+    #[test]
+    fn one_rate_limited_router_does_not_settle_a_drop() {
+        let drop = PathAction::Silence;
+        assert!(!settled(drop, Silence, TimeExceeded, 0, 1));
+        assert!(settled(drop, Silence, TimeExceeded, 0, 2));
+        assert!(settled(drop, Silence, Answered, 0, 0));
+        assert!(!settled(drop, TimeExceeded, TimeExceeded, 0, 0));
+        assert!(settled(drop, Silence, Silence, MAX_SILENT_RUN, 0));
+        // An action that answers settles at once, as before.
+        assert!(settled(PathAction::Reset, Censor, TimeExceeded, 0, 0));
+    }
 
     /// The routers' budget: a burst of six at once per TTL, then one a second; packets sent
     /// unpaced overdraw it, and a paced one then waits for the refill. TTLs are apart.
